@@ -1,0 +1,156 @@
+"""The command line: parse, call the library, render, exit. Kept thin on purpose.
+
+Heavy modules (litellm, the engine) are imported inside the commands that need them, so
+``dworkers list``, ``validate`` and ``--help`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from dworkers.errors import DworkersError, ProblemsError, Problem
+
+app = typer.Typer(
+    name="dworkers",
+    help="Run plans: DAGs of LLM workers written in YAML.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(error: DworkersError) -> NoReturn:
+    from dworkers import view
+
+    out = view.console()
+    if isinstance(error, ProblemsError):
+        view.print_problems(out, error.problems)
+    else:
+        view.print_error(out, str(error))
+    raise typer.Exit(error.exit_code)
+
+
+@app.command("list")
+def list_plans(
+    as_json: JsonOption = False,
+) -> None:
+    """List the plans you can run (built-in, ./plans and DWORKERS_PLANS_PATH)."""
+    from dworkers import view
+    from dworkers.plans.registry import plan_registry
+
+    entries = plan_registry.entries()
+    problems = plan_registry.problems
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "name": e.item.name,
+                    "steps": len(e.item.steps),
+                    "required_inputs": e.item.required_inputs(),
+                    "description": e.item.description,
+                    "source": view.source_label(e),
+                    "path": str(e.path) if e.path else None,
+                }
+                for e in entries
+            ]
+        )
+    else:
+        view.console(stderr=False).print(view.plan_table(entries))
+    if problems:
+        out = view.console()
+        out.print(f"\n{len(problems)} problem(s) kept some plan files out of this list:")
+        view.print_problems(out, problems)
+
+
+@app.command()
+def validate(
+    targets: Annotated[
+        list[str], typer.Argument(help="Plan or tenant YAML files, or registered plan names.")
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Check plans and tenants without running anything; report every problem at once."""
+    from dworkers import view
+    from dworkers.validation import validate_target
+
+    problems: list[Problem] = []
+    summaries: list[str] = []
+    for target in targets:
+        found, summary = validate_target(target)
+        problems += found
+        if not found:
+            summaries.append(summary)
+    if as_json:
+        _emit_json([p.to_dict() for p in problems])
+    else:
+        out = view.console()
+        view.print_problems(out, problems)
+        for summary in summaries:
+            view.print_ok(out, summary)
+        if problems:
+            out.print(f"{len(problems)} problem(s) found.")
+    raise typer.Exit(2 if problems else 0)
+
+
+@app.command()
+def show(
+    target: Annotated[str, typer.Argument(help="A plan name or YAML file.")],
+    output_format: Annotated[
+        str, typer.Option("--format", help="tree (default) or mermaid.")
+    ] = "tree",
+    as_json: JsonOption = False,
+) -> None:
+    """Show a plan's steps, roles, dependencies and required inputs."""
+    from dworkers import view
+    from dworkers.validation import resolve_plan
+
+    if output_format not in ("tree", "mermaid"):
+        _fail(DworkersError(f"unknown format {output_format!r} — use 'tree' or 'mermaid'"))
+    try:
+        plan = resolve_plan(target)
+    except DworkersError as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(
+            {
+                "name": plan.name,
+                "description": plan.description,
+                "required_inputs": plan.required_inputs(),
+                "steps": [s.model_dump(mode="json") for s in plan.steps],
+            }
+        )
+    elif output_format == "mermaid":
+        sys.stdout.write(view.mermaid(plan) + "\n")
+    else:
+        view.console(stderr=False).print(view.plan_tree(plan))
+
+
+def main() -> None:
+    """Console-script entry point: no traceback for anything a user can cause."""
+    try:
+        app()
+    except DworkersError as exc:  # raised outside a command's own handling
+        try:
+            _fail(exc)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The exception tree. Every error a user can cause is a ``DworkersError``.
+
+    DworkersError                  anything dworkers reports to a user (exit code 2 by default)
+    ├── ProblemsError              one or more located ``Problem``s (file:line:col: message — fix)
+    │   ├── LoadError              a plan or tenant file that cannot be read or parsed
+    │   ├── PlanValidationError    a plan whose graph, steps or templates are wrong
+    │   ├── TenantValidationError  a tenant whose models, limits or security settings are wrong
+    │   ├── InputError             run inputs missing, unknown or unreadable
+    │   └── PreflightError         a model that is not allowed, or a key that is not set
+    ├── NotFoundError              a plan, tenant or run name that is not registered
+    ├── HistoryError               the run history database cannot be used
+    └── LLMError                   a provider call failed (carried by the step, not raised by a run)
+        ├── RateLimitError         429; retried after Retry-After
+        ├── ProviderTimeoutError   the attempt took longer than the step's timeout; retried
+        ├── ProviderUnavailableError  5xx or a connection error; retried
+        ├── AuthenticationError    401/403; not retried
+        └── BadRequestError        400/404/422 and other refusals; not retried
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a user's input, where it is, and how to fix it."""
+
+    message: str
+    hint: str = ""
+    code: str = "invalid"
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    @property
+    def location(self) -> str:
+        parts = [self.file or "<input>"]
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.column is not None:
+                parts.append(str(self.column))
+        return ":".join(parts)
+
+    def render(self) -> str:
+        text = f"{self.location}: {self.message}"
+        return f"{text} — {self.hint}" if self.hint else text
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["message"] = f"{self.message} — {self.hint}" if self.hint else self.message
+        del data["hint"]
+        return data
+
+
+class DworkersError(Exception):
+    """Base of every error that dworkers reports to a user."""
+
+    exit_code = 2
+
+
+class ProblemsError(DworkersError):
+    """An error made of located problems; ``str()`` renders one per line."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(p.render() for p in self.problems))
+
+
+class LoadError(ProblemsError):
+    """A file could not be read or parsed."""
+
+
+class PlanValidationError(ProblemsError):
+    """A plan is invalid (graph, steps, templates)."""
+
+
+class TenantValidationError(ProblemsError):
+    """A tenant configuration is invalid."""
+
+
+class InputError(ProblemsError):
+    """Run inputs are missing, unknown or unreadable."""
+
+
+class PreflightError(ProblemsError):
+    """A run cannot start: a model is not allowed or a provider key is missing."""
+
+
+class NotFoundError(DworkersError):
+    """A named plan, tenant or run does not exist."""
+
+    def __init__(self, kind: str, name: str, known: Sequence[str], hint: str = "") -> None:
+        self.kind, self.name = kind, name
+        suggestion = did_you_mean(name, known)
+        message = f"no {kind} named {name!r}"
+        if suggestion:
+            message += f" — did you mean {suggestion!r}?"
+        elif hint:
+            message += f" — {hint}"
+        super().__init__(message)
+
+
+class HistoryError(DworkersError):
+    """The run history database cannot be opened, read or written."""
+
+
+class LLMError(DworkersError):
+    """A provider call failed. ``retryable`` says whether another attempt may succeed."""
+
+    retryable = False
+    exit_code = 1
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimitError(LLMError):
+    retryable = True
+
+
+class ProviderTimeoutError(LLMError):
+    retryable = True
+
+
+class ProviderUnavailableError(LLMError):
+    retryable = True
+
+
+class AuthenticationError(LLMError):
+    pass
+
+
+class BadRequestError(LLMError):
+    pass
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """The closest known name, if one is close enough to be a likely typo."""
+    import difflib
+
+    matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None

@@ -1,0 +1,269 @@
+"""``BasePlan`` and ``PlanStep``: the plan model, and every static check of it.
+
+``check()`` reports all problems in one pass, each located in the plan's source file when the
+plan was loaded from YAML, and says how to fix it. Everything here is linear in the plan's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dworkers import dag, templates
+from dworkers.errors import PlanValidationError, Problem, did_you_mean
+from dworkers.types import SourceMap, SourcePath, WorkerRole
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+SLUG_HINT = "use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+MAX_SLUG_LENGTH = 100
+
+
+class PlanStep(BaseModel):
+    """One unit of work: a worker with ``worker_role`` runs the step's prompt."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    step_id: str
+    name: str
+    description: str = ""
+    worker_role: WorkerRole = WorkerRole.ANALYST
+    depends_on: list[str] = Field(default_factory=list)
+    prompt_template: str = ""
+    retry_max: int = Field(default=0, ge=0, le=100)
+    timeout_seconds: float = Field(default=0, ge=0, le=86_400)
+
+    def fingerprint(self) -> str:
+        """A digest of the definition: a changed step (or prompt) must run again on resume."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class InputSpec(BaseModel):
+    """A declared plan input. An input with a ``default`` is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    default: str | None = None
+
+
+class BasePlan:
+    """A named DAG of ``PlanStep``s.
+
+    ``inputs`` declares the run inputs; when it is ``None`` every placeholder used by a template
+    is a required input. ``source`` records where the plan was loaded from, for error locations.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str = "",
+        steps: Iterable[PlanStep] | None = None,
+        *,
+        inputs: dict[str, InputSpec] | None = None,
+        source: SourceMap | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.inputs = inputs
+        self.source = source
+        self._steps: list[PlanStep] = []
+        self._by_id: dict[str, PlanStep] = {}
+        for step in steps or ():
+            self.add_step(step)
+
+    def __repr__(self) -> str:
+        return f"BasePlan({self.name!r}, steps={len(self._steps)})"
+
+    @property
+    def steps(self) -> list[PlanStep]:
+        return list(self._steps)
+
+    def add_step(self, step: PlanStep) -> PlanStep:
+        """Append a step. Duplicate ids are kept so that ``validate()`` can report them all."""
+        self._steps.append(step)
+        self._by_id.setdefault(step.step_id, step)
+        return step
+
+    def get_step(self, step_id: str) -> PlanStep | None:
+        return self._by_id.get(step_id)
+
+    @property
+    def graph(self) -> dict[str, list[str]]:
+        """``{step_id: depends_on}`` in plan order (first definition wins for duplicates)."""
+        return {sid: list(step.depends_on) for sid, step in self._by_id.items()}
+
+    def placeholders(self) -> list[str]:
+        """Every placeholder used by a template, in order of first use."""
+        names: dict[str, None] = {}
+        for step in self._steps:
+            names.update(dict.fromkeys(templates.parse(step.prompt_template).names))
+        return list(names)
+
+    def required_inputs(self) -> list[str]:
+        if self.inputs is None:
+            return self.placeholders()
+        return [name for name, spec in self.inputs.items() if spec.default is None]
+
+    def optional_inputs(self) -> dict[str, str]:
+        return {n: s.default for n, s in (self.inputs or {}).items() if s.default is not None}
+
+    def validate(self) -> None:
+        """Raise ``PlanValidationError`` listing every problem, or return quietly."""
+        problems = self.check()
+        if problems:
+            raise PlanValidationError(problems)
+
+    def check(self) -> list[Problem]:
+        """Every problem with this plan, located and sorted by position."""
+        return _PlanChecker(self).run()
+
+
+class _PlanChecker:
+    def __init__(self, plan: BasePlan) -> None:
+        self.plan = plan
+        self.problems: list[Problem] = []
+
+    def problem(
+        self,
+        path: SourcePath,
+        message: str,
+        hint: str,
+        code: str,
+        *,
+        key: bool = False,
+        offset: tuple[int, int] = (0, 0),
+    ) -> None:
+        source = self.plan.source
+        line = column = None
+        if source is not None:
+            line, column = source.at(path, key=key)
+            if line is not None and column is not None:
+                line, column = line + offset[0], (offset[1] if offset[0] else column + offset[1])
+        file = source.file if source else f"<plan {self.plan.name}>"
+        self.problems.append(Problem(message, hint, code, file, line, column))
+
+    def run(self) -> list[Problem]:
+        plan = self.plan
+        if not SLUG.match(plan.name) or len(plan.name) > MAX_SLUG_LENGTH:
+            self.problem(("name",), f"plan name {plan.name!r} is not a valid name", SLUG_HINT,
+                         "invalid-plan-name")
+        if not plan.steps:
+            self.problem(("steps",), "plan has no steps", "add at least one step under 'steps:'",
+                         "no-steps")
+        self.check_step_ids()
+        self.check_dependencies()
+        self.check_cycles()
+        self.check_templates()
+        return sorted(
+            self.problems, key=lambda p: (p.file or "", p.line or 0, p.column or 0, p.code)
+        )
+
+    def check_step_ids(self) -> None:
+        first_index: dict[str, int] = {}
+        for i, step in enumerate(self.plan.steps):
+            sid = step.step_id
+            if not SLUG.match(sid) or len(sid) > MAX_SLUG_LENGTH:
+                self.problem(("steps", i, "step_id"), f"step_id {sid!r} is not a valid id",
+                             f"{SLUG_HINT} (step ids name output files)", "invalid-step-id")
+            if sid in first_index:
+                first = first_index[sid]
+                where = self._line_of(("steps", first, "step_id")) or f" as step {first + 1}"
+                self.problem(
+                    ("steps", i, "step_id"),
+                    f"duplicate step_id {sid!r} (first defined{where})",
+                    "give each step a unique step_id",
+                    "duplicate-step-id",
+                )
+            else:
+                first_index[sid] = i
+
+    def check_dependencies(self) -> None:
+        known = list(self.plan.graph)
+        for i, step in enumerate(self.plan.steps):
+            seen: set[str] = set()
+            for j, dep in enumerate(step.depends_on):
+                path: SourcePath = ("steps", i, "depends_on", j)
+                if dep == step.step_id:
+                    self.problem(path, f"step {dep!r} depends on itself",
+                                 f"remove {dep!r} from its depends_on", "self-dependency")
+                elif dep not in self.plan._by_id:
+                    guess = did_you_mean(dep, known)
+                    hint = (f"did you mean {guess!r}?" if guess
+                            else "depends_on must name step_ids defined in this plan")
+                    self.problem(path, f"step {step.step_id!r} depends on unknown step {dep!r}",
+                                 hint, "unknown-dependency")
+                elif dep in seen:
+                    self.problem(path, f"step {step.step_id!r} lists {dep!r} twice in depends_on",
+                                 "remove the repeated entry", "duplicate-dependency")
+                seen.add(dep)
+
+    def check_cycles(self) -> None:
+        index_of = {}
+        for i, step in enumerate(self.plan.steps):
+            index_of.setdefault(step.step_id, i)
+        for cycle in dag.find_cycles(self.plan.graph):
+            edges = []
+            for node, dep in zip(cycle, cycle[1:], strict=False):
+                i = index_of[node]
+                j = self.plan.steps[i].depends_on.index(dep)
+                edges.append((("steps", i, "depends_on", j), node, dep))
+            lines = ", ".join(f"{a} → {b}{self._line_of(p)}" for p, a, b in edges)
+            self.problem(
+                edges[0][0],
+                f"dependency cycle {' → '.join(cycle)} (→ means 'depends on': {lines})",
+                "remove one of these dependencies so the steps can run in order",
+                "dependency-cycle",
+            )
+
+    def check_templates(self) -> None:
+        declared = self.plan.inputs
+        for name in declared or {}:
+            if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", name):
+                self.problem(("inputs", name), f"input name {name!r} is not valid",
+                             "input names are letters, digits and '_', not starting with a digit",
+                             "invalid-input-name", key=True)
+        for i, step in enumerate(self.plan.steps):
+            path: SourcePath = ("steps", i, "prompt_template")
+            parsed = templates.parse(step.prompt_template)
+            for issue in parsed.issues:
+                self.problem(path, issue.message, issue.hint, "template-syntax",
+                             offset=self._offset(path, step.prompt_template, issue.offset))
+            if declared is None:
+                continue
+            for placeholder in parsed.placeholders:
+                if placeholder.name in declared:
+                    continue
+                guess = did_you_mean(placeholder.name, list(declared))
+                hint = (f"did you mean {{{guess}}}?" if guess
+                        else f"declare it under 'inputs:' (declared: {', '.join(declared) or 'none'})")
+                self.problem(
+                    path,
+                    f"placeholder {{{placeholder.name}}} in step {step.step_id!r} is not a "
+                    "declared input",
+                    hint,
+                    "undeclared-input",
+                    offset=self._offset(path, step.prompt_template, placeholder.offset),
+                )
+
+    def _line_of(self, path: SourcePath) -> str:
+        source = self.plan.source
+        line = source.at(path)[0] if source else None
+        return f" at line {line}" if line else ""
+
+    def _offset(self, path: SourcePath, text: str, offset: int) -> tuple[int, int]:
+        """Line/column shift of ``offset`` inside a scalar, so errors point into the template."""
+        source = self.plan.source
+        style = source.styles.get(path) if source else None
+        if style == "|":
+            # A literal block starts on the line after the indicator; its indent is unknown
+            # here, so point at the first column of the right line.
+            line_shift = text.count("\n", 0, offset) + 1
+            return line_shift, 1
+        if style in ("", "'", '"') and "\n" not in text[:offset]:
+            return 0, offset + (1 if style else 0)
+        return 0, 0

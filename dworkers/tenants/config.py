@@ -1,0 +1,126 @@
+"""``TenantConfig``: a company's context, models, limits and security settings."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from dworkers.errors import Problem, TenantValidationError
+from dworkers.plans.base import SLUG, SLUG_HINT
+from dworkers.types import ROLE_NAMES, SourceMap, SourcePath, WorkerRole
+
+# litellm model strings: "provider/model", "model", "bedrock/anthropic.claude-3:0", ...
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9._:@+-]+)*\Z")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelsConfig(_Strict):
+    """The default model and optional per-role overrides (litellm model strings)."""
+
+    default: str = "openai/gpt-4o-mini"
+    analyst: str | None = None
+    researcher: str | None = None
+    data_analyst: str | None = None
+    manager: str | None = None
+    designer: str | None = None
+
+
+class WorkerConfig(_Strict):
+    custom_instructions: str = ""
+    max_concurrent_tasks: int | None = Field(default=None, ge=1, le=10_000)
+
+
+class LimitsConfig(_Strict):
+    max_concurrency: int = Field(default=8, ge=1, le=10_000)
+    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    timeout_seconds: float = Field(default=120, gt=0, le=86_400, allow_inf_nan=False)
+
+
+class SecurityConfig(_Strict):
+    allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+
+
+class TenantConfig(_Strict):
+    """Everything a run needs to know about the company it works for. Never holds secrets:
+    ``api_key_env`` names the environment variable that holds the key."""
+
+    id: str
+    name: str = ""
+    context: str = ""
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    workers: dict[WorkerRole, WorkerConfig] = Field(default_factory=dict)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    api_base: str | None = None
+    api_key_env: str | None = None
+
+    _source: SourceMap | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> SourceMap | None:
+        return self._source
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    def model_for(self, role: WorkerRole) -> str:
+        override: str | None = getattr(self.models, role.value)
+        return override or self.models.default
+
+    def worker(self, role: WorkerRole) -> WorkerConfig:
+        return self.workers.get(role) or WorkerConfig()
+
+    def allows(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.security.allowed_models)
+
+    def validate_config(self) -> None:
+        problems = self.check()
+        if problems:
+            raise TenantValidationError(problems)
+
+    def check(self) -> list[Problem]:
+        """Every semantic problem: ids, model names, models outside ``allowed_models``."""
+        found: list[Problem] = []
+
+        def problem(path: SourcePath, message: str, hint: str, code: str) -> None:
+            file, line, column = f"<tenant {self.id}>", None, None
+            if self._source is not None:
+                file = self._source.file
+                line, column = self._source.at(path)
+            found.append(Problem(message, hint, code, file, line, column))
+
+        if not SLUG.match(self.id):
+            problem(("id",), f"tenant id {self.id!r} is not valid", SLUG_HINT, "invalid-tenant-id")
+        allowed = ", ".join(self.security.allowed_models) or "nothing"
+        for role in ("default", *ROLE_NAMES):
+            model = getattr(self.models, role)
+            if model is None:
+                continue
+            path: SourcePath = ("models", role)
+            if not MODEL_NAME.match(model):
+                problem(path, f"malformed model name {model!r} for {role}",
+                        "write a litellm model string such as 'openai/gpt-4o-mini'",
+                        "invalid-model")
+            elif not self.allows(model):
+                problem(path, f"model {model!r} for {role} is not in security.allowed_models "
+                        f"({allowed})", "pick an allowed model or extend allowed_models",
+                        "model-not-allowed")
+        for i, pattern in enumerate(self.security.allowed_models):
+            if not pattern.strip():
+                problem(("security", "allowed_models", i), "empty pattern in allowed_models",
+                        "remove it, or write a glob such as 'openai/*'", "invalid-pattern")
+        if self.api_key_env is not None and not ENV_NAME.match(self.api_key_env):
+            problem(("api_key_env",), f"api_key_env {self.api_key_env!r} is not an environment "
+                    "variable name", "name the variable that holds the key, e.g. ACME_OPENAI_KEY",
+                    "invalid-env-name")
+        if self.api_base is not None and not re.match(r"https?://[^\s]+\Z", self.api_base):
+            problem(("api_base",), f"api_base {self.api_base!r} is not an http(s) URL",
+                    "write it as http://host:port/v1", "invalid-url")
+        return found

@@ -1,0 +1,119 @@
+"""The only module that imports rich: how plans, problems and runs look on a terminal.
+
+Functions here take plain data (plans, problems, run state) and draw it; none of them schedules
+or changes anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from dworkers.errors import Problem
+
+if TYPE_CHECKING:
+    from dworkers.discovery import Entry
+    from dworkers.plans.base import BasePlan
+
+
+def console(*, stderr: bool = True, width: int | None = None) -> Console:
+    """A console for human output (stderr by default); rich honours NO_COLOR and TERM=dumb."""
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+
+
+def print_problems(out: Console, problems: Iterable[Problem]) -> None:
+    for problem in problems:
+        line = Text()
+        line.append(problem.location, style="bold")
+        line.append(": ")
+        line.append(problem.message, style="red")
+        if problem.hint:
+            line.append(" — ")
+            line.append(problem.hint, style="cyan")
+        out.print(line, soft_wrap=True)
+
+
+def print_error(out: Console, message: str) -> None:
+    out.print(Text.assemble(("error", "bold red"), ": ", message), soft_wrap=True)
+
+
+def print_ok(out: Console, message: str) -> None:
+    out.print(Text.assemble(("✓ ", "green"), message), soft_wrap=True)
+
+
+def plan_table(entries: Sequence[Entry[BasePlan]]) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column("PLAN", no_wrap=True)
+    table.add_column("STEPS", justify="right", no_wrap=True)
+    table.add_column("INPUTS", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
+    table.add_column("SOURCE", no_wrap=True, overflow="ellipsis", max_width=40)
+    for entry in entries:
+        plan = entry.item
+        table.add_row(
+            escape(plan.name),
+            str(len(plan.steps)),
+            escape(", ".join(plan.required_inputs()) or "-"),
+            escape(plan.description),
+            escape(source_label(entry)),
+        )
+    return table
+
+
+def source_label(entry: Entry[Any]) -> str:
+    if entry.path is None or entry.origin == "built-in":
+        return entry.origin
+    try:
+        return str(entry.path.relative_to(os.getcwd()))
+    except ValueError:
+        return str(entry.path)
+
+
+def plan_tree(plan: BasePlan) -> Tree:
+    """The plan as a tree: steps in dependency order with role and what each waits for."""
+    from dworkers import dag
+
+    required = plan.required_inputs()
+    root = Tree(
+        Text.assemble(
+            (plan.name, "bold"),
+            f" — {plan.description}" if plan.description else "",
+            ("\ninputs: " + (", ".join(required) or "none"), "dim"),
+        )
+    )
+    for step_id in dag.topological_order(plan.graph):
+        step = plan.get_step(step_id)
+        assert step is not None
+        label = Text.assemble((step.step_id, "bold"), "  ", (step.worker_role.value, "magenta"))
+        if step.depends_on:
+            label.append("  ← " + ", ".join(step.depends_on), style="dim")
+        root.add(label)
+    return root
+
+
+def mermaid(plan: BasePlan) -> str:
+    """The DAG in Mermaid flowchart syntax (labels quoted so any name is safe)."""
+    lines = ["flowchart TD"]
+    for step in plan.steps:
+        label = f"{step.name} ({step.worker_role.value})".replace('"', "'")
+        lines.append(f'    {_mermaid_id(step.step_id)}["{label}"]')
+    for step in plan.steps:
+        for dep in step.depends_on:
+            lines.append(f"    {_mermaid_id(dep)} --> {_mermaid_id(step.step_id)}")
+    return "\n".join(lines)
+
+
+def _mermaid_id(step_id: str) -> str:
+    return "s_" + step_id.replace("-", "_")
+
+
+def is_interactive(out: Console) -> bool:
+    return out.is_terminal and not out.is_dumb_terminal and sys.stderr.isatty()

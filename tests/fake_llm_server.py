@@ -1,0 +1,742 @@
+"""A tiny OpenAI-compatible chat-completions server for tests and benchmarks.
+
+Standard library only.  The server binds ``127.0.0.1`` on an ephemeral port and
+runs in a background thread; every connection is handled by its own daemon
+thread, so slow or hanging requests never block others.
+
+Typical use::
+
+    with FakeLLMServer() as srv:
+        srv.add_rule("summarise", content="A short summary.")
+        srv.add_rule("flaky", status=429, retry_after=1, times=1)
+        srv.add_rule("stuck", hang=True)
+        ...  # litellm.acompletion(model="openai/x", api_base=srv.url, api_key="sk-test", ...)
+        assert srv.wait_for_requests(3, timeout=5)
+        print(srv.requests, srv.max_in_flight)
+
+Endpoints
+    ``POST /v1/chat/completions`` (also ``/chat/completions``): JSON response, or
+    server-sent events when the body has ``"stream": true``.  With
+    ``stream_options.include_usage`` a final chunk carrying ``usage`` (and empty
+    ``choices``) precedes ``data: [DONE]``, as OpenAI does.
+    ``GET /v1/models`` (also ``/models``): a one-entry model list.
+
+HTTP details
+    Every response carries ``Connection: close``.  JSON bodies have an exact
+    ``Content-Length``; SSE bodies (``Content-Type: text/event-stream``) use
+    chunked transfer encoding and the connection is closed after ``[DONE]``.
+
+Token counts
+    Approximated as whitespace-separated words: prompt tokens are the words of
+    all messages' text contents, completion tokens the words of the reply.
+
+Retry-After
+    For a rule with ``retry_after`` the error response carries
+    ``Retry-After: <integer seconds>`` (``math.ceil`` of the value, the RFC 9110
+    ``delay-seconds`` form; litellm only parses integers there) and
+    ``retry-after-ms: <milliseconds>`` with the exact value (honoured by the
+    OpenAI SDK).
+
+Stopping
+    ``stop()`` wakes every sleeping/hanging request at once (they all wait on one
+    ``threading.Event``); such requests are abandoned, i.e. the connection is
+    closed without a response.  A hang is also abandoned when the client
+    disconnects or after ``max_hang`` seconds.
+
+Script mode (for benchmarks)::
+
+    python tests/fake_llm_server.py --port 0 --latency 0.1
+
+prints the base URL (``http://127.0.0.1:PORT/v1``) as the first line of stdout
+and serves until SIGTERM/SIGINT, then exits cleanly with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import select
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["FakeLLMServer", "RequestRecord", "Rule", "main"]
+
+HOST = "127.0.0.1"
+DEFAULT_MAX_HANG = 60.0
+_POLL = 0.05  # seconds between client-disconnect checks while waiting
+_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_MODEL_PATHS = frozenset({"/v1/models", "/models"})
+
+_ERROR_KINDS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("not_found_error", "model_not_found"),
+    408: ("timeout_error", None),
+    409: ("conflict_error", None),
+    413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", None),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    502: ("server_error", "bad_gateway"),
+    503: ("server_error", "service_unavailable"),
+    504: ("server_error", "gateway_timeout"),
+}
+
+
+@dataclass
+class Rule:
+    """How to answer requests whose message text contains ``contains``.
+
+    Created through :meth:`FakeLLMServer.add_rule`; see there for the fields.
+    ``matched`` counts the requests this rule has answered so far.
+    """
+
+    contains: str | None = None
+    latency: float = 0.0
+    status: int = 200
+    retry_after: float | None = None
+    hang: bool = False
+    content: str | None = None
+    times: int | None = None
+    chunk_delay: float = 0.0
+    error_message: str | None = None
+    matched: int = 0
+
+    def matches(self, text: str) -> bool:
+        """True when this rule applies to a request with message text ``text``."""
+        if self.times is not None and self.times <= 0:
+            return False
+        return self.contains is None or self.contains in text
+
+
+@dataclass
+class RequestRecord:
+    """One chat-completions request as the server saw it.
+
+    ``started``/``finished`` are ``time.monotonic()`` values: when the request
+    body had been read, and when the last response byte was sent or the request
+    was abandoned (``None`` while still in flight).  ``status`` is the HTTP
+    status sent, or ``None`` if no response was sent (hang, stop, disconnect),
+    in which case ``abandoned`` is true.
+    """
+
+    index: int
+    model: str | None
+    messages: list[dict[str, Any]]
+    stream: bool
+    started: float
+    finished: float | None = None
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    path: str = ""
+    reply: str | None = None
+    abandoned: bool = False
+
+    @property
+    def text(self) -> str:
+        """All messages' text contents joined with newlines (what rules match on)."""
+        return messages_text(self.messages)
+
+    @property
+    def duration(self) -> float | None:
+        """``finished - started`` in seconds, or ``None`` while in flight."""
+        return None if self.finished is None else self.finished - self.started
+
+
+def content_text(content: Any) -> str:
+    """The text of one message ``content`` (a string or a list of content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "\n".join(parts)
+    return ""
+
+
+def messages_text(messages: Iterable[Any]) -> str:
+    """All messages' text contents joined with newlines."""
+    return "\n".join(
+        content_text(m.get("content")) for m in messages if isinstance(m, dict)
+    )
+
+
+def count_tokens(text: str) -> int:
+    """Approximate token count: the number of whitespace-separated words."""
+    return len(text.split())
+
+
+def default_reply(messages: list[dict[str, Any]]) -> str:
+    """``"Reply to: <first 60 chars of the last user message, on one line>"``."""
+    last_user = ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            last_user = content_text(message.get("content"))
+            break
+    return "Reply to: " + " ".join(last_user.split())[:60]
+
+
+def split_pieces(text: str, max_pieces: int = 8, min_pieces: int = 4) -> list[str]:
+    """Split ``text`` into at most ``max_pieces`` pieces that join back to ``text``.
+
+    Splits on word boundaries (aiming for ``min_pieces``..``max_pieces`` pieces);
+    text with fewer than ``min_pieces`` words is split by characters instead.
+    """
+    if not text:
+        return [""]
+    units: list[str] = re.findall(r"\s*\S+", text)
+    if units:
+        units[-1] += text[len("".join(units)) :]  # trailing whitespace
+    if len(units) < min_pieces:
+        units = list(text)
+    count = min(max_pieces, len(units))
+    size, extra = divmod(len(units), count)
+    pieces: list[str] = []
+    pos = 0
+    for i in range(count):
+        step = size + (1 if i < extra else 0)
+        pieces.append("".join(units[pos : pos + step]))
+        pos += step
+    return pieces
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    """True when the client has closed (or reset) the connection."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        if not readable:
+            return False
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+class _Abandon(Exception):
+    """Internal: stop handling the request without (further) response."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, fake: FakeLLMServer, port: int) -> None:
+        self.fake = fake
+        super().__init__((HOST, port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call socket.getfqdn() (a DNS lookup).
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = HOST
+        self.server_port = int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = 30.0  # socket timeout for reading a request / writing a response
+    server_version = "FakeLLM/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if self.server.fake.verbose:
+            super().log_message(format, *args)
+
+    # -- routing -------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path.rstrip("/")
+        if path in _MODEL_PATHS:
+            payload = {
+                "object": "list",
+                "data": [
+                    {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}
+                ],
+            }
+            self._send_json(200, payload)
+        else:
+            self._send_json(404, _error_payload(404, f"no such endpoint: {path}"))
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path.rstrip("/")
+        if path not in _CHAT_PATHS:
+            self._read_body()
+            self._send_json(404, _error_payload(404, f"no such endpoint: {path}"))
+            return
+        self.server.fake._handle_chat(self, path)
+
+    # -- helpers used by FakeLLMServer ----------------------------------------
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_json(
+        self, status: int, payload: Any, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (extra_headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _start_sse(self, extra_headers: dict[str, str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        for name, value in extra_headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+
+    def _send_sse(self, data: str) -> None:
+        payload = f"data: {data}\n\n".encode()
+        self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+        self.wfile.flush()
+
+    def _end_sse(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def _error_payload(status: int, message: str | None) -> dict[str, Any]:
+    kind, code = _ERROR_KINDS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    return {
+        "error": {
+            "message": message or f"fake server error (HTTP {status})",
+            "type": kind,
+            "param": None,
+            "code": code,
+        }
+    }
+
+
+class FakeLLMServer:
+    """An OpenAI-compatible chat-completions server on ``127.0.0.1``.
+
+    Args:
+        latency: seconds every chat request waits before responding (a
+            matching rule's ``latency`` is added to it).
+        chunk_delay: seconds between streamed chunks (a matching rule's
+            ``chunk_delay`` is added to it).
+        port: port to bind; 0 (default) picks a free ephemeral port.
+        max_hang: upper bound in seconds for ``hang=True`` requests.
+        verbose: log each HTTP request to stderr.
+    """
+
+    def __init__(
+        self,
+        latency: float = 0.0,
+        *,
+        chunk_delay: float = 0.0,
+        port: int = 0,
+        max_hang: float = DEFAULT_MAX_HANG,
+        verbose: bool = False,
+    ) -> None:
+        self.latency = latency
+        self.chunk_delay = chunk_delay
+        self.max_hang = max_hang
+        self.verbose = verbose
+        self._port = port
+        self._cond = threading.Condition()
+        self._stop_event = threading.Event()
+        self._rules: list[Rule] = []
+        self._records: list[RequestRecord] = []
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> FakeLLMServer:
+        """Bind and start serving in a background daemon thread; returns ``self``."""
+        if self._httpd is not None or self._stopped:
+            raise RuntimeError("FakeLLMServer can only be started once")
+        self._httpd = _HTTPServer(self, self._port)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": _POLL},
+            name=f"FakeLLMServer:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop serving; wakes sleeping/hanging requests (which are abandoned).
+
+        Returns promptly: waits at most about ``timeout`` seconds for in-flight
+        handlers to finish recording.  Idempotent.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_event.set()
+        httpd, thread = self._httpd, self._thread
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if thread is not None:
+            thread.join(timeout)
+        with self._cond:
+            self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (only valid after :meth:`start`)."""
+        if self._httpd is None:
+            raise RuntimeError("FakeLLMServer is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no ``/v1``)."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT/v1`` -- the ``api_base`` for ``openai/<model>``."""
+        return f"{self.base_url}/v1"
+
+    # -- rules -----------------------------------------------------------------
+
+    def add_rule(
+        self,
+        contains: str | None = None,
+        *,
+        latency: float = 0.0,
+        status: int = 200,
+        retry_after: float | None = None,
+        hang: bool = False,
+        content: str | None = None,
+        times: int | None = None,
+        chunk_delay: float = 0.0,
+        error_message: str | None = None,
+    ) -> Rule:
+        """Add a behaviour rule; rules are tried in the order added.
+
+        A rule matches when ``contains`` is None or a substring of all messages'
+        text joined; the first matching rule with ``times`` left (None =
+        unlimited) answers the request and its ``times`` is decremented.
+
+        Args:
+            contains: substring to look for in the messages' text.
+            latency: extra seconds to wait before responding.
+            status: HTTP status; anything but 200 sends an OpenAI-style error.
+            retry_after: seconds for the ``Retry-After`` header of an error.
+            hang: never respond (until stop, client disconnect or ``max_hang``).
+            content: the reply text (default: ``"Reply to: ..."``).
+            times: how many requests this rule answers (None = unlimited).
+            chunk_delay: extra seconds between streamed chunks.
+            error_message: the error's ``message`` for ``status != 200``.
+        """
+        rule = Rule(
+            contains=contains,
+            latency=latency,
+            status=status,
+            retry_after=retry_after,
+            hang=hang,
+            content=content,
+            times=times,
+            chunk_delay=chunk_delay,
+            error_message=error_message,
+        )
+        with self._cond:
+            self._rules.append(rule)
+        return rule
+
+    def clear_rules(self) -> None:
+        """Remove all rules."""
+        with self._cond:
+            self._rules.clear()
+
+    def reset(self) -> None:
+        """Remove all rules and forget recorded requests and ``max_in_flight``."""
+        with self._cond:
+            self._rules.clear()
+            self._records.clear()
+            self._max_in_flight = self._in_flight
+
+    def _take_rule(self, text: str) -> Rule | None:
+        with self._cond:
+            for rule in self._rules:
+                if rule.matches(text):
+                    if rule.times is not None:
+                        rule.times -= 1
+                    rule.matched += 1
+                    return dataclasses.replace(rule)
+        return None
+
+    # -- request log -----------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A snapshot (copies) of all chat requests received, in arrival order."""
+        with self._cond:
+            return [dataclasses.replace(r) for r in self._records]
+
+    def requests_containing(self, text: str) -> list[RequestRecord]:
+        """Recorded requests whose messages' text contains ``text``."""
+        return [r for r in self.requests if text in r.text]
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds until ``n`` requests have arrived."""
+        return self._wait_until(lambda: len(self._records) >= n, timeout)
+
+    def wait_for_in_flight(self, n: int, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds until ``n`` requests are in flight."""
+        return self._wait_until(lambda: self._in_flight >= n, timeout)
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds until no request is in flight."""
+        return self._wait_until(lambda: self._in_flight == 0, timeout)
+
+    def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    @property
+    def in_flight(self) -> int:
+        """Number of chat requests currently being processed."""
+        with self._cond:
+            return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """Highest number of chat requests processed concurrently so far."""
+        with self._cond:
+            return self._max_in_flight
+
+    # -- request handling (runs on handler threads) ----------------------------
+
+    def _wait(self, seconds: float, conn: socket.socket) -> None:
+        """Sleep ``seconds``; raise :class:`_Abandon` on stop() or client disconnect."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._stop_event.is_set() or _peer_closed(conn):
+                raise _Abandon
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._stop_event.wait(min(remaining, _POLL)):
+                raise _Abandon
+
+    def _handle_chat(self, handler: _Handler, path: str) -> None:
+        raw = handler._read_body()
+        started = time.monotonic()
+        body: Any
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        valid = isinstance(body, dict) and isinstance(body.get("messages"), list)
+        payload: dict[str, Any] = body if valid else {}
+        messages = [m for m in payload.get("messages", []) if isinstance(m, dict)]
+        model = payload.get("model")
+        stream = bool(payload.get("stream"))
+        with self._cond:
+            record = RequestRecord(
+                index=len(self._records),
+                model=model if isinstance(model, str) else None,
+                messages=messages,
+                stream=stream,
+                started=started,
+                headers={k.lower(): v for k, v in handler.headers.items()},
+                body=body,
+                path=path,
+            )
+            self._records.append(record)
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._cond.notify_all()
+        try:
+            if not valid:
+                record.status = 400
+                handler._send_json(400, _error_payload(400, "body must be JSON with 'messages'"))
+            else:
+                self._respond(handler, record)
+        except (_Abandon, OSError):
+            record.abandoned = True
+        finally:
+            handler.close_connection = True
+            with self._cond:
+                record.finished = time.monotonic()
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    def _respond(self, handler: _Handler, record: RequestRecord) -> None:
+        conn: socket.socket = handler.connection
+        rule = self._take_rule(record.text) or Rule()
+        self._wait(self.latency + rule.latency, conn)
+        if rule.hang:
+            self._wait(self.max_hang, conn)
+            raise _Abandon
+        request_id = f"req-fake-{record.index}"
+        if rule.status != 200:
+            headers = {"x-request-id": request_id}
+            if rule.retry_after is not None:
+                headers["Retry-After"] = str(max(0, math.ceil(rule.retry_after)))
+                headers["retry-after-ms"] = str(max(0, round(rule.retry_after * 1000)))
+            record.status = rule.status
+            handler._send_json(
+                rule.status, _error_payload(rule.status, rule.error_message), headers
+            )
+            return
+        reply = rule.content if rule.content is not None else default_reply(record.messages)
+        record.reply = reply
+        model = record.model or "fake-model"
+        completion_id = f"chatcmpl-fake-{record.index}"
+        created = int(time.time())
+        prompt_tokens = count_tokens(record.text)
+        completion_tokens = count_tokens(reply)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if not record.stream:
+            record.status = 200
+            handler._send_json(
+                200,
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                },
+                {"x-request-id": request_id},
+            )
+            return
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+            return json.dumps(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "delta": delta, "finish_reason": finish_reason}
+                    ],
+                }
+            )
+
+        delay = self.chunk_delay + rule.chunk_delay
+        record.status = 200
+        handler._start_sse({"x-request-id": request_id})
+        handler._send_sse(chunk({"role": "assistant", "content": ""}))
+        for piece in split_pieces(reply):
+            if delay > 0:
+                self._wait(delay, conn)
+            handler._send_sse(chunk({"content": piece}))
+        if delay > 0:
+            self._wait(delay, conn)
+        handler._send_sse(chunk({}, "stop"))
+        options = record.body.get("stream_options") if isinstance(record.body, dict) else None
+        if isinstance(options, dict) and options.get("include_usage"):
+            handler._send_sse(
+                json.dumps(
+                    {
+                        "id": completion_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
+        handler._send_sse("[DONE]")
+        handler._end_sse()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; print the base URL as the first stdout line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0, help="port to bind on 127.0.0.1 (0 = any)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument("--content", default=None, help="fixed reply text for every request")
+    parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    args = parser.parse_args(argv)
+
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    server = FakeLLMServer(
+        latency=args.latency, chunk_delay=args.chunk_delay, port=args.port, verbose=args.verbose
+    )
+    if args.content is not None:
+        server.add_rule(content=args.content)
+    with server:
+        print(server.url, flush=True)
+        while not done.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
