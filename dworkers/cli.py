@@ -68,7 +68,10 @@ def list_plans(
             ]
         )
     else:
-        view.console(stderr=False).print(view.plan_table(entries))
+        out = view.console(stderr=False)
+        # Cut descriptions to fit a terminal; a pipe gets whole lines.
+        width = out.width if out.is_terminal else 100_000
+        out.print(view.plan_table(entries, width), soft_wrap=True)
     if problems:
         out = view.console()
         out.print(f"\n{len(problems)} problem(s) kept some plan files out of this list:")

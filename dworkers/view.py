@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
@@ -49,23 +48,35 @@ def print_ok(out: Console, message: str) -> None:
     out.print(Text.assemble(("✓ ", "green"), message), soft_wrap=True)
 
 
-def plan_table(entries: Sequence[Entry[BasePlan]]) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    table.add_column("PLAN", no_wrap=True)
-    table.add_column("STEPS", justify="right", no_wrap=True)
-    table.add_column("INPUTS", no_wrap=True, overflow="ellipsis", max_width=30)
-    table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
-    table.add_column("SOURCE", no_wrap=True, overflow="ellipsis", max_width=40)
-    for entry in entries:
-        plan = entry.item
-        table.add_row(
-            escape(plan.name),
-            str(len(plan.steps)),
-            escape(", ".join(plan.required_inputs()) or "-"),
-            escape(plan.description),
-            escape(source_label(entry)),
+def plan_table(entries: Sequence[Entry[BasePlan]], width: int) -> Text:
+    """One line per plan; the description takes what is left of the width and is cut with '…'."""
+    rows = [
+        (
+            entry.item.name,
+            str(len(entry.item.steps)),
+            ", ".join(entry.item.required_inputs()) or "-",
+            source_label(entry),
+            entry.item.description,
         )
-    return table
+        for entry in entries
+    ]
+    header = ("PLAN", "STEPS", "INPUTS", "SOURCE", "DESCRIPTION")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    widths[2] = min(widths[2], 28)
+    widths[3] = min(widths[3], 36)
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for n, row in enumerate([header, *rows]):
+        cells = [_fit(row[i], widths[i]) for i in range(4)]
+        cells[1] = cells[1].rjust(widths[1])
+        line = "  ".join(cells) + "  "
+        line += _fit(row[4], max(width - len(line), 10))
+        text.append(line.rstrip() + "\n", style="bold" if n == 0 else "")
+    text.rstrip()
+    return text
+
+
+def _fit(value: str, width: int) -> str:
+    return value.ljust(width) if len(value) <= width else value[: width - 1] + "…"
 
 
 def source_label(entry: Entry[Any]) -> str:
