@@ -128,10 +128,13 @@ class RequestRecord:
     """One chat-completions request as the server saw it.
 
     ``started``/``finished`` are ``time.monotonic()`` values: when the request
-    body had been read, and when the last response byte was sent or the request
-    was abandoned (``None`` while still in flight).  ``status`` is the HTTP
-    status sent, or ``None`` if no response was sent (hang, stop, disconnect),
-    in which case ``abandoned`` is true.
+    body had been read, and when the last response bytes were being sent (taken
+    just before that final write, so a client that holds a complete response
+    always sees ``finished`` set and ``in_flight`` decremented) or the request
+    was abandoned; ``finished`` is ``None`` while in flight.  ``status`` is the
+    HTTP status sent, or ``None`` if no response was sent (hang, stop,
+    disconnect).  ``abandoned`` is true when the request was dropped: no
+    response, or the client went away mid-response.
     """
 
     index: int
@@ -175,9 +178,7 @@ def content_text(content: Any) -> str:
 
 def messages_text(messages: Iterable[Any]) -> str:
     """All messages' text contents joined with newlines."""
-    return "\n".join(
-        content_text(m.get("content")) for m in messages if isinstance(m, dict)
-    )
+    return "\n".join(content_text(m.get("content")) for m in messages if isinstance(m, dict))
 
 
 def count_tokens(text: str) -> int:
@@ -256,27 +257,28 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30.0  # socket timeout for reading a request / writing a response
     server_version = "FakeLLM/1.0"
+    # Called just before the last write of a response, so that a client that has
+    # the whole response always sees its request recorded as finished.
+    before_last_write: Callable[[], None] | None = None
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.fake.verbose:
             super().log_message(format, *args)
 
     # -- routing -------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
         if path in _MODEL_PATHS:
             payload = {
                 "object": "list",
-                "data": [
-                    {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}
-                ],
+                "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}],
             }
             self._send_json(200, payload)
         else:
             self._send_json(404, _error_payload(404, f"no such endpoint: {path}"))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
         if path not in _CHAT_PATHS:
             self._read_body()
@@ -311,6 +313,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
+        self._last_write(data)
+
+    def _last_write(self, data: bytes) -> None:
+        if self.before_last_write is not None:
+            self.before_last_write()
         self.wfile.write(data)
         self.wfile.flush()
 
@@ -325,14 +332,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
 
-    def _send_sse(self, data: str) -> None:
+    @staticmethod
+    def _sse_chunk(data: str) -> bytes:
         payload = f"data: {data}\n\n".encode()
-        self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+        return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
+
+    def _send_sse(self, data: str) -> None:
+        self.wfile.write(self._sse_chunk(data))
         self.wfile.flush()
 
-    def _end_sse(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+    def _end_sse(self, data: str) -> None:
+        """Send the last event and the terminating zero-length chunk."""
+        self._last_write(self._sse_chunk(data) + b"0\r\n\r\n")
 
 
 def _error_payload(status: int, message: str | None) -> dict[str, Any]:
@@ -600,6 +611,15 @@ class FakeLLMServer:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             self._cond.notify_all()
+
+        def finish() -> None:
+            with self._cond:
+                if record.finished is None:
+                    record.finished = time.monotonic()
+                    self._in_flight -= 1
+                    self._cond.notify_all()
+
+        handler.before_last_write = finish
         try:
             if not valid:
                 record.status = 400
@@ -610,10 +630,7 @@ class FakeLLMServer:
             record.abandoned = True
         finally:
             handler.close_connection = True
-            with self._cond:
-                record.finished = time.monotonic()
-                self._in_flight -= 1
-                self._cond.notify_all()
+            finish()
 
     def _respond(self, handler: _Handler, record: RequestRecord) -> None:
         conn: socket.socket = handler.connection
@@ -674,9 +691,7 @@ class FakeLLMServer:
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": model,
-                    "choices": [
-                        {"index": 0, "delta": delta, "finish_reason": finish_reason}
-                    ],
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                 }
             )
 
@@ -705,8 +720,7 @@ class FakeLLMServer:
                     }
                 )
             )
-        handler._send_sse("[DONE]")
-        handler._end_sse()
+        handler._end_sse("[DONE]")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,13 @@ from typing import Any
 import httpx
 import litellm
 import pytest
+from litellm.exceptions import InternalServerError, RateLimitError, Timeout
 
-try:
-    from tests.fake_llm_server import FakeLLMServer, split_pieces
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from fake_llm_server import FakeLLMServer, split_pieces  # type: ignore[no-redef]
+# Importable whether or not tests/ is a package (pytest's default "prepend" import mode
+# only puts tests/ itself on sys.path when there is no tests/__init__.py).
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+from fake_llm_server import FakeLLMServer, split_pieces
 
 SERVER_SCRIPT = Path(__file__).with_name("fake_llm_server.py")
 TIMEOUT = httpx.Timeout(10.0)
@@ -57,7 +59,9 @@ def chat_body(text: str, *, stream: bool = False, **extra: Any) -> dict[str, Any
 
 
 def post(srv: FakeLLMServer, text: str, **kwargs: Any) -> httpx.Response:
-    return httpx.post(f"{srv.url}/chat/completions", json=chat_body(text, **kwargs), timeout=TIMEOUT)
+    return httpx.post(
+        f"{srv.url}/chat/completions", json=chat_body(text, **kwargs), timeout=TIMEOUT
+    )
 
 
 def sse_events(srv: FakeLLMServer, body: dict[str, Any]) -> tuple[httpx.Response, list[str]]:
@@ -139,7 +143,9 @@ def test_streaming_pieces_and_usage() -> None:
     reply = "The quick brown fox jumps over the lazy dog twice today"
     with FakeLLMServer() as srv:
         srv.add_rule("fox", content=reply)
-        body = chat_body("tell me about the fox", stream=True, stream_options={"include_usage": True})
+        body = chat_body(
+            "tell me about the fox", stream=True, stream_options={"include_usage": True}
+        )
         response, events = sse_events(srv, body)
         assert response.headers["content-type"] == "text/event-stream"
         assert events[-1] == "[DONE]"
@@ -285,7 +291,8 @@ def test_latency_recorded_in_timestamps() -> None:
         assert fast.duration is not None and slower.duration is not None
         assert 0.2 <= fast.duration < 1.5
         assert 0.3 <= slower.duration < 1.5
-        assert began <= fast.started < fast.finished <= slower.started  # type: ignore[operator]
+        assert fast.finished is not None
+        assert began <= fast.started < fast.finished <= slower.started
         assert elapsed >= 0.5
 
 
@@ -372,11 +379,11 @@ def test_litellm_errors_map_to_litellm_exceptions(monkeypatch: pytest.MonkeyPatc
         srv.add_rule("slow", latency=5.0)
         response = asyncio.run(_litellm_call(srv, "hello"))
         assert response.choices[0].message.content == "Reply to: hello"
-        with pytest.raises(litellm.RateLimitError):
+        with pytest.raises(RateLimitError):
             asyncio.run(_litellm_call(srv, "limited"))
-        with pytest.raises(litellm.InternalServerError):
+        with pytest.raises(InternalServerError):
             asyncio.run(_litellm_call(srv, "broken"))
-        with pytest.raises(litellm.Timeout):
+        with pytest.raises(Timeout):
             asyncio.run(_litellm_call(srv, "slow", timeout=0.3))
         assert srv.wait_idle(timeout=3.0)
         assert [r.status for r in srv.requests] == [200, 429, 500, None]

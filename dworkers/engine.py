@@ -1,0 +1,450 @@
+"""The eager async DAG engine.
+
+Every step starts the moment its own dependencies have succeeded (no level barriers), capped by
+the run's concurrency and each role's ``max_concurrent_tasks``, on one event loop. Attempts are
+bounded by the step's timeout; timeouts, connection errors and 5xx are retried with exponential
+backoff and jitter; 429s wait as long as Retry-After says. A step that fails for good skips its
+descendants and leaves every independent branch running. The engine never prints: it reports
+through events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dworkers import dag, prompts
+from dworkers.errors import (
+    InputError,
+    LLMError,
+    PreflightError,
+    Problem,
+    ProviderTimeoutError,
+    RateLimitError,
+    did_you_mean,
+)
+from dworkers.events import (
+    Event,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    StepFinished,
+    StepInfo,
+    StepProgress,
+    StepResult,
+    StepRetrying,
+    StepStarted,
+    StepStatus,
+)
+from dworkers.llm import LLMClient, LLMRequest, Message
+from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.tenants.config import TenantConfig
+from dworkers.types import WorkerRole
+
+EventCallback = Callable[[Event], None]
+PREVIEW_CHARS = 300
+
+
+class StepCache(Protocol):
+    """Earlier successful results by cache key (see ``cache_key``)."""
+
+    def lookup(self, key: str) -> StepResult | None: ...
+
+
+@dataclass
+class RunOptions:
+    """Per-run settings; ``None`` means "use the tenant's"."""
+
+    model: str | None = None
+    api_base: str | None = None
+    max_concurrency: int | None = None
+    max_cost_usd: float | None = None
+    fail_fast: bool = False
+    run_id: str | None = None
+    retry_base_delay: float = 1.0  # first backoff; doubles per failed attempt, with jitter
+    max_retry_wait: float = 60.0  # upper bound on any single wait, Retry-After included
+    rate_limit_retries: int = 5  # 429s waited out per step, on top of retry_max
+    role_concurrency: dict[WorkerRole, int] = field(default_factory=dict)
+
+
+def cache_key(model: str, messages: list[Message]) -> str:
+    payload = json.dumps({"model": model, "messages": messages}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class Engine:
+    """Runs one plan for one tenant. Build it with ``PlanBuilder(plan, tenant).build()``."""
+
+    def __init__(
+        self,
+        plan: BasePlan,
+        tenant: TenantConfig,
+        client: LLMClient,
+        options: RunOptions | None = None,
+        *,
+        on_event: EventCallback | None = None,
+        reuse: Mapping[str, StepResult] | None = None,
+        cache: StepCache | None = None,
+    ) -> None:
+        self.plan = plan
+        self.tenant = tenant
+        self.client = client
+        self.options = options or RunOptions()
+        self.on_event = on_event
+        self.reuse = dict(reuse or {})
+        self.cache = cache
+        self.result: RunResult | None = None  # the latest run's result, even if interrupted
+
+    # --- what a run will do ------------------------------------------------------------------
+
+    def model_for(self, step: PlanStep) -> str:
+        return self.options.model or self.tenant.model_for(step.worker_role)
+
+    @property
+    def api_base(self) -> str | None:
+        return self.options.api_base or self.tenant.api_base
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.options.max_concurrency or self.tenant.limits.max_concurrency
+
+    @property
+    def max_cost_usd(self) -> float | None:
+        if self.options.max_cost_usd is not None:
+            return self.options.max_cost_usd
+        return self.tenant.limits.max_cost_usd
+
+    def timeout_for(self, step: PlanStep) -> float:
+        return step.timeout_seconds or self.tenant.limits.timeout_seconds
+
+    def resolve_inputs(self, inputs: Mapping[str, object] | None) -> dict[str, str]:
+        """Inputs with defaults applied; every missing or unknown name reported at once."""
+        given = {str(k): str(v) for k, v in (inputs or {}).items()}
+        required = self.plan.required_inputs()
+        optional = self.plan.optional_inputs()
+        known = [*required, *optional]
+        problems = []
+        missing = [name for name in required if name not in given]
+        if missing:
+            flags = " ".join(f'--input {name}="..."' for name in missing)
+            problems.append(Problem(f"missing input{'s' if len(missing) > 1 else ''}: "
+                                    f"{', '.join(missing)}", f"pass {flags}", "missing-input",
+                                    file="--input"))
+        for name in given:
+            if name not in known:
+                guess = did_you_mean(name, known)
+                hint = (f"did you mean {guess!r}?" if guess
+                        else f"this plan takes: {', '.join(known) or 'no inputs'}")
+                problems.append(Problem(f"unknown input {name!r}", hint, "unknown-input",
+                                        file="--input"))
+        if problems:
+            raise InputError(problems)
+        return {**optional, **given}
+
+    def preflight(self) -> None:
+        """Fail before any call if a model is not allowed or its key is not set."""
+        models: dict[str, list[str]] = {}
+        for step in self.plan.steps:
+            if step.step_id not in self.reuse:
+                models.setdefault(self.model_for(step), []).append(step.step_id)
+        problems = []
+        allowed = ", ".join(self.tenant.security.allowed_models)
+        for model, steps in models.items():
+            if not self.tenant.allows(model):
+                problems.append(Problem(
+                    f"model {model!r} is not allowed for tenant {self.tenant.id!r} "
+                    f"(allowed: {allowed}; used by: {', '.join(steps)})",
+                    "choose an allowed model with --model, or extend security.allowed_models",
+                    "model-not-allowed", file="tenant"))
+        keyed: set[str] = set()
+        if self.tenant.api_key_env:
+            keyed = set(models)
+            if not os.environ.get(self.tenant.api_key_env):
+                problems.append(Problem(
+                    f"tenant {self.tenant.id!r} reads its key from {self.tenant.api_key_env}, "
+                    "which is not set", f"export {self.tenant.api_key_env}=...",
+                    "missing-api-key", file="environment"))
+        problems += self.client.preflight(models, keyed)
+        if problems:
+            raise PreflightError(problems)
+
+    def messages_for(
+        self, step: PlanStep, inputs: Mapping[str, str], outputs: Mapping[str, str]
+    ) -> list[Message]:
+        deps = []
+        for dep_id in step.depends_on:
+            dep = self.plan.get_step(dep_id)
+            if dep is not None:
+                deps.append((dep, outputs.get(dep_id, "")))
+        return prompts.messages(self.plan, step, self.tenant, inputs, deps)
+
+    def schedule(self) -> list[list[str]]:
+        """Which steps start together when every step takes the same time."""
+        return dag.levels(self.plan.graph)
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(self, inputs: Mapping[str, object] | None = None) -> RunResult:
+        """Run the plan. On cancellation every step is accounted for in ``self.result`` and a
+        ``RunFinished`` event before ``CancelledError`` propagates."""
+        values = self.resolve_inputs(inputs)
+        self.preflight()
+        return await _Run(self, values).execute()
+
+
+class _Run:
+    """The mutable state of one run, kept out of ``Engine`` so an engine can run again."""
+
+    def __init__(self, engine: Engine, inputs: dict[str, str]) -> None:
+        self.engine = engine
+        self.plan = engine.plan
+        self.options = engine.options
+        self.inputs = inputs
+        self.emit: EventCallback = engine.on_event or (lambda event: None)
+        self.graph = self.plan.graph
+        self.dependents: dict[str, list[str]] = {sid: [] for sid in self.graph}
+        for sid, deps in self.graph.items():
+            for dep in deps:
+                self.dependents[dep].append(sid)
+        self.waiting_on = {sid: set(deps) for sid, deps in self.graph.items()}
+        self.decided: dict[str, StepResult] = {}
+        self.outputs: dict[str, str] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.started: dict[str, tuple[float, float]] = {}  # monotonic, wall clock
+        self.attempts: dict[str, int] = {}
+        self.finished: asyncio.Queue[StepResult] = asyncio.Queue()
+        self.stop_reason: str | None = None
+        self.spent = 0.0
+        self.global_slots = asyncio.Semaphore(engine.max_concurrency)
+        self.role_slots: dict[WorkerRole, asyncio.Semaphore] = {}
+        for role in WorkerRole:
+            limit = self.options.role_concurrency.get(role)
+            limit = limit or engine.tenant.worker(role).max_concurrent_tasks
+            if limit:
+                self.role_slots[role] = asyncio.Semaphore(limit)
+        self.result = RunResult(
+            run_id=self.options.run_id or new_run_id(),
+            plan=self.plan.name,
+            tenant=engine.tenant.id,
+            inputs=inputs,
+            started_at=time.time(),
+        )
+        engine.result = self.result
+
+    async def execute(self) -> RunResult:
+        t0 = time.monotonic()
+        self.emit(RunStarted(
+            self.result.run_id, self.plan.name, self.engine.tenant.id,
+            tuple(StepInfo(s.step_id, s.name, s.worker_role.value, self.engine.model_for(s),
+                           tuple(s.depends_on)) for s in self.plan.steps),
+            t0,
+        ))
+        try:
+            for sid in self.graph:
+                if not self.waiting_on[sid]:
+                    self.launch(sid)
+            while self.tasks:
+                self.settle(await self.finished.get())
+        except asyncio.CancelledError:
+            await self.cancel_all("cancelled while running (run interrupted)")
+            self.finish(t0, interrupted=True)
+            raise
+        self.finish(t0, interrupted=False)
+        return self.result
+
+    def launch(self, sid: str) -> None:
+        if sid in self.decided or sid in self.tasks:
+            return
+        step = self.plan.get_step(sid)
+        assert step is not None
+        reused = self.engine.reuse.get(sid)
+        if reused is not None and reused.succeeded:
+            self.settle(reused.model_copy(update={"cached": True, "cost_usd": 0.0,
+                                                  "prompt_tokens": 0, "completion_tokens": 0,
+                                                  "attempts": 0, "duration_ms": 0.0}))
+            return
+        if self.stop_reason:
+            self.settle(self.skipped(sid, self.stop_reason))
+            return
+        self.tasks[sid] = asyncio.create_task(self.guarded(step), name=f"step:{sid}")
+
+    async def guarded(self, step: PlanStep) -> None:
+        try:
+            result = await self.attempt_all(step)
+        except asyncio.CancelledError:
+            result = self.ended(step, StepStatus.CANCELLED, self.cancel_reason)
+        except Exception as exc:  # a bug must not hang the run: fail this step visibly
+            result = self.ended(step, StepStatus.FAILED, f"internal error: {exc!r}")
+        self.finished.put_nowait(result)
+
+    cancel_reason = "cancelled while running"
+
+    def settle(self, result: StepResult) -> None:
+        """Record a final result, then start or skip what depended on it."""
+        sid = result.step_id
+        self.tasks.pop(sid, None)
+        if sid in self.decided:
+            return
+        self.decided[sid] = result
+        self.spent += result.cost_usd
+        self.emit(StepFinished(result, time.monotonic()))
+        if result.succeeded:
+            self.outputs[sid] = result.output
+            budget = self.engine.max_cost_usd
+            if budget is not None and self.spent >= budget and not self.stop_reason:
+                self.stop_reason = (f"budget of ${budget:g} reached "
+                                    f"(${self.spent:.4f} spent)")
+            for child in self.dependents[sid]:
+                self.waiting_on[child].discard(sid)
+                if not self.waiting_on[child]:
+                    self.launch(child)
+            return
+        if result.status is StepStatus.FAILED and self.options.fail_fast and not self.stop_reason:
+            self.stop_reason = f"stopped because {sid} failed (--fail-fast)"
+            self.cancel_reason = self.stop_reason
+            for task in self.tasks.values():
+                task.cancel()
+        verb = {StepStatus.FAILED: "failed", StepStatus.SKIPPED: "was skipped",
+                StepStatus.CANCELLED: "was cancelled"}[result.status]
+        reason = result.error if result.status is StepStatus.SKIPPED else f"{sid} {verb}"
+        for child in self.dependents[sid]:
+            if child not in self.decided and child not in self.tasks:
+                self.settle(self.skipped(child, reason or f"{sid} {verb}"))
+
+    async def cancel_all(self, reason: str) -> None:
+        self.cancel_reason = reason
+        for task in self.tasks.values():
+            task.cancel()
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(10):
+                while self.tasks:
+                    self.settle(await self.finished.get())
+        for sid in self.graph:
+            if sid not in self.decided:
+                self.settle(self.ended_id(sid, StepStatus.CANCELLED,
+                                          "cancelled before it started (run interrupted)"))
+
+    def finish(self, t0: float, *, interrupted: bool) -> None:
+        for sid in self.graph:  # anything left was blocked by a stop
+            if sid not in self.decided:
+                self.settle(self.skipped(sid, self.stop_reason or "not reached"))
+        ordered = {step.step_id: self.decided[step.step_id] for step in self.plan.steps
+                   if step.step_id in self.decided}
+        self.result.outputs = ordered
+        self.result.interrupted = interrupted
+        self.result.success = not interrupted and all(r.succeeded for r in ordered.values())
+        self.result.total_duration_ms = (time.monotonic() - t0) * 1000
+        self.emit(RunFinished(self.result, time.monotonic()))
+
+    # --- one step -----------------------------------------------------------------------------
+
+    async def attempt_all(self, step: PlanStep) -> StepResult:
+        role_slot = self.role_slots.get(step.worker_role)
+        async with role_slot or contextlib.nullcontext(), self.global_slots:
+            if self.stop_reason:
+                return self.skipped(step.step_id, self.stop_reason)
+            engine = self.engine
+            model = engine.model_for(step)
+            messages = engine.messages_for(step, self.inputs, self.outputs)
+            key = cache_key(model, messages)
+            if engine.cache is not None:
+                hit = engine.cache.lookup(key)
+                if hit is not None:
+                    return hit.model_copy(update={
+                        "step_id": step.step_id, "cached": True, "cost_usd": 0.0,
+                        "prompt_tokens": 0, "completion_tokens": 0, "attempts": 0,
+                        "duration_ms": 0.0, "cache_key": key, "fingerprint": step.fingerprint(),
+                        "started_at": time.time(), "finished_at": time.time()})
+            self.started[step.step_id] = (time.monotonic(), time.time())
+            timeout = engine.timeout_for(step)
+            api_key = os.environ.get(engine.tenant.api_key_env or "") or None
+            request = LLMRequest(model, messages, timeout, step.step_id, step.worker_role.value,
+                                 engine.api_base, api_key)
+            failures = rate_limits = 0
+            while True:
+                attempt = self.attempts[step.step_id] = self.attempts.get(step.step_id, 0) + 1
+                self.emit(StepStarted(step.step_id, attempt, model, time.monotonic()))
+                error = await self.one_attempt(step, request, timeout, key)
+                if isinstance(error, StepResult):
+                    return error
+                if isinstance(error, RateLimitError) and rate_limits < self.options.rate_limit_retries:
+                    rate_limits += 1
+                    wait = error.retry_after
+                    if wait is None:
+                        wait = self.backoff(rate_limits)
+                elif error.retryable and failures < step.retry_max:
+                    failures += 1
+                    wait = self.backoff(failures)
+                else:
+                    return self.ended(step, StepStatus.FAILED, str(error), model=model)
+                wait = min(wait, self.options.max_retry_wait)
+                self.emit(StepRetrying(step.step_id, attempt, str(error), wait))
+                await asyncio.sleep(wait)
+
+    async def one_attempt(
+        self, step: PlanStep, request: LLMRequest, timeout: float, key: str
+    ) -> StepResult | LLMError:
+        tokens = 0
+        tail = ""
+
+        def on_delta(piece: str) -> None:
+            nonlocal tokens, tail
+            tokens += 1
+            tail = (tail + piece)[-PREVIEW_CHARS:]
+            self.emit(StepProgress(step.step_id, tokens, tail))
+
+        try:
+            async with asyncio.timeout(timeout):
+                completion = await self.engine.client.complete(request, on_delta)
+        except TimeoutError:
+            return ProviderTimeoutError(f"timed out after {timeout:g}s")
+        except LLMError as exc:
+            return exc
+        result = self.ended(step, StepStatus.SUCCEEDED, None, model=completion.model)
+        return result.model_copy(update={
+            "output": completion.text,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "cost_usd": completion.cost_usd,
+            "cache_key": key,
+        })
+
+    def backoff(self, failures: int) -> float:
+        base = self.options.retry_base_delay * 2 ** (failures - 1)
+        return min(base, 30.0) * random.uniform(0.5, 1.0)
+
+    def ended(self, step: PlanStep, status: StepStatus, error: str | None,
+              model: str | None = None) -> StepResult:
+        return self.ended_id(step.step_id, status, error, model or self.engine.model_for(step))
+
+    def ended_id(self, sid: str, status: StepStatus, error: str | None,
+                 model: str | None = None) -> StepResult:
+        mono, wall = self.started.get(sid, (None, None))
+        step = self.plan.get_step(sid)
+        return StepResult(
+            step_id=sid,
+            status=status,
+            error=error,
+            attempts=self.attempts.get(sid, 0),
+            duration_ms=(time.monotonic() - mono) * 1000 if mono is not None else 0.0,
+            model=model,
+            started_at=wall,
+            finished_at=time.time() if wall is not None else None,
+            fingerprint=step.fingerprint() if step else None,
+        )
+
+    def skipped(self, sid: str, reason: str) -> StepResult:
+        return self.ended_id(sid, StepStatus.SKIPPED, reason)

@@ -1,0 +1,157 @@
+"""What a run reports while it goes: results, and the events the engine emits.
+
+The engine emits events to a callback and never prints; the view, the output writer and the
+history each consume the same events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+
+class StepStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class StepResult(BaseModel):
+    """The outcome of one step. ``output`` is the worker's deliverable (empty unless succeeded)."""
+
+    step_id: str
+    status: StepStatus
+    output: str = ""
+    error: str | None = None
+    attempts: int = 0
+    duration_ms: float = 0.0
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    started_at: float | None = None  # wall-clock epoch seconds
+    finished_at: float | None = None
+    cached: bool = False  # reused from an earlier run instead of calling the model
+    cache_key: str | None = None
+    fingerprint: str | None = None  # the step definition's digest, for resume
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is StepStatus.SUCCEEDED
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class RunResult(BaseModel):
+    """The outcome of a run: every step's result, in plan order, and the totals."""
+
+    run_id: str
+    plan: str
+    tenant: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+    success: bool = False
+    interrupted: bool = False
+    total_duration_ms: float = 0.0
+    started_at: float = 0.0
+    outputs: dict[str, StepResult] = Field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(r.prompt_tokens for r in self.outputs.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.outputs.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(r.cost_usd for r in self.outputs.values())
+
+    def count(self, status: StepStatus) -> int:
+        return sum(1 for r in self.outputs.values() if r.status is status)
+
+    def summary(self) -> dict[str, object]:
+        """Machine-readable result (``--json``, run.json): no prompts, no secrets."""
+        data = self.model_dump(mode="json")
+        data.update(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_usd=round(self.cost_usd, 6),
+            counts={s.value: self.count(s) for s in StepStatus},
+        )
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    step_id: str
+    name: str
+    role: str
+    model: str
+    depends_on: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+    plan: str
+    tenant: str
+    steps: tuple[StepInfo, ...]
+    started_at: float  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    step_id: str
+    attempt: int
+    model: str
+    at: float = 0.0  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    step_id: str
+    tokens: int  # completion tokens received so far in this attempt
+    text: str  # the streamed text so far (tail only, for previews)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRetrying:
+    step_id: str
+    attempt: int  # the attempt that failed
+    reason: str
+    wait_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    result: StepResult
+    at: float = 0.0  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    result: RunResult
+    at: float = 0.0
+
+
+Event = RunStarted | StepStarted | StepProgress | StepRetrying | StepFinished | RunFinished
+
+
+@dataclass
+class EventLog:
+    """An ``on_event`` callback that keeps every event (handy in tests and scripts)."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
