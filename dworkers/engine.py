@@ -376,7 +376,8 @@ class _Run:
             failures = rate_limits = 0
             while True:
                 attempt = self.attempts[step.step_id] = self.attempts.get(step.step_id, 0) + 1
-                self.emit(StepStarted(step.step_id, attempt, model, time.monotonic()))
+                self.emit(StepStarted(step.step_id, attempt, model, time.monotonic(),
+                                      tuple(messages) if attempt == 1 else ()))
                 error = await self.one_attempt(step, request, timeout, key)
                 if isinstance(error, StepResult):
                     return error

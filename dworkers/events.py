@@ -115,6 +115,7 @@ class StepStarted:
     attempt: int
     model: str
     at: float = 0.0  # monotonic
+    messages: tuple[dict[str, str], ...] = ()  # the rendered prompt (first attempt only)
 
 
 @dataclass(frozen=True, slots=True)
