@@ -141,6 +141,54 @@ def show(
         view.console(stderr=False).print(view.plan_tree(plan))
 
 
+@app.command()
+def run(
+    plan: Annotated[str, typer.Argument(help="A plan name (see 'dworkers list') or YAML file.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="NAME=VALUE, or NAME=@file to read the value."),
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant id or YAML file.")] = "default",
+    model: Annotated[
+        str | None, typer.Option(help="Model for every step [env: DWORKERS_MODEL].")
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="API base URL [env: DWORKERS_API_BASE].")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Steps running at once (default: tenant's).")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(min=0, help="Stop starting steps once this much USD is spent.")
+    ] = None,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Cancel everything when a step fails.")
+    ] = False,
+    mock: Annotated[bool, typer.Option("--mock", help="Answer offline; no key needed.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print prompts and schedule; call nothing.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for run folders [default: ./dworkers-runs].")
+    ] = None,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and the summary.")] = False,
+) -> None:
+    """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
+    from dworkers.runner import RunRequest, execute
+
+    request = RunRequest(
+        plan=plan, inputs=inputs or [], tenant=tenant, model=model, api_base=api_base,
+        max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
+        dry_run=dry_run, out=out, json=as_json, quiet=quiet,
+    )
+    try:
+        code = execute(request)
+    except DworkersError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point: no traceback for anything a user can cause."""
     try:

@@ -299,14 +299,9 @@ class _Run:
         if sid in self.decided:
             return
         self.decided[sid] = result
-        self.spent += result.cost_usd
         self.emit(StepFinished(result, time.monotonic()))
         if result.succeeded:
             self.outputs[sid] = result.output
-            budget = self.engine.max_cost_usd
-            if budget is not None and self.spent >= budget and not self.stop_reason:
-                self.stop_reason = (f"budget of ${budget:g} reached "
-                                    f"(${self.spent:.4f} spent)")
             for child in self.dependents[sid]:
                 self.waiting_on[child].discard(sid)
                 if not self.waiting_on[child]:
@@ -380,6 +375,7 @@ class _Run:
                                       tuple(messages) if attempt == 1 else ()))
                 error = await self.one_attempt(step, request, timeout, key)
                 if isinstance(error, StepResult):
+                    self.spend(error.cost_usd)  # before the slot is released to a waiting step
                     return error
                 if isinstance(error, RateLimitError) and rate_limits < self.options.rate_limit_retries:
                     rate_limits += 1
@@ -422,6 +418,12 @@ class _Run:
             "cost_usd": completion.cost_usd,
             "cache_key": key,
         })
+
+    def spend(self, cost: float) -> None:
+        self.spent += cost
+        budget = self.engine.max_cost_usd
+        if budget is not None and self.spent >= budget and not self.stop_reason:
+            self.stop_reason = f"budget of ${budget:g} reached (${self.spent:.4f} spent)"
 
     def backoff(self, failures: int) -> float:
         base = self.options.retry_base_delay * 2 ** (failures - 1)

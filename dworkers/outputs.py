@@ -1,0 +1,125 @@
+"""The run directory: ``steps/<step_id>.md`` as each step finishes, ``run.json`` kept current,
+and ``report.md`` assembling the deliverables in plan order when the run ends.
+
+Every file is written atomically (temporary file + rename), so a crash or Ctrl-C leaves either
+the previous or the new version of a file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from dworkers.events import (
+    Event,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    StepFinished,
+    StepResult,
+    StepStatus,
+)
+from dworkers.plans.base import BasePlan
+
+RUN_JSON_INTERVAL = 0.5  # seconds between rewrites of run.json while steps finish
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunWriter:
+    """An ``on_event`` callback that keeps a run directory up to date."""
+
+    def __init__(self, directory: Path, plan: BasePlan, inputs: dict[str, str]) -> None:
+        self.directory = directory
+        self.plan = plan
+        self.inputs = inputs
+        self.started: RunStarted | None = None
+        self.results: dict[str, StepResult] = {}
+        self.last_write = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.started = event
+            (self.directory / "steps").mkdir(parents=True, exist_ok=True)
+            self.write_run_json(status="running")
+        elif isinstance(event, StepFinished):
+            result = event.result
+            self.results[result.step_id] = result
+            if result.succeeded:
+                write_atomic(self.directory / "steps" / f"{result.step_id}.md", result.output)
+            # run.json is rewritten at most every RUN_JSON_INTERVAL so a 10,000-step plan
+            # does not rewrite it 10,000 times; the final write below is complete.
+            if time.monotonic() - self.last_write >= RUN_JSON_INTERVAL:
+                self.write_run_json(status="running")
+        elif isinstance(event, RunFinished):
+            self.results.update(event.result.outputs)
+            self.write_run_json(result=event.result)
+            write_atomic(self.directory / "report.md", report(self.plan, event.result))
+
+    def write_run_json(self, *, status: str = "running", result: RunResult | None = None) -> None:
+        if result is not None:
+            data = result.summary()
+            data["status"] = run_status(result)
+        else:
+            started = self.started
+            data = {
+                "run_id": started.run_id if started else None,
+                "plan": self.plan.name,
+                "tenant": started.tenant if started else None,
+                "inputs": self.inputs,
+                "status": status,
+                "outputs": {sid: r.model_dump(mode="json") for sid, r in self.results.items()},
+            }
+        if self.started is not None:
+            data["models"] = {s.step_id: s.model for s in self.started.steps}
+        for step in data.get("outputs", {}).values():  # outputs live in steps/*.md
+            if isinstance(step, dict):
+                step.pop("output", None)
+        write_atomic(self.directory / "run.json", json.dumps(data, indent=2) + "\n")
+        self.last_write = time.monotonic()
+
+
+def run_status(result: RunResult) -> str:
+    if result.interrupted:
+        return "interrupted"
+    return "succeeded" if result.success else "failed"
+
+
+def report(plan: BasePlan, result: RunResult) -> str:
+    """The deliverables of a run in plan order, as one Markdown document."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.started_at or time.time()))
+    lines = [
+        f"# {plan.name}",
+        "",
+        plan.description,
+        "",
+        f"- Run: `{result.run_id}` ({run_status(result)}), {when}",
+        f"- Tenant: {result.tenant}",
+    ]
+    for name, value in result.inputs.items():
+        shown = " ".join(value.split())
+        lines.append(f"- {name}: {shown[:200] + '…' if len(shown) > 200 else shown}")
+    lines.append("")
+    for step in plan.steps:
+        step_result = result.outputs.get(step.step_id)
+        lines += [f"## {step.name}", ""]
+        if step_result is None or step_result.status is not StepStatus.SUCCEEDED:
+            status = step_result.status.value if step_result else "not run"
+            reason = step_result.error if step_result and step_result.error else ""
+            lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
+        else:
+            lines += [step_result.output.strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"

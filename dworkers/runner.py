@@ -1,0 +1,201 @@
+"""``dworkers run``: resolve the plan, tenant and inputs, run the engine under a view, keep the
+outputs, and turn the outcome into an exit code. The CLI only parses arguments into a
+``RunRequest``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dworkers.engine import Engine, RunOptions, new_run_id
+from dworkers.errors import DworkersError, InputError, Problem
+from dworkers.events import Event, RunResult, RunStarted, StepInfo
+from dworkers.plans.base import BasePlan
+from dworkers.tenants.config import TenantConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_INPUT_FILE_BYTES = 10 * 1024 * 1024
+
+
+@dataclass
+class RunRequest:
+    plan: str
+    inputs: list[str] = field(default_factory=list)  # "k=v" or "k=@file"
+    tenant: str = "default"
+    model: str | None = None
+    api_base: str | None = None
+    max_concurrency: int | None = None
+    max_cost: float | None = None
+    fail_fast: bool = False
+    mock: bool = False
+    dry_run: bool = False
+    out: Path | None = None
+    json: bool = False
+    quiet: bool = False
+    resume: str | None = None
+    no_cache: bool = False
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, str]:
+    """``k=v`` pairs; ``k=@path`` reads the value from a file. Every bad pair reported."""
+    values: dict[str, str] = {}
+    problems = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(Problem(f"input {pair!r} is not NAME=VALUE",
+                                    'write --input brief="..." or --input brief=@brief.txt',
+                                    "bad-input", file="--input"))
+            continue
+        if value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            try:
+                with path.open("rb") as handle:
+                    raw = handle.read(MAX_INPUT_FILE_BYTES + 1)
+                if len(raw) > MAX_INPUT_FILE_BYTES:
+                    raise ValueError("larger than 10 MiB")
+                value = raw.decode("utf-8")
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                problems.append(Problem(f"cannot read input {name!r} from {str(path)!r}: {reason}",
+                                        "check the path after '@' (use '@@' to start a value "
+                                        "with a literal '@')", "bad-input", file="--input"))
+                continue
+        elif value.startswith("@@"):
+            value = value[1:]
+        values[name] = value
+    if problems:
+        raise InputError(problems)
+    return values
+
+
+def resolve_tenant(name: str) -> TenantConfig:
+    from dworkers import loader
+    from dworkers.tenants.registry import tenant_registry
+    from dworkers.validation import looks_like_path
+
+    if looks_like_path(name):
+        return loader.load_tenant(name)
+    return tenant_registry.get(name)
+
+
+def announce(engine: Engine, run_id: str) -> RunStarted:
+    """The event that describes a run before it starts, so a view can paint at once."""
+    import time
+
+    return RunStarted(
+        run_id, engine.plan.name, engine.tenant.id,
+        tuple(StepInfo(s.step_id, s.name, s.worker_role.value, engine.model_for(s),
+                       tuple(s.depends_on)) for s in engine.plan.steps),
+        time.monotonic(),
+    )
+
+
+def execute(request: RunRequest) -> int:
+    """Run a plan for the CLI; returns the exit code. User mistakes raise ``DworkersError``."""
+    from dworkers import view
+    from dworkers.plans.builder import PlanBuilder
+    from dworkers.validation import resolve_plan
+
+    # litellm's own modules warn on import; those warnings are not the user's business.
+    warnings.filterwarnings("ignore", module=r"litellm(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*ReadOnly. qualifier", category=UserWarning)
+
+    plan = resolve_plan(request.plan)
+    tenant = resolve_tenant(request.tenant)
+    inputs = parse_inputs(request.inputs)
+    options = RunOptions(
+        max_concurrency=request.max_concurrency,
+        max_cost_usd=request.max_cost,
+        fail_fast=request.fail_fast,
+        run_id=new_run_id(),
+    )
+    prefetch = None
+    if not request.mock and not request.dry_run:
+        from dworkers.llm import prefetch_litellm
+
+        prefetch = prefetch_litellm()  # loads while inputs are checked and the tree paints
+    engine = PlanBuilder(plan, tenant, request.model, api_base=request.api_base,
+                         mock=request.mock, options=options).build()
+    values = engine.resolve_inputs(inputs)
+    if request.dry_run:
+        return dry_run(engine, values, as_json=request.json)
+
+    run_id = options.run_id or new_run_id()
+    out_dir = (request.out or Path("dworkers-runs")) / run_id
+    from dworkers.outputs import RunWriter
+
+    writer = RunWriter(out_dir, plan, values)
+    err = view.console()
+    display = view.make_view(interactive=view.is_interactive(err) and not request.quiet,
+                             quiet=request.quiet, console=err)
+    consumers = [writer, display]
+
+    def fan_out(event: Event) -> None:
+        for consumer in consumers:
+            consumer(event)
+
+    engine.on_event = fan_out
+
+    async def main() -> RunResult:
+        with display:
+            display(announce(engine, run_id))
+            if prefetch is not None:
+                await asyncio.to_thread(prefetch.join)
+            engine.preflight()
+            return await engine.run(values)
+
+    interrupted = False
+    try:
+        result = asyncio.run(main())
+    except KeyboardInterrupt:
+        interrupted = True
+        if engine.result is None:
+            err.print("interrupted before the run started")
+            return EXIT_INTERRUPTED
+        result = engine.result
+    err.print(view.summary(result, str(out_dir)))
+    if request.json:
+        sys.stdout.write(json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n")
+    if interrupted or result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
+    """Render every prompt and the schedule without calling anything."""
+    schedule = engine.schedule()
+    placeholders = {s.step_id: f"<output of {s.step_id}>" for s in engine.plan.steps}
+    steps = []
+    for step in engine.plan.steps:
+        steps.append({
+            "step_id": step.step_id,
+            "role": step.worker_role.value,
+            "model": engine.model_for(step),
+            "timeout_seconds": engine.timeout_for(step),
+            "retry_max": step.retry_max,
+            "messages": engine.messages_for(step, inputs, placeholders),
+        })
+    if as_json:
+        sys.stdout.write(json.dumps({"plan": engine.plan.name, "schedule": schedule,
+                                     "steps": steps}, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    out = [f"Plan {engine.plan.name} for tenant {engine.tenant.id}: {len(steps)} steps", "",
+           "Schedule (steps on one line start together):"]
+    out += [f"  {i}. {', '.join(wave)}" for i, wave in enumerate(schedule, 1)]
+    for step_data in steps:
+        out += ["", f"=== {step_data['step_id']} ({step_data['role']}, {step_data['model']}, "
+                    f"timeout {step_data['timeout_seconds']:g}s, retries {step_data['retry_max']})"]
+        for message in step_data["messages"]:  # type: ignore[attr-defined]
+            out += [f"--- {message['role']}", message["content"]]
+    sys.stdout.write("\n".join(out) + "\n")
+    return EXIT_OK
+
+
+__all__ = ["BasePlan", "DworkersError", "RunRequest", "execute", "parse_inputs"]

@@ -1,0 +1,376 @@
+"""What a run looks like right now, built from the engine's events (no rich, no I/O).
+
+``RunState.apply(event)`` folds each event into a small model that any view can draw: one
+``StepState`` per step (phase, attempt, timings, streamed tokens and preview, retry, result) and
+the run's totals. ``line_for(state, event)`` is the same story told one line per state change,
+for logs and terminals that cannot redraw. Time comes from an injectable monotonic clock so that
+tests (and renders) are deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from dworkers.events import (
+    Event,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    StepFinished,
+    StepInfo,
+    StepProgress,
+    StepResult,
+    StepRetrying,
+    StepStarted,
+    StepStatus,
+)
+
+Clock = Callable[[], float]
+
+LINE_WIDTH = 160  # ``line_for`` keeps every line at most this long
+
+
+class Phase(StrEnum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    CACHED = "cached"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Phase.WAITING, Phase.RUNNING, Phase.RETRYING)
+
+    @property
+    def ok(self) -> bool:
+        """The step's output is available to the steps that depend on it."""
+        return self in (Phase.SUCCEEDED, Phase.CACHED)
+
+
+_FINAL_PHASE = {
+    StepStatus.SUCCEEDED: Phase.SUCCEEDED,
+    StepStatus.FAILED: Phase.FAILED,
+    StepStatus.SKIPPED: Phase.SKIPPED,
+    StepStatus.CANCELLED: Phase.CANCELLED,
+}
+
+
+@dataclass
+class StepState:
+    """One step as it stands. Times are monotonic seconds from the run's clock."""
+
+    step_id: str
+    name: str = ""
+    role: str = ""
+    model: str = ""
+    depends_on: tuple[str, ...] = ()
+    phase: Phase = Phase.WAITING
+    attempt: int = 0  # the current (or last) attempt, 1-based; 0 before the first
+    started: float | None = None  # when the first attempt started
+    attempt_started: float | None = None
+    finished: float | None = None
+    tokens: int = 0  # completion tokens streamed so far in the current attempt
+    tail: str = ""  # the end of the text streamed so far in the current attempt
+    retry_reason: str | None = None  # why the last attempt failed, while retrying
+    retry_wait: float = 0.0
+    retry_until: float | None = None
+    result: StepResult | None = None
+
+    @property
+    def preview(self) -> str:
+        """The last non-blank line of streamed text, on one line with whitespace collapsed."""
+        for line in reversed(self.tail.splitlines()):
+            text = one_line(line)
+            if text:
+                return text
+        return ""
+
+    @property
+    def reason(self) -> str | None:
+        """Why the step failed, was skipped or was cancelled (None otherwise)."""
+        if self.result is not None and self.phase in (
+            Phase.FAILED, Phase.SKIPPED, Phase.CANCELLED
+        ):
+            return one_line(self.result.error or "") or None
+        return None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the step took, once finished (None if it never ran)."""
+        if self.result is not None and self.result.duration_ms:
+            return self.result.duration_ms / 1000
+        if self.started is not None and self.finished is not None:
+            return max(0.0, self.finished - self.started)
+        return None
+
+    @property
+    def total_tokens(self) -> int:
+        """Final prompt + completion tokens once finished, else completion tokens so far."""
+        if self.result is not None:
+            return self.result.total_tokens
+        return self.tokens if self.phase is Phase.RUNNING else 0
+
+    @property
+    def cost_usd(self) -> float:
+        return self.result.cost_usd if self.result is not None else 0.0
+
+    def elapsed(self, now: float) -> float | None:
+        """Seconds since the first attempt started (the final duration once finished)."""
+        if self.phase.finished:
+            return self.duration
+        if self.started is None:
+            return None
+        return max(0.0, now - self.started)
+
+    def retry_in(self, now: float) -> float:
+        """Seconds left before the next attempt, while retrying."""
+        if self.retry_until is None:
+            return 0.0
+        return max(0.0, self.retry_until - now)
+
+
+@dataclass
+class RunState:
+    """The whole run, updated in place by ``apply(event)``; cheap enough to call per token."""
+
+    now: Clock = time.monotonic
+    run_id: str = ""
+    plan: str = ""
+    tenant: str = ""
+    steps: dict[str, StepState] = field(default_factory=dict)
+    started_at: float | None = None  # monotonic; set by RunStarted
+    finished_at: float | None = None
+    result: RunResult | None = None
+
+    # --- building ----------------------------------------------------------------------------
+
+    def prepare(self, plan: str, tenant: str, steps: Iterable[StepInfo]) -> None:
+        """Know the steps before the run starts (so a view can draw them at once)."""
+        self.plan, self.tenant = plan, tenant
+        self.steps = {info.step_id: _step_from(info) for info in steps}
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, StepProgress):
+            step = self.steps.get(event.step_id)
+            if step is not None:
+                step.tokens = event.tokens
+                step.tail = event.text
+                if step.phase is Phase.WAITING:
+                    step.phase = Phase.RUNNING
+        elif isinstance(event, StepStarted):
+            step = self._step(event.step_id)
+            at = event.at or self.now()
+            step.phase = Phase.RUNNING
+            step.attempt = event.attempt
+            step.model = event.model or step.model
+            if step.started is None:
+                step.started = at
+            step.attempt_started = at
+            step.tokens = 0
+            step.tail = ""
+            step.retry_until = None
+        elif isinstance(event, StepRetrying):
+            step = self._step(event.step_id)
+            step.phase = Phase.RETRYING
+            step.attempt = event.attempt
+            step.retry_reason = one_line(event.reason)
+            step.retry_wait = event.wait_seconds
+            step.retry_until = self.now() + event.wait_seconds
+            step.tokens = 0
+            step.tail = ""
+        elif isinstance(event, StepFinished):
+            self._finish(event.result, event.at or self.now())
+        elif isinstance(event, RunStarted):
+            self.run_id, self.plan, self.tenant = event.run_id, event.plan, event.tenant
+            self.steps = {info.step_id: _step_from(info) for info in event.steps}
+            self.started_at = event.started_at
+            self.finished_at = None
+            self.result = None
+        elif isinstance(event, RunFinished):
+            at = event.at or self.now()
+            for result in event.result.outputs.values():
+                step = self.steps.get(result.step_id)
+                if step is None or not step.phase.finished:
+                    self._finish(result, at)
+            self.result = event.result
+            self.finished_at = at
+            if self.started_at is None:
+                self.started_at = at - event.result.total_duration_ms / 1000
+
+    def _step(self, step_id: str) -> StepState:
+        step = self.steps.get(step_id)
+        if step is None:  # an event for a step we were not told about: still show it
+            step = StepState(step_id, name=step_id)
+            self.steps = {**self.steps, step_id: step}  # never resize a dict being read
+        return step
+
+    def _finish(self, result: StepResult, at: float) -> None:
+        step = self._step(result.step_id)
+        step.result = result
+        step.phase = Phase.CACHED if result.cached else _FINAL_PHASE[result.status]
+        step.finished = at
+        step.attempt = result.attempts or step.attempt
+        step.model = result.model or step.model
+        step.tokens = result.completion_tokens
+        step.retry_until = None
+
+    # --- reading -----------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    def waiting_on(self, step_id: str) -> list[str]:
+        """The step's dependencies that have not (yet) produced an output, in declared order."""
+        step = self.steps.get(step_id)
+        if step is None:
+            return []
+        out = []
+        for dep in step.depends_on:
+            other = self.steps.get(dep)
+            if other is None or not other.phase.ok:
+                out.append(dep)
+        return out
+
+    def counts(self) -> dict[Phase, int]:
+        """How many steps are in each phase (every phase present, zeros included)."""
+        counts = dict.fromkeys(Phase, 0)
+        for step in self.steps.values():
+            counts[step.phase] += 1
+        return counts
+
+    @property
+    def total(self) -> int:
+        return len(self.steps)
+
+    @property
+    def done(self) -> int:
+        return sum(1 for step in self.steps.values() if step.phase.finished)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens so far: finished steps' prompt + completion, plus what is streaming now."""
+        return sum(step.total_tokens for step in self.steps.values())
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(step.cost_usd for step in self.steps.values())
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        end = self.finished_at if self.finished_at is not None else self.now()
+        return max(0.0, end - self.started_at)
+
+    @property
+    def models(self) -> list[str]:
+        """The distinct models of the steps, in step order."""
+        return list(dict.fromkeys(step.model for step in self.steps.values() if step.model))
+
+
+def _step_from(info: StepInfo) -> StepState:
+    return StepState(info.step_id, info.name, info.role, info.model, tuple(info.depends_on))
+
+
+# --- formatting shared by the views -----------------------------------------------------------
+
+_SPACE = re.compile(r"\s+")
+
+
+def one_line(text: str) -> str:
+    """Whitespace collapsed to single spaces, control characters dropped, ends stripped."""
+    text = _SPACE.sub(" ", text)
+    if not text.isprintable():
+        text = "".join(c for c in text if c.isprintable())
+    return text.strip()
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in '…' when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)].rstrip() + "…" if limit > 0 else ""
+
+
+def fmt_duration(seconds: float) -> str:
+    """2.1s, 59.9s, 1m05s, 2h03m."""
+    if seconds < 59.95:
+        return f"{max(seconds, 0.0):.1f}s"
+    whole = int(seconds + 0.5)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def fmt_tokens(tokens: int) -> str:
+    return f"{tokens:,} tok"
+
+
+def fmt_cost(cost: float) -> str:
+    return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --- one line per state change -----------------------------------------------------------------
+
+
+def line_for(state: RunState, event: Event) -> str | None:
+    """The plain-text line for ``event``, or None when it changes nothing worth a line.
+
+    Call it after ``state.apply(event)``. Finishing lines count steps done (``[3/5]``), the others
+    show ``[-/5]``. There is no line for ``StepProgress`` nor for ``RunFinished`` (print
+    ``view.summary`` for the end of the run). Lines are at most ``LINE_WIDTH`` characters.
+    """
+    total = state.total
+    if isinstance(event, RunStarted):
+        head = f"[-/{total}] {'RUN':<6} {event.plan} for {event.tenant}"
+        return _fit(head, f": {plural(total, 'step')}, run {event.run_id}")
+    if isinstance(event, StepStarted):
+        step = state.steps.get(event.step_id)
+        role = step.role if step is not None else ""
+        again = f" attempt {event.attempt}" if event.attempt > 1 else ""
+        what = ", ".join(x for x in (role, event.model) if x)
+        head = f"[-/{total}] {'START':<6} {event.step_id}{again}"
+        return _fit(head, f" ({what})" if what else "")
+    if isinstance(event, StepRetrying):
+        head = f"[-/{total}] {'RETRY':<6} {event.step_id} attempt {event.attempt} failed: "
+        tail = f"; waiting {fmt_duration(event.wait_seconds)}"
+        return head + clip(one_line(event.reason), LINE_WIDTH - len(head) - len(tail)) + tail
+    if isinstance(event, StepFinished):
+        result = event.result
+        count = f"[{state.done}/{total}]"
+        reason = one_line(result.error or "")
+        if result.cached:
+            return f"{count} {'CACHED':<6} {result.step_id} (reused an earlier result)"
+        if result.status is StepStatus.SUCCEEDED:
+            parts = [fmt_duration(result.duration_ms / 1000), fmt_tokens(result.total_tokens),
+                     fmt_cost(result.cost_usd)]
+            if result.attempts > 1:
+                parts.append(f"after {result.attempts} attempts")
+            return f"{count} {'OK':<6} {result.step_id} " + " ".join(parts)
+        if result.status is StepStatus.FAILED:
+            after = f" after {plural(result.attempts, 'attempt')}" if result.attempts else ""
+            return _fit(f"{count} {'FAIL':<6} {result.step_id}{after}", f": {reason or 'failed'}")
+        if result.status is StepStatus.SKIPPED:
+            return _fit(f"{count} {'SKIP':<6} {result.step_id}", f": {reason or 'skipped'}")
+        return _fit(f"{count} {'CANCEL':<6} {result.step_id}", f": {reason or 'cancelled'}")
+    return None
+
+
+def _fit(head: str, tail: str) -> str:
+    return clip(head + tail, LINE_WIDTH)

@@ -1,0 +1,86 @@
+"""Shared helpers for tests that run plans against the local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import pytest
+
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_llm_server import FakeLLMServer, RequestRecord
+
+from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig, WorkerConfig
+from dworkers.types import WorkerRole
+
+TEST_MODEL = "openai/test-model"
+
+
+@pytest.fixture
+def llm_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
+    """A fresh local server per test, with a dummy key so litellm's preflight passes."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    with FakeLLMServer() as server:
+        yield server
+
+
+def make_plan(
+    graph: Mapping[str, Sequence[str]],
+    *,
+    name: str = "test-plan",
+    roles: Mapping[str, WorkerRole] | None = None,
+    **step_options: Any,
+) -> BasePlan:
+    """A plan from ``{step_id: [dependencies]}``; each step is named ``step_id.upper()``."""
+    plan = BasePlan(name, description="A plan built by a test")
+    for step_id, deps in graph.items():
+        plan.add_step(
+            PlanStep(
+                step_id=step_id,
+                name=step_id.upper(),
+                description=f"Do {step_id}",
+                worker_role=(roles or {}).get(step_id, WorkerRole.ANALYST),
+                depends_on=list(deps),
+                **step_options,
+            )
+        )
+    return plan
+
+
+def make_tenant(
+    *,
+    model: str = TEST_MODEL,
+    max_concurrency: int = 8,
+    timeout: float = 10.0,
+    max_cost_usd: float | None = None,
+    role_limits: Mapping[WorkerRole, int] | None = None,
+    allowed: Sequence[str] = ("*",),
+) -> TenantConfig:
+    return TenantConfig(
+        id="test-tenant",
+        name="Test Tenant",
+        context="Test Tenant makes test widgets.",
+        models=ModelsConfig(default=model),
+        workers={r: WorkerConfig(max_concurrent_tasks=n) for r, n in (role_limits or {}).items()},
+        limits=LimitsConfig(
+            max_concurrency=max_concurrency, timeout_seconds=timeout, max_cost_usd=max_cost_usd
+        ),
+        security={"allowed_models": list(allowed)},  # type: ignore[arg-type]
+    )
+
+
+def marker(step_id: str) -> str:
+    """Text that appears only in the request of ``step_id`` itself."""
+    return f"Your step: {step_id.upper()} ({step_id})"
+
+
+def request_for(server: FakeLLMServer, step_id: str) -> list[RequestRecord]:
+    return server.requests_containing(marker(step_id))

@@ -1,0 +1,344 @@
+"""The engine against a real OpenAI-compatible HTTP server, through litellm.
+
+Ordering and parallelism are proven with the server's own timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support import (
+    TEST_MODEL,
+    FakeLLMServer,
+    llm_server,
+    make_plan,
+    make_tenant,
+    marker,
+    request_for,
+)
+
+from dworkers.engine import RunOptions
+from dworkers.errors import InputError, PlanValidationError, PreflightError
+from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
+from dworkers.plans.base import InputSpec
+from dworkers.plans.builder import PlanBuilder
+from dworkers.tenants.config import TenantConfig
+from dworkers.types import WorkerRole
+
+__all__ = ["llm_server"]
+
+DIAMOND = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+
+
+def run_plan(
+    server: FakeLLMServer,
+    graph: dict[str, list[str]],
+    *,
+    tenant: TenantConfig | None = None,
+    inputs: dict[str, str] | None = None,
+    options: RunOptions | None = None,
+    log: EventLog | None = None,
+    **step_options: object,
+) -> RunResult:
+    plan = make_plan(graph, **step_options)
+    engine = PlanBuilder(
+        plan, tenant or make_tenant(), api_base=server.url,
+        options=options or RunOptions(retry_base_delay=0.05), on_event=log,
+    ).build()
+    return asyncio.run(engine.run(inputs or {}))
+
+
+def test_runs_every_step_and_returns_outputs_usage_and_totals(llm_server: FakeLLMServer) -> None:
+    for step_id in DIAMOND:
+        llm_server.add_rule(marker(step_id), content=f"deliverable of {step_id}")
+    result = run_plan(llm_server, DIAMOND)
+
+    assert result.success
+    assert list(result.outputs) == ["a", "b", "c", "d"]
+    for step_id, step in result.outputs.items():
+        assert step.status is StepStatus.SUCCEEDED
+        assert step.output == f"deliverable of {step_id}"
+        assert step.attempts == 1
+        assert step.model == TEST_MODEL
+        assert step.completion_tokens == 3  # the server counts words
+        assert step.prompt_tokens > 0
+    assert result.total_tokens == sum(s.total_tokens for s in result.outputs.values())
+    assert len(llm_server.requests) == 4
+    assert all(r.stream and r.model == "test-model" for r in llm_server.requests)
+
+
+def test_each_worker_receives_its_direct_dependencies_outputs(llm_server: FakeLLMServer) -> None:
+    for step_id in DIAMOND:
+        llm_server.add_rule(marker(step_id), content=f"OUTPUT-OF-{step_id.upper()}")
+    run_plan(llm_server, DIAMOND)
+
+    [d] = request_for(llm_server, "d")
+    user = d.messages[-1]["content"]
+    assert "OUTPUT-OF-B" in user and "OUTPUT-OF-C" in user
+    assert "OUTPUT-OF-A" not in user  # only direct dependencies
+    assert user.rstrip().endswith("Do d")  # the task comes last
+    assert d.messages[0]["role"] == "system"
+    assert "Test Tenant makes test widgets." in d.messages[0]["content"]
+    [b] = request_for(llm_server, "b")
+    assert "OUTPUT-OF-A" in b.messages[-1]["content"]
+
+
+def test_a_step_starts_as_soon_as_its_own_dependencies_finish(llm_server: FakeLLMServer) -> None:
+    # slow and fast branches off one root; "after-fast" depends only on the fast branch.
+    llm_server.add_rule(marker("slow"), latency=1.5)
+    graph = {"root": [], "slow": ["root"], "fast": ["root"], "after-fast": ["fast"]}
+    result = run_plan(llm_server, graph)
+
+    assert result.success
+    [slow] = request_for(llm_server, "slow")
+    [after_fast] = request_for(llm_server, "after-fast")
+    assert slow.finished is not None
+    assert after_fast.started < slow.finished  # no level barrier waiting for the slow sibling
+    [fast] = request_for(llm_server, "fast")
+    assert fast.started < slow.finished and abs(fast.started - slow.started) < 1.0
+
+
+def test_independent_steps_run_concurrently_up_to_the_cap(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(latency=0.4)
+    graph: dict[str, list[str]] = {f"s{i}": [] for i in range(6)}
+    result = run_plan(llm_server, graph, tenant=make_tenant(max_concurrency=3))
+
+    assert result.success
+    assert llm_server.max_in_flight == 3
+
+
+def test_the_run_option_overrides_the_tenant_concurrency(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(latency=0.3)
+    graph: dict[str, list[str]] = {f"s{i}": [] for i in range(4)}
+    run_plan(llm_server, graph, tenant=make_tenant(max_concurrency=1),
+             options=RunOptions(max_concurrency=4))
+    assert llm_server.max_in_flight == 4
+
+
+def test_role_concurrency_limits_only_that_role(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(latency=0.4)
+    graph: dict[str, list[str]] = {"a1": [], "a2": [], "a3": [], "r1": [], "r2": []}
+    roles = {"r1": WorkerRole.RESEARCHER, "r2": WorkerRole.RESEARCHER}
+    plan = make_plan(graph, roles=roles)
+    tenant = make_tenant(role_limits={WorkerRole.ANALYST: 1})
+    engine = PlanBuilder(plan, tenant, api_base=llm_server.url).build()
+    assert asyncio.run(engine.run()).success
+
+    analysts = sorted((r.started, r.finished or 0) for r in llm_server.requests
+                      if "(a" in r.messages[-1]["content"])
+    assert len(analysts) == 3
+    for (_, end), (start, _) in zip(analysts, analysts[1:], strict=False):
+        assert start >= end - 0.05  # one analyst at a time
+    assert llm_server.max_in_flight >= 3  # researchers ran beside the analyst
+
+
+def test_server_errors_are_retried_with_backoff(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), status=500, times=2, error_message="upstream exploded")
+    log = EventLog()
+    result = run_plan(llm_server, {"a": []}, retry_max=2, log=log)
+
+    assert result.success
+    assert result.outputs["a"].attempts == 3
+    assert [r.status for r in llm_server.requests] == [500, 500, 200]
+    retries = [e for e in log.events if isinstance(e, StepRetrying)]
+    assert [e.attempt for e in retries] == [1, 2]
+    assert all("500" in e.reason and e.wait_seconds > 0 for e in retries)
+
+
+def test_a_step_that_keeps_failing_fails_and_only_its_descendants_are_skipped(
+    llm_server: FakeLLMServer,
+) -> None:
+    llm_server.add_rule(marker("b"), status=500, error_message="upstream exploded")
+    graph = {"a": [], "b": ["a"], "c": ["a"], "d": ["b"], "e": ["d"], "f": ["c"]}
+    result = run_plan(llm_server, graph, retry_max=1)
+
+    assert not result.success
+    statuses = {sid: r.status for sid, r in result.outputs.items()}
+    assert statuses == {
+        "a": StepStatus.SUCCEEDED, "b": StepStatus.FAILED, "c": StepStatus.SUCCEEDED,
+        "d": StepStatus.SKIPPED, "e": StepStatus.SKIPPED, "f": StepStatus.SUCCEEDED,
+    }
+    assert result.outputs["b"].attempts == 2
+    assert "500" in (result.outputs["b"].error or "")
+    assert "upstream exploded" in (result.outputs["b"].error or "")
+    assert result.outputs["d"].error == "b failed"
+    assert result.outputs["e"].error == "b failed"
+    assert result.outputs["c"].output  # the independent branch kept its output
+    assert not request_for(llm_server, "d") and not request_for(llm_server, "e")
+
+
+def test_rate_limits_wait_for_retry_after_even_without_retries(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), status=429, retry_after=1, times=1)
+    log = EventLog()
+    result = run_plan(llm_server, {"a": []}, log=log)  # retry_max=0
+
+    assert result.success and result.outputs["a"].attempts == 2
+    first, second = llm_server.requests
+    assert first.status == 429 and first.finished is not None
+    assert second.started - first.finished >= 0.9  # waited as told
+    [retry] = [e for e in log.events if isinstance(e, StepRetrying)]
+    assert retry.wait_seconds == pytest.approx(1.0) and "429" in retry.reason
+
+
+def test_retry_after_is_bounded(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), status=429, retry_after=3600, times=1)
+    log = EventLog()
+    result = run_plan(llm_server, {"a": []}, log=log,
+                      options=RunOptions(max_retry_wait=0.2))
+    assert result.success
+    [retry] = [e for e in log.events if isinstance(e, StepRetrying)]
+    assert retry.wait_seconds == 0.2
+
+
+def test_a_hung_call_times_out_and_is_retried(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), hang=True, times=1)
+    result = run_plan(llm_server, {"a": []}, retry_max=1, timeout_seconds=0.5)
+
+    assert result.success
+    assert result.outputs["a"].attempts == 2
+    assert len(llm_server.requests) == 2
+
+
+def test_a_call_that_always_hangs_fails_within_its_attempts(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), hang=True)
+    result = run_plan(llm_server, {"a": [], "b": []}, retry_max=1, timeout_seconds=0.3)
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED and step.attempts == 2
+    assert "timed out" in (step.error or "")
+    assert result.outputs["b"].status is StepStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+def test_client_errors_fail_at_once_with_the_provider_message(
+    llm_server: FakeLLMServer, status: int
+) -> None:
+    llm_server.add_rule(status=status, error_message="Incorrect API key provided: sk-te***")
+    result = run_plan(llm_server, {"a": []}, retry_max=3)
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED and step.attempts == 1
+    assert str(status) in (step.error or "")
+    assert "Incorrect API key provided" in (step.error or "")
+    assert len(llm_server.requests) == 1
+
+
+def test_fail_fast_cancels_running_steps(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("bad"), status=400)
+    llm_server.add_rule(marker("slow"), latency=5)
+    graph: dict[str, list[str]] = {"slow": [], "bad": [], "later": ["slow"]}
+    result = run_plan(llm_server, graph, options=RunOptions(fail_fast=True))
+
+    assert result.outputs["bad"].status is StepStatus.FAILED
+    assert result.outputs["slow"].status is StepStatus.CANCELLED
+    assert "fail-fast" in (result.outputs["slow"].error or "")
+    assert result.outputs["later"].status is StepStatus.SKIPPED
+    assert result.total_duration_ms < 4000  # did not wait for the slow call
+
+
+def test_cancelling_a_run_stops_in_flight_calls_and_reports_them(
+    llm_server: FakeLLMServer,
+) -> None:
+    llm_server.add_rule(marker("hang"), hang=True)
+    plan = make_plan({"quick": [], "hang": [], "after": ["hang"]})
+    log = EventLog()
+    engine = PlanBuilder(plan, make_tenant(), api_base=llm_server.url, on_event=log).build()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        for _ in range(200):  # bounded wait until the hung request reached the server
+            if request_for(llm_server, "hang") and engine.result and "quick" in {
+                getattr(getattr(e, "result", None), "step_id", None) for e in log.events
+            }:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    result = engine.result
+    assert result is not None and result.interrupted and not result.success
+    assert result.outputs["quick"].status is StepStatus.SUCCEEDED
+    assert result.outputs["hang"].status is StepStatus.CANCELLED
+    assert result.outputs["after"].status is StepStatus.SKIPPED
+    assert result.outputs["after"].error == "hang was cancelled"
+    assert llm_server.wait_idle(timeout=5)  # the server saw the connection go away
+    [hung] = request_for(llm_server, "hang")
+    assert hung.abandoned
+
+
+def test_the_budget_stops_new_steps_once_spent(llm_server: FakeLLMServer) -> None:
+    # gpt-4o-mini has a price in litellm's cost map, so the local server's usage costs money.
+    tenant = make_tenant(model="openai/gpt-4o-mini", max_cost_usd=1e-9, max_concurrency=1)
+    result = run_plan(llm_server, {"first": [], "second": ["first"], "third": []},
+                      tenant=tenant)
+
+    first = result.outputs["first"]
+    assert first.status is StepStatus.SUCCEEDED and first.cost_usd > 0
+    assert result.cost_usd == first.cost_usd
+    for sid in ("second", "third"):
+        assert result.outputs[sid].status is StepStatus.SKIPPED
+        assert "budget of $1e-09 reached" in (result.outputs[sid].error or "")
+    assert len(llm_server.requests) == 1
+
+
+def test_inputs_are_checked_before_any_call(llm_server: FakeLLMServer) -> None:
+    plan = make_plan({"a": []}, prompt_template="Audit {brief} for {client}")
+    plan.inputs = {"brief": InputSpec(), "client": InputSpec(), "tone": InputSpec(default="x")}
+    engine = PlanBuilder(plan, make_tenant(), api_base=llm_server.url).build()
+    with pytest.raises(InputError) as caught:
+        asyncio.run(engine.run({"breif": "x"}))
+    messages = [p.render() for p in caught.value.problems]
+    assert messages == [
+        '--input: missing inputs: brief, client — pass --input brief="..." --input client="..."',
+        "--input: unknown input 'breif' — did you mean 'brief'?",
+    ]
+    assert llm_server.requests == []
+
+
+def test_rendered_template_reaches_the_model(llm_server: FakeLLMServer) -> None:
+    plan = make_plan({"a": []}, prompt_template="Audit {brief} {{literally}}")
+    engine = PlanBuilder(plan, make_tenant(), api_base=llm_server.url).build()
+    asyncio.run(engine.run({"brief": "SOX for Q4"}))
+    [request] = llm_server.requests
+    assert request.messages[-1]["content"].endswith("Audit SOX for Q4 {literally}")
+
+
+def test_missing_key_fails_before_any_call(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    engine = PlanBuilder(make_plan(DIAMOND), make_tenant(), api_base=llm_server.url).build()
+    with pytest.raises(PreflightError) as caught:
+        asyncio.run(engine.run())
+    [problem] = caught.value.problems
+    assert "OPENAI_API_KEY" in problem.message and "a, b, c, d" in problem.message
+    assert llm_server.requests == []
+
+
+def test_a_model_outside_the_tenant_allow_list_is_refused(llm_server: FakeLLMServer) -> None:
+    tenant = make_tenant(allowed=["anthropic/*"], model="anthropic/claude-3-5-sonnet-latest")
+    engine = PlanBuilder(make_plan({"a": []}), tenant, model=TEST_MODEL,
+                         api_base=llm_server.url).build()
+    with pytest.raises(PreflightError, match="not allowed for tenant 'test-tenant'"):
+        asyncio.run(engine.run())
+    assert llm_server.requests == []
+
+
+def test_the_builder_refuses_an_invalid_plan() -> None:
+    plan = make_plan({"a": ["b"], "b": ["a"]})
+    with pytest.raises(PlanValidationError, match="dependency cycle a → b → a"):
+        PlanBuilder(plan, make_tenant()).build()
+
+
+def test_model_and_api_base_come_from_the_environment(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DWORKERS_MODEL", "openai/from-env")
+    monkeypatch.setenv("DWORKERS_API_BASE", llm_server.url)
+    engine = PlanBuilder(make_plan({"a": []}), make_tenant()).build()
+    result = asyncio.run(engine.run())
+    assert result.outputs["a"].model == "openai/from-env"
+    assert [r.model for r in llm_server.requests] == ["from-env"]
