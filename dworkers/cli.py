@@ -143,12 +143,18 @@ def show(
 
 @app.command()
 def run(
-    plan: Annotated[str, typer.Argument(help="A plan name (see 'dworkers list') or YAML file.")],
+    plan: Annotated[
+        str | None,
+        typer.Argument(help="A plan name (see 'dworkers list') or YAML file; optional with "
+                       "--resume."),
+    ] = None,
     inputs: Annotated[
         list[str] | None,
         typer.Option("--input", "-i", help="NAME=VALUE, or NAME=@file to read the value."),
     ] = None,
-    tenant: Annotated[str, typer.Option(help="Tenant id or YAML file.")] = "default",
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant id or YAML file [default: default].")
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model for every step [env: DWORKERS_MODEL].")
     ] = None,
@@ -172,7 +178,16 @@ def run(
         Path | None, typer.Option(help="Directory for run folders [default: ./dworkers-runs].")
     ] = None,
     as_json: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and the summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only failures and the summary.")
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Finish an earlier run (id, prefix or 'last'): reuse what succeeded."),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Call the model even for identical prompts.")
+    ] = False,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
     from dworkers.runner import RunRequest, execute
@@ -180,7 +195,7 @@ def run(
     request = RunRequest(
         plan=plan, inputs=inputs or [], tenant=tenant, model=model, api_base=api_base,
         max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
-        dry_run=dry_run, out=out, json=as_json, quiet=quiet,
+        dry_run=dry_run, out=out, json=as_json, quiet=quiet, resume=resume, no_cache=no_cache,
     )
     try:
         code = execute(request)

@@ -94,7 +94,7 @@ class NotFoundError(DworkersError):
     def __init__(self, kind: str, name: str, known: Sequence[str], hint: str = "") -> None:
         self.kind, self.name = kind, name
         suggestion = did_you_mean(name, known)
-        message = f"no {kind} named {name!r}"
+        message = f"no {kind} named {shown(name)}"
         if suggestion:
             message += f" — did you mean {suggestion!r}?"
         elif hint:
@@ -135,6 +135,15 @@ class AuthenticationError(LLMError):
 
 class BadRequestError(LLMError):
     pass
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: messages quote what users wrote, which
+    can be arbitrarily long."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 4] + "..." + text[-1] if text[-1] in "'\"" else text[: limit - 3] + "..."
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str | None:

@@ -42,6 +42,7 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
+from dworkers.llm import MockClient
 from dworkers.plans.base import BasePlan
 
 DEFAULT_TIMEOUT = 5.0  # seconds to wait for another process's write lock
@@ -70,6 +71,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
             completion_tokens INTEGER NOT NULL DEFAULT 0,
             cost_usd          REAL NOT NULL DEFAULT 0,
             resumed_from      TEXT,
+            options           TEXT NOT NULL DEFAULT '{}',
             pid               INTEGER,
             host              TEXT
         )
@@ -158,6 +160,7 @@ class RunRecord:
     completion_tokens: int
     cost_usd: float
     resumed_from: str | None
+    options: dict[str, Any] = field(default_factory=dict)  # what the CLI ran it with
     counts: dict[str, int] = field(default_factory=dict)  # step status → number of steps
 
     @property
@@ -266,7 +269,7 @@ class NoOutputError(DworkersError):
 # --- the database -------------------------------------------------------------------------------
 
 _RUN_COLUMNS = ("run_id, plan, tenant, inputs, status, started_at, finished_at, duration_ms, "
-                "prompt_tokens, completion_tokens, cost_usd, resumed_from, pid, host")
+                "prompt_tokens, completion_tokens, cost_usd, resumed_from, options, pid, host")
 _STEP_COLUMNS = ("run_id, step_id, position, name, role, depends_on, status, model, messages, "
                  "output, error, attempts, duration_ms, prompt_tokens, completion_tokens, "
                  "cost_usd, cached, cache_key, fingerprint, started_at, finished_at")
@@ -335,6 +338,7 @@ class History:
                                    check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {max(0, int(self.timeout * 1000))}")
             conn.execute("PRAGMA foreign_keys = ON")
+            self._check_ours(conn)  # before anything writes to the file
             # WAL: readers never block the writer; NORMAL sync survives a killed process.
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -363,21 +367,28 @@ class History:
             if version > latest:
                 raise self._newer(version)
             if version == 0:
-                foreign = [row[0] for row in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
-                if foreign:
-                    raise HistoryError(
-                        f"{self.path} is an SQLite database, but not a dworkers run history "
-                        f"(it has tables: {', '.join(foreign[:5])}) — set DWORKERS_HOME to "
-                        "another directory; the file was left untouched")
+                self._check_ours(conn)
             for statements in MIGRATIONS[version:]:
                 for statement in statements:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {latest}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        """Refuse a database that some other program made (version 0 with tables of its own)."""
+        if int(conn.execute("PRAGMA user_version").fetchone()[0]) != 0:
+            return
+        foreign = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
+        if foreign:
+            raise HistoryError(
+                f"{self.path} is an SQLite database, but not a dworkers run history "
+                f"(it has tables: {', '.join(foreign[:5])}) — set DWORKERS_HOME to "
+                "another directory; the file was left untouched")
 
     def _newer(self, version: int) -> HistoryError:
         return HistoryError(
@@ -442,17 +453,19 @@ class History:
 
     def start_run(self, run_id: str, plan: str, tenant: str, *, inputs: Mapping[str, str],
                   steps: Sequence[StepInfo], started_at: float | None = None,
-                  resumed_from: str | None = None) -> None:
+                  resumed_from: str | None = None,
+                  options: Mapping[str, Any] | None = None) -> None:
         """Record a new run (status ``running``) and its steps (status ``pending``)."""
         with self._write("recording a new run") as conn:
             conn.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
                 "ON CONFLICT (run_id) DO UPDATE SET status = 'running', "
                 "started_at = excluded.started_at, finished_at = NULL, pid = excluded.pid, "
                 "host = excluded.host",
                 (run_id, plan, tenant, json.dumps(dict(inputs)), "running",
                  started_at if started_at is not None else time.time(), None, None, 0, 0, 0.0,
-                 resumed_from, os.getpid(), socket.gethostname()))
+                 resumed_from, json.dumps(dict(options or {})), os.getpid(),
+                 socket.gethostname()))
             conn.executemany(
                 "INSERT INTO steps (run_id, step_id, position, name, role, depends_on, status, "
                 "model) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
@@ -483,17 +496,19 @@ class History:
 
     def save_run(self, result: RunResult, *, steps: Sequence[StepInfo] = (),
                  messages: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
-                 resumed_from: str | None = None) -> None:
+                 resumed_from: str | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
         """Record a whole finished run at once, in one transaction (idempotent)."""
         messages = messages or {}
         infos = {s.step_id: (i, s) for i, s in enumerate(steps)}
         with self._write("recording a run") as conn:
             conn.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
                 "ON CONFLICT (run_id) DO NOTHING",
                 (result.run_id, result.plan, result.tenant, json.dumps(result.inputs),
                  "running", result.started_at or time.time(), None, None, 0, 0, 0.0,
-                 resumed_from, os.getpid(), socket.gethostname()))
+                 resumed_from, json.dumps(dict(options or {})), os.getpid(),
+                 socket.gethostname()))
             for n, (sid, step) in enumerate(result.outputs.items()):
                 position, info = infos.get(sid, (n, None))
                 self._upsert_step(conn, result.run_id, step, messages.get(sid), info, position)
@@ -610,7 +625,8 @@ class History:
         record = self.step(run_ref, step_id)
         if record.succeeded:
             return record.output
-        why = {"pending": "it never started", "running": "it did not finish"}.get(
+        why = {"pending": "it never started", "running": "it did not finish",
+               "skipped": "it was skipped", "cancelled": "it was cancelled"}.get(
             record.status, f"it {record.status}")
         raise NoOutputError(f"step {step_id!r} of run {record.run_id} has no output: {why}"
                             + (f" ({record.error})" if record.error else ""))
@@ -643,7 +659,9 @@ class History:
             record = records.get(sid)
             if record is None:
                 changed[sid] = "new step"
-            elif step is not None and record.fingerprint != step.fingerprint():
+            elif (record.succeeded and step is not None
+                  and record.fingerprint != step.fingerprint()):
+                # (a step that did not succeed runs again anyway, and so does all below it)
                 changed[sid] = "definition changed"
         downstream = dag.descendants(graph, changed)
         decisions = []
@@ -670,11 +688,15 @@ class History:
         keep = {d.step_id for d in decisions if d.reuse}
         return {s.step_id: s.to_step_result() for s in self.steps(run_ref) if s.step_id in keep}
 
-    def lookup(self, key: str) -> StepResult | None:
-        """The most recent succeeded step, of any run, with this cache key."""
+    def lookup(self, key: str, *, exclude_models: Sequence[str] = ()) -> StepResult | None:
+        """The most recent succeeded step, of any run, with this cache key, unless the model
+        that answered it is one of ``exclude_models``."""
+        excluded = list(exclude_models)
         rows = self._read(
             f"SELECT {_STEP_COLUMNS} FROM steps WHERE cache_key = ? AND status = 'succeeded' "
-            "ORDER BY finished_at DESC LIMIT 1", (key,), doing="looking up the cache")
+            + (f"AND model NOT IN ({', '.join('?' * len(excluded))}) " if excluded else "")
+            + "ORDER BY finished_at DESC LIMIT 1", (key, *excluded),
+            doing="looking up the cache")
         return _step_record(rows[0]).to_step_result() if rows else None
 
     # --- helpers ------------------------------------------------------------------------------
@@ -707,6 +729,7 @@ class History:
                 finished_at=row["finished_at"], duration_ms=row["duration_ms"],
                 prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
                 cost_usd=row["cost_usd"], resumed_from=row["resumed_from"],
+                options=_json(row["options"], {}),
                 counts={"total": sum(v for k, v in counts[run_id].items() if k != "cached"),
                         **counts[run_id]}))
         return records
@@ -715,16 +738,23 @@ class History:
 class HistoryCache:
     """The engine's ``StepCache`` over the history: a step whose model and rendered messages
     match a succeeded step on record is reused without a call. A history that cannot be read
-    is a cache miss (the error is kept in ``error``), never a failed step."""
+    is a cache miss (the error is kept in ``error``), never a failed step.
 
-    def __init__(self, history: History) -> None:
+    Answers made up offline by ``--mock`` (model ``mock``) are never served to a real run: the
+    cache key holds the model the step asked for, not the client that answered. A ``--mock``
+    run may pass ``exclude_models=()``.
+    """
+
+    def __init__(self, history: History, *,
+                 exclude_models: Sequence[str] = (MockClient.model_name,)) -> None:
         self.history = history
+        self.exclude_models = tuple(exclude_models)
         self.error: HistoryError | None = None
         self.hits = 0
 
     def lookup(self, key: str) -> StepResult | None:
         try:
-            hit = self.history.lookup(key)
+            hit = self.history.lookup(key, exclude_models=self.exclude_models)
         except HistoryError as exc:
             self.error = exc
             return None
@@ -743,10 +773,12 @@ class HistoryRecorder:
     """
 
     def __init__(self, history: History, *, inputs: Mapping[str, object] | None = None,
-                 resumed_from: str | None = None) -> None:
+                 resumed_from: str | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.history = history
         self.inputs = {str(k): str(v) for k, v in (inputs or {}).items()}
         self.resumed_from = resumed_from
+        self.options = dict(options or {})
         self.run_id: str | None = None
         self.error: HistoryError | None = None
         self._steps: tuple[StepInfo, ...] = ()
@@ -761,7 +793,8 @@ class HistoryRecorder:
             self._messages = {}
             self._try(lambda: self.history.start_run(
                 event.run_id, event.plan, event.tenant, inputs=self.inputs, steps=event.steps,
-                started_at=time.time(), resumed_from=self.resumed_from))
+                started_at=time.time(), resumed_from=self.resumed_from,
+                options=self.options))
         elif self.run_id is None:
             return
         elif isinstance(event, StepStarted):
@@ -795,7 +828,8 @@ class HistoryRecorder:
                 self.history.finish_run(result)
             else:
                 self.history.save_run(result, steps=self._steps, messages=self._messages,
-                                      resumed_from=self.resumed_from)
+                                      resumed_from=self.resumed_from,
+                                      options=self.options)
             self.error = None
         except HistoryError as exc:
             self.error = exc

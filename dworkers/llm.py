@@ -246,8 +246,15 @@ class MockClient:
 
     model_name = "mock"
 
-    def __init__(self, latency: float = 1.0) -> None:
-        self.latency = latency  # scale: 1.0 ≈ 0.4–1.6 s per step, 0 for instant
+    def __init__(self, latency: float | None = None) -> None:
+        # A scale: 1.0 ≈ 0.4–1.6 s per step, 0 for instant. DWORKERS_MOCK_LATENCY sets it
+        # for the command line.
+        if latency is None:
+            try:
+                latency = float(os.environ.get("DWORKERS_MOCK_LATENCY", "1"))
+            except ValueError:
+                latency = 1.0
+        self.latency = max(0.0, min(latency, 100.0))
 
     def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> list[Problem]:
         return []

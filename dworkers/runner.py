@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,9 @@ MAX_INPUT_FILE_BYTES = 10 * 1024 * 1024
 
 @dataclass
 class RunRequest:
-    plan: str
+    plan: str | None
     inputs: list[str] = field(default_factory=list)  # "k=v" or "k=@file"
-    tenant: str = "default"
+    tenant: str | None = None  # None: the resumed run's tenant, else "default"
     model: str | None = None
     api_base: str | None = None
     max_concurrency: int | None = None
@@ -107,9 +108,36 @@ def execute(request: RunRequest) -> int:
     warnings.filterwarnings("ignore", module=r"litellm(\.|$)")
     warnings.filterwarnings("ignore", message=r".*ReadOnly. qualifier", category=UserWarning)
 
-    plan = resolve_plan(request.plan)
-    tenant = resolve_tenant(request.tenant)
     inputs = parse_inputs(request.inputs)
+    history = None
+    reuse = None
+    resumed = None
+    if not request.dry_run:
+        from dworkers.history import History
+
+        history = History().open()  # a broken database is reported before anything is spent
+    if request.resume:
+        assert history is not None
+        resumed = history.get_run(request.resume)
+        previous = resumed.options or {}
+        request.plan = request.plan or resumed.plan
+        request.tenant = request.tenant or resumed.tenant
+        request.model = request.model or previous.get("model")
+        request.api_base = request.api_base or previous.get("api_base")
+        request.mock = request.mock or bool(previous.get("mock"))
+        inputs = {**resumed.inputs, **inputs}
+    if not request.plan:
+        raise InputError([Problem("no plan given", "name a plan: dworkers run PLAN",
+                                  "missing-plan", file="dworkers run")])
+    plan = resolve_plan(request.plan)
+    tenant = resolve_tenant(request.tenant or "default")
+    if resumed is not None and history is not None:
+        if resumed.plan != plan.name:
+            raise InputError([Problem(
+                f"run {resumed.run_id} ran plan {resumed.plan!r}, not {plan.name!r}",
+                f"resume it with: dworkers run {resumed.plan} --resume {resumed.run_id}",
+                "wrong-plan", file="--resume")])
+        reuse = history.reuse_for(resumed.run_id, plan)
     options = RunOptions(
         max_concurrency=request.max_concurrency,
         max_cost_usd=request.max_cost,
@@ -121,8 +149,13 @@ def execute(request: RunRequest) -> int:
         from dworkers.llm import prefetch_litellm
 
         prefetch = prefetch_litellm()  # loads while inputs are checked and the tree paints
+    cache = None
+    if history is not None and not request.no_cache and not request.mock:
+        from dworkers.history import HistoryCache
+
+        cache = HistoryCache(history)
     engine = PlanBuilder(plan, tenant, request.model, api_base=request.api_base,
-                         mock=request.mock, options=options).build()
+                         mock=request.mock, options=options, reuse=reuse, cache=cache).build()
     values = engine.resolve_inputs(inputs)
     if request.dry_run:
         return dry_run(engine, values, as_json=request.json)
@@ -135,7 +168,17 @@ def execute(request: RunRequest) -> int:
     err = view.console()
     display = view.make_view(interactive=view.is_interactive(err) and not request.quiet,
                              quiet=request.quiet, console=err)
-    consumers = [writer, display]
+    consumers: list[Callable[[Event], None]] = [writer, display]
+    recorder = None
+    if history is not None:
+        from dworkers.history import HistoryRecorder
+
+        recorder = HistoryRecorder(
+            history, inputs=values, resumed_from=resumed.run_id if resumed else None,
+            options={"model": request.model, "api_base": request.api_base,
+                     "mock": request.mock, "tenant": tenant.id},
+        )
+        consumers.append(recorder)
 
     def fan_out(event: Event) -> None:
         for consumer in consumers:
@@ -161,6 +204,8 @@ def execute(request: RunRequest) -> int:
             return EXIT_INTERRUPTED
         result = engine.result
     err.print(view.summary(result, str(out_dir)))
+    if recorder is not None and recorder.error is not None:
+        view.print_error(err, f"run history not saved: {recorder.error}")
     if request.json:
         sys.stdout.write(json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n")
     if interrupted or result.interrupted:

@@ -138,7 +138,11 @@ class StepState:
 
 @dataclass
 class RunState:
-    """The whole run, updated in place by ``apply(event)``; cheap enough to call per token."""
+    """The whole run, updated in place by ``apply(event)``.
+
+    ``apply`` is O(1) per event (totals and counts are kept incrementally), so it can be called
+    for every streamed token of a 10,000-step plan.
+    """
 
     now: Clock = time.monotonic
     run_id: str = ""
@@ -148,51 +152,68 @@ class RunState:
     started_at: float | None = None  # monotonic; set by RunStarted
     finished_at: float | None = None
     result: RunResult | None = None
+    _counts: dict[Phase, int] = field(default_factory=dict, repr=False)
+    _tokens: int = field(default=0, repr=False)  # finished steps' tokens + streaming tokens
+    _cost: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._counts = dict.fromkeys(Phase, 0)
+        for step in self.steps.values():
+            self._counts[step.phase] += 1
+            self._tokens += step.total_tokens
+            self._cost += step.cost_usd
 
     # --- building ----------------------------------------------------------------------------
 
-    def prepare(self, plan: str, tenant: str, steps: Iterable[StepInfo]) -> None:
-        """Know the steps before the run starts (so a view can draw them at once)."""
-        self.plan, self.tenant = plan, tenant
-        self.steps = {info.step_id: _step_from(info) for info in steps}
+    def prepare(self, event: RunStarted) -> None:
+        """Know the run's steps before it starts, so a view can draw them at once.
+
+        Unlike ``apply(event)`` this does not start the clock: the engine's own ``RunStarted``
+        does.
+        """
+        self.run_id, self.plan, self.tenant = event.run_id, event.plan, event.tenant
+        self._reset(event.steps)
 
     def apply(self, event: Event) -> None:
         if isinstance(event, StepProgress):
             step = self.steps.get(event.step_id)
-            if step is not None:
+            if step is not None and not step.phase.finished:
+                if step.phase is not Phase.RUNNING:
+                    self._move(step, Phase.RUNNING)
+                self._tokens += event.tokens - step.tokens
                 step.tokens = event.tokens
                 step.tail = event.text
-                if step.phase is Phase.WAITING:
-                    step.phase = Phase.RUNNING
         elif isinstance(event, StepStarted):
             step = self._step(event.step_id)
             at = event.at or self.now()
-            step.phase = Phase.RUNNING
+            self._move(step, Phase.RUNNING)
             step.attempt = event.attempt
             step.model = event.model or step.model
             if step.started is None:
                 step.started = at
             step.attempt_started = at
-            step.tokens = 0
-            step.tail = ""
+            self._stream(step, 0, "")
             step.retry_until = None
         elif isinstance(event, StepRetrying):
             step = self._step(event.step_id)
-            step.phase = Phase.RETRYING
+            self._move(step, Phase.RETRYING)
             step.attempt = event.attempt
             step.retry_reason = one_line(event.reason)
             step.retry_wait = event.wait_seconds
             step.retry_until = self.now() + event.wait_seconds
-            step.tokens = 0
-            step.tail = ""
+            self._stream(step, 0, "")
         elif isinstance(event, StepFinished):
             self._finish(event.result, event.at or self.now())
         elif isinstance(event, RunStarted):
-            self.run_id, self.plan, self.tenant = event.run_id, event.plan, event.tenant
-            self.steps = {info.step_id: _step_from(info) for info in event.steps}
-            self.started_at = event.started_at
-            self.finished_at = None
-            self.result = None
+            # The same run announced again (``prepare``d, or applied by the caller before the
+            # engine's own RunStarted) keeps its steps and its earliest start: no jump back.
+            same = (event.run_id == self.run_id and self.result is None
+                    and [info.step_id for info in event.steps] == list(self.steps))
+            if not same:
+                self.run_id, self.plan, self.tenant = event.run_id, event.plan, event.tenant
+                self._reset(event.steps)
+            if self.started_at is None:
+                self.started_at = event.started_at
         elif isinstance(event, RunFinished):
             at = event.at or self.now()
             for result in event.result.outputs.values():
@@ -204,27 +225,54 @@ class RunState:
             if self.started_at is None:
                 self.started_at = at - event.result.total_duration_ms / 1000
 
+    def _reset(self, infos: Iterable[StepInfo]) -> None:
+        self.steps = {info.step_id: _step_from(info) for info in infos}
+        self._counts = dict.fromkeys(Phase, 0)
+        self._counts[Phase.WAITING] = len(self.steps)
+        self._tokens = 0
+        self._cost = 0.0
+        self.started_at = self.finished_at = None
+        self.result = None
+
     def _step(self, step_id: str) -> StepState:
         step = self.steps.get(step_id)
         if step is None:  # an event for a step we were not told about: still show it
             step = StepState(step_id, name=step_id)
             self.steps = {**self.steps, step_id: step}  # never resize a dict being read
+            self._counts = {**self._counts, Phase.WAITING: self._counts.get(Phase.WAITING, 0) + 1}
         return step
+
+    def _move(self, step: StepState, phase: Phase) -> None:
+        counts = self._counts
+        counts[step.phase] = counts.get(step.phase, 0) - 1
+        counts[phase] = counts.get(phase, 0) + 1
+        step.phase = phase
+
+    def _stream(self, step: StepState, tokens: int, tail: str) -> None:
+        self._tokens += tokens - step.tokens
+        step.tokens = tokens
+        step.tail = tail
 
     def _finish(self, result: StepResult, at: float) -> None:
         step = self._step(result.step_id)
+        if step.result is not None:  # already counted: take the newer result
+            self._tokens -= step.result.total_tokens
+            self._cost -= step.result.cost_usd
+        self._stream(step, 0, "")
+        self._move(step, Phase.CACHED if result.cached else _FINAL_PHASE[result.status])
         step.result = result
-        step.phase = Phase.CACHED if result.cached else _FINAL_PHASE[result.status]
         step.finished = at
         step.attempt = result.attempts or step.attempt
-        step.model = result.model or step.model
-        step.tokens = result.completion_tokens
+        step.model = step.model or result.model or ""  # keep the planned model name
         step.retry_until = None
+        self._tokens += result.total_tokens
+        self._cost += result.cost_usd
 
     # --- reading -----------------------------------------------------------------------------
 
     @property
     def started(self) -> bool:
+        """Whether the run's clock is running (a ``RunStarted`` was applied)."""
         return self.started_at is not None
 
     @property
@@ -245,10 +293,10 @@ class RunState:
 
     def counts(self) -> dict[Phase, int]:
         """How many steps are in each phase (every phase present, zeros included)."""
-        counts = dict.fromkeys(Phase, 0)
-        for step in self.steps.values():
-            counts[step.phase] += 1
-        return counts
+        return {phase: self._counts.get(phase, 0) for phase in Phase}
+
+    def count(self, *phases: Phase) -> int:
+        return sum(self._counts.get(phase, 0) for phase in phases)
 
     @property
     def total(self) -> int:
@@ -256,16 +304,18 @@ class RunState:
 
     @property
     def done(self) -> int:
-        return sum(1 for step in self.steps.values() if step.phase.finished)
+        """Steps that have finished, whatever the outcome."""
+        return self.total - self.count(Phase.WAITING, Phase.RUNNING, Phase.RETRYING)
 
     @property
     def tokens(self) -> int:
         """Tokens so far: finished steps' prompt + completion, plus what is streaming now."""
-        return sum(step.total_tokens for step in self.steps.values())
+        return self._tokens
 
     @property
     def cost_usd(self) -> float:
-        return sum(step.cost_usd for step in self.steps.values())
+        """Cost of the finished steps (streaming steps are priced when they finish)."""
+        return self._cost
 
     @property
     def elapsed(self) -> float:

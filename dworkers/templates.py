@@ -42,71 +42,77 @@ class ParsedTemplate:
         return list(dict.fromkeys(p.name for p in self.placeholders))
 
 
+MAX_ISSUES = 20
+"""Syntax issues reported per template; parsing stops after one more."""
+
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}|[{}]")
+
+
 def parse(template: str) -> ParsedTemplate:
-    """Split a template into literal text and placeholders, collecting every syntax issue."""
+    """Split a template into literal text and placeholders, collecting every syntax issue.
+
+    One regular-expression scan, so linear in the template's length even for hostile input
+    such as "{a{a{a...".
+    """
     parts: list[str | Placeholder] = []
     issues: list[TemplateIssue] = []
     literal: list[str] = []
-    i, n = 0, len(template)
-    while i < n:
-        char = template[i]
-        if char == "{":
-            if i + 1 < n and template[i + 1] == "{":
-                literal.append("{")
-                i += 2
-                continue
-            close = template.find("}", i + 1)
-            nested = template.find("{", i + 1)
-            if close == -1 or (nested != -1 and nested < close):
-                issues.append(
-                    TemplateIssue(
-                        "unclosed '{' in prompt_template",
-                        "close the placeholder as {name}, or write '{{' for a literal brace",
-                        i,
-                    )
-                )
-                literal.append("{")
-                i += 1
-                continue
-            field = template[i + 1 : close]
-            issue = _field_issue(field, i)
-            if issue:
-                issues.append(issue)
-            else:
+    end = 0
+    for match in _TOKEN.finditer(template):
+        start = match.start()
+        if start > end:
+            literal.append(template[end:start])
+        end = match.end()
+        token = match.group()
+        issue: TemplateIssue | None = None
+        if token == "{{" or token == "}}":
+            literal.append(token[0])
+            continue
+        if token == "{":
+            issue = TemplateIssue(
+                "unclosed '{' in prompt_template",
+                "close the placeholder as {name}, or write '{{' for a literal brace",
+                start,
+            )
+            literal.append(token)
+        elif token == "}":
+            issue = TemplateIssue(
+                "single '}' in prompt_template",
+                "write '}}' for a literal brace, or open the placeholder with '{'",
+                start,
+            )
+            literal.append(token)
+        else:
+            field = token[1:-1]
+            issue = _field_issue(field, start)
+            if issue is None:
                 if literal:
                     parts.append("".join(literal))
                     literal = []
-                parts.append(Placeholder(field, i))
-            i = close + 1
-        elif char == "}":
-            if i + 1 < n and template[i + 1] == "}":
-                literal.append("}")
-                i += 2
-                continue
-            issues.append(
-                TemplateIssue(
-                    "single '}' in prompt_template",
-                    "write '}}' for a literal brace, or open the placeholder with '{'",
-                    i,
+                parts.append(Placeholder(field, start))
+        if issue is not None:
+            if len(issues) == MAX_ISSUES:
+                # Enough to act on; stop here so a hostile template costs no more.
+                issues.append(
+                    TemplateIssue(
+                        f"more brace problems follow in this prompt_template "
+                        f"(only the first {MAX_ISSUES} are shown)",
+                        "fix these first; write '{{' and '}}' for literal braces",
+                        start,
+                    )
                 )
-            )
-            literal.append("}")
-            i += 1
-        else:
-            # Copy the run of ordinary characters in one slice: templates can be long.
-            stop = n
-            for brace in (template.find("{", i), template.find("}", i)):
-                if brace != -1:
-                    stop = min(stop, brace)
-            literal.append(template[i:stop])
-            i = stop
+                break
+            issues.append(issue)
+    if end < len(template):
+        literal.append(template[end:])
     if literal:
         parts.append("".join(literal))
     return ParsedTemplate(tuple(parts), tuple(issues))
 
 
 def _field_issue(field: str, offset: int) -> TemplateIssue | None:
-    text = "{" + field + "}"
+    text = "{" + (field if len(field) <= 40 else field[:37] + "...") + "}"
     if not field.strip():
         return TemplateIssue(
             "empty placeholder '{}' in prompt_template",
@@ -115,7 +121,7 @@ def _field_issue(field: str, offset: int) -> TemplateIssue | None:
         )
     for mark, what in ((".", "attribute access"), ("[", "index access")):
         if mark in field:
-            base = field.split(mark, 1)[0]
+            base = _base_name(field, mark)
             return TemplateIssue(
                 f"placeholder {text} uses {what}, which templates do not support",
                 f"use a plain input name such as {{{base}}} and pass the value you need",
@@ -123,7 +129,7 @@ def _field_issue(field: str, offset: int) -> TemplateIssue | None:
             )
     for mark, what in (("!", "a conversion"), (":", "a format spec")):
         if mark in field:
-            base = field.split(mark, 1)[0]
+            base = _base_name(field, mark)
             return TemplateIssue(
                 f"placeholder {text} has {what}, which templates do not support",
                 f"write {{{base}}} and format the value before passing it",
@@ -136,6 +142,11 @@ def _field_issue(field: str, offset: int) -> TemplateIssue | None:
             offset,
         )
     return None
+
+
+def _base_name(field: str, mark: str) -> str:
+    base = field.split(mark, 1)[0].strip()
+    return base if _IDENTIFIER.match(base) and len(base) <= 40 else "name"
 
 
 def render(template: str, values: Mapping[str, str]) -> str:

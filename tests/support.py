@@ -40,7 +40,9 @@ def make_plan(
     **step_options: Any,
 ) -> BasePlan:
     """A plan from ``{step_id: [dependencies]}``; each step is named ``step_id.upper()``."""
-    plan = BasePlan(name, description="A plan built by a test")
+    # Long enough that the server's default reply (which echoes 60 characters) never contains
+    # another step's marker.
+    plan = BasePlan(name, description="A plan built by a test to check how dworkers behaves")
     for step_id, deps in graph.items():
         plan.add_step(
             PlanStep(

@@ -7,6 +7,7 @@ plan was loaded from YAML, and says how to fix it. Everything here is linear in 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable
@@ -14,12 +15,31 @@ from collections.abc import Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from dworkers import dag, templates
-from dworkers.errors import PlanValidationError, Problem, did_you_mean
+from dworkers.errors import PlanValidationError, Problem, did_you_mean, shown
 from dworkers.types import SourceMap, SourcePath, WorkerRole
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 SLUG_HINT = "use lowercase letters, digits, '-' and '_', starting with a letter or digit"
 MAX_SLUG_LENGTH = 100
+INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_SUGGESTIONS = 50
+""""Did you mean" searches per check: each compares against every known name, so a plan with
+thousands of typos must not make validation quadratic."""
+
+
+def unnamed_step_id(index: int) -> str:
+    """The id the loader gives a step whose own ``step_id`` is missing or not text."""
+    return f"<step {index + 1}>"
+
+
+def _is_unnamed(step_id: str) -> bool:
+    return step_id.startswith("<step ") and step_id.endswith(">")
+
+
+def slug_suggestion(name: str) -> str | None:
+    """``name`` made into a valid slug ("Gather Data" → "gather-data"), if that is possible."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", name.strip().lower()).strip("-_")
+    return slug if slug and SLUG.match(slug) and len(slug) <= MAX_SLUG_LENGTH else None
 
 
 class PlanStep(BaseModel):
@@ -33,8 +53,8 @@ class PlanStep(BaseModel):
     worker_role: WorkerRole = WorkerRole.ANALYST
     depends_on: list[str] = Field(default_factory=list)
     prompt_template: str = ""
-    retry_max: int = Field(default=0, ge=0, le=100)
-    timeout_seconds: float = Field(default=0, ge=0, le=86_400)
+    retry_max: int = Field(default=0, ge=0, le=100, strict=True)  # `retry_max: yes` is a typo
+    timeout_seconds: float = Field(default=0, ge=0, le=86_400, allow_inf_nan=False)
 
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""
@@ -126,7 +146,9 @@ class BasePlan:
 class _PlanChecker:
     def __init__(self, plan: BasePlan) -> None:
         self.plan = plan
+        self.steps = plan._steps
         self.problems: list[Problem] = []
+        self.suggestions = MAX_SUGGESTIONS
 
     def problem(
         self,
@@ -136,23 +158,31 @@ class _PlanChecker:
         code: str,
         *,
         key: bool = False,
-        offset: tuple[int, int] = (0, 0),
+        at: tuple[int, int] | None = None,
     ) -> None:
         source = self.plan.source
         line = column = None
-        if source is not None:
+        if at is not None:
+            line, column = at
+        elif source is not None:
             line, column = source.at(path, key=key)
-            if line is not None and column is not None:
-                line, column = line + offset[0], (offset[1] if offset[0] else column + offset[1])
         file = source.file if source else f"<plan {self.plan.name}>"
         self.problems.append(Problem(message, hint, code, file, line, column))
+
+    def did_you_mean(self, name: str, known: list[str]) -> str | None:
+        if self.suggestions <= 0 or len(name) > MAX_SLUG_LENGTH:
+            return None
+        self.suggestions -= 1
+        return did_you_mean(name, known)
 
     def run(self) -> list[Problem]:
         plan = self.plan
         if not SLUG.match(plan.name) or len(plan.name) > MAX_SLUG_LENGTH:
-            self.problem(("name",), f"plan name {plan.name!r} is not a valid name", SLUG_HINT,
+            guess = slug_suggestion(plan.name)
+            self.problem(("name",), f"plan name {shown(plan.name)} is not a valid name",
+                         f"{SLUG_HINT}, e.g. {guess!r}" if guess else SLUG_HINT,
                          "invalid-plan-name")
-        if not plan.steps:
+        if not self.steps:
             self.problem(("steps",), "plan has no steps", "add at least one step under 'steps:'",
                          "no-steps")
         self.check_step_ids()
@@ -165,17 +195,22 @@ class _PlanChecker:
 
     def check_step_ids(self) -> None:
         first_index: dict[str, int] = {}
-        for i, step in enumerate(self.plan.steps):
+        for i, step in enumerate(self.steps):
             sid = step.step_id
+            if _is_unnamed(sid):
+                continue  # the loader has already reported this step's missing or bad id
+            path: SourcePath = ("steps", i, "step_id")
             if not SLUG.match(sid) or len(sid) > MAX_SLUG_LENGTH:
-                self.problem(("steps", i, "step_id"), f"step_id {sid!r} is not a valid id",
-                             f"{SLUG_HINT} (step ids name output files)", "invalid-step-id")
+                guess = slug_suggestion(sid)
+                hint = f"{SLUG_HINT} (step ids name output files)"
+                self.problem(path, f"step_id {shown(sid)} is not a valid id",
+                             f"{hint}, e.g. {guess!r}" if guess else hint, "invalid-step-id")
             if sid in first_index:
                 first = first_index[sid]
                 where = self._line_of(("steps", first, "step_id")) or f" as step {first + 1}"
                 self.problem(
-                    ("steps", i, "step_id"),
-                    f"duplicate step_id {sid!r} (first defined{where})",
+                    path,
+                    f"duplicate step_id {shown(sid)} (first defined{where})",
                     "give each step a unique step_id",
                     "duplicate-step-id",
                 )
@@ -183,71 +218,87 @@ class _PlanChecker:
                 first_index[sid] = i
 
     def check_dependencies(self) -> None:
-        known = list(self.plan.graph)
-        for i, step in enumerate(self.plan.steps):
+        by_id = self.plan._by_id
+        known: list[str] | None = None
+        for i, step in enumerate(self.steps):
             seen: set[str] = set()
             for j, dep in enumerate(step.depends_on):
                 path: SourcePath = ("steps", i, "depends_on", j)
                 if dep == step.step_id:
-                    self.problem(path, f"step {dep!r} depends on itself",
-                                 f"remove {dep!r} from its depends_on", "self-dependency")
-                elif dep not in self.plan._by_id:
-                    guess = did_you_mean(dep, known)
+                    self.problem(path, f"step {shown(dep)} depends on itself",
+                                 f"remove {shown(dep)} from its depends_on", "self-dependency")
+                elif dep not in by_id:
+                    if known is None:
+                        known = [sid for sid in by_id if not _is_unnamed(sid)]
+                    guess = self.did_you_mean(dep, known)
                     hint = (f"did you mean {guess!r}?" if guess
                             else "depends_on must name step_ids defined in this plan")
-                    self.problem(path, f"step {step.step_id!r} depends on unknown step {dep!r}",
-                                 hint, "unknown-dependency")
+                    self.problem(
+                        path,
+                        f"step {shown(step.step_id)} depends on unknown step {shown(dep)}",
+                        hint,
+                        "unknown-dependency",
+                    )
                 elif dep in seen:
-                    self.problem(path, f"step {step.step_id!r} lists {dep!r} twice in depends_on",
-                                 "remove the repeated entry", "duplicate-dependency")
+                    self.problem(path, f"step {shown(step.step_id)} lists {shown(dep)} twice in "
+                                 "depends_on", "remove the repeated entry", "duplicate-dependency")
                 seen.add(dep)
 
     def check_cycles(self) -> None:
-        index_of = {}
-        for i, step in enumerate(self.plan.steps):
+        index_of: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
             index_of.setdefault(step.step_id, i)
         for cycle in dag.find_cycles(self.plan.graph):
             edges = []
-            for node, dep in zip(cycle, cycle[1:], strict=False):
+            for node, dep in itertools.pairwise(cycle):
                 i = index_of[node]
-                j = self.plan.steps[i].depends_on.index(dep)
+                j = self.steps[i].depends_on.index(dep)
                 edges.append((("steps", i, "depends_on", j), node, dep))
-            lines = ", ".join(f"{a} → {b}{self._line_of(p)}" for p, a, b in edges)
+            shown_edges = edges if len(edges) <= 20 else [*edges[:19], edges[-1]]
+            lines = ", ".join(f"{a} → {b}{self._line_of(p)}" for p, a, b in shown_edges)
+            path = " → ".join(cycle) if len(cycle) <= 21 else (
+                " → ".join(cycle[:19]) + f" → … ({len(cycle) - 21} more) → " +
+                " → ".join(cycle[-2:])
+            )
             self.problem(
                 edges[0][0],
-                f"dependency cycle {' → '.join(cycle)} (→ means 'depends on': {lines})",
+                f"dependency cycle {path} (→ means 'depends on': {lines})",
                 "remove one of these dependencies so the steps can run in order",
                 "dependency-cycle",
             )
 
     def check_templates(self) -> None:
         declared = self.plan.inputs
-        for name in declared or {}:
-            if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", name):
-                self.problem(("inputs", name), f"input name {name!r} is not valid",
+        declared_names = list(declared or {})
+        for name in declared_names:
+            if not INPUT_NAME.match(name):
+                self.problem(("inputs", name), f"input name {shown(name)} is not valid",
                              "input names are letters, digits and '_', not starting with a digit",
                              "invalid-input-name", key=True)
-        for i, step in enumerate(self.plan.steps):
+        for i, step in enumerate(self.steps):
+            if not step.prompt_template:
+                continue
             path: SourcePath = ("steps", i, "prompt_template")
             parsed = templates.parse(step.prompt_template)
             for issue in parsed.issues:
                 self.problem(path, issue.message, issue.hint, "template-syntax",
-                             offset=self._offset(path, step.prompt_template, issue.offset))
+                             at=self._inside(path, step.prompt_template, issue.offset))
             if declared is None:
                 continue
             for placeholder in parsed.placeholders:
                 if placeholder.name in declared:
                     continue
-                guess = did_you_mean(placeholder.name, list(declared))
+                guess = self.did_you_mean(placeholder.name, declared_names)
                 hint = (f"did you mean {{{guess}}}?" if guess
-                        else f"declare it under 'inputs:' (declared: {', '.join(declared) or 'none'})")
+                        else "declare it under 'inputs:' (declared: "
+                        f"{', '.join(declared_names[:10]) or 'none'})")
                 self.problem(
                     path,
-                    f"placeholder {{{placeholder.name}}} in step {step.step_id!r} is not a "
+                    f"placeholder {{{placeholder.name}}} in step {shown(step.step_id)} is not a "
                     "declared input",
                     hint,
                     "undeclared-input",
-                    offset=self._offset(path, step.prompt_template, placeholder.offset),
+                    at=self._inside(path, step.prompt_template, placeholder.offset),
                 )
 
     def _line_of(self, path: SourcePath) -> str:
@@ -255,15 +306,21 @@ class _PlanChecker:
         line = source.at(path)[0] if source else None
         return f" at line {line}" if line else ""
 
-    def _offset(self, path: SourcePath, text: str, offset: int) -> tuple[int, int]:
-        """Line/column shift of ``offset`` inside a scalar, so errors point into the template."""
+    def _inside(self, path: SourcePath, text: str, offset: int) -> tuple[int, int] | None:
+        """The line and column of ``text[offset]`` in the file, when the loader recorded how
+        the scalar was written; otherwise ``None`` (the problem points at the scalar)."""
         source = self.plan.source
-        style = source.styles.get(path) if source else None
-        if style == "|":
-            # A literal block starts on the line after the indicator; its indent is unknown
-            # here, so point at the first column of the right line.
-            line_shift = text.count("\n", 0, offset) + 1
-            return line_shift, 1
-        if style in ("", "'", '"') and "\n" not in text[:offset]:
-            return 0, offset + (1 if style else 0)
-        return 0, 0
+        if source is None:
+            return None
+        line, column = source.at(path)
+        if line is None or column is None or path not in source.values:
+            return None
+        style = source.styles.get(path, "")
+        if style == "":  # plain, on one line: the value is exactly the source text
+            return line, column + offset
+        if style in ("'", '"'):  # quoted on one line without escapes (else the loader says "~")
+            return line, column + 1 + offset
+        if style.startswith("|") and style[1:].isdigit():  # literal block, indent recorded
+            before = text.rfind("\n", 0, offset)
+            return line + 1 + text.count("\n", 0, offset), int(style[1:]) + offset - before
+        return None

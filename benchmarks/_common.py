@@ -1,0 +1,40 @@
+"""Shared pieces of the benchmark scripts: DAG generators and the local test server."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fake_llm_server import FakeLLMServer  # noqa: E402
+
+from dworkers.plans.base import BasePlan, PlanStep  # noqa: E402
+
+__all__ = ["FakeLLMServer", "layered_dag", "plan_from_graph"]
+
+
+def layered_dag(steps: int, seed: int, width: int = 5) -> dict[str, list[str]]:
+    """A random layered DAG: each step depends on 1-3 steps of earlier layers."""
+    rng = random.Random(seed)
+    graph: dict[str, list[str]] = {}
+    layers: list[list[str]] = []
+    while len(graph) < steps:
+        layer = [f"s{len(graph) + i}" for i in range(min(rng.randint(1, width), steps - len(graph)))]
+        for sid in layer:
+            earlier = [s for previous in layers[-3:] for s in previous]
+            graph[sid] = rng.sample(earlier, k=min(len(earlier), rng.randint(1, 3))) if earlier else []
+        layers.append(layer)
+    return graph
+
+
+def plan_from_graph(name: str, graph: dict[str, list[str]]) -> BasePlan:
+    plan = BasePlan(name, description="benchmark")
+    for sid, deps in graph.items():
+        plan.add_step(PlanStep(step_id=sid, name=sid.upper(), description=f"Do {sid}",
+                               depends_on=deps))
+    return plan

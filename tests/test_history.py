@@ -1,0 +1,896 @@
+"""Run history: schema and migrations, recording, queries, concurrency, broken databases,
+resume decisions and the cache — with call counts proven by a counting client and by the local
+server's request log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_llm_server import FakeLLMServer
+from support import llm_server, make_plan, make_tenant, marker, request_for
+
+from dworkers import history as history_module
+from dworkers.engine import RunOptions, StepCache
+from dworkers.errors import HistoryError, NotFoundError, ProviderUnavailableError
+from dworkers.events import (
+    EventLog,
+    RunResult,
+    RunStarted,
+    StepFinished,
+    StepInfo,
+    StepProgress,
+    StepResult,
+    StepStarted,
+    StepStatus,
+)
+from dworkers.history import (
+    AmbiguousRunError,
+    History,
+    HistoryCache,
+    HistoryRecorder,
+    NoOutputError,
+    history_path,
+    schema_version,
+)
+from dworkers.llm import Completion, DeltaCallback, LLMRequest, MockClient
+from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.plans.builder import PlanBuilder
+
+__all__ = ["llm_server"]
+
+# a → b → c, a → d, and e on its own
+GRAPH = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": []}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def hist(home: Path) -> Iterator[History]:
+    with History() as h:
+        yield h
+
+
+class CountingClient(MockClient):
+    """The offline client, counting calls per step; ``fail`` steps fail for good (a 5xx and no
+    retries left); ``hang`` steps never answer. Its answers count as a real model's (the cache
+    never serves ``--mock`` answers to real runs)."""
+
+    model_name = "counting-model"
+
+    def __init__(self, fail: Sequence[str] = (), hang: Sequence[str] = ()) -> None:
+        super().__init__(latency=0)
+        self.fail, self.hang = set(fail), set(hang)
+        self.calls: list[str] = []
+
+    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
+        self.calls.append(request.step_id)
+        if request.step_id in self.hang:
+            await asyncio.sleep(3600)
+        if request.step_id in self.fail:
+            raise ProviderUnavailableError("provider error (500): injected")
+        return await super().complete(request, on_delta)
+
+
+def run(
+    hist: History,
+    plan: BasePlan,
+    client: MockClient | None = None,
+    *,
+    inputs: Mapping[str, str] | None = None,
+    reuse: Mapping[str, StepResult] | None = None,
+    cache: StepCache | None = None,
+    resumed_from: str | None = None,
+    run_id: str | None = None,
+    log: EventLog | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> RunResult:
+    recorder = HistoryRecorder(hist, inputs=inputs, resumed_from=resumed_from, options=options)
+
+    def on_event(event: Any) -> None:
+        recorder(event)
+        if log is not None:
+            log(event)
+
+    engine = PlanBuilder(
+        plan, make_tenant(), client=client or CountingClient(),
+        options=RunOptions(retry_base_delay=0, run_id=run_id), on_event=on_event,
+        reuse=reuse, cache=cache,
+    ).build()
+    result = asyncio.run(engine.run(inputs or {}))
+    assert recorder.error is None
+    return result
+
+
+def db_rows(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute(sql, tuple(params)))
+    finally:
+        conn.close()
+
+
+# --- where the history lives ----------------------------------------------------------------------
+
+
+def test_history_path_follows_dworkers_home_then_the_user_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "dw"))
+    assert history_path() == tmp_path / "dw" / "history.db"
+    monkeypatch.delenv("DWORKERS_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert history_path() == tmp_path / "xdg" / "dworkers" / "history.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
+    assert history_path() == tmp_path / ".local" / "share" / "dworkers" / "history.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert history_path() == tmp_path / ".local" / "share" / "dworkers" / "history.db"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert history_path() == (tmp_path / "Library" / "Application Support" / "dworkers"
+                              / "history.db")
+
+
+def test_opening_is_lazy_and_creates_the_directory(home: Path) -> None:
+    h = History()
+    assert h.path == home / "history.db"
+    assert not home.exists()
+    assert h.list_runs() == []
+    assert (home / "history.db").is_file()
+    h.close()
+
+
+# --- schema and migrations ----------------------------------------------------------------------
+
+
+def test_a_new_database_gets_the_current_schema_in_wal_mode(hist: History) -> None:
+    hist.open()
+    assert db_rows(hist.path, "PRAGMA user_version") == [(schema_version(),)]
+    assert db_rows(hist.path, "PRAGMA journal_mode") == [("wal",)]
+    tables = {r[0] for r in db_rows(hist.path, "SELECT name FROM sqlite_master")}
+    assert {"runs", "steps", "steps_cache"} <= tables
+
+
+def test_migrations_run_in_order_once_and_keep_existing_runs(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(hist, make_plan({"a": []}), run_id="r1")
+    hist.close()
+    applied: list[str] = []
+    migrations = [*history_module.MIGRATIONS,
+                  ("ALTER TABLE runs ADD COLUMN note TEXT",),
+                  ("UPDATE runs SET note = 'v3'", "CREATE INDEX runs_note ON runs (note)")]
+    monkeypatch.setattr(history_module, "MIGRATIONS", migrations)
+    original_migrate = History._migrate
+
+    def spy(self: History, conn: sqlite3.Connection) -> None:
+        applied.append(str(conn.execute("PRAGMA user_version").fetchone()[0]))
+        original_migrate(self, conn)
+
+    monkeypatch.setattr(History, "_migrate", spy)
+    with History(hist.path) as again:
+        assert again.get_run("r1").status == "succeeded"
+    assert db_rows(hist.path, "PRAGMA user_version") == [(len(migrations),)]
+    assert db_rows(hist.path, "SELECT note FROM runs") == [("v3",)]
+    with History(hist.path) as third:  # already current: nothing to do
+        third.open()
+    assert applied == ["1", "3"]
+
+
+def test_a_failing_migration_is_rolled_back_entirely(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(hist, make_plan({"a": []}), run_id="r1")
+    hist.close()
+    monkeypatch.setattr(history_module, "MIGRATIONS", [
+        *history_module.MIGRATIONS, ("CREATE TABLE half (x)", "THIS IS NOT SQL")])
+    with pytest.raises(HistoryError, match=r"history\.db"):
+        History(hist.path).open()
+    assert db_rows(hist.path, "PRAGMA user_version") == [(1,)]
+    assert not db_rows(hist.path, "SELECT name FROM sqlite_master WHERE name = 'half'")
+    assert db_rows(hist.path, "SELECT run_id FROM runs") == [("r1",)]
+
+
+def test_a_database_from_a_newer_dworkers_is_refused(hist: History) -> None:
+    hist.open()
+    hist.close()
+    conn = sqlite3.connect(hist.path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(HistoryError, match=r"schema version 99.*upgrade dworkers"):
+        History(hist.path).open()
+
+
+def test_an_unrelated_sqlite_database_is_left_alone(home: Path) -> None:
+    home.mkdir()
+    path = home / "history.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE photos (id)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(HistoryError, match=r"not a dworkers run history.*photos"):
+        History().open()
+    assert path.read_bytes() == before
+
+
+# --- recording a run ----------------------------------------------------------------------------
+
+
+def test_recorder_persists_a_whole_run(hist: History) -> None:
+    plan = make_plan(GRAPH)
+    plan.get_step("a").prompt_template = "Study {topic}"  # type: ignore[union-attr]
+    log = EventLog()
+    result = run(hist, plan, inputs={"topic": "widgets"}, log=log,
+                 options={"model": None, "mock": True})
+    assert result.success
+
+    record = hist.get_run(result.run_id)
+    assert record.status == "succeeded"
+    assert (record.plan, record.tenant, record.inputs) == ("test-plan", "test-tenant",
+                                                           {"topic": "widgets"})
+    assert record.counts == {"total": 5, "succeeded": 5, "cached": 0}
+    assert record.tokens == result.total_tokens > 0
+    assert record.cost_usd == result.cost_usd
+    assert record.duration_ms == pytest.approx(result.total_duration_ms)
+    assert record.finished_at is not None and record.finished_at >= record.started_at
+    assert record.resumed_from is None
+    assert record.options == {"model": None, "mock": True}
+
+    sent = {e.step_id: list(e.messages) for e in log.events
+            if isinstance(e, StepStarted) and e.attempt == 1}
+    steps = hist.steps(result.run_id)
+    assert [s.step_id for s in steps] == list(GRAPH)
+    for step in steps:
+        engine_result = result.outputs[step.step_id]
+        assert step.status == "succeeded"
+        assert step.output == engine_result.output != ""
+        assert step.messages == sent[step.step_id]
+        assert step.model == "counting-model"
+        assert step.attempts == 1
+        assert step.fingerprint == plan.get_step(step.step_id).fingerprint()  # type: ignore[union-attr]
+        assert step.cache_key == engine_result.cache_key is not None
+        assert step.depends_on == GRAPH[step.step_id]
+        assert step.name == step.step_id.upper() and step.role == "analyst"
+        assert step.started_at is not None and step.finished_at is not None
+    assert "Study widgets" in steps[0].messages[-1]["content"]  # type: ignore[index]
+
+    assert hist.step_output(result.run_id, "c") == result.outputs["c"].output
+    again = hist.to_run_result(result.run_id)
+    assert again.success and list(again.outputs) == list(GRAPH)
+    assert {k: v.output for k, v in again.outputs.items()} == {
+        k: v.output for k, v in result.outputs.items()}
+    json.dumps(record.to_dict())
+    assert "messages" not in steps[0].to_dict()
+    assert json.loads(json.dumps(steps[0].to_dict(messages=True)))["messages"] == sent["a"]
+
+
+def test_a_failed_run_records_the_error_and_what_was_skipped(hist: History) -> None:
+    result = run(hist, make_plan(GRAPH), CountingClient(fail=["b"]))
+    record = hist.get_run(result.run_id)
+    assert record.status == "failed"
+    assert record.counts == {"total": 5, "succeeded": 3, "failed": 1, "skipped": 1, "cached": 0}
+    b, c = hist.step(result.run_id, "b"), hist.step(result.run_id, "c")
+    assert b.status == "failed" and "injected" in (b.error or "") and b.messages
+    assert c.status == "skipped" and c.messages is None
+    with pytest.raises(NoOutputError, match=r"step 'b' .* no output: it failed .*injected"):
+        hist.step_output(result.run_id, "b")
+    with pytest.raises(NotFoundError, match=r"no step named 'bb' — did you mean 'b'"):
+        hist.step_output(result.run_id, "bb")
+
+
+def test_recorder_writes_a_few_times_per_step_never_per_token(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[str] = []
+    original = History._write
+
+    def counting(self: History, doing: str) -> Any:
+        writes.append(doing)
+        return original(self, doing)
+
+    monkeypatch.setattr(History, "_write", counting)
+    log = EventLog()
+    run(hist, make_plan(GRAPH), log=log)
+    assert sum(isinstance(e, StepProgress) for e in log.events) > 20
+    assert len(writes) == 2 + 2 * len(GRAPH)  # run start/end, each step's start/end
+
+
+# --- queries --------------------------------------------------------------------------------------
+
+
+def test_list_runs_filters_and_orders_most_recent_first(hist: History) -> None:
+    ok, other = make_plan({"a": []}), make_plan({"x": []}, name="other-plan")
+    run(hist, ok, run_id="20250101-000000-aaa111")
+    run(hist, ok, CountingClient(fail=["a"]), run_id="20250101-000001-aab222")
+    run(hist, other, run_id="20250101-000002-bbb333")
+
+    assert [r.run_id for r in hist.list_runs()] == [
+        "20250101-000002-bbb333", "20250101-000001-aab222", "20250101-000000-aaa111"]
+    assert [r.run_id for r in hist.list_runs(limit=1)] == ["20250101-000002-bbb333"]
+    assert [r.run_id for r in hist.list_runs(plan="test-plan")] == [
+        "20250101-000001-aab222", "20250101-000000-aaa111"]
+    assert [r.run_id for r in hist.list_runs(status="failed")] == ["20250101-000001-aab222"]
+    assert [r.run_id for r in hist.list_runs(plan="other-plan", status="succeeded")] == [
+        "20250101-000002-bbb333"]
+    assert hist.list_runs(status="interrupted") == []
+    with pytest.raises(Exception, match="unknown run status 'done'"):
+        hist.list_runs(status="done")
+
+
+def test_a_run_is_found_by_a_unique_prefix_or_last(hist: History) -> None:
+    plan = make_plan({"a": []})
+    for run_id in ("20250101-000000-aaa111", "20250101-000001-aab222", "20250102-000000-ccc333"):
+        run(hist, plan, run_id=run_id)
+    assert hist.get_run("20250101-000000-aaa111").run_id == "20250101-000000-aaa111"
+    assert hist.get_run("20250102").run_id == "20250102-000000-ccc333"
+    assert hist.get_run("20250101-000001").run_id == "20250101-000001-aab222"
+    assert hist.get_run("last").run_id == "20250102-000000-ccc333"
+    assert hist.steps("20250102")[0].run_id == "20250102-000000-ccc333"
+
+    with pytest.raises(AmbiguousRunError) as ambiguous:
+        hist.get_run("20250101")
+    message = str(ambiguous.value)
+    assert "ambiguous" in message
+    assert "20250101-000000-aaa111" in message and "20250101-000001-aab222" in message
+    assert isinstance(ambiguous.value, NotFoundError)
+
+    with pytest.raises(NotFoundError, match=r"no run named '1999'.*dworkers runs.*latest: "
+                                            r"20250102-000000-ccc333"):
+        hist.get_run("1999")
+    with pytest.raises(NotFoundError, match=r"did you mean '20250101-000000-aaa111'"):
+        hist.get_run("20250101-000000-aaa11x")
+
+
+def test_last_on_an_empty_history_says_none_are_recorded(hist: History) -> None:
+    with pytest.raises(NotFoundError, match="none recorded yet"):
+        hist.get_run("last")
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+def test_concurrent_runs_in_threads_all_land_intact(home: Path) -> None:
+    plan = make_plan(GRAPH)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            with History() as mine:  # one connection per writer, as separate processes have
+                for i in range(8):
+                    run(mine, plan, run_id=f"t{n}-{i:02d}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with History() as h:
+        runs = h.list_runs(limit=None)
+        assert len(runs) == 32
+        assert all(r.status == "succeeded" and r.counts["succeeded"] == 5 for r in runs)
+    assert db_rows(home / "history.db", "SELECT count(*) FROM steps") == [(32 * 5,)]
+    assert db_rows(home / "history.db", "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_one_history_shared_between_threads(hist: History) -> None:
+    plan = make_plan({"a": [], "b": ["a"]})
+    threads = [threading.Thread(target=run, args=(hist, plan), kwargs={"run_id": f"s{n}"})
+               for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.run_id for r in hist.list_runs()) == ["s0", "s1", "s2", "s3"]
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import asyncio, sys
+    sys.path.insert(0, sys.argv[1])
+    from support import make_plan, make_tenant
+    from dworkers.engine import RunOptions
+    from dworkers.history import History, HistoryRecorder
+    from dworkers.llm import MockClient
+    from dworkers.plans.builder import PlanBuilder
+    graph = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": []}
+    history = History()
+    for i in range(int(sys.argv[3])):
+        engine = PlanBuilder(make_plan(graph), make_tenant(), client=MockClient(latency=0),
+                             options=RunOptions(run_id=f"{sys.argv[2]}-{i:02d}"),
+                             on_event=HistoryRecorder(history)).build()
+        assert asyncio.run(engine.run()).success
+""")
+
+
+@pytest.mark.slow
+def test_concurrent_runs_in_processes_all_land_intact(home: Path) -> None:
+    tests = str(Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, tests, f"p{n}", "15"],
+                              stderr=subprocess.PIPE, text=True) for n in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    with History() as h:
+        runs = h.list_runs(limit=None)
+    assert len(runs) == 45 and all(r.status == "succeeded" for r in runs)
+    assert db_rows(home / "history.db", "SELECT count(*) FROM steps "
+                                        "WHERE status = 'succeeded'") == [(45 * 5,)]
+    assert db_rows(home / "history.db", "PRAGMA integrity_check") == [("ok",)]
+
+
+# --- broken databases ---------------------------------------------------------------------------
+
+
+def test_a_corrupt_file_is_a_clear_error_and_is_left_untouched(home: Path) -> None:
+    home.mkdir()
+    path = home / "history.db"
+    garbage = b"this is not a database at all\x00\xff" * 200
+    path.write_bytes(garbage)
+    with pytest.raises(HistoryError) as caught:
+        History().list_runs()
+    message = str(caught.value)
+    assert str(path) in message
+    assert "corrupt or not a database" in message
+    assert "move it aside" in message and "DWORKERS_HOME" in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert path.read_bytes() == garbage
+
+
+def test_damaged_pages_are_a_clear_error(hist: History) -> None:
+    for n in range(5):
+        run(hist, make_plan(GRAPH), run_id=f"r{n}")
+    hist.close()
+    conn = sqlite3.connect(hist.path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(hist.path.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page
+    data[page:len(data)] = b"\xa5" * (len(data) - page)  # keep the header, wreck every page
+    hist.path.write_bytes(bytes(data))
+    with pytest.raises(HistoryError, match=r"corrupt or not a database.*move it aside"):
+        History(hist.path).list_runs()
+
+
+def test_a_locked_database_is_a_clear_error_after_the_busy_timeout(hist: History) -> None:
+    run(hist, make_plan({"a": []}), run_id="r1")
+    blocker = sqlite3.connect(hist.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        waiting = History(hist.path, timeout=0.2)
+        t0 = time.monotonic()
+        with pytest.raises(HistoryError) as caught:
+            waiting.start_run("r2", "p", "t", inputs={}, steps=())
+        assert 0.15 <= time.monotonic() - t0 < 3
+        message = str(caught.value)
+        assert str(hist.path) in message and "locked by another process" in message
+        assert "waited 0.2s" in message and "DWORKERS_HOME" in message
+        assert waiting.get_run("r1").status == "succeeded"  # WAL: reading still works
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    waiting.start_run("r2", "p", "t", inputs={}, steps=())  # and works once released
+    assert {r.run_id for r in waiting.list_runs()} == {"r1", "r2"}
+    waiting.close()
+
+
+def test_creating_a_history_while_locked_is_a_clear_error(home: Path) -> None:
+    home.mkdir()
+    blocker = sqlite3.connect(home / "history.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(HistoryError, match=r"locked by another process .* opening it"):
+            History(timeout=0.1).open()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    History().open().close()
+
+
+def test_an_unusable_location_is_a_clear_error(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "file"))
+    with pytest.raises(HistoryError, match=r"cannot create the run history directory.*"
+                                           "DWORKERS_HOME"):
+        History().open()
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path))
+    (tmp_path / "history.db").mkdir()
+    with pytest.raises(HistoryError, match="is a directory"):
+        History().open()
+
+
+def test_a_run_survives_the_database_being_locked_while_it_goes(hist: History) -> None:
+    """Writes that time out do not fail the run; the whole run is saved when it ends."""
+    hist.open()
+    hist.close()
+    blocker = sqlite3.connect(hist.path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+
+    class Releasing(CountingClient):
+        async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
+            if request.step_id == "c":  # the lock goes away before the run ends
+                blocker.execute("ROLLBACK")
+            return await super().complete(request, on_delta)
+
+    plan = make_plan({"a": [], "b": ["a"], "c": ["b"]})
+    recorder = HistoryRecorder(History(hist.path, timeout=0.05), inputs={"k": "v"})
+    errors: list[HistoryError | None] = []
+
+    def on_event(event: Any) -> None:
+        recorder(event)
+        if isinstance(event, StepFinished):
+            errors.append(recorder.error)
+
+    engine = PlanBuilder(plan, make_tenant(), client=Releasing(), on_event=on_event,
+                         options=RunOptions(run_id="locked-run")).build()
+    result = asyncio.run(engine.run())
+    blocker.close()
+    assert result.success
+    assert errors[0] is not None and "locked" in str(errors[0])
+    assert recorder.error is None  # saved in one transaction at the end
+    with History(hist.path) as h:
+        record = h.get_run("locked-run")
+        assert record.status == "succeeded" and record.inputs == {"k": "v"}
+        steps = h.steps("locked-run")
+        assert [(s.step_id, s.status) for s in steps] == [
+            ("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded")]
+        assert all(s.messages for s in steps) and steps[2].depends_on == ["b"]
+
+
+def test_a_recorder_whose_history_stays_locked_keeps_the_error(hist: History) -> None:
+    hist.open()
+    blocker = sqlite3.connect(hist.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        recorder = HistoryRecorder(History(hist.path, timeout=0.02))
+        engine = PlanBuilder(make_plan({"a": []}), make_tenant(), client=CountingClient(),
+                             on_event=recorder).build()
+        assert asyncio.run(engine.run()).success  # the run itself is not harmed
+        assert recorder.error is not None and "locked" in str(recorder.error)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+# --- resume ---------------------------------------------------------------------------------------
+
+
+def test_resume_after_a_failure_runs_only_the_failed_step_and_its_descendants(
+    hist: History,
+) -> None:
+    plan = make_plan(GRAPH)
+    first_client = CountingClient(fail=["b"])
+    first = run(hist, plan, first_client)
+    assert sorted(first_client.calls) == ["a", "b", "d", "e"]
+
+    decisions = {d.step_id: (d.reuse, d.reason) for d in hist.resume_decisions(first.run_id,
+                                                                                plan)}
+    assert decisions == {"a": (True, "succeeded"), "b": (False, "failed"),
+                         "c": (False, "skipped"), "d": (True, "succeeded"),
+                         "e": (True, "succeeded")}
+    reuse = hist.reuse_for(first.run_id[:12], plan)  # a prefix is enough
+    assert set(reuse) == {"a", "d", "e"}
+    assert reuse["a"].output == first.outputs["a"].output
+
+    client = CountingClient()
+    second = run(hist, plan, client, reuse=reuse, resumed_from=first.run_id)
+    assert second.success
+    assert sorted(client.calls) == ["b", "c"]
+    assert second.outputs["a"].cached and not second.outputs["b"].cached
+    record = hist.get_run(second.run_id)
+    assert record.resumed_from == first.run_id
+    assert record.counts == {"total": 5, "succeeded": 5, "cached": 3}
+    reused_a = hist.step(second.run_id, "a")
+    assert reused_a.cached and reused_a.output == first.outputs["a"].output
+    assert reused_a.messages == hist.step(first.run_id, "a").messages  # the original prompt
+
+    # A resume of the resumed run has nothing left to do.
+    assert set(hist.reuse_for(second.run_id, plan)) == set(GRAPH)
+
+
+def test_resume_reruns_a_changed_step_and_everything_downstream(hist: History) -> None:
+    first = run(hist, make_plan(GRAPH))
+    changed = make_plan(GRAPH)
+    changed.get_step("b").prompt_template = "Do b, but differently"  # type: ignore[union-attr]
+    changed.add_step(PlanStep(step_id="f", name="F", depends_on=["e"]))
+
+    decisions = {d.step_id: (d.reuse, d.reason) for d in hist.resume_decisions(first.run_id,
+                                                                                changed)}
+    assert decisions == {"a": (True, "succeeded"), "b": (False, "definition changed"),
+                         "c": (False, "depends on changed b"), "d": (True, "succeeded"),
+                         "e": (True, "succeeded"), "f": (False, "new step")}
+    client = CountingClient()
+    result = run(hist, changed, client, reuse=hist.reuse_for(first.run_id, changed))
+    assert result.success
+    assert sorted(client.calls) == ["b", "c", "f"]
+
+
+def test_a_changed_root_reruns_the_whole_branch(hist: History) -> None:
+    first = run(hist, make_plan(GRAPH))
+    changed = make_plan(GRAPH)
+    changed.get_step("a").retry_max = 3  # type: ignore[union-attr]
+    assert set(hist.reuse_for(first.run_id, changed)) == {"e"}
+
+
+def test_killed_mid_run_running_and_pending_steps_count_as_never_started(hist: History) -> None:
+    """Replay what a kill -9 leaves behind: the recorder got some events, then nothing."""
+    plan = make_plan(GRAPH)
+    infos = tuple(StepInfo(s.step_id, s.name, "analyst", "mock", tuple(s.depends_on))
+                  for s in plan.steps)
+    recorder = HistoryRecorder(hist)
+    recorder(RunStarted("killed", plan.name, "test-tenant", infos, 0.0))
+    for sid in ("a", "b", "e"):
+        recorder(StepStarted(sid, 1, "mock", 0.0, ({"role": "user", "content": sid},)))
+    for sid in ("a", "e"):
+        recorder(StepFinished(StepResult(
+            step_id=sid, status=StepStatus.SUCCEEDED, output=f"out {sid}",
+            fingerprint=plan.get_step(sid).fingerprint(), attempts=1)))  # type: ignore[union-attr]
+    # The process is gone: pretend the run was written by a pid that no longer exists.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    conn = sqlite3.connect(hist.path)
+    with conn:
+        conn.execute("UPDATE runs SET pid = ? WHERE run_id = 'killed'", (dead.pid,))
+    conn.close()
+
+    record = hist.get_run("killed")
+    assert record.status == "interrupted" and record.finished_at is None
+    assert [r.run_id for r in hist.list_runs(status="interrupted")] == ["killed"]
+    assert hist.list_runs(status="running") == []
+    assert [(s.step_id, s.status) for s in hist.steps("killed")] == [
+        ("a", "succeeded"), ("b", "running"), ("c", "pending"), ("d", "pending"),
+        ("e", "succeeded")]
+    decisions = {d.step_id: d.reason for d in hist.resume_decisions("killed", plan)}
+    assert decisions["b"] == "did not finish" and decisions["c"] == "never started"
+    assert set(hist.reuse_for("killed", plan)) == {"a", "e"}
+    shown = hist.to_run_result("killed")
+    assert shown.interrupted and not shown.success
+    assert shown.outputs["b"].status is StepStatus.CANCELLED
+    assert "did not finish" in (shown.outputs["b"].error or "")
+
+
+def test_a_run_started_by_a_live_process_reads_as_running(hist: History) -> None:
+    hist.start_run("live", "p", "t", inputs={}, steps=())
+    assert hist.get_run("live").status == "running"
+    assert [r.run_id for r in hist.list_runs(status="running")] == ["live"]
+
+
+KILLED_SCRIPT = textwrap.dedent("""
+    import asyncio, sys
+    sys.path.insert(0, sys.argv[1])
+    from support import make_plan, make_tenant
+    from dworkers.engine import RunOptions
+    from dworkers.history import History, HistoryRecorder
+    from dworkers.llm import MockClient
+
+    class Hanging(MockClient):
+        async def complete(self, request, on_delta):
+            if request.step_id == "b":
+                await asyncio.sleep(3600)
+            return await super().complete(request, on_delta)
+
+    from dworkers.plans.builder import PlanBuilder
+    graph = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": []}
+    engine = PlanBuilder(make_plan(graph), make_tenant(), client=Hanging(latency=0),
+                         options=RunOptions(run_id="doomed"),
+                         on_event=HistoryRecorder(History(), inputs={"k": "v"})).build()
+    asyncio.run(engine.run())
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_mid_run(hist: History) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(Path(__file__).parent)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                states = {s.step_id: s.status for s in hist.steps("doomed")}
+            except NotFoundError:
+                states = {}
+            if states.get("b") == "running" and states.get("d") == states.get("e") == "succeeded":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the run never reached step b: {states}")
+        assert hist.get_run("doomed").status == "running"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+
+    assert db_rows(hist.path, "PRAGMA integrity_check") == [("ok",)]
+    record = hist.get_run("doomed")
+    assert record.status == "interrupted" and record.inputs == {"k": "v"}
+    plan = make_plan(GRAPH)
+    reuse = hist.reuse_for("doomed", plan)
+    assert set(reuse) == {"a", "d", "e"}
+    client = CountingClient()
+    result = run(hist, plan, client, reuse=reuse, resumed_from="doomed")
+    assert result.success and sorted(client.calls) == ["b", "c"]
+
+
+def test_an_interrupted_run_is_recorded_and_resumable(hist: History) -> None:
+    plan = make_plan(GRAPH)
+    client = CountingClient(hang=["c"])
+    engine = PlanBuilder(plan, make_tenant(), client=client, on_event=HistoryRecorder(hist),
+                         options=RunOptions(run_id="ctrl-c")).build()
+
+    async def interrupt() -> None:
+        task = asyncio.create_task(engine.run())
+        while "c" not in client.calls:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupt())
+    record = hist.get_run("ctrl-c")
+    assert record.status == "interrupted" and record.finished_at is not None
+    assert hist.step("ctrl-c", "c").status == "cancelled"
+    assert set(hist.reuse_for("ctrl-c", plan)) == {"a", "b", "d", "e"}
+
+
+# --- cache --------------------------------------------------------------------------------------
+
+
+def test_an_identical_run_is_served_from_the_cache_without_calls(hist: History) -> None:
+    plan = make_plan(GRAPH)
+    plan.get_step("a").prompt_template = "Study {topic}"  # type: ignore[union-attr]
+    first = run(hist, plan, inputs={"topic": "widgets"})
+
+    cache = HistoryCache(hist)
+    client = CountingClient()
+    second = run(hist, plan, client, inputs={"topic": "widgets"}, cache=cache)
+    assert second.success and client.calls == []
+    assert cache.hits == 5 and cache.error is None
+    assert all(r.cached and r.cost_usd == 0 and r.total_tokens == 0
+               for r in second.outputs.values())
+    assert {k: r.output for k, r in second.outputs.items()} == {
+        k: r.output for k, r in first.outputs.items()}
+    record = hist.get_run(second.run_id)
+    assert record.counts["cached"] == 5 and record.tokens == 0
+    cached_a = hist.step(second.run_id, "a")
+    assert cached_a.cached and cached_a.messages == hist.step(first.run_id, "a").messages
+
+    # Different inputs change a's prompt, and so everything downstream of it; e is unchanged.
+    client = CountingClient()
+    third = run(hist, plan, client, inputs={"topic": "gadgets"}, cache=HistoryCache(hist))
+    assert sorted(client.calls) == ["a", "b", "c", "d"]
+    assert third.outputs["e"].cached and not third.outputs["a"].cached
+
+    # --no-cache: no cache given, every step is called.
+    client = CountingClient()
+    run(hist, plan, client, inputs={"topic": "widgets"})
+    assert sorted(client.calls) == sorted(GRAPH)
+
+
+def test_mock_answers_are_never_served_to_a_real_run(hist: History) -> None:
+    plan = make_plan(GRAPH)
+    mocked = run(hist, plan, MockClient(latency=0))
+    assert hist.step(mocked.run_id, "a").model == "mock"
+    client = CountingClient()
+    run(hist, plan, client, cache=HistoryCache(hist))
+    assert sorted(client.calls) == sorted(GRAPH)
+    assert HistoryCache(hist, exclude_models=()).lookup(
+        mocked.outputs["a"].cache_key or "") is not None
+
+
+def test_only_succeeded_steps_are_cached(hist: History) -> None:
+    plan = make_plan(GRAPH)
+    run(hist, plan, CountingClient(fail=["b"]))
+    client = CountingClient()
+    result = run(hist, plan, client, cache=HistoryCache(hist))
+    assert sorted(client.calls) == ["b", "c"]
+    assert result.success
+
+
+def test_cache_lookup_returns_the_most_recent_match(hist: History) -> None:
+    plan = make_plan({"a": []})
+    run(hist, plan, run_id="old")
+    key = hist.step("old", "a").cache_key
+    assert key is not None
+    conn = sqlite3.connect(hist.path)
+    with conn:
+        conn.execute("UPDATE steps SET output = 'old output', finished_at = 1 WHERE run_id = 'old'")
+    conn.close()
+    run(hist, plan, run_id="new")
+    hit = hist.lookup(key)
+    assert hit is not None and hit.output == hist.step("new", "a").output != "old output"
+    assert hist.lookup("no-such-key") is None
+
+
+def test_a_broken_history_is_a_cache_miss_not_a_failed_step(home: Path) -> None:
+    home.mkdir()
+    (home / "history.db").write_bytes(b"garbage" * 100)
+    cache = HistoryCache(History())
+    assert cache.lookup("key") is None
+    assert cache.error is not None and "corrupt" in str(cache.error)
+
+
+# --- call counts against the local HTTP server --------------------------------------------------
+
+
+def run_http(
+    server: FakeLLMServer,
+    hist: History,
+    plan: BasePlan,
+    *,
+    reuse: Mapping[str, StepResult] | None = None,
+    cache: StepCache | None = None,
+    resumed_from: str | None = None,
+) -> RunResult:
+    recorder = HistoryRecorder(hist, resumed_from=resumed_from)
+    engine = PlanBuilder(plan, make_tenant(), model="openai/test-model", api_base=server.url,
+                         options=RunOptions(retry_base_delay=0), on_event=recorder,
+                         reuse=reuse, cache=cache).build()
+    result = asyncio.run(engine.run())
+    assert recorder.error is None
+    return result
+
+
+def test_http_resume_calls_only_the_failed_step_and_its_descendants(
+    llm_server: FakeLLMServer, hist: History
+) -> None:
+    plan = make_plan(GRAPH)
+    llm_server.add_rule(marker("b"), status=500)  # permanent, and b has no retries
+    for step_id in GRAPH:  # (the default reply would echo the marker into c's prompt)
+        llm_server.add_rule(marker(step_id), content=f"deliverable of {step_id}")
+    first = run_http(llm_server, hist, plan)
+    assert not first.success
+    assert first.outputs["b"].status is StepStatus.FAILED
+    assert first.outputs["c"].status is StepStatus.SKIPPED
+    assert len(llm_server.requests) == 4  # a, b, d, e
+
+    llm_server.reset()
+    for step_id in GRAPH:
+        llm_server.add_rule(marker(step_id), content=f"deliverable of {step_id}")
+    second = run_http(llm_server, hist, plan, reuse=hist.reuse_for(first.run_id, plan),
+                      resumed_from=first.run_id)
+    assert second.success
+    assert len(llm_server.requests) == 2
+    assert len(request_for(llm_server, "b")) == len(request_for(llm_server, "c")) == 1
+    c_prompt = request_for(llm_server, "c")[0].messages[-1]["content"]
+    assert second.outputs["b"].output in c_prompt  # c was fed the new b
+    assert hist.get_run(second.run_id).counts == {"total": 5, "succeeded": 5, "cached": 3}
+
+
+def test_http_identical_run_makes_zero_calls_with_the_cache(
+    llm_server: FakeLLMServer, hist: History
+) -> None:
+    plan = make_plan(GRAPH)
+    for step_id in GRAPH:
+        llm_server.add_rule(marker(step_id), content=f"deliverable of {step_id}")
+    first = run_http(llm_server, hist, plan)
+    assert first.success and len(llm_server.requests) == 5
+
+    second = run_http(llm_server, hist, plan, cache=HistoryCache(hist))
+    assert second.success
+    assert len(llm_server.requests) == 5  # not one more
+    assert all(r.cached for r in second.outputs.values())
+    assert second.outputs["c"].output == "deliverable of c"
+
+    third = run_http(llm_server, hist, plan)  # --no-cache
+    assert third.success and len(llm_server.requests) == 10

@@ -1,0 +1,176 @@
+"""``dworkers run`` end to end: exit codes, the run directory, JSON, line mode, dry runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support import FakeLLMServer, llm_server, marker
+from typer.testing import CliRunner
+
+from dworkers.cli import app
+
+__all__ = ["llm_server"]
+
+PLAN = """\
+name: tiny
+description: A tiny plan
+inputs:
+  topic:
+    description: what to write about
+steps:
+  - step_id: scope
+    name: SCOPE
+    worker_role: analyst
+    prompt_template: "Scope {topic}"
+  - step_id: left
+    name: LEFT
+    worker_role: researcher
+    depends_on: [scope]
+  - step_id: right
+    name: RIGHT
+    worker_role: data_analyst
+    depends_on: [scope]
+  - step_id: final
+    name: FINAL
+    worker_role: manager
+    depends_on: [left, right]
+"""
+
+
+@pytest.fixture
+def plan_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(PLAN)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def instant_mock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DWORKERS_MOCK_LATENCY", "0")
+    monkeypatch.chdir(tmp_path)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def only_run_dir(out: Path) -> Path:
+    [run_dir] = list(out.iterdir())
+    return run_dir
+
+
+def test_mock_run_of_a_builtin_plan_succeeds_and_saves_everything(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    code, stdout, stderr = invoke("run", "compliance-audit", "--mock", "--input",
+                                  "brief=Audit SOX compliance for Q4", "--out", str(out))
+    assert code == 0, stderr
+    assert stdout == ""  # human output goes to stderr
+    run_dir = only_run_dir(out)
+    steps = sorted(p.stem for p in (run_dir / "steps").glob("*.md"))
+    assert steps == sorted(["scope-audit", "research-regulations", "analyze-gaps",
+                            "remediation-plan", "executive-briefing"])
+    data = json.loads((run_dir / "run.json").read_text())
+    assert data["status"] == "succeeded" and data["plan"] == "compliance-audit"
+    assert data["inputs"] == {"brief": "Audit SOX compliance for Q4"}
+    assert data["counts"]["succeeded"] == 5
+    report = (run_dir / "report.md").read_text()
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings == ["## Scope Audit", "## Research Regulations", "## Analyze Compliance Gaps",
+                        "## Remediation Plan", "## Executive Briefing"]
+    assert str(run_dir) in stderr  # the summary says where the outputs are
+
+
+def test_json_prints_one_document_and_nothing_else(plan_file: Path, tmp_path: Path) -> None:
+    code, stdout, _ = invoke("run", str(plan_file), "--mock", "-i", "topic=tea", "--json",
+                             "--out", str(tmp_path / "runs"))
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["success"] is True
+    assert list(data["outputs"]) == ["scope", "left", "right", "final"]
+    assert all(step["status"] == "succeeded" for step in data["outputs"].values())
+    assert "Scope tea" in data["outputs"]["scope"]["output"]
+
+
+def test_line_mode_prints_one_line_per_state_change(plan_file: Path) -> None:
+    code, _, stderr = invoke("run", str(plan_file), "--mock", "-i", "topic=tea")
+    assert code == 0
+    assert "scope" in stderr and "final" in stderr
+    assert "\x1b[" not in stderr  # no live redraw or colour codes when not a terminal
+
+
+def test_a_failing_step_exits_1_and_keeps_the_other_outputs(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("left"), status=500, error_message="boom")
+    out = tmp_path / "runs"
+    code, _, stderr = invoke("run", str(plan_file), "-i", "topic=tea", "--model",
+                             "openai/test-model", "--api-base", llm_server.url, "--out", str(out))
+    assert code == 1, stderr
+    run_dir = only_run_dir(out)
+    assert sorted(p.stem for p in (run_dir / "steps").glob("*.md")) == ["right", "scope"]
+    data = json.loads((run_dir / "run.json").read_text())
+    assert data["status"] == "failed"
+    assert data["outputs"]["left"]["status"] == "failed"
+    assert "boom" in data["outputs"]["left"]["error"]
+    assert data["outputs"]["final"]["status"] == "skipped"
+    assert data["outputs"]["final"]["error"] == "left failed"
+    assert "sk-test-not-a-real-key" not in "".join(
+        p.read_text() for p in run_dir.rglob("*") if p.is_file()
+    )
+
+
+def test_missing_inputs_exit_2_before_anything_runs(plan_file: Path, tmp_path: Path) -> None:
+    code, stdout, stderr = invoke("run", str(plan_file), "--mock", "-i", "tpic=x")
+    assert code == 2
+    assert "--input: missing input: topic" in stderr
+    assert "did you mean 'topic'?" in stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert not (tmp_path / "dworkers-runs").exists()
+
+
+def test_missing_key_exits_2_and_names_the_variable(
+    plan_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code, _, stderr = invoke("run", str(plan_file), "-i", "topic=x", "--model",
+                             "openai/gpt-4o-mini")
+    assert code == 2
+    assert "OPENAI_API_KEY" in stderr and "Traceback" not in stderr
+
+
+def test_an_invalid_plan_exits_2_with_located_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(PLAN.replace("depends_on: [left, right]", "depends_on: [left, rihgt]"))
+    code, _, stderr = invoke("run", str(bad), "--mock", "-i", "topic=x")
+    assert code == 2
+    assert f"{bad}:22:29: step 'final' depends on unknown step 'rihgt'" in stderr
+    assert "did you mean 'right'?" in stderr
+
+
+def test_dry_run_prints_prompts_and_schedule(plan_file: Path) -> None:
+    code, stdout, _ = invoke("run", str(plan_file), "-i", "topic=tea", "--dry-run")
+    assert code == 0
+    assert "  1. scope\n  2. left, right\n  3. final\n" in stdout
+    assert "Scope tea" in stdout
+    assert "<output of left>" in stdout
+
+
+def test_dry_run_with_a_missing_input_exits_2(plan_file: Path) -> None:
+    code, _, stderr = invoke("run", str(plan_file), "--dry-run")
+    assert code == 2 and "missing input: topic" in stderr
+
+
+def test_input_values_can_come_from_files(plan_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "topic.txt").write_text("green tea from a file")
+    code, stdout, _ = invoke("run", str(plan_file), "-i", "topic=@topic.txt", "--dry-run")
+    assert code == 0 and "Scope green tea from a file" in stdout
+    code, _, stderr = invoke("run", str(plan_file), "-i", "topic=@missing.txt", "--dry-run")
+    assert code == 2 and "cannot read input 'topic'" in stderr
+
+
+def test_unknown_plan_name_suggests_the_closest(tmp_path: Path) -> None:
+    code, _, stderr = invoke("run", "complianse-audit", "--mock")
+    assert code == 2 and "did you mean 'compliance-audit'?" in stderr

@@ -1,0 +1,127 @@
+"""Real processes: the live tree on a pseudo-terminal, and Ctrl-C (SIGINT) mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import FakeLLMServer, llm_server, marker
+
+__all__ = ["llm_server"]
+
+PLAN = """\
+name: interruptible
+description: One quick step, one that never answers, one after it
+steps:
+  - step_id: quick
+    name: QUICK
+    worker_role: analyst
+  - step_id: hang
+    name: HANG
+    worker_role: researcher
+  - step_id: after
+    name: AFTER
+    worker_role: manager
+    depends_on: [hang]
+"""
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dworkers.cli", *args]
+
+
+def wait_until(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("hang"), hang=True)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    out = tmp_path / "runs"
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key"}
+    proc = subprocess.Popen(
+        cli("run", str(plan), "--model", "openai/test-model", "--api-base", llm_server.url,
+            "--out", str(out)),
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert wait_until(lambda: any(out.glob("*/steps/quick.md"))
+                          and llm_server.requests_containing(marker("hang")), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    [run_dir] = list(out.iterdir())
+    data = json.loads((run_dir / "run.json").read_text())
+    assert data["status"] == "interrupted"
+    assert data["outputs"]["quick"]["status"] == "succeeded"
+    assert data["outputs"]["hang"]["status"] == "cancelled"
+    assert (run_dir / "steps" / "quick.md").read_text().startswith("Reply to:")
+    assert "## QUICK" in (run_dir / "report.md").read_text()
+    assert llm_server.wait_idle(timeout=5)  # the hung connection was closed, not left open
+
+
+@pytest.mark.slow
+def test_the_live_tree_paints_and_finishes_on_a_terminal(tmp_path: Path) -> None:
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "30",
+           "DWORKERS_MOCK_LATENCY": "0.3"}
+    env.pop("NO_COLOR", None)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        cli("run", "compliance-audit", "--mock", "-i", "brief=SOX", "--out", str(tmp_path)),
+        cwd=tmp_path, env=env, stdin=secondary, stdout=secondary, stderr=secondary,
+        close_fds=True,
+    )
+    os.close(secondary)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(primary, 65536)
+                except OSError:  # the terminal closed: the process is done
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(primary)
+
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, screen[-2000:]
+    assert "\x1b[" in screen  # drawn with cursor control, i.e. a live display
+    for step_id in ("scope-audit", "research-regulations", "analyze-gaps", "remediation-plan",
+                    "executive-briefing"):
+        assert step_id in screen
+    assert "compliance-audit" in screen
+    assert "5 succeeded" in screen
