@@ -24,10 +24,12 @@ def layered_dag(steps: int, seed: int, width: int = 5) -> dict[str, list[str]]:
     graph: dict[str, list[str]] = {}
     layers: list[list[str]] = []
     while len(graph) < steps:
-        layer = [f"s{len(graph) + i}" for i in range(min(rng.randint(1, width), steps - len(graph)))]
+        size = min(rng.randint(1, width), steps - len(graph))
+        layer = [f"s{len(graph) + i}" for i in range(size)]
         for sid in layer:
             earlier = [s for previous in layers[-3:] for s in previous]
-            graph[sid] = rng.sample(earlier, k=min(len(earlier), rng.randint(1, 3))) if earlier else []
+            count = min(len(earlier), rng.randint(1, 3))
+            graph[sid] = rng.sample(earlier, k=count) if earlier else []
         layers.append(layer)
     return graph
 

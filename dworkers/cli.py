@@ -13,7 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from dworkers.errors import DworkersError, ProblemsError, Problem
+from dworkers.errors import DworkersError, Problem, ProblemsError
 
 app = typer.Typer(
     name="dworkers",

@@ -24,6 +24,11 @@ def find_cycles(graph: Graph) -> list[list[str]]:
     stack: list[str] = []
     components: list[list[str]] = []
     counter = 0
+    # Each node's usable dependencies, computed once: recomputing them on every visit would
+    # make a step with thousands of dependencies quadratic.
+    edges = {
+        node: [d for d in deps if d in graph and d != node] for node, deps in graph.items()
+    }
     for root in graph:
         if root in index:
             continue
@@ -35,7 +40,7 @@ def find_cycles(graph: Graph) -> list[list[str]]:
                 counter += 1
                 stack.append(node)
                 on_stack.add(node)
-            deps = [d for d in graph.get(node, ()) if d in graph and d != node]
+            deps = edges[node]
             if edge_i < len(deps):
                 work.append((node, edge_i + 1))
                 dep = deps[edge_i]

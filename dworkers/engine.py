@@ -377,7 +377,8 @@ class _Run:
                 if isinstance(error, StepResult):
                     self.spend(error.cost_usd)  # before the slot is released to a waiting step
                     return error
-                if isinstance(error, RateLimitError) and rate_limits < self.options.rate_limit_retries:
+                rate_limited = isinstance(error, RateLimitError)
+                if rate_limited and rate_limits < self.options.rate_limit_retries:
                     rate_limits += 1
                     wait = error.retry_after
                     if wait is None:
@@ -426,7 +427,7 @@ class _Run:
             self.stop_reason = f"budget of ${budget:g} reached (${self.spent:.4f} spent)"
 
     def backoff(self, failures: int) -> float:
-        base = self.options.retry_base_delay * 2 ** (failures - 1)
+        base = self.options.retry_base_delay * 2.0 ** (failures - 1)
         return min(base, 30.0) * random.uniform(0.5, 1.0)
 
     def ended(self, step: PlanStep, status: StepStatus, error: str | None,

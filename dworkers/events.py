@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -79,7 +80,7 @@ class RunResult(BaseModel):
     def count(self, status: StepStatus) -> int:
         return sum(1 for r in self.outputs.values() if r.status is status)
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         """Machine-readable result (``--json``, run.json): no prompts, no secrets."""
         data = self.model_dump(mode="json")
         data.update(

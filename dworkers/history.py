@@ -380,10 +380,15 @@ class History:
 
     def _check_ours(self, conn: sqlite3.Connection) -> None:
         """Refuse a database that some other program made (version 0 with tables of its own)."""
-        if int(conn.execute("PRAGMA user_version").fetchone()[0]) != 0:
+        # One statement, so the version and the tables come from the same snapshot even while
+        # another process is creating the schema.
+        version, names = conn.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), "
+            "(SELECT group_concat(name, char(31)) FROM sqlite_master "
+            "WHERE name NOT LIKE 'sqlite_%')").fetchone()
+        if int(version) != 0:
             return
-        foreign = [row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
+        foreign = names.split("\x1f") if names else []
         if foreign:
             raise HistoryError(
                 f"{self.path} is an SQLite database, but not a dworkers run history "

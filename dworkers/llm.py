@@ -79,7 +79,7 @@ def load_litellm() -> Any:
     with _import_lock:
         # Use the cost map shipped with litellm instead of fetching one at import time.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        litellm = importlib.import_module("litellm")
+        litellm: Any = importlib.import_module("litellm")
         litellm.suppress_debug_info = True
         litellm.telemetry = False
         # litellm's own logger can echo request details; keys must never reach a log.
@@ -204,7 +204,8 @@ class LiteLLMClient:
             return ProviderUnavailableError(f"connection failed: {message}")
         if isinstance(status, int) and status >= 500:
             return ProviderUnavailableError(f"provider error ({status}): {message}")
-        if isinstance(exc, ex.InternalServerError | ex.ServiceUnavailableError | ex.APIConnectionError):
+        unavailable = (ex.InternalServerError, ex.ServiceUnavailableError, ex.APIConnectionError)
+        if isinstance(exc, unavailable):
             return ProviderUnavailableError(f"provider error: {message}")
         if isinstance(status, int):
             return BadRequestError(f"request refused ({status}): {message}")
@@ -285,7 +286,7 @@ def mock_text(request: LLMRequest, digest: str) -> str:
     if len(task) > 240:
         task = task[:237] + "..."
     return (
-        f"## {request.step_id} (mock {request.role} output)\n\n"
+        f"### Mock {request.role} output for `{request.step_id}`\n\n"
         f"This is offline mock output (digest {digest}); no model was called.\n\n"
         f"**Task as given:** {task}\n\n"
         "- Finding 1: placeholder finding for this step.\n"

@@ -9,9 +9,9 @@ tags are accepted, duplicate keys are errors, and no input can raise anything bu
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,8 +25,10 @@ from dworkers.errors import (
     shown,
 )
 from dworkers.plans.base import BasePlan, InputSpec, PlanStep, slug_suggestion, unnamed_step_id
-from dworkers.tenants.config import TenantConfig
 from dworkers.types import ROLE_NAMES, SourceMap, SourcePath
+
+if TYPE_CHECKING:
+    from dworkers.tenants.config import TenantConfig
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64
@@ -93,6 +95,7 @@ class _Reader:
 
     def __init__(self, loader: yaml.SafeLoader, source: SourceMap, text: str) -> None:
         self.loader = loader
+        self.get_event: Callable[[], Any] = loader.get_event
         self.source = source
         self.text = text
         self.budget = MAX_VALUES
@@ -109,7 +112,7 @@ class _Reader:
     def next(self) -> Any:
         if self.replaying:
             return next(self.replaying[-1])
-        event = self.loader.get_event()
+        event = self.get_event()
         if isinstance(event, yaml.AliasEvent) and self.open:
             self.recorded.append(_Replay(*self._anchor(event), event.start_mark))
             return event
@@ -149,14 +152,14 @@ class _Reader:
 
     def document(self) -> Any:
         """The single document of the stream; ``_Located`` if there is none or more than one."""
-        self.loader.get_event()  # StreamStartEvent
-        event = self.loader.get_event()
+        self.get_event()  # StreamStartEvent
+        event = self.get_event()
         if isinstance(event, yaml.StreamEndEvent):
             raise _Located("file is empty", "write a YAML mapping (see the examples in plans/)",
                            "empty-file", (1, 1))
         data = self.build(self.next(), ())
-        self.loader.get_event()  # DocumentEndEvent
-        event = self.loader.get_event()
+        self.get_event()  # DocumentEndEvent
+        event = self.get_event()
         if not isinstance(event, yaml.StreamEndEvent):
             raise _Located("file holds more than one YAML document",
                            "keep one document: remove this '---' and what follows",
@@ -332,7 +335,6 @@ class _Reader:
         merged: dict[str, Any] = {}
         for value, merged_source, _event in merges:
             parts = value if isinstance(value, list) else [value]
-            prefix = len(path) + 1 + (1 if isinstance(value, list) else 0)
             chosen: dict[str, int] = {}
             for index, part in enumerate(parts):
                 for key, item in part.items():
@@ -340,18 +342,30 @@ class _Reader:
                         merged[key] = item
                         chosen[key] = index
             # Move the positions of the chosen values to where they now live.
-            base = len(path) + 1  # just past (*path, "<<")
-            for table, target in ((merged_source.values, self.source.values),
-                                  (merged_source.keys, self.source.keys),
-                                  (merged_source.styles, self.source.styles)):
-                for where_path, where in table.items():
-                    rest = where_path[base:]
-                    index: str | int = 0
-                    if isinstance(value, list):
-                        index, rest = (rest[0], rest[1:]) if rest else (-1, rest)
-                    if rest and chosen.get(str(rest[0])) == index:
-                        target.setdefault((*path, *rest), where)  # type: ignore[arg-type]
+            listed = isinstance(value, list)
+            _relocate(merged_source.values, self.source.values, path, chosen, listed)
+            _relocate(merged_source.keys, self.source.keys, path, chosen, listed)
+            _relocate(merged_source.styles, self.source.styles, path, chosen, listed)
         return {**merged, **explicit}
+
+
+_V = TypeVar("_V")
+
+
+def _relocate(found: dict[SourcePath, _V], target: dict[SourcePath, _V], path: SourcePath,
+              chosen: dict[str, int], listed: bool) -> None:
+    """Positions recorded under ``(*path, "<<", [index,] key, ...)`` → ``(*path, key, ...)``,
+    for the keys that were taken from that merged mapping."""
+    base = len(path) + 1
+    for where_path, where in found.items():
+        rest = where_path[base:]
+        index: str | int = 0
+        if listed:
+            if not rest:
+                continue
+            index, rest = rest[0], rest[1:]
+        if rest and chosen.get(str(rest[0])) == index:
+            target.setdefault((*path, *rest), where)
 
 
 def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap]:
@@ -403,6 +417,8 @@ def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap
 def _syntax_hint(what: str) -> str:
     if "\\t" in what or "tab" in what:
         return "indent with spaces, not tabs"
+    if "nesting depth" in what:
+        return f"flatten the structure: nest at most {MAX_DEPTH} levels"
     if "mapping values are not allowed" in what:
         return "quote values that contain ': ' (e.g. description: \"a: b\")"
     if "could not find expected ':'" in what:
@@ -419,12 +435,16 @@ def _text_position(text: str, offset: int, *, in_bytes: bool = False) -> tuple[i
 
 
 def _read_text(path: Path, file: str) -> str:
-    def fail(message: str, hint: str, code: str) -> LoadError:
-        return LoadError([Problem(message, hint, code, file)])
+    def fail(message: str, hint: str, code: str, where: tuple[int, int] | None = None
+             ) -> LoadError:
+        line, column = where or (None, None)
+        return LoadError([Problem(message, hint, code, file, line, column)])
 
     try:
         if path.is_dir():
             raise fail("is a directory, not a file", "name a .yaml file", "not-a-file")
+        if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+            raise fail("is not a regular file", "name a .yaml file", "not-a-file")
         with path.open("rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
@@ -432,14 +452,22 @@ def _read_text(path: Path, file: str) -> str:
     except OSError as exc:
         raise fail(f"cannot read file: {exc.strerror}", "check the path and permissions",
                    "unreadable") from None
+    except ValueError:  # e.g. a NUL character in the path
+        raise fail("invalid file name", "check the path", "not-found") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise fail(f"file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB",
-                   "split the plan or remove unused content", "too-large")
+        line = raw.count(b"\n", 0, MAX_FILE_BYTES) + 1
+        column = MAX_FILE_BYTES - raw.rfind(b"\n", 0, MAX_FILE_BYTES)
+        raise fail(f"file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB "
+                   "(the limit is reached here)", "split the plan or remove unused content",
+                   "too-large", (line, column))
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise fail(f"file is not UTF-8 text (byte {exc.start})", "save it as UTF-8",
-                   "not-utf8") from None
+        prefix = raw[: exc.start].decode("utf-8-sig", "replace")
+        line = prefix.count("\n") + 1
+        column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+        raise fail(f"file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                   f"{exc.start})", "save it as UTF-8", "not-utf8", (line, column)) from None
 
 
 FileKind = Literal["plan", "tenant"]
@@ -542,6 +570,8 @@ def load_tenant(path: Path | str, text: str | None = None) -> TenantConfig:
 
 def tenant_from_data(data: Any, source: SourceMap) -> TenantConfig:
     """A validated tenant from loaded values; raise with every problem found, in one pass."""
+    from dworkers.tenants.config import TenantConfig  # listing plans never needs tenants
+
     if not isinstance(data, dict):
         raise LoadError([_not_a_mapping(source, "tenant", "id, name, context and models")])
     problems: list[Problem] = []
@@ -550,19 +580,37 @@ def tenant_from_data(data: Any, source: SourceMap) -> TenantConfig:
     except ValidationError as exc:
         problems += _problems(exc, source, (), TenantConfig, "the tenant")
         # Check what is left too (model names, allowed models), so one pass finds everything.
-        bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
-        kept = {k: v for k, v in data.items() if k not in bad and k in TenantConfig.model_fields}
-        if not isinstance(kept.get("id"), str):
-            kept["id"] = "tenant"
         try:
-            tenant = TenantConfig.model_validate(kept)
-        except ValidationError:  # pragma: no cover - every remaining key validated on its own
+            tenant = TenantConfig.model_validate(_without_errors(data, exc))
+        except ValidationError:
             raise TenantValidationError(_sorted(problems)) from None
     tenant._source = source
     problems += tenant.check()
     if problems:
         raise TenantValidationError(_sorted(problems))
     return tenant
+
+
+def _without_errors(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
+    """``data`` minus every value pydantic rejected (copied along the way; ``id`` kept valid),
+    so the rest can still be validated and checked."""
+    result = dict(data)
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if part != "[key]"]
+        if error["type"] == "missing" or not loc:
+            continue
+        parent: Any = result
+        for part in loc[:-1]:
+            child = parent.get(part) if isinstance(parent, dict) else None
+            if not isinstance(child, dict):
+                parent = None
+                break
+            parent[part] = parent = dict(child)
+        if isinstance(parent, dict):
+            parent.pop(loc[-1], None)
+    if not isinstance(result.get("id"), str):
+        result["id"] = "tenant"
+    return result
 
 
 def load_any(path: Path | str) -> BasePlan | TenantConfig:
@@ -623,7 +671,7 @@ def _problems(
         key_error = bool(loc) and loc[-1] == "[key]"
         if key_error:
             loc = loc[:-1]
-        path: SourcePath = (*base, *loc)  # type: ignore[misc]
+        path: SourcePath = (*base, *loc)
         field = ".".join(str(part) for part in loc) or "value"
         kind = error["type"]
         value = error.get("input")
@@ -633,7 +681,9 @@ def _problems(
             guess = did_you_mean(name, allowed) if len(name) <= 100 else None
             hint = (f"did you mean {guess!r}?" if guess
                     else f"allowed keys: {', '.join(allowed)}" if allowed else "remove it")
-            found.append(_located(source, path, f"unknown key {shown(name)} in {owner}", hint,
+            where = owner if len(loc) == 1 else (
+                f"{'.'.join(str(part) for part in loc[:-1])} of {owner}")
+            found.append(_located(source, path, f"unknown key {shown(name)} in {where}", hint,
                                   "unknown-key", key=True))
         elif kind == "missing":
             inside = ".".join(str(p) for p in loc[:-1])
@@ -651,8 +701,11 @@ def _problems(
         elif kind in _SIGNS:
             ctx = error.get("ctx", {})
             bound = next(iter(ctx.values()), "")
+            if isinstance(bound, float) and bound.is_integer():
+                bound = int(bound)
             sign = _SIGNS[kind]
-            hint = "use 0 for the default" if sign in ("≥", ">") else f"use at most {bound}"
+            hint = {"≥": f"use {bound} or more", ">": f"use more than {bound}",
+                    "≤": f"use at most {bound}", "<": f"use less than {bound}"}[sign]
             found.append(_located(source, path, f"{field} must be {sign} {bound} "
                                   f"(got {_describe(value)})", hint, "out-of-range"))
         elif kind in _TYPE_WORDS:

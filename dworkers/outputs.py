@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from dworkers.events import (
     Event,
@@ -70,6 +71,7 @@ class RunWriter:
             write_atomic(self.directory / "report.md", report(self.plan, event.result))
 
     def write_run_json(self, *, status: str = "running", result: RunResult | None = None) -> None:
+        data: dict[str, Any]
         if result is not None:
             data = result.summary()
             data["status"] = run_status(result)

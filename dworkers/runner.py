@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dworkers.engine import Engine, RunOptions, new_run_id
 from dworkers.errors import DworkersError, InputError, Problem
@@ -186,9 +187,10 @@ def execute(request: RunRequest) -> int:
 
     engine.on_event = fan_out
 
+    display.prepare(announce(engine, run_id))  # the tree paints the moment the view opens
+
     async def main() -> RunResult:
         with display:
-            display(announce(engine, run_id))
             if prefetch is not None:
                 await asyncio.to_thread(prefetch.join)
             engine.preflight()
@@ -203,7 +205,7 @@ def execute(request: RunRequest) -> int:
             err.print("interrupted before the run started")
             return EXIT_INTERRUPTED
         result = engine.result
-    err.print(view.summary(result, str(out_dir)))
+    view.print_summary(err, result, str(out_dir))
     if recorder is not None and recorder.error is not None:
         view.print_error(err, f"run history not saved: {recorder.error}")
     if request.json:
@@ -217,7 +219,7 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
     """Render every prompt and the schedule without calling anything."""
     schedule = engine.schedule()
     placeholders = {s.step_id: f"<output of {s.step_id}>" for s in engine.plan.steps}
-    steps = []
+    steps: list[dict[str, Any]] = []
     for step in engine.plan.steps:
         steps.append({
             "step_id": step.step_id,
@@ -237,7 +239,7 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
     for step_data in steps:
         out += ["", f"=== {step_data['step_id']} ({step_data['role']}, {step_data['model']}, "
                     f"timeout {step_data['timeout_seconds']:g}s, retries {step_data['retry_max']})"]
-        for message in step_data["messages"]:  # type: ignore[attr-defined]
+        for message in step_data["messages"]:
             out += [f"--- {message['role']}", message["content"]]
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dworkers import dag
 from dworkers.events import (
     Event,
     RunFinished,
@@ -141,7 +142,8 @@ class RunState:
     """The whole run, updated in place by ``apply(event)``.
 
     ``apply`` is O(1) per event (totals and counts are kept incrementally), so it can be called
-    for every streamed token of a 10,000-step plan.
+    for every streamed token of a 10,000-step plan. An event time (``at``) of 0.0 means "not
+    given": the clock's ``now()`` is used instead.
     """
 
     now: Clock = time.monotonic
@@ -155,6 +157,7 @@ class RunState:
     _counts: dict[Phase, int] = field(default_factory=dict, repr=False)
     _tokens: int = field(default=0, repr=False)  # finished steps' tokens + streaming tokens
     _cost: float = field(default=0.0, repr=False)
+    _order: tuple[dict[str, StepState], list[str]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._counts = dict.fromkeys(Phase, 0)
@@ -324,6 +327,17 @@ class RunState:
         end = self.finished_at if self.finished_at is not None else self.now()
         return max(0.0, end - self.started_at)
 
+    def order(self) -> list[str]:
+        """Step ids in dependency order (declared order among equals), as a view lists them."""
+        if self._order is None or self._order[0] is not self.steps:
+            graph = {sid: step.depends_on for sid, step in self.steps.items()}
+            try:
+                order = dag.topological_order(graph)
+            except ValueError:  # a cycle (the plan was not validated): keep declared order
+                order = list(graph)
+            self._order = (self.steps, order)
+        return self._order[1]
+
     @property
     def models(self) -> list[str]:
         """The distinct models of the steps, in step order."""
@@ -400,19 +414,20 @@ def line_for(state: RunState, event: Event) -> str | None:
     if isinstance(event, StepRetrying):
         head = f"[-/{total}] {'RETRY':<6} {event.step_id} attempt {event.attempt} failed: "
         tail = f"; waiting {fmt_duration(event.wait_seconds)}"
-        return head + clip(one_line(event.reason), LINE_WIDTH - len(head) - len(tail)) + tail
+        room = max(LINE_WIDTH - len(head) - len(tail), 20)
+        return clip(head + clip(one_line(event.reason), room) + tail, LINE_WIDTH)
     if isinstance(event, StepFinished):
         result = event.result
         count = f"[{state.done}/{total}]"
         reason = one_line(result.error or "")
         if result.cached:
-            return f"{count} {'CACHED':<6} {result.step_id} (reused an earlier result)"
+            return _fit(f"{count} {'CACHED':<6} {result.step_id}", " (reused an earlier result)")
         if result.status is StepStatus.SUCCEEDED:
             parts = [fmt_duration(result.duration_ms / 1000), fmt_tokens(result.total_tokens),
                      fmt_cost(result.cost_usd)]
             if result.attempts > 1:
                 parts.append(f"after {result.attempts} attempts")
-            return f"{count} {'OK':<6} {result.step_id} " + " ".join(parts)
+            return _fit(f"{count} {'OK':<6} {result.step_id} ", " ".join(parts))
         if result.status is StepStatus.FAILED:
             after = f" after {plural(result.attempts, 'attempt')}" if result.attempts else ""
             return _fit(f"{count} {'FAIL':<6} {result.step_id}{after}", f": {reason or 'failed'}")

@@ -1,7 +1,9 @@
 """The only module that imports rich: how plans, problems and runs look on a terminal.
 
 Functions here take plain data (plans, problems, run state) and draw it; none of them schedules
-or changes anything.
+or changes anything. A run is shown by a view used as the engine's ``on_event`` callback:
+``LiveView`` (the live tree, on a terminal) or ``LineView`` (one line per state change, for pipes,
+logs and ``--quiet``); ``make_view`` picks one, and ``print_summary`` ends the run.
 """
 
 from __future__ import annotations
@@ -196,6 +198,9 @@ def crop_left(text: str, width: int) -> str:
     keep = text[-width:]  # at most `width` characters, so at least as many cells
     while cell_len(keep) > width - 1:
         keep = keep[1:]
+    space = keep.find(" ", 0, 16)
+    if space >= 0 and text[len(text) - len(keep) - 1] != " ":  # cut inside a word: drop it
+        keep = keep[space:]
     return "…" + keep.lstrip()
 
 
@@ -208,8 +213,9 @@ class _Layout:
 
     def __init__(self, state: RunState, width: int) -> None:
         self.width = max(width - GUIDE, 20)
-        ids = max((cell_len(sid) for sid in state.steps), default=4)
-        roles = max((cell_len(step.role) for step in state.steps.values()), default=0)
+        # step ids and roles are ASCII slugs: len() is their width (and fast for huge plans)
+        ids = max(map(len, state.steps), default=4)
+        roles = max((len(step.role) for step in state.steps.values()), default=0)
         self.role = roles if self.width >= 60 else 0
         self.elapsed = 6
         self.id = max(min(ids, self.width // 3), 8)
@@ -231,73 +237,77 @@ def run_tree(
     now = state.now() if now is None else now
     layout = _Layout(state, width)
     tree = Tree(_root_label(state, width, now), guide_style="dim")
-    order = _order(state)
-    nodes = {sid: _step_lines(state, state.steps[sid], layout, now) for sid in order}
+    order = state.order()
     budget = None if height is None else max(height - ROOT_LINES, 1)
-    full = sum(len(lines) for lines in nodes.values())
-    if budget is None or full <= budget:
-        for sid in order:
-            tree.add(_label(nodes[sid]))
+    if budget is None or len(order) <= budget:
+        nodes = [_step_lines(state, state.steps[sid], layout, now) for sid in order]
+        keep = set(range(len(nodes)))
+        if budget is not None:  # second lines while they fit: failures first, previews last
+            room = budget - len(nodes)
+            seconds = sorted((i for i, lines in enumerate(nodes) if len(lines) > 1),
+                             key=lambda i: (_SECOND_RANK[state.steps[order[i]].phase], i))
+            keep = set(seconds[:room])
+        for i, lines in enumerate(nodes):
+            tree.add(_label(lines if i in keep else lines[:1]))
         return tree
-    if len(order) <= budget:
-        for sid in order:
-            tree.add(_label(nodes[sid][:1]))
-        return tree
+    # too many steps for the height: only the steps that get a line are drawn at all
     shown, folds = _fold(state, order, budget)
-    if folds.get("ok"):
-        tree.add(_fold_label(Phase.SUCCEEDED, f"{folds['ok']:,} finished", layout, now))
+    counted = dict.fromkeys(_FOLD_RANK, 0)
+    for sid in shown:
+        counted[_fold_group(state, state.steps[sid])] += 1
+    labels = {"ok": (Phase.SUCCEEDED, "succeeded"), "active": (Phase.RUNNING, "running"),
+              "failed": (Phase.FAILED, "failed"), "queued": (Phase.WAITING, "queued"),
+              "waiting": (Phase.WAITING, "waiting"),
+              "skipped": (Phase.SKIPPED, "skipped or cancelled")}
+
+    def add_fold(group: str) -> None:
+        if folds.get(group):
+            phase, what = labels[group]
+            more = "more " if counted[group] else ""
+            tree.add(_fold_label(phase, f"{folds[group]:,} {more}{what}", layout, now))
+
+    if len(folds) > budget:  # not even a line per group: one line of counts
+        everything = " · ".join(f"{folds[g]:,} {labels[g][1].split()[0]}"
+                                for g in _FOLD_ORDER if folds.get(g))
+        tree.add(_fold_label(Phase.WAITING, everything, layout, now))
+        return tree
+    add_fold("ok")
     for sid in order:
         if sid in shown:
-            tree.add(_label(nodes[sid][:1]))
-    for key, phase, what in (("active", Phase.RUNNING, "running"),
-                             ("waiting", Phase.WAITING, "waiting"),
-                             ("failed", Phase.FAILED, "failed"),
-                             ("skipped", Phase.SKIPPED, "skipped or cancelled")):
-        if folds.get(key):
-            tree.add(_fold_label(phase, f"{folds[key]:,} more {what}", layout, now))
+            tree.add(_label(_step_lines(state, state.steps[sid], layout, now)[:1]))
+    for group in _FOLD_ORDER[1:]:
+        add_fold(group)
     return tree
 
 
-_ORDER_CACHE: dict[int, tuple[dict[str, Any], list[str]]] = {}
-
-
-def _order(state: RunState) -> list[str]:
-    """Steps in dependency order (declared order among equals); cached per steps mapping."""
-    from dworkers import dag
-
-    cached = _ORDER_CACHE.get(id(state))
-    if cached is not None and cached[0] is state.steps:
-        return cached[1]
-    graph = {sid: step.depends_on for sid, step in state.steps.items()}
-    try:
-        order = dag.topological_order(graph)
-    except ValueError:  # not validated: show the steps as declared
-        order = list(graph)
-    _ORDER_CACHE.clear()
-    _ORDER_CACHE[id(state)] = (state.steps, order)
-    return order
-
-
+_SECOND_RANK = {Phase.FAILED: 0, Phase.RETRYING: 1, Phase.CANCELLED: 2, Phase.SKIPPED: 3,
+                Phase.RUNNING: 4, Phase.WAITING: 5, Phase.SUCCEEDED: 5, Phase.CACHED: 5}
+_FOLD_ORDER = ("ok", "active", "failed", "queued", "waiting", "skipped")  # top to bottom
+_FOLD_RANK = {"active": 0, "failed": 1, "queued": 2, "waiting": 3, "skipped": 4, "ok": 5}
 _FOLD_GROUP = {
     Phase.RUNNING: "active", Phase.RETRYING: "active", Phase.FAILED: "failed",
     Phase.WAITING: "waiting", Phase.SUCCEEDED: "ok", Phase.CACHED: "ok",
     Phase.SKIPPED: "skipped", Phase.CANCELLED: "skipped",
 }
-_FOLD_RANK = {"active": 0, "failed": 1, "waiting": 2, "skipped": 3, "ok": 4}
+
+
+def _fold_group(state: RunState, step: StepState) -> str:
+    group = _FOLD_GROUP[step.phase]
+    if group == "waiting" and not state.waiting_on(step.step_id):
+        return "queued"
+    return group
 
 
 def _fold(state: RunState, order: list[str], budget: int) -> tuple[set[str], dict[str, int]]:
-    """Which steps get a line of their own, and how many of each group fold into a count."""
-    ranked = sorted(
-        range(len(order)),
-        key=lambda i: (_FOLD_RANK[_FOLD_GROUP[state.steps[order[i]].phase]], i),
-    )
+    """Which steps get a line of their own (running, failed, next up first, in that order),
+    and how many of each group fold into a counted line."""
+    groups = [_fold_group(state, state.steps[sid]) for sid in order]
+    ranked = sorted(range(len(order)), key=lambda i: (_FOLD_RANK[groups[i]], i))
     for folded_groups in range(len(_FOLD_RANK) + 1):
         keep = max(budget - folded_groups, 0)
         hidden: dict[str, int] = {}
         for i in ranked[keep:]:
-            group = _FOLD_GROUP[state.steps[order[i]].phase]
-            hidden[group] = hidden.get(group, 0) + 1
+            hidden[groups[i]] = hidden.get(groups[i], 0) + 1
         if len(hidden) <= folded_groups:
             break
     return {order[i] for i in ranked[:keep]}, hidden
@@ -439,42 +449,56 @@ def _waits_on(deps: list[str], room: int) -> str:
 
 
 def summary(result: RunResult, out_dir: str | None = None) -> RenderableType:
-    """How the run ended: outcome and counts, time, tokens and cost, where the outputs are, and
-    each failed step's full reason (the tree crops it)."""
-    total = len(result.outputs)
+    """How the run ended: outcome, counts per status, time, tokens and cost, each failed step's
+    full reason (the tree crops it), and where the outputs are. Print it with ``print_summary``
+    so that a long outputs path stays one copyable line."""
     cached = sum(1 for r in result.outputs.values() if r.cached)
     if result.interrupted:
         icon, style, verb = "⊘", "yellow", "interrupted"
     elif result.success:
-        icon, style, verb = "✓", "green", "succeeded"
+        icon, style, verb = "✓", "green", "finished"
     else:
         icon, style, verb = "✗", "red", "failed"
-    if result.success:
-        what = plural(total, "step")
-    else:
-        what = ", ".join(f"{n} {status.value}" for status in StepStatus
-                         if (n := result.count(status))) or "no steps"
+    counts = ", ".join(f"{n} {status.value}" for status in StepStatus
+                       if (n := result.count(status))) or "no steps"
     if cached:
-        what += f" ({cached} cached)"
+        counts += f" ({cached} cached)"
     head = Text()
     head.append(icon + " ", style=style)
     head.append(result.plan, style="bold")
     head.append(f" {verb}", style=style)
-    head.append(f": {what}")
+    head.append(f": {counts}")
     facts = [fmt_duration(result.total_duration_ms / 1000), f"{result.total_tokens:,} tokens",
              fmt_cost(result.cost_usd)]
-    info = Text("  " + " · ".join(facts), style="dim")
-    if out_dir:
-        info.append(" · outputs in ", style="dim")
-        info.append(out_dir)
-    parts: list[RenderableType] = [head, info]
+    parts: list[RenderableType] = [head, Text("  " + " · ".join(facts), style="dim")]
     for step in result.outputs.values():
         if step.status is StepStatus.FAILED:
             parts.append(_Hanging(
                 Text.assemble("  ", ("✗ ", "red"), (step.step_id + ": ", "bold")),
                 Text(one_line(step.error or "failed")),
             ))
+    if out_dir:
+        parts.append(_Whole(Text.assemble(("  outputs: ", "dim"), (out_dir, "bold"))))
     return Group(*parts)
+
+
+def print_summary(out: Console, result: RunResult, out_dir: str | None = None) -> None:
+    """Print ``summary``: long lines (the outputs path) are left whole for the terminal to wrap,
+    so the path stays one line when copied."""
+    out.print(summary(result, out_dir), soft_wrap=True)
+
+
+class _Whole:
+    """A line that is never cropped: one unbroken line when printed with ``soft_wrap`` (see
+    ``print_summary``), else folded onto as many lines as it takes."""
+
+    def __init__(self, text: Text) -> None:
+        self.text = text
+
+    def __rich_console__(self, out: Console, options: ConsoleOptions) -> RenderResult:
+        text = self.text.copy()
+        text.overflow = "ignore" if options.no_wrap else "fold"
+        yield text
 
 
 class _Hanging:
@@ -528,6 +552,8 @@ class LiveView(RunView):
     """The live tree on a terminal (stderr). Events only update the state; rich's refresh
     thread redraws about eight times a second, and once more on exit."""
 
+    FINAL_FULL_TREE_MAX = 200  # up to this many steps, the last paint (left on screen) has all
+
     def __init__(
         self,
         out: Console | None = None,
@@ -537,6 +563,7 @@ class LiveView(RunView):
     ) -> None:
         super().__init__(out, now=now)
         self._lock = threading.Lock()
+        self._final = False
         self.live = Live(
             console=self.console,
             get_renderable=self.render,
@@ -552,6 +579,8 @@ class LiveView(RunView):
         with self._lock:
             if not self.state.steps:
                 return Group()
+            if self._final and self.state.total <= self.FINAL_FULL_TREE_MAX:
+                return run_tree(self.state, width)
             return run_tree(self.state, width, max(height - 1, ROOT_LINES + 1))
 
     def prepare(self, event: RunStarted) -> None:
@@ -581,6 +610,7 @@ class LiveView(RunView):
         ):
             # nothing ran (e.g. a missing API key found before the first call): leave no tree
             self.live.transient = True
+        self._final = True
         self.live.stop()
 
 

@@ -6,6 +6,7 @@ Ordering and parallelism are proven with the server's own timestamps.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from support import (
@@ -128,7 +129,7 @@ def test_role_concurrency_limits_only_that_role(llm_server: FakeLLMServer) -> No
     analysts = sorted((r.started, r.finished or 0) for r in llm_server.requests
                       if "(a" in r.messages[-1]["content"])
     assert len(analysts) == 3
-    for (_, end), (start, _) in zip(analysts, analysts[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(analysts):
         assert start >= end - 0.05  # one analyst at a time
     assert llm_server.max_in_flight >= 3  # researchers ran beside the analyst
 

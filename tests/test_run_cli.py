@@ -146,7 +146,7 @@ def test_an_invalid_plan_exits_2_with_located_problems(tmp_path: Path) -> None:
     bad.write_text(PLAN.replace("depends_on: [left, right]", "depends_on: [left, rihgt]"))
     code, _, stderr = invoke("run", str(bad), "--mock", "-i", "topic=x")
     assert code == 2
-    assert f"{bad}:22:29: step 'final' depends on unknown step 'rihgt'" in stderr
+    assert f"{bad}:22:24: step 'final' depends on unknown step 'rihgt'" in stderr
     assert "did you mean 'right'?" in stderr
 
 

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from dworkers.events import (
+    Event,
     EventLog,
     RunFinished,
     RunResult,
@@ -195,11 +196,14 @@ def test_cancel_and_interrupted_run_finish() -> None:
     assert state.steps["research"].reason == "cancelled while running (run interrupted)"
     assert state.tokens == 150  # the cancelled attempt's tokens are not counted
     # the rest arrive only in RunFinished's result: they are applied from it
-    outputs = {s.step_id: ended(s.step_id, StepStatus.CANCELLED, "cancelled before it started")
-               for s in STEPS[2:]}
-    outputs = {"scope": ok("scope"), "research": state.steps["research"].result, **outputs}
+    research = state.steps["research"].result
+    assert research is not None
+    outputs = {"scope": ok("scope"), "research": research}
+    for info in STEPS[2:]:
+        outputs[info.step_id] = ended(info.step_id, StepStatus.CANCELLED,
+                                      "cancelled before it started")
     result = RunResult(run_id="run-1", plan="audit", tenant="acme", interrupted=True,
-                       total_duration_ms=5000, outputs=outputs)  # type: ignore[arg-type]
+                       total_duration_ms=5000, outputs=outputs)
     clock.t = 105.0
     state.apply(RunFinished(result, 105.0))
     assert state.finished and state.result is result
@@ -251,9 +255,9 @@ def test_a_real_mock_run_keeps_totals_consistent() -> None:
     state = RunState()
     checks: list[tuple[int, int]] = []
 
-    def on_event(event: object) -> None:
-        log(event)  # type: ignore[arg-type]
-        state.apply(event)  # type: ignore[arg-type]
+    def on_event(event: Event) -> None:
+        log(event)
+        state.apply(event)
         recount = sum(1 for s in state.steps.values() if s.phase.finished)
         checks.append((state.done, recount))
 
@@ -292,11 +296,11 @@ def test_small_formatters() -> None:
     assert clip("abc", 0) == ""
 
 
-def lines_of(state: RunState, events: list[object]) -> list[str]:
+def lines_of(state: RunState, events: list[Event]) -> list[str]:
     out = []
     for event in events:
-        state.apply(event)  # type: ignore[arg-type]
-        line = line_for(state, event)  # type: ignore[arg-type]
+        state.apply(event)
+        line = line_for(state, event)
         if line is not None:
             out.append(line)
     return out
@@ -305,7 +309,7 @@ def lines_of(state: RunState, events: list[object]) -> list[str]:
 def test_line_for_every_kind_of_change() -> None:
     clock = FakeClock(0.0)
     state = RunState(now=clock)
-    events: list[object] = [
+    events: list[Event] = [
         RunStarted("20250101-120000-abc123", "audit", "acme", STEPS, 0.0),
         StepStarted("scope", 1, "openai/gpt-4o-mini", 0.0),
         StepProgress("scope", 5, "hello"),

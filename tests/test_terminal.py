@@ -65,7 +65,7 @@ def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
         assert wait_until(lambda: any(out.glob("*/steps/quick.md"))
                           and llm_server.requests_containing(marker("hang")), timeout=60)
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -70,7 +70,7 @@ def every_state() -> tuple[RunState, FakeClock]:
     for event in events:
         state.apply(event)
     clock.t = 99.4
-    for event in [
+    later: list[Event] = [
         StepRetrying("gaps", 1, "rate limited (429): Rate limit reached for gpt-4o-mini on "
                                 "tokens per min", 2.0),
         StepFinished(result("benchmarks", StepStatus.FAILED, attempts=3, duration_ms=7300,
@@ -79,7 +79,8 @@ def every_state() -> tuple[RunState, FakeClock]:
         StepFinished(result("peer-review", StepStatus.SKIPPED, error="benchmarks failed"), 99.4),
         StepFinished(result("slides", StepStatus.CANCELLED,
                             error="cancelled before it started (run interrupted)"), 99.4),
-    ]:
+    ]
+    for event in later:
         state.apply(event)
     clock.t = 100.9
     return state, clock
@@ -155,13 +156,13 @@ def test_run_tree_at_the_end() -> None:
         state.apply(StepStarted(sid, 1, state.steps[sid].model, 0.0))
         state.apply(StepFinished(result(sid, attempts=1, duration_ms=ms, prompt_tokens=tokens,
                                         cost_usd=tokens / 1e6), ms / 1000))
-    outputs = {sid: step.result for sid, step in state.steps.items()}
+    outputs = {sid: step.result for sid, step in state.steps.items() if step.result}
     state.apply(RunFinished(RunResult(run_id="r1", plan="compliance-audit", tenant="acme-corp",
                                       success=True, total_duration_ms=8400,
-                                      outputs=outputs), 8.4))  # type: ignore[arg-type]
+                                      outputs=outputs), 8.4))
     clock.t = 60.0  # the clock no longer matters
     assert render(view.run_tree(state, 80)) == """\
-compliance-audit · acme-corp                3/3 done · 8.4s · 4,326 tok · $0.0043
+compliance-audit · acme-corp               3/3 done · 8.4s · 4,326 tok · $0.0043
 models openai/gpt-4o-mini, openai/gpt-4o
 ├── ✓ scope     analyst         2.1s     812 tok  $0.0008
 ├── ✓ research  researcher      5.4s   2,310 tok  $0.0023
@@ -212,7 +213,7 @@ def long_state() -> RunState:
     state.apply(StepStarted(deps[0], 1, MINI, 0.0))
     state.apply(StepFinished(result(deps[0], attempts=1, duration_ms=4e6,
                                     prompt_tokens=123_456_789, cost_usd=123456.0)))
-    state.apply(StepStarted("runner", 1, MINI, 0.0))
+    state.apply(StepStarted("runner", 1, MINI, 4990.0))
     state.apply(StepProgress("runner", 99_999_999, "word " * 200))
     state.apply(StepStarted("retrier", 7, MINI, 0.0))
     state.apply(StepRetrying("retrier", 7, reason, 30.0))
@@ -236,11 +237,12 @@ def test_long_lines_are_cropped_with_an_ellipsis_at_80() -> None:
     lines = render(view.run_tree(long_state(), 80)).splitlines()
     assert lines[0].startswith("plan-xxx") and "… · " not in lines[0]
     assert lines[0].endswith("  4/11 done · 1h23m · 223,456,791 tok · $123,456.00")
-    assert lines[1].startswith("models openai/mmmm") and lines[1].endswith("…")
+    assert lines[1].startswith("models openai/gpt-4o-mini, openai/mmmm") and lines[1].endswith("…")
     runner = lines.index(next(x for x in lines if " runner " in x))
+    assert lines[runner].endswith("researcher     10.0s  99,999,999 tok")
     assert lines[runner + 1].startswith("│     …word word")  # the newest text is kept
     wide = lines.index(next(x for x in lines if " wide " in x))
-    assert lines[wide + 1].startswith("│     …表表")
+    assert lines[wide + 1].startswith("      …表表")  # the last step: no guide below it
     waiter = next(x for x in lines if "waiter-" in x)
     assert waiter.endswith("…") and "waits on" in waiter
 
@@ -251,7 +253,7 @@ def test_a_tall_run_folds_into_the_height_it_is_given() -> None:
     steps = tuple(StepInfo(f"step-{i:02d}", "", "analyst", MINI,
                            (f"step-{i - 1:02d}",) if i % 10 else ()) for i in range(40))
     state.apply(RunStarted("r1", "big", "acme", steps, 0.0))
-    for i in range(12):  # step-00..11 done, 12 and 13 failed/running, 10..19 chain
+    for i in range(12):  # step-00..11 succeed, except 10 (running) and 11 (waits on it)
         if i in (10, 11):
             continue
         state.apply(StepFinished(result(f"step-{i:02d}", attempts=1, duration_ms=1000)))
@@ -262,25 +264,30 @@ def test_a_tall_run_folds_into_the_height_it_is_given() -> None:
     full = render(view.run_tree(state, 80))
     assert len(full.splitlines()) == 2 + 40 + 2  # + the running preview and the failure
 
-    no_second = render(view.run_tree(state, 80, height=42 + 1))
-    assert len(no_second.splitlines()) == 42
-    assert "streaming" not in no_second and "├── ⠋ step-10" in no_second
+    one_second = render(view.run_tree(state, 80, height=43))  # room for one second line:
+    assert len(one_second.splitlines()) == 43  # the failure's reason beats the preview
+    assert "│     boom\n" in one_second and "streaming" not in one_second
+    no_second = render(view.run_tree(state, 80, height=42))
+    assert len(no_second.splitlines()) == 42 and "boom" not in no_second
 
     folded = render(view.run_tree(state, 80, height=12))
     assert folded == """\
-big · acme                                11/40 done · 50.0s · 9 tok · $0.0000
+big · acme                                  12/40 done · 50.0s · 9 tok · $0.0000
 model openai/gpt-4o-mini
-├── ✓ 10 finished
+├── ✓ 10 succeeded
 ├── ⠋ step-10   analyst   10.0s       9 tok
 ├── ○ step-11   analyst  waits on step-10
 ├── ○ step-12   analyst  waits on step-11
 ├── ○ step-13   analyst  waits on step-12
 ├── ○ step-14   analyst  waits on step-13
-├── ✗ step-20   analyst         failed
+├── ✗ step-20   analyst  failed
 ├── ○ step-30   analyst  queued
-├── ○ 24 more waiting
-└── – 1 more skipped or cancelled
+├── ○ 22 more waiting
+└── – 1 skipped or cancelled
 """
+    tiny = render(view.run_tree(state, 80, height=6))
+    assert tiny.splitlines()[2:] == [
+        "└── ○ 10 succeeded · 1 running · 1 failed · 1 queued · 26 waiting · 1 skipped"]
     assert_fits(folded, 80)
 
 
@@ -293,7 +300,7 @@ def test_fold_keeps_only_counts_when_there_is_almost_no_room() -> None:
     text = render(view.run_tree(state, 80, height=4))
     lines = text.splitlines()
     assert len(lines) <= 4 + 1
-    assert lines[2:] == ["├── ⠋ 20 more running", "└── ○ 10 more waiting"]
+    assert lines[2:] == ["├── ⠋ 20 running", "└── ○ 10 queued"]
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -311,8 +318,9 @@ def run_result(**kw: object) -> RunResult:
 def test_summary_of_a_successful_run() -> None:
     text = render(view.summary(run_result(success=True), "dworkers-runs/20250101-abc"))
     assert text == (
-        "✓ compliance-audit succeeded: 2 steps (1 cached)\n"
-        "  12.3s · 1,234 tokens · $0.0123 · outputs in dworkers-runs/20250101-abc\n"
+        "✓ compliance-audit finished: 2 succeeded (1 cached)\n"
+        "  12.3s · 1,234 tokens · $0.0123\n"
+        "  outputs: dworkers-runs/20250101-abc\n"
     )
 
 
@@ -336,8 +344,26 @@ def test_summary_of_an_interrupted_run() -> None:
     text = render(view.summary(res, "out"))
     assert text == (
         "⊘ compliance-audit interrupted: 2 succeeded, 1 cancelled (1 cached)\n"
-        "  12.3s · 1,234 tokens · $0.0123 · outputs in out\n"
+        "  12.3s · 1,234 tokens · $0.0123\n"
+        "  outputs: out\n"
     )
+
+
+def test_print_summary_never_breaks_the_outputs_path() -> None:
+    path = "/tmp/" + "very-long-directory-name/" * 6 + "20250101-120000-abc123"
+    res = run_result()
+    res.outputs["plan"] = result("plan", StepStatus.FAILED, error="the upstream said no " * 5)
+    out = Console(width=60, file=io.StringIO())
+    view.print_summary(out, res, path)
+    assert isinstance(out.file, io.StringIO)
+    assert out.file.getvalue() == f"""\
+✗ compliance-audit failed: 2 succeeded, 1 failed (1 cached)
+  12.3s · 1,234 tokens · $0.0123
+  ✗ plan: the upstream said no the upstream said no the
+          upstream said no the upstream said no the upstream
+          said no
+  outputs: {path}
+"""
 
 
 # --- LineView ----------------------------------------------------------------------------------
@@ -464,7 +490,9 @@ def test_live_view_paints_on_enter_and_once_more_on_exit() -> None:
     out = live_console()
     clock = FakeClock(0.0)
     live = view.LiveView(out, now=clock, refresh_per_second=1)
-    live.prepare(script()[0])  # type: ignore[arg-type]
+    first = script()[0]
+    assert isinstance(first, RunStarted)
+    live.prepare(first)
     assert isinstance(out.file, io.StringIO)
     with live:
         painted = out.file.getvalue()
@@ -475,6 +503,24 @@ def test_live_view_paints_on_enter_and_once_more_on_exit() -> None:
     final = out.file.getvalue()[len(painted):]
     assert "4/4 done" in final and "– remediation-plan" in final
     assert not live.live.transient
+
+
+def test_live_view_folds_to_the_screen_but_leaves_the_whole_tree_at_the_end() -> None:
+    out = Console(file=io.StringIO(), force_terminal=True, width=80, height=10,
+                  color_system=None, _environ={})
+    clock = FakeClock(1.0)
+    live = view.LiveView(out, now=clock, refresh_per_second=1)
+    steps = tuple(StepInfo(f"s{i:02d}", "", "analyst", MINI, ()) for i in range(20))
+    with live:
+        live(RunStarted("r1", "p", "t", steps, 0.5))
+        assert isinstance(out.file, io.StringIO)
+        first = out.file.getvalue()
+        assert "s05" in first and "s19" not in first and "more queued" in first
+        for info in steps:
+            live(StepFinished(result(info.step_id, attempts=1, duration_ms=100)))
+        live(RunFinished(RunResult(run_id="r1", plan="p", tenant="t", success=True)))
+    last = out.file.getvalue()[len(first):]
+    assert all(f"✓ s{i:02d}" in last for i in range(20))
 
 
 def test_live_view_leaves_no_tree_when_nothing_ran() -> None:

@@ -6,9 +6,7 @@ plan was loaded from YAML, and says how to fix it. Everything here is linear in 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import re
 from collections.abc import Iterable
 
@@ -22,9 +20,10 @@ SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 SLUG_HINT = "use lowercase letters, digits, '-' and '_', starting with a letter or digit"
 MAX_SLUG_LENGTH = 100
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-MAX_SUGGESTIONS = 50
-""""Did you mean" searches per check: each compares against every known name, so a plan with
-thousands of typos must not make validation quadratic."""
+MAX_COMPARISONS = 200_000
+""""Did you mean" compares a name with every known one; this bounds the comparisons per check,
+so a plan with thousands of typos among thousands of steps does not make validation quadratic
+(a small plan gets a suggestion for every typo)."""
 
 
 def unnamed_step_id(index: int) -> str:
@@ -58,6 +57,9 @@ class PlanStep(BaseModel):
 
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""
+        import hashlib  # only runs need it: keep `dworkers list` from loading OpenSSL
+        import json
+
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -148,7 +150,7 @@ class _PlanChecker:
         self.plan = plan
         self.steps = plan._steps
         self.problems: list[Problem] = []
-        self.suggestions = MAX_SUGGESTIONS
+        self.comparisons = MAX_COMPARISONS
 
     def problem(
         self,
@@ -170,9 +172,9 @@ class _PlanChecker:
         self.problems.append(Problem(message, hint, code, file, line, column))
 
     def did_you_mean(self, name: str, known: list[str]) -> str | None:
-        if self.suggestions <= 0 or len(name) > MAX_SLUG_LENGTH:
+        if len(known) > self.comparisons or len(name) > MAX_SLUG_LENGTH:
             return None
-        self.suggestions -= 1
+        self.comparisons -= len(known)
         return did_you_mean(name, known)
 
     def run(self) -> list[Problem]:

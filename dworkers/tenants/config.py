@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from dworkers.errors import Problem, TenantValidationError
+from dworkers.errors import Problem, TenantValidationError, shown
 from dworkers.plans.base import SLUG, SLUG_HINT
 from dworkers.types import ROLE_NAMES, SourceMap, SourcePath, WorkerRole
 
@@ -97,30 +97,33 @@ class TenantConfig(_Strict):
             found.append(Problem(message, hint, code, file, line, column))
 
         if not SLUG.match(self.id):
-            problem(("id",), f"tenant id {self.id!r} is not valid", SLUG_HINT, "invalid-tenant-id")
-        allowed = ", ".join(self.security.allowed_models) or "nothing"
+            problem(("id",), f"tenant id {shown(self.id)} is not valid", SLUG_HINT,
+                    "invalid-tenant-id")
+        patterns = self.security.allowed_models
+        allowed = ", ".join(patterns[:10]) + (", ..." if len(patterns) > 10 else "")
         for role in ("default", *ROLE_NAMES):
             model = getattr(self.models, role)
             if model is None:
                 continue
             path: SourcePath = ("models", role)
             if not MODEL_NAME.match(model):
-                problem(path, f"malformed model name {model!r} for {role}",
+                problem(path, f"malformed model name {shown(model)} for {role}",
                         "write a litellm model string such as 'openai/gpt-4o-mini'",
                         "invalid-model")
             elif not self.allows(model):
-                problem(path, f"model {model!r} for {role} is not in security.allowed_models "
-                        f"({allowed})", "pick an allowed model or extend allowed_models",
-                        "model-not-allowed")
+                problem(path, f"model {shown(model)} for {role} is not in "
+                        f"security.allowed_models ({allowed or 'nothing'})",
+                        "pick an allowed model or extend allowed_models", "model-not-allowed")
         for i, pattern in enumerate(self.security.allowed_models):
             if not pattern.strip():
                 problem(("security", "allowed_models", i), "empty pattern in allowed_models",
                         "remove it, or write a glob such as 'openai/*'", "invalid-pattern")
         if self.api_key_env is not None and not ENV_NAME.match(self.api_key_env):
-            problem(("api_key_env",), f"api_key_env {self.api_key_env!r} is not an environment "
-                    "variable name", "name the variable that holds the key, e.g. ACME_OPENAI_KEY",
+            problem(("api_key_env",), f"api_key_env {shown(self.api_key_env)} is not an "
+                    "environment variable name",
+                    "name the variable that holds the key, e.g. ACME_OPENAI_KEY",
                     "invalid-env-name")
         if self.api_base is not None and not re.match(r"https?://[^\s]+\Z", self.api_base):
-            problem(("api_base",), f"api_base {self.api_base!r} is not an http(s) URL",
+            problem(("api_base",), f"api_base {shown(self.api_base)} is not an http(s) URL",
                     "write it as http://host:port/v1", "invalid-url")
         return found
