@@ -110,16 +110,31 @@ def validate(
 
 @app.command()
 def show(
-    target: Annotated[str, typer.Argument(help="A plan name or YAML file.")],
+    target: Annotated[
+        str, typer.Argument(help="A plan name or YAML file, or a run id (a prefix, or 'last').")
+    ],
+    step: Annotated[
+        str | None, typer.Argument(help="With a run id: print this step's output.")
+    ] = None,
     output_format: Annotated[
         str, typer.Option("--format", help="tree (default) or mermaid.")
     ] = "tree",
     as_json: JsonOption = False,
 ) -> None:
-    """Show a plan's steps, roles, dependencies and required inputs."""
+    """Show a plan (steps, roles, dependencies, inputs) or a recorded run and its outputs."""
     from dworkers import view
-    from dworkers.validation import resolve_plan
+    from dworkers.plans.registry import plan_registry
+    from dworkers.validation import looks_like_path, resolve_plan
 
+    if step is not None or not (looks_like_path(target) or plan_registry.has(target)):
+        try:
+            show_run(target, step, as_json=as_json)
+        except DworkersError as exc:
+            if step is None and not isinstance(exc, ProblemsError) and "no run" in str(exc):
+                _fail(DworkersError(f"no plan or run named {target!r} — run 'dworkers list' "
+                                    "for plans, 'dworkers runs' for runs"))
+            _fail(exc)
+        return
     if output_format not in ("tree", "mermaid"):
         _fail(DworkersError(f"unknown format {output_format!r} — use 'tree' or 'mermaid'"))
     try:
@@ -139,6 +154,58 @@ def show(
         sys.stdout.write(view.mermaid(plan) + "\n")
     else:
         view.console(stderr=False).print(view.plan_tree(plan))
+
+
+def show_run(ref: str, step: str | None, *, as_json: bool) -> None:
+    from dworkers import view
+    from dworkers.history import History
+
+    with History() as history:
+        if step is not None:
+            sys.stdout.write(history.step_output(ref, step).rstrip("\n") + "\n")
+            return
+        record = history.get_run(ref)
+        steps = history.steps(record.run_id)
+        if as_json:
+            _emit_json(history.to_run_result(record.run_id).summary())
+            return
+    out = view.console(stderr=False)
+    out.print(view.recorded_run(record, steps, out.width))
+    for step_record in steps:
+        if step_record.output:
+            out.print(f"\n## {step_record.name or step_record.step_id} ({step_record.step_id})\n",
+                      style="bold", soft_wrap=True)
+            out.print(step_record.output.rstrip(), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("runs")
+def list_runs(
+    plan: Annotated[str | None, typer.Option(help="Only runs of this plan.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="succeeded, failed, interrupted or running.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs to list.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List recent runs, newest first (see 'dworkers show RUN_ID')."""
+    from dworkers import view
+    from dworkers.history import History
+
+    try:
+        with History() as history:
+            records = history.list_runs(plan=plan, status=status, limit=limit)
+    except DworkersError as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json([r.to_dict() for r in records])
+        return
+    out = view.console(stderr=False)
+    if not records:
+        view.console().print("no runs yet — try: dworkers run compliance-audit --mock "
+                             '--input brief="..."')
+        return
+    out.print(view.runs_table(records, out.width if out.is_terminal else 100_000),
+              soft_wrap=True)
 
 
 @app.command()

@@ -106,6 +106,7 @@ class _Reader:
         self.open_names: list[str] = []
         self.anchors: dict[str, tuple[int, int]] = {}  # anchor -> its events in ``recorded``
         self.replaying: list[Any] = []  # iterators over recorded events, innermost last
+        self.alias_at: Any = None
 
     # -- events ------------------------------------------------------------------------
 
@@ -143,10 +144,16 @@ class _Reader:
         raise _Located(f"alias *{name} is not defined", f"define it first with '&{name}'",
                        "undefined-alias", _where(event))
 
-    def _replay(self, event: Any) -> Any:
+    def _replay(self, event: Any, path: SourcePath) -> Any:
+        """The value an alias refers to, built again at ``path``."""
         start, end = self._anchor(event)
+        if not self.replaying:
+            self.alias_at = event  # the alias in the file that this expansion started from
         self.replaying.append(iter(self.recorded[start:end]))
-        return self.next()
+        try:
+            return self.build(self.next(), path)
+        finally:
+            self.replaying.pop()
 
     # -- values ------------------------------------------------------------------------
 
@@ -187,10 +194,7 @@ class _Reader:
             value = self._sequence(path)
         else:  # an alias: build the anchored value again, here
             self.source.styles.setdefault(path, "*")
-            try:
-                return self.build(self._replay(event), path)
-            finally:
-                self.replaying.pop()
+            return self._replay(event, path)
         if event.anchor is not None:
             self._done(event)
         return value
@@ -223,9 +227,14 @@ class _Reader:
 
     def _too_big(self, event: Any, path: SourcePath) -> None:
         if self.budget < 0:
+            if self.replaying:  # point at the alias in the file, not inside what it repeats
+                event = self.alias_at
+                raise _Located(f"file expands to more than {MAX_VALUES:,} values "
+                               f"(alias *{event.anchor} here repeats too much)",
+                               "simplify the file: an alias counts every value it repeats",
+                               "too-large", _where(event))
             raise _Located(f"file expands to more than {MAX_VALUES:,} values",
-                           "simplify the file (an alias counts every value it repeats)",
-                           "too-large", _where(event))
+                           "simplify the file", "too-large", _where(event))
         raise _Located(f"values nested more than {MAX_DEPTH} levels deep",
                        "flatten the structure", "too-large", _where(event))
 
@@ -262,9 +271,8 @@ class _Reader:
         """A mapping key as text (``None`` for a merge key) and where it is."""
         where = _where(event)
         if isinstance(event, yaml.AliasEvent | _Replay):
-            target = self._replay(event)
-            self.replaying.pop()
-            event = target
+            start, end = self._anchor(event)
+            event = self.recorded[start] if end > start else event
         if not isinstance(event, yaml.ScalarEvent):
             raise _Located("mapping keys must be plain names, not lists or mappings",
                            "write the key as a plain word followed by ':'", "invalid-key", where)
@@ -382,8 +390,9 @@ def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap
              code: str = "yaml-syntax") -> LoadError:
         return LoadError([Problem(message, hint, code, file, line, column)])
 
-    loader = _SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = _SafeLoader(text)
         data = _Reader(loader, source, text).document()
     except _Located as exc:
         raise fail(exc.message, exc.hint, *exc.where, exc.code) from None
@@ -392,6 +401,9 @@ def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap
         what = (exc.problem or exc.context or "invalid YAML").split("\n", 1)[0]
         line = mark.line + 1 if mark else 1
         column = mark.column + 1 if mark else 1
+        if "nesting depth" in what:  # libyaml's own limit, met while looking ahead
+            raise fail("values nested too deeply", _syntax_hint(what), line, column,
+                       "too-large") from None
         raise fail(f"invalid YAML: {what}", _syntax_hint(what), line, column) from None
     except yaml.reader.ReaderError as exc:
         line, column = _text_position(text, exc.position, in_bytes=_SafeLoader is not
@@ -410,7 +422,8 @@ def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap
         raise fail("values nested too deeply", f"nest at most {MAX_DEPTH} levels", 1, 1,
                    "too-large") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, source
 
 
@@ -635,7 +648,9 @@ def _not_a_mapping(source: SourceMap, kind: str, keys: str) -> Problem:
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
-    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0, p.code))
+    """By position; a value shared through an alias or merge key is reported once."""
+    unique = dict.fromkeys(problems)
+    return sorted(unique, key=lambda p: (p.line or 0, p.column or 0, p.code))
 
 
 _TYPE_WORDS = {

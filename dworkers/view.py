@@ -23,7 +23,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from dworkers.errors import Problem
-from dworkers.events import Event, RunResult, RunStarted, StepFinished, StepStatus
+from dworkers.events import Event, RunResult, RunStarted, StepFinished, StepInfo, StepStatus
 from dworkers.state import (
     Clock,
     Phase,
@@ -39,6 +39,7 @@ from dworkers.state import (
 
 if TYPE_CHECKING:
     from dworkers.discovery import Entry
+    from dworkers.history import RunRecord, StepRecord
     from dworkers.plans.base import BasePlan
 
 
@@ -669,3 +670,40 @@ def make_view(interactive: bool, quiet: bool, console: Console | None = None) ->
     if interactive:
         return LiveView(console)
     return LineView(console)
+
+
+def runs_table(records: Sequence[RunRecord], width: int) -> Text:
+    """Recent runs, newest first, one line each; the inputs column takes what is left."""
+    rows = []
+    for record in records:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at))
+        steps = f"{record.counts.get('succeeded', 0)}/{record.counts.get('total', 0)}"
+        duration = f"{(record.duration_ms or 0) / 1000:.1f}s"
+        inputs = " ".join(f"{k}={' '.join(v.split())}" for k, v in record.inputs.items())
+        rows.append((record.run_id, record.plan, record.status, steps, when, duration,
+                     f"${record.cost_usd:.4f}", inputs))
+    header = ("RUN", "PLAN", "STATUS", "OK", "STARTED", "TIME", "COST", "INPUTS")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(7)]
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for n, row in enumerate([header, *rows]):
+        line = "  ".join(_fit(row[i], widths[i]) for i in range(7)) + "  "
+        line += _fit(row[7], max(width - len(line), 10))
+        style = "bold" if n == 0 else {"failed": "red", "interrupted": "yellow"}.get(row[2], "")
+        text.append(line.rstrip() + "\n", style=style)
+    text.rstrip()
+    return text
+
+
+def recorded_run(record: RunRecord, steps: Sequence[StepRecord], width: int) -> Tree:
+    """A finished (or interrupted) run from history, drawn like the live tree at its end."""
+    state = RunState(now=lambda: record.started_at + (record.duration_ms or 0) / 1000)
+    state.apply(RunStarted(
+        record.run_id, record.plan, record.tenant,
+        tuple(StepInfo(s.step_id, s.name or s.step_id, s.role or "", s.model or "",
+                       tuple(s.depends_on)) for s in steps),
+        record.started_at,
+    ))
+    for step in steps:
+        if step.status in ("succeeded", "failed", "skipped", "cancelled"):
+            state.apply(StepFinished(step.to_step_result(), record.started_at))
+    return run_tree(state, width, now=record.started_at + (record.duration_ms or 0) / 1000)

@@ -80,8 +80,9 @@ def make_tenant(
 
 
 def marker(step_id: str) -> str:
-    """Text that appears only in the request of ``step_id`` itself."""
-    return f"Your step: {step_id.upper()} ({step_id})"
+    """Text that appears only in the request of ``step_id`` itself (the header starts a line;
+    the server's default reply echoes text on one line, so it never matches)."""
+    return f"\n# Your step: {step_id.upper()} ({step_id})"
 
 
 def request_for(server: FakeLLMServer, step_id: str) -> list[RequestRecord]:

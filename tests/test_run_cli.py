@@ -49,6 +49,7 @@ def plan_file(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def instant_mock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DWORKERS_MOCK_LATENCY", "0")
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
 
 
@@ -174,3 +175,55 @@ def test_input_values_can_come_from_files(plan_file: Path, tmp_path: Path) -> No
 def test_unknown_plan_name_suggests_the_closest(tmp_path: Path) -> None:
     code, _, stderr = invoke("run", "complianse-audit", "--mock")
     assert code == 2 and "did you mean 'compliance-audit'?" in stderr
+
+
+def test_resume_calls_only_the_failed_step_and_its_descendants(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    rule = llm_server.add_rule(marker("left"), status=500, error_message="boom")
+    common = ("--model", "openai/test-model", "--api-base", llm_server.url,
+              "--out", str(tmp_path / "runs"))
+    code, _, _ = invoke("run", str(plan_file), "-i", "topic=tea", *common)
+    assert code == 1
+    assert len(llm_server.requests) == 3  # scope, right, and the failing left
+    llm_server.clear_rules()
+    assert rule.matched == 1
+
+    code, stdout, stderr = invoke("run", str(plan_file), "--resume", "last", "--json", *common)
+    assert code == 0, stderr
+    called = llm_server.requests[3:]
+    assert sorted(step for r in called for step in ("left", "final")
+                  if marker(step) in r.text) == ["final", "left"]
+    assert len(called) == 2  # scope and right were reused, not paid for again
+    data = json.loads(stdout)
+    assert data["inputs"] == {"topic": "tea"}  # taken from the resumed run
+    assert data["outputs"]["scope"]["cached"] is True
+    assert data["outputs"]["left"]["cached"] is False
+
+
+def test_identical_steps_come_from_the_cache_unless_told_otherwise(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    common = ("-i", "topic=tea", "--model", "openai/test-model", "--api-base", llm_server.url,
+              "--out", str(tmp_path / "runs"))
+    assert invoke("run", str(plan_file), *common)[0] == 0
+    assert len(llm_server.requests) == 4
+    code, stdout, _ = invoke("run", str(plan_file), *common, "--json")
+    assert code == 0 and len(llm_server.requests) == 4  # zero calls
+    assert all(step["cached"] for step in json.loads(stdout)["outputs"].values())
+    assert invoke("run", str(plan_file), *common, "--no-cache")[0] == 0
+    assert len(llm_server.requests) == 8
+
+
+def test_runs_and_show_read_the_history(plan_file: Path, tmp_path: Path) -> None:
+    assert invoke("run", str(plan_file), "--mock", "-i", "topic=tea",
+                  "--out", str(tmp_path / "runs"))[0] == 0
+    code, stdout, _ = invoke("runs", "--json")
+    [record] = json.loads(stdout)
+    assert record["plan"] == "tiny" and record["status"] == "succeeded"
+    code, stdout, _ = invoke("show", record["run_id"][:17], "scope")
+    assert code == 0 and "Scope tea" in stdout
+    code, stdout, _ = invoke("show", "last")
+    assert code == 0 and "✓ scope" in stdout and "## SCOPE (scope)" in stdout
+    code, _, stderr = invoke("show", "no-such-thing")
+    assert code == 2 and "no plan or run named 'no-such-thing'" in stderr

@@ -55,7 +55,8 @@ def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
     out = tmp_path / "runs"
-    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key"}
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
+           "DWORKERS_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
         cli("run", str(plan), "--model", "openai/test-model", "--api-base", llm_server.url,
             "--out", str(out)),
@@ -86,7 +87,7 @@ def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
 @pytest.mark.slow
 def test_the_live_tree_paints_and_finishes_on_a_terminal(tmp_path: Path) -> None:
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "30",
-           "DWORKERS_MOCK_LATENCY": "0.3"}
+           "DWORKERS_MOCK_LATENCY": "0.3", "DWORKERS_HOME": str(tmp_path / "home")}
     env.pop("NO_COLOR", None)
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
