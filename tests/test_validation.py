@@ -47,7 +47,7 @@ def test_duplicate_step_id_names_both_lines() -> None:
           - step_id: gather
             name: B
         """) == [
-        "plan.yaml:5:16: duplicate step_id 'gather' (first defined at line 3) — give each step "
+        "plan.yaml:5:14: duplicate step_id 'gather' (first defined at line 3) — give each step "
         "a unique step_id"
     ]
 
@@ -76,7 +76,7 @@ def test_unknown_dependency_without_a_close_match() -> None:
             depends_on:
               - zzz
         """)
-    assert (problem.code, problem.line, problem.column) == ("unknown-dependency", 6, 11)
+    assert (problem.code, problem.line, problem.column) == ("unknown-dependency", 6, 9)
     assert problem.hint == "depends_on must name step_ids defined in this plan"
 
 
@@ -166,11 +166,11 @@ def test_unknown_worker_role_lists_the_valid_ones() -> None:
 @pytest.mark.parametrize(
     ("step_id", "column", "suggestion"),
     [
-        ("Gather Data", 16, "e.g. 'gather-data'"),
-        ("../etc/passwd", 16, "e.g. 'etc-passwd'"),
-        ("-leading", 16, "e.g. 'leading'"),
-        ("ünïcode", 16, "e.g. 'n-code'"),
-        ("x" * 101, 16, ""),
+        ("Gather Data", 14, "e.g. 'gather-data'"),
+        ("../etc/passwd", 14, "e.g. 'etc-passwd'"),
+        ("-leading", 14, "e.g. 'leading'"),
+        ("ünïcode", 14, "e.g. 'n-code'"),
+        ("x" * 101, 14, ""),
     ],
 )
 def test_step_ids_must_be_slugs(step_id: str, column: int, suggestion: str) -> None:
@@ -207,7 +207,7 @@ def test_plan_name_must_be_a_slug() -> None:
                                    "timeout_seconds must be a finite number (got nan)")),
         ("timeout_seconds: .inf", ("invalid-type", 5, 22,
                                    "timeout_seconds must be a finite number (got inf)")),
-        ("name: [x]", ("invalid-type", 5, 11, "name must be text (got a list)")),
+        ("description: [x]", ("invalid-type", 5, 18, "description must be text (got a list)")),
     ],
 )
 def test_step_values_are_checked(line: str, expected: tuple[str, int, int, str]) -> None:
@@ -217,7 +217,7 @@ def test_step_values_are_checked(line: str, expected: tuple[str, int, int, str])
           - step_id: a
             name: A
             {line}
-        """.replace("name: A\n    name: [x]", "name: [x]"))
+        """)
     assert (problem.code, problem.line, problem.column, problem.message) == expected
 
 
@@ -410,15 +410,15 @@ def test_every_problem_is_reported_in_one_pass_sorted_by_position() -> None:
     assert [(p.code, p.line, p.column) for p in found] == [
         ("invalid-plan-name", 1, 7),
         ("unknown-key", 2, 1),
-        ("invalid-step-id", 6, 16),
+        ("invalid-step-id", 6, 14),
         ("unknown-role", 8, 18),
         ("template-syntax", 9, 31),
-        ("unknown-dependency", 12, 19),
-        ("self-dependency", 12, 25),
+        ("unknown-dependency", 12, 18),
+        ("self-dependency", 12, 24),
         ("out-of-range", 13, 16),
-        ("duplicate-step-id", 14, 16),
+        ("duplicate-step-id", 14, 14),
         ("out-of-range", 16, 22),
-        ("dependency-cycle", 19, 19),
+        ("dependency-cycle", 19, 18),
         ("undeclared-input", 23, 23),
     ]
 
