@@ -46,7 +46,10 @@ def search_path(kind: Kind) -> list[Origin]:
     seen: set[Path] = set()
     unique: list[Origin] = []
     for origin in reversed(origins):  # keep the highest-precedence copy of a repeated directory
-        key = origin.directory.resolve()
+        try:
+            key = origin.directory.resolve()
+        except (OSError, RuntimeError):  # a symlink loop, an unreadable parent, ...
+            key = origin.directory.absolute()
         if key not in seen:
             seen.add(key)
             unique.append(origin)
@@ -123,6 +126,15 @@ class FileRegistry(Generic[T]):
         self._discover()
         return list(self._problems)
 
+    def _clash(self, item: T, path: Path, first: Path) -> Problem:
+        key = "id" if self.kind == "tenants" else "name"
+        source = getattr(item, "source", None)
+        line, column = source.at((key,)) if source is not None else (None, None)
+        return Problem(f"{self.noun} {key} {self._name_of(item)!r} is already used by "
+                       f"{first.name} in the same directory, so this file is ignored",
+                       f"give it another {key}, or remove one of the files", f"duplicate-{key}",
+                       str(path), line, column)
+
     def refresh(self) -> None:
         """Read the files again (e.g. after changing directory or the search path)."""
         self._discovered = False
@@ -133,13 +145,19 @@ class FileRegistry(Generic[T]):
         entries: dict[str, Entry[T]] = {}
         problems: list[Problem] = []
         for origin in search_path(self.kind):
+            here: dict[str, Path] = {}  # names defined in this directory
             for path in yaml_files(origin):
                 try:
                     item = self._load(path)
                 except ProblemsError as exc:
                     problems += exc.problems
                     continue
-                entries[self._name_of(item)] = Entry(item, origin.label, path)
+                name = self._name_of(item)
+                if name in here:  # two files of one directory: neither silently wins
+                    problems.append(self._clash(item, path, here[name]))
+                    continue
+                here[name] = path
+                entries[name] = Entry(item, origin.label, path)
         entries.update(self._registered)
         self._entries, self._problems, self._discovered = entries, problems, True
 

@@ -9,7 +9,12 @@ from dworkers.plans.base import BasePlan
 
 
 def looks_like_path(target: str) -> bool:
-    return target.endswith((".yaml", ".yml")) or "/" in target or Path(target).is_file()
+    if target.endswith((".yaml", ".yml")) or "/" in target or "\\" in target:
+        return True
+    try:
+        return Path(target).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte, ...
+        return False
 
 
 def resolve_plan(target: str) -> BasePlan:

@@ -157,7 +157,7 @@ def test_validate_an_unknown_name_suggests_one(cwd: Path) -> None:
         (b"name: a\nname: b\nsteps: []\n", "duplicate-key", 2, 1),
         (b"\x00\x01binary\xff\xfe", "not-utf8", 1, 9),
         (b"name: p\nsteps:\n  - {step_id: a, name: A, prompt_template: '{x:>999999999}'}\n",
-         "template-syntax", 3, 44),
+         "template-syntax", 3, 45),
         (b"a: " + b"[" * 5000 + b"]" * 5000, "too-large", 1, 1003),
         (b"", "empty-file", 1, 1),
     ],
@@ -178,6 +178,13 @@ def test_validate_a_missing_file_or_a_directory(cwd: Path) -> None:
     assert code == 2
     assert [(p["file"], p["code"]) for p in json.loads(out)] == [
         ("missing.yaml", "not-found"), ("folder.yaml", "not-a-file")]
+
+
+@pytest.mark.parametrize("command", ["validate", "show"])
+def test_a_name_too_long_for_the_file_system(cwd: Path, command: str) -> None:
+    code, out, err = invoke(command, "x" * 5000)
+    assert (code, out) == (2, "")
+    assert "no plan" in err
 
 
 def test_validate_in_a_real_process_exits_2_without_a_traceback(cwd: Path) -> None:
@@ -252,12 +259,13 @@ def test_plans_path_directories_in_order_of_precedence(
     write(second / "only-second.yaml", GOOD.replace("good-plan", "only-second"))
     monkeypatch.setenv("DWORKERS_PLANS_PATH", os.pathsep.join([str(first), str(second)]))
     code, out, _ = invoke("list", "--json")
+    assert code == 0
     plans = {p["name"]: p for p in json.loads(out)}
     assert plans["shared"]["path"] == str(first / "shared.yaml")  # earlier directory wins
     assert plans["only-second"]["path"] == str(second / "only-second.yaml")
     write(cwd / "plans" / "shared.yaml", GOOD.replace("good-plan", "shared"))
     plan_registry.refresh()
-    code, out, _ = invoke("list", "--json")
+    _, out, _ = invoke("list", "--json")
     plans = {p["name"]: p for p in json.loads(out)}
     assert plans["shared"]["source"] == os.path.join("plans", "shared.yaml")  # ./plans wins
 
@@ -272,6 +280,17 @@ def test_list_leaves_out_broken_files_and_says_why(cwd: Path) -> None:
     assert "3 problem(s) kept some plan files out of this list:" in err
     assert "plans/broken.yaml:5:18: unknown worker role 'analist'" in err
     assert "plans/garbage.yaml:1:1: file is not UTF-8 text" in err
+
+
+def test_two_files_of_one_directory_with_the_same_name(cwd: Path) -> None:
+    write(cwd / "plans" / "a.yaml", GOOD.replace("good-plan", "twin"))
+    write(cwd / "plans" / "b.yaml", GOOD.replace("good-plan", "twin"))
+    code, out, err = invoke("list", "--json")
+    assert code == 0
+    twin = next(p for p in json.loads(out) if p["name"] == "twin")
+    assert twin["path"] == str(cwd / "plans" / "a.yaml")
+    assert (f"{cwd / 'plans' / 'b.yaml'}:1:7: plan name 'twin' is already used by a.yaml in the "
+            "same directory, so this file is ignored") in err
 
 
 def test_tenants_are_discovered_the_same_way(cwd: Path, monkeypatch: pytest.MonkeyPatch,
@@ -338,9 +357,9 @@ def test_show_an_invalid_file_reports_its_problems(cwd: Path) -> None:
 
 
 def test_show_unknown_plan_or_format(cwd: Path) -> None:
-    code, _, err = invoke("show", "market-analisys")
-    assert code == 2
-    assert "market-analysis" in err
+    code, out, err = invoke("show", "market-analisys")
+    assert (code, out) == (2, "")
+    assert "no plan or run named 'market-analisys'" in err
     code, _, err = invoke("show", "market-analysis", "--format", "dot")
     assert code == 2
     assert "unknown format 'dot'" in err

@@ -114,7 +114,7 @@ def test_merge_keys_work_and_keep_positions() -> None:
             step_id: c
             depends_on: [a, b]
         """))
-    a, b, c = plan.steps
+    _, b, c = plan.steps
     assert (b.name, b.worker_role.value, b.retry_max) == ("A", "researcher", 2)
     assert (c.retry_max, c.timeout_seconds, c.depends_on) == (3, 5.0, ["a", "b"])
     assert plan.source is not None
@@ -521,8 +521,8 @@ def load_fuzzed(text: str) -> None:
 
 
 SOURCES = [path.read_text(encoding="utf-8") for path in BUILTIN_PLANS]
-YAMLISH = st.sampled_from(list("{}[]:-,&*!|>'\"#%@` \n\t?<=~.0123456789abcxyz\\")
-                          + ["<<", "---", "...", "!!", "step_id", "steps", "name", "\ud7ff"])
+YAMLISH = st.sampled_from([*"{}[]:-,&*!|>'\"#%@` \n\t?<=~.0123456789abcxyz\\",
+                           "<<", "---", "...", "!!", "step_id", "steps", "name", "\ud7ff"])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

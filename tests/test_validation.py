@@ -16,7 +16,7 @@ from dworkers.plans.base import BasePlan, InputSpec, PlanStep
 from dworkers.types import WorkerRole
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from validate_large import generate  # noqa: E402
+from validate_large import generate
 
 
 def problems(text: str) -> list[Problem]:
