@@ -136,8 +136,12 @@ def show(
             show_run(target, step, as_json=as_json)
         except DworkersError as exc:
             if step is None and not isinstance(exc, ProblemsError) and "no run" in str(exc):
-                _fail(DworkersError(f"no plan or run named {target!r} — run 'dworkers list' "
-                                    "for plans, 'dworkers runs' for runs"))
+                from dworkers.errors import did_you_mean, shown
+
+                guess = did_you_mean(target, plan_registry.names())
+                hint = (f"did you mean {guess!r}?" if guess else
+                        "run 'dworkers list' for plans, 'dworkers runs' for runs")
+                _fail(DworkersError(f"no plan or run named {shown(target)} — {hint}"))
             _fail(exc)
         return
     if output_format not in ("tree", "mermaid"):

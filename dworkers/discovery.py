@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, NamedTuple, TypeVar
 
 from dworkers.errors import NotFoundError, Problem, ProblemsError
 
@@ -22,8 +22,7 @@ MAX_FILES_PER_DIRECTORY = 1_000
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     """A directory to search and how ``dworkers list`` names it."""
 
     directory: Path

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
+# NamedTuples rather than dataclasses: this module is imported by every command, and a
+# dataclass costs about a millisecond to create at import time.
 
-@dataclass(frozen=True, slots=True)
-class Placeholder:
+
+class Placeholder(NamedTuple):
     name: str
     offset: int  # index of the opening brace in the template
 
 
-@dataclass(frozen=True, slots=True)
-class TemplateIssue:
+class TemplateIssue(NamedTuple):
     message: str
     hint: str
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedTemplate:
+class ParsedTemplate(NamedTuple):
     parts: tuple[str | Placeholder, ...]
     issues: tuple[TemplateIssue, ...]
 

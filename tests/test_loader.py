@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -582,3 +583,50 @@ def test_fuzz_tenants(text: str) -> None:
 def test_every_error_type_is_a_problems_error() -> None:
     assert issubclass(LoadError, ProblemsError)
     assert issubclass(PlanValidationError, ProblemsError)
+
+
+# --- the same values as yaml.safe_load ----------------------------------------------------------
+
+SCALARS = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.dates()
+)
+KEYS = st.text(max_size=10)
+DOCUMENTS = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@pytest.mark.parametrize("path", [*BUILTIN_PLANS, *BUILTIN_TENANTS], ids=lambda p: p.stem)
+def test_builtin_files_read_exactly_as_safe_load_reads_them(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert loader.read_yaml(path, text)[0] == yaml.safe_load(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(KEYS, DOCUMENTS, max_size=5), st.sampled_from([None, True, False]),
+       st.booleans())
+def test_read_yaml_agrees_with_safe_load(data: dict[str, object], flow: bool | None,
+                                         aliased: bool) -> None:
+    if aliased and data:  # the same object twice: safe_dump writes an anchor and an alias
+        data = {**data, "again": next(iter(data.values())), "list": list(data.values())}
+    text = yaml.safe_dump(data, default_flow_style=flow, allow_unicode=True, sort_keys=False)
+    expected = yaml.safe_load(text)
+    try:
+        assert loader.read_yaml("x.yaml", text)[0] == expected
+    except LoadError as exc:  # only the limits this loader adds may refuse what safe_load reads
+        assert exc.problems[0].code == "too-large", exc.problems[0].render()
+
+
+def test_merge_keys_agree_with_safe_load() -> None:
+    text = textwrap.dedent("""\
+        base: &b {x: 1, y: 2}
+        other: &o {y: 3, z: 4}
+        one: {<<: *b, x: 9}
+        two: {<<: [*b, *o], w: 0}
+        three:
+          <<: *o
+        """)
+    assert loader.read_yaml("m.yaml", text)[0] == yaml.safe_load(text)
