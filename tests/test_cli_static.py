@@ -359,7 +359,7 @@ def test_show_an_invalid_file_reports_its_problems(cwd: Path) -> None:
 def test_show_unknown_plan_or_format(cwd: Path) -> None:
     code, out, err = invoke("show", "market-analisys")
     assert (code, out) == (2, "")
-    assert "no plan or run named 'market-analisys'" in err
+    assert "no plan or run named 'market-analisys' — did you mean 'market-analysis'?" in err
     code, _, err = invoke("show", "market-analysis", "--format", "dot")
     assert code == 2
     assert "unknown format 'dot'" in err
