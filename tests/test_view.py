@@ -23,6 +23,7 @@ from dworkers.events import (
     StepStatus,
 )
 from dworkers.state import Phase, RunState
+from dworkers.view import live as live_view
 
 
 class FakeClock:
@@ -471,7 +472,7 @@ def test_live_view_callback_only_updates_state(monkeypatch: pytest.MonkeyPatch) 
         calls.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(view, "run_tree", counting)
+    monkeypatch.setattr(live_view, "run_tree", counting)
     live = view.LiveView(Console(file=io.StringIO(), force_terminal=True), now=FakeClock())
     for event in script():
         live(event)

@@ -1,20 +1,16 @@
-"""The only module that imports rich: how plans, problems and runs look on a terminal.
-
-Functions here take plain data (plans, problems, run state) and draw it; none of them schedules
-or changes anything. A run is shown by a view used as the engine's ``on_event`` callback:
-``LiveView`` (the live tree, on a terminal) or ``LineView`` (one line per state change, for pipes,
-logs and ``--quiet``); ``make_view`` picks one, and ``print_summary`` ends the run.
+"""The live run display: the tree redrawn while a plan runs, one line per change elsewhere, the
+summary at the end. Views are the engine's ``on_event`` callbacks: ``LiveView`` (the live tree,
+on a terminal) or ``LineView`` (pipes, logs and ``--quiet``); ``make_view`` picks one, and
+``print_summary`` ends the run. They draw ``RunState``; none of them schedules anything.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -22,7 +18,6 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
-from dworkers.errors import Problem
 from dworkers.events import Event, RunResult, RunStarted, StepFinished, StepInfo, StepStatus
 from dworkers.state import (
     Clock,
@@ -36,118 +31,10 @@ from dworkers.state import (
     one_line,
     plural,
 )
+from dworkers.view import console
 
 if TYPE_CHECKING:
-    from dworkers.discovery import Entry
     from dworkers.history import RunRecord, StepRecord
-    from dworkers.plans.base import BasePlan
-
-
-def console(*, stderr: bool = True, width: int | None = None) -> Console:
-    """A console for human output (stderr by default); rich honours NO_COLOR and TERM=dumb."""
-    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
-
-
-def print_problems(out: Console, problems: Iterable[Problem]) -> None:
-    for problem in problems:
-        line = Text()
-        line.append(problem.location, style="bold")
-        line.append(": ")
-        line.append(problem.message, style="red")
-        if problem.hint:
-            line.append(" — ")
-            line.append(problem.hint, style="cyan")
-        out.print(line, soft_wrap=True)
-
-
-def print_error(out: Console, message: str) -> None:
-    out.print(Text.assemble(("error", "bold red"), ": ", message), soft_wrap=True)
-
-
-def print_ok(out: Console, message: str) -> None:
-    out.print(Text.assemble(("✓ ", "green"), message), soft_wrap=True)
-
-
-def plan_table(entries: Sequence[Entry[BasePlan]], width: int) -> Text:
-    """One line per plan; the description takes what is left of the width and is cut with '…'."""
-    rows = [
-        (
-            entry.item.name,
-            str(len(entry.item.steps)),
-            ", ".join(entry.item.required_inputs()) or "-",
-            source_label(entry),
-            entry.item.description,
-        )
-        for entry in entries
-    ]
-    header = ("PLAN", "STEPS", "INPUTS", "SOURCE", "DESCRIPTION")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    widths[2] = min(widths[2], 28)
-    widths[3] = min(widths[3], 36)
-    text = Text(no_wrap=True, overflow="ellipsis")
-    for n, row in enumerate([header, *rows]):
-        cells = [_fit(row[i], widths[i]) for i in range(4)]
-        cells[1] = cells[1].rjust(widths[1])
-        line = "  ".join(cells) + "  "
-        line += _fit(row[4], max(width - len(line), 10))
-        text.append(line.rstrip() + "\n", style="bold" if n == 0 else "")
-    text.rstrip()
-    return text
-
-
-def _fit(value: str, width: int) -> str:
-    return value.ljust(width) if len(value) <= width else value[: width - 1] + "…"
-
-
-def source_label(entry: Entry[Any]) -> str:
-    if entry.path is None or entry.origin == "built-in":
-        return entry.origin
-    try:
-        return str(entry.path.relative_to(os.getcwd()))
-    except ValueError:
-        return str(entry.path)
-
-
-def plan_tree(plan: BasePlan) -> Tree:
-    """The plan as a tree: steps in dependency order with role and what each waits for."""
-    from dworkers import dag
-
-    required = plan.required_inputs()
-    root = Tree(
-        Text.assemble(
-            (plan.name, "bold"),
-            f" — {plan.description}" if plan.description else "",
-            ("\ninputs: " + (", ".join(required) or "none"), "dim"),
-        )
-    )
-    for step_id in dag.topological_order(plan.graph):
-        step = plan.get_step(step_id)
-        assert step is not None
-        label = Text.assemble((step.step_id, "bold"), "  ", (step.worker_role.value, "magenta"))
-        if step.depends_on:
-            label.append("  ← " + ", ".join(step.depends_on), style="dim")
-        root.add(label)
-    return root
-
-
-def mermaid(plan: BasePlan) -> str:
-    """The DAG in Mermaid flowchart syntax (labels quoted so any name is safe)."""
-    lines = ["flowchart TD"]
-    for step in plan.steps:
-        label = f"{step.name} ({step.worker_role.value})".replace('"', "'")
-        lines.append(f'    {_mermaid_id(step.step_id)}["{label}"]')
-    for step in plan.steps:
-        for dep in step.depends_on:
-            lines.append(f"    {_mermaid_id(dep)} --> {_mermaid_id(step.step_id)}")
-    return "\n".join(lines)
-
-
-def _mermaid_id(step_id: str) -> str:
-    return "s_" + step_id.replace("-", "_")
-
-
-def is_interactive(out: Console) -> bool:
-    return out.is_terminal and not out.is_dumb_terminal and sys.stderr.isatty()
 
 
 # --- the live run tree -----------------------------------------------------------------------
@@ -670,28 +557,6 @@ def make_view(interactive: bool, quiet: bool, console: Console | None = None) ->
     if interactive:
         return LiveView(console)
     return LineView(console)
-
-
-def runs_table(records: Sequence[RunRecord], width: int) -> Text:
-    """Recent runs, newest first, one line each; the inputs column takes what is left."""
-    rows = []
-    for record in records:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at))
-        steps = f"{record.counts.get('succeeded', 0)}/{record.counts.get('total', 0)}"
-        duration = f"{(record.duration_ms or 0) / 1000:.1f}s"
-        inputs = " ".join(f"{k}={' '.join(v.split())}" for k, v in record.inputs.items())
-        rows.append((record.run_id, record.plan, record.status, steps, when, duration,
-                     f"${record.cost_usd:.4f}", inputs))
-    header = ("RUN", "PLAN", "STATUS", "OK", "STARTED", "TIME", "COST", "INPUTS")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(7)]
-    text = Text(no_wrap=True, overflow="ellipsis")
-    for n, row in enumerate([header, *rows]):
-        line = "  ".join(_fit(row[i], widths[i]) for i in range(7)) + "  "
-        line += _fit(row[7], max(width - len(line), 10))
-        style = "bold" if n == 0 else {"failed": "red", "interrupted": "yellow"}.get(row[2], "")
-        text.append(line.rstrip() + "\n", style=style)
-    text.rstrip()
-    return text
 
 
 def recorded_run(record: RunRecord, steps: Sequence[StepRecord], width: int) -> Tree:
