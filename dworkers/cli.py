@@ -54,29 +54,28 @@ def list_plans(
 ) -> None:
     """List the plans you can run (built-in, ./plans and DWORKERS_PLANS_PATH)."""
     from dworkers import view
-    from dworkers.plans.registry import plan_registry
+    from dworkers.catalog import plan_catalog
 
-    entries = plan_registry.entries()
-    problems = plan_registry.problems
+    plans, problems = plan_catalog()
     if as_json:
         _emit_json(
             [
                 {
-                    "name": e.item.name,
-                    "steps": len(e.item.steps),
-                    "required_inputs": e.item.required_inputs(),
-                    "description": e.item.description,
-                    "source": view.source_label(e),
-                    "path": str(e.path) if e.path else None,
+                    "name": p.name,
+                    "steps": p.steps,
+                    "required_inputs": p.required_inputs,
+                    "description": p.description,
+                    "source": view.source_label(p.origin, p.path),
+                    "path": p.path,
                 }
-                for e in entries
+                for p in plans
             ]
         )
     else:
         out = view.console(stderr=False)
         # Cut descriptions to fit a terminal; a pipe gets whole lines.
         width = out.width if out.is_terminal else 100_000
-        out.print(view.plan_table(entries, width), soft_wrap=True)
+        out.print(view.plan_table(plans, width), soft_wrap=True)
     if problems:
         out = view.console()
         out.print(f"\n{len(problems)} problem(s) kept some plan files out of this list:")

@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
+from dworkers.files import data_dir
 from dworkers.llm import MockClient
 from dworkers.plans.base import BasePlan
 
@@ -120,24 +120,8 @@ def schema_version() -> int:
 
 
 def history_path() -> Path:
-    """``$DWORKERS_HOME/history.db``, else ``history.db`` in the user data directory."""
-    home = os.environ.get("DWORKERS_HOME")
-    if home:
-        return Path(home).expanduser() / "history.db"
+    """``history.db`` in ``$DWORKERS_HOME``, else in the user data directory."""
     return data_dir() / "history.db"
-
-
-def data_dir() -> Path:
-    """The platform's per-user data directory for dworkers."""
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "dworkers"
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA")
-        return (Path(base) if base else Path.home() / "AppData" / "Local") / "dworkers"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative paths
-        return Path(xdg) / "dworkers"
-    return Path.home() / ".local" / "share" / "dworkers"
 
 
 # --- records ------------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ the previous or the new version of a file, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,21 +21,10 @@ from dworkers.events import (
     StepResult,
     StepStatus,
 )
+from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
 
 RUN_JSON_INTERVAL = 0.5  # seconds between rewrites of run.json while steps finish
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunWriter:

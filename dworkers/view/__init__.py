@@ -22,7 +22,7 @@ from rich.tree import Tree
 from dworkers.errors import Problem
 
 if TYPE_CHECKING:
-    from dworkers.discovery import Entry
+    from dworkers.catalog import PlanSummary
     from dworkers.history import RunRecord
     from dworkers.plans.base import BasePlan
     from dworkers.view.live import (
@@ -74,17 +74,17 @@ def print_ok(out: Console, message: str) -> None:
     out.print(Text.assemble(("✓ ", "green"), message), soft_wrap=True)
 
 
-def plan_table(entries: Sequence[Entry[BasePlan]], width: int) -> Text:
+def plan_table(plans: Sequence[PlanSummary], width: int) -> Text:
     """One line per plan; the description takes what is left of the width and is cut with '…'."""
     rows = [
         (
-            entry.item.name,
-            str(len(entry.item.steps)),
-            ", ".join(entry.item.required_inputs()) or "-",
-            source_label(entry),
-            entry.item.description,
+            plan.name,
+            str(plan.steps),
+            ", ".join(plan.required_inputs) or "-",
+            source_label(plan.origin, plan.path),
+            plan.description,
         )
-        for entry in entries
+        for plan in plans
     ]
     header = ("PLAN", "STEPS", "INPUTS", "SOURCE", "DESCRIPTION")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
@@ -93,7 +93,7 @@ def plan_table(entries: Sequence[Entry[BasePlan]], width: int) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     for n, row in enumerate([header, *rows]):
         cells = [_fit(row[i], widths[i]) for i in range(4)]
-        cells[1] = cells[1].rjust(widths[1])
+        cells[1] = row[1].rjust(widths[1])
         line = "  ".join(cells) + "  "
         line += _fit(row[4], max(width - len(line), 10))
         text.append(line.rstrip() + "\n", style="bold" if n == 0 else "")
@@ -105,13 +105,14 @@ def _fit(value: str, width: int) -> str:
     return value.ljust(width) if len(value) <= width else value[: width - 1] + "…"
 
 
-def source_label(entry: Entry[Any]) -> str:
-    if entry.path is None or entry.origin == "built-in":
-        return entry.origin
+def source_label(origin: str, path: str | os.PathLike[str] | None) -> str:
+    """Where a plan came from: "built-in", or its file relative to the current directory."""
+    if path is None or origin == "built-in":
+        return origin
     try:
-        return str(entry.path.relative_to(os.getcwd()))
-    except ValueError:
-        return str(entry.path)
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
 
 
 def plan_tree(plan: BasePlan) -> Tree:
