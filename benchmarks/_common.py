@@ -15,7 +15,7 @@ from fake_llm_server import FakeLLMServer  # noqa: E402
 
 from dworkers.plans.base import BasePlan, PlanStep  # noqa: E402
 
-__all__ = ["FakeLLMServer", "layered_dag", "plan_from_graph"]
+__all__ = ["ROOT", "FakeLLMServer", "layered_dag", "plan_from_graph"]
 
 
 def layered_dag(steps: int, seed: int, width: int = 5) -> dict[str, list[str]]:

@@ -731,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--content", default=None, help="fixed reply text for every request")
     parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    parser.add_argument("--rules", default=None,
+                        help="JSON file: a list of add_rule() keyword arguments, in order")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -743,6 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     server = FakeLLMServer(
         latency=args.latency, chunk_delay=args.chunk_delay, port=args.port, verbose=args.verbose
     )
+    if args.rules is not None:
+        with open(args.rules, encoding="utf-8") as handle:
+            for rule in json.load(handle):
+                server.add_rule(**rule)
     if args.content is not None:
         server.add_rule(content=args.content)
     with server:
