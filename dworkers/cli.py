@@ -50,10 +50,17 @@ def _fail(error: DworkersError) -> NoReturn:
 
 @app.command("list")
 def list_plans(
+    tenants: Annotated[
+        bool, typer.Option("--tenants", help="List tenants instead of plans.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List the plans you can run (built-in, ./plans and DWORKERS_PLANS_PATH)."""
     from dworkers import view
+
+    if tenants:
+        list_tenants(as_json=as_json)
+        return
     from dworkers.catalog import plan_catalog
 
     plans, problems = plan_catalog()
@@ -80,6 +87,30 @@ def list_plans(
         out = view.console()
         out.print(f"\n{len(problems)} problem(s) kept some plan files out of this list:")
         view.print_problems(out, problems)
+
+
+def list_tenants(*, as_json: bool) -> None:
+    from dworkers import view
+    from dworkers.tenants.registry import tenant_registry
+
+    entries = tenant_registry.entries()
+    rows = [
+        {
+            "id": e.item.id,
+            "name": e.item.display_name,
+            "default_model": e.item.models.default,
+            "source": view.source_label(e.origin, e.path),
+            "path": str(e.path) if e.path else None,
+        }
+        for e in entries
+    ]
+    if as_json:
+        _emit_json(rows)
+    else:
+        out = view.console(stderr=False)
+        out.print(view.tenant_table(rows), soft_wrap=True)
+    if tenant_registry.problems:
+        view.print_problems(view.console(), tenant_registry.problems)
 
 
 @app.command()

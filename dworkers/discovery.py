@@ -113,8 +113,9 @@ class FileRegistry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            command = "dworkers list --tenants" if self.kind == "tenants" else "dworkers list"
             raise NotFoundError(self.noun, name, list(self._entries),
-                                f"run 'dworkers list' to see the {self.kind}") from None
+                                f"run '{command}' to see the {self.kind}") from None
 
     def entries(self) -> list[Entry[T]]:
         self._discover()

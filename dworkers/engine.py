@@ -45,7 +45,7 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
-from dworkers.llm import LLMClient, LLMRequest, Message
+from dworkers.llm import LLMClient, LLMRequest, Message, MockClient
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.tenants.config import TenantConfig
 from dworkers.types import WorkerRole
@@ -191,6 +191,18 @@ class Engine:
                 deps.append((dep, outputs.get(dep_id, "")))
         return prompts.messages(self.plan, step, self.tenant, inputs, deps)
 
+    def describe(self, run_id: str, at: float | None = None) -> RunStarted:
+        """The ``RunStarted`` event for this plan: a view can paint it before the run starts.
+        Offline runs show the mock client's name rather than a model nobody calls."""
+        offline = isinstance(self.client, MockClient)
+        return RunStarted(
+            run_id, self.plan.name, self.tenant.id,
+            tuple(StepInfo(s.step_id, s.name, s.worker_role.value,
+                           MockClient.model_name if offline else self.model_for(s),
+                           tuple(s.depends_on)) for s in self.plan.steps),
+            time.monotonic() if at is None else at,
+        )
+
     def schedule(self) -> list[list[str]]:
         """Which steps start together when every step takes the same time."""
         return dag.levels(self.plan.graph)
@@ -246,12 +258,7 @@ class _Run:
 
     async def execute(self) -> RunResult:
         t0 = time.monotonic()
-        self.emit(RunStarted(
-            self.result.run_id, self.plan.name, self.engine.tenant.id,
-            tuple(StepInfo(s.step_id, s.name, s.worker_role.value, self.engine.model_for(s),
-                           tuple(s.depends_on)) for s in self.plan.steps),
-            t0,
-        ))
+        self.emit(self.engine.describe(self.result.run_id, t0))
         try:
             for sid in self.graph:
                 if not self.waiting_on[sid]:

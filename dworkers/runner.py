@@ -16,7 +16,7 @@ from typing import Any
 
 from dworkers.engine import Engine, RunOptions, new_run_id
 from dworkers.errors import DworkersError, InputError, Problem
-from dworkers.events import Event, RunResult, RunStarted, StepInfo
+from dworkers.events import Event, RunResult
 from dworkers.plans.base import BasePlan
 from dworkers.tenants.config import TenantConfig
 
@@ -85,18 +85,6 @@ def resolve_tenant(name: str) -> TenantConfig:
     if looks_like_path(name):
         return loader.load_tenant(name)
     return tenant_registry.get(name)
-
-
-def announce(engine: Engine, run_id: str) -> RunStarted:
-    """The event that describes a run before it starts, so a view can paint at once."""
-    import time
-
-    return RunStarted(
-        run_id, engine.plan.name, engine.tenant.id,
-        tuple(StepInfo(s.step_id, s.name, s.worker_role.value, engine.model_for(s),
-                       tuple(s.depends_on)) for s in engine.plan.steps),
-        time.monotonic(),
-    )
 
 
 def execute(request: RunRequest) -> int:
@@ -187,7 +175,7 @@ def execute(request: RunRequest) -> int:
 
     engine.on_event = fan_out
 
-    display.prepare(announce(engine, run_id))  # the tree paints the moment the view opens
+    display.prepare(engine.describe(run_id))  # the tree paints the moment the view opens
 
     async def main() -> RunResult:
         with display:

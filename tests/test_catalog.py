@@ -102,3 +102,16 @@ def test_a_warm_list_reads_no_yaml_and_builds_no_models(project: Path) -> None:
                               capture_output=True, text=True, timeout=60, check=True)
     assert "HEAVY []" in done.stderr
     assert "compliance-audit" in [p["name"] for p in json.loads(done.stdout)]
+
+
+def test_list_tenants_shows_each_tenant_and_its_default_model(project: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dworkers.cli import app
+
+    result = CliRunner().invoke(app, ["list", "--tenants", "--json"])
+    assert result.exit_code == 0
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    assert rows["acme-corp"]["name"] == "ACME Corp"
+    assert rows["default"]["default_model"] == "openai/gpt-4o-mini"
+    assert rows["default"]["source"] == "built-in"

@@ -101,6 +101,18 @@ def plan_table(plans: Sequence[PlanSummary], width: int) -> Text:
     return text
 
 
+def tenant_table(rows: Sequence[dict[str, Any]]) -> Text:
+    header = {"id": "TENANT", "name": "NAME", "default_model": "DEFAULT MODEL", "source": "SOURCE"}
+    keys = list(header)
+    widths = {k: max(len(str(row[k])) for row in [header, *rows]) for k in keys}
+    text = Text(no_wrap=True)
+    for n, row in enumerate([header, *rows]):
+        line = "  ".join(str(row[k]).ljust(widths[k]) for k in keys).rstrip()
+        text.append(line + "\n", style="bold" if n == 0 else "")
+    text.rstrip()
+    return text
+
+
 def _fit(value: str, width: int) -> str:
     return value.ljust(width) if len(value) <= width else value[: width - 1] + "…"
 
