@@ -111,6 +111,16 @@ def parse(template: str) -> ParsedTemplate:
     return ParsedTemplate(tuple(parts), tuple(issues))
 
 
+_PLAIN_NAME = "use a plain input name such as {base} and pass the value you need"
+_FORMAT_FIRST = "write {base} and format the value before passing it"
+_UNSUPPORTED = (  # (mark, what the placeholder does, how to fix it)
+    (".", "uses attribute access", _PLAIN_NAME),
+    ("[", "uses index access", _PLAIN_NAME),
+    ("!", "has a conversion", _FORMAT_FIRST),
+    (":", "has a format spec", _FORMAT_FIRST),
+)
+
+
 def _field_issue(field: str, offset: int) -> TemplateIssue | None:
     text = "{" + (field if len(field) <= 40 else field[:37] + "...") + "}"
     if not field.strip():
@@ -119,20 +129,12 @@ def _field_issue(field: str, offset: int) -> TemplateIssue | None:
             "name the input, e.g. {brief}, or write '{{}}' for literal braces",
             offset,
         )
-    for mark, what in ((".", "attribute access"), ("[", "index access")):
+    for mark, what, fix in _UNSUPPORTED:
         if mark in field:
             base = _base_name(field, mark)
             return TemplateIssue(
-                f"placeholder {text} uses {what}, which templates do not support",
-                f"use a plain input name such as {{{base}}} and pass the value you need",
-                offset,
-            )
-    for mark, what in (("!", "a conversion"), (":", "a format spec")):
-        if mark in field:
-            base = _base_name(field, mark)
-            return TemplateIssue(
-                f"placeholder {text} has {what}, which templates do not support",
-                f"write {{{base}}} and format the value before passing it",
+                f"placeholder {text} {what}, which templates do not support",
+                fix.format(base="{" + base + "}"),
                 offset,
             )
     if not _IDENTIFIER.match(field):
