@@ -113,6 +113,13 @@ class Engine:
     def model_for(self, step: PlanStep) -> str:
         return self.options.model or self.tenant.model_for(step.worker_role)
 
+    def shown_model(self, step: PlanStep) -> str:
+        """The model a user is told answers the step: offline runs name the mock client rather
+        than a model nobody calls."""
+        if isinstance(self.client, MockClient):
+            return MockClient.model_name
+        return self.model_for(step)
+
     @property
     def api_base(self) -> str | None:
         return self.options.api_base or self.tenant.api_base
@@ -193,12 +200,10 @@ class Engine:
 
     def describe(self, run_id: str, at: float | None = None) -> RunStarted:
         """The ``RunStarted`` event for this plan: a view can paint it before the run starts.
-        Offline runs show the mock client's name rather than a model nobody calls."""
-        offline = isinstance(self.client, MockClient)
+        """
         return RunStarted(
             run_id, self.plan.name, self.tenant.id,
-            tuple(StepInfo(s.step_id, s.name, s.worker_role.value,
-                           MockClient.model_name if offline else self.model_for(s),
+            tuple(StepInfo(s.step_id, s.name, s.worker_role.value, self.shown_model(s),
                            tuple(s.depends_on)) for s in self.plan.steps),
             time.monotonic() if at is None else at,
         )
@@ -378,7 +383,8 @@ class _Run:
             failures = rate_limits = 0
             while True:
                 attempt = self.attempts[step.step_id] = self.attempts.get(step.step_id, 0) + 1
-                self.emit(StepStarted(step.step_id, attempt, model, time.monotonic(),
+                self.emit(StepStarted(step.step_id, attempt, engine.shown_model(step),
+                                      time.monotonic(),
                                       tuple(messages) if attempt == 1 else ()))
                 error = await self.one_attempt(step, request, timeout, key)
                 if isinstance(error, StepResult):
