@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -84,11 +85,12 @@ def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
     assert llm_server.wait_idle(timeout=5)  # the hung connection was closed, not left open
 
 
-@pytest.mark.slow
-def test_the_live_tree_paints_and_finishes_on_a_terminal(tmp_path: Path) -> None:
+def run_on_terminal(tmp_path: Path, **extra_env: str) -> tuple[int, str]:
+    """Run a mock plan on a pseudo-terminal; return its exit code and everything it drew."""
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "30",
            "DWORKERS_MOCK_LATENCY": "0.3", "DWORKERS_HOME": str(tmp_path / "home")}
     env.pop("NO_COLOR", None)
+    env.update(extra_env)
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
         cli("run", "compliance-audit", "--mock", "-i", "brief=SOX", "--out", str(tmp_path)),
@@ -117,12 +119,25 @@ def test_the_live_tree_paints_and_finishes_on_a_terminal(tmp_path: Path) -> None
             proc.kill()
             proc.wait(timeout=10)
         os.close(primary)
+    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
 
-    screen = b"".join(chunks).decode("utf-8", "replace")
-    assert proc.returncode == 0, screen[-2000:]
+
+@pytest.mark.slow
+def test_the_live_tree_paints_and_finishes_on_a_terminal(tmp_path: Path) -> None:
+    code, screen = run_on_terminal(tmp_path)
+    assert code == 0, screen[-2000:]
     assert "\x1b[" in screen  # drawn with cursor control, i.e. a live display
     for step_id in ("scope-audit", "research-regulations", "analyze-gaps", "remediation-plan",
                     "executive-briefing"):
         assert step_id in screen
     assert "compliance-audit" in screen
     assert "5 succeeded" in screen
+    assert re.search(r"\x1b\[3[0-9]m", screen)  # coloured status icons
+
+
+@pytest.mark.slow
+def test_no_color_keeps_the_live_tree_but_drops_colours(tmp_path: Path) -> None:
+    code, screen = run_on_terminal(tmp_path, NO_COLOR="1")
+    assert code == 0, screen[-2000:]
+    assert "5 succeeded" in screen
+    assert not re.search(r"\x1b\[[0-9;]*3[0-9]m", screen)
