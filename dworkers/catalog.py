@@ -35,7 +35,10 @@ class PlanSummary:
 
 
 def plan_catalog() -> tuple[list[PlanSummary], list[Problem]]:
-    """Every discoverable plan (sorted by name) and the problems of files that failed to load."""
+    """Every plan that can be run by name (sorted by name) and the problems of files that failed
+    to load. Like the registry, it leaves out a plan hidden by a broken file of equal or higher
+    precedence (a broken ``./plans/compliance-audit.yaml`` hides the built-in one): that file's
+    problems are listed instead."""
     signature = _signature()
     cache = data_dir() / CACHE_NAME
     cached = _read(cache, signature)

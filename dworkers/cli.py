@@ -6,8 +6,10 @@ Heavy modules (litellm, the engine) are imported inside the commands that need t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -322,6 +324,11 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    finally:
+        # The command is over and its files are written: a late Ctrl-C (the second of two
+        # quick presses) must not kill the interpreter while it shuts down.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@
    an earlier directory wins over a later one);
 3. ``./plans`` / ``./tenants`` in the current directory, which win over everything else, so a
    project can override a built-in by giving its own file the same name.
+
+A file that fails to load is never silently skipped when it is the one asked for: looking up a
+name that such a file could define (its file stem, or the ``name:`` / ``id:`` it declares) raises
+``BrokenFileError`` with the file's problems, unless a file of higher precedence (or Python)
+defines that name. A broken ``./plans/compliance-audit.yaml`` thus stops ``run compliance-audit``
+instead of quietly running the built-in plan.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from dworkers.errors import NotFoundError, Problem, ProblemsError
+
+if TYPE_CHECKING:
+    from dworkers.types import SourceMap
 
 Kind = Literal["plans", "tenants"]
 _ENV = {"plans": "DWORKERS_PLANS_PATH", "tenants": "DWORKERS_TENANTS_PATH"}
@@ -66,11 +75,32 @@ def yaml_files(origin: Origin) -> list[Path]:
     return files[:MAX_FILES_PER_DIRECTORY]
 
 
+class BrokenFileError(ProblemsError):
+    """A name was looked up, and the file that would define it failed to load.
+
+    Carries that file's located problems, so the user sees what to fix rather than a
+    lower-precedence copy of the same name being used, or "not found".
+    """
+
+    def __init__(self, noun: str, name: str, path: Path, problems: list[Problem]) -> None:
+        self.noun, self.name, self.path = noun, name, path
+        super().__init__(problems)
+
+
+class _Broken(NamedTuple):
+    """A file that failed to load, with the precedence of its directory (higher wins)."""
+
+    rank: int
+    path: Path
+    problems: list[Problem]
+
+
 class FileRegistry(Generic[T]):
     """Objects by name: those registered from Python, over those discovered from files.
 
     Files are read on first use, so importing dworkers costs nothing. A file that fails to load
-    is left out and its problems are kept in ``problems`` for ``dworkers list`` to show.
+    is left out and its problems are kept in ``problems`` for ``dworkers list`` to show; looking
+    up a name it could define raises ``BrokenFileError`` (see the module's docstring).
     """
 
     kind: Kind
@@ -80,13 +110,26 @@ class FileRegistry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._registered: dict[str, Entry[T]] = {}
         self._problems: list[Problem] = []
+        self._ranks: dict[str, int] = {}  # name -> precedence of the directory it came from
+        self._broken: dict[str, _Broken] = {}  # name -> the failed file that may define it
         self._discovered = False
+
+    @property
+    def _key(self) -> str:
+        """The top-level key that names an item in its file."""
+        return "id" if self.kind == "tenants" else "name"
 
     def _name_of(self, item: T) -> str:
         raise NotImplementedError
 
-    def _load(self, path: Path) -> T:
+    def _from_data(self, data: Any, source: SourceMap) -> T:
+        """A validated item from a file's loaded values; raises ``ProblemsError``."""
         raise NotImplementedError
+
+    def _read(self, path: Path) -> tuple[Any, SourceMap]:
+        from dworkers import loader  # YAML is only needed once plans or tenants are asked for
+
+        return loader.read_yaml(path)
 
     def register(self, item: T) -> T:
         entry = Entry(item, "python")
@@ -101,15 +144,21 @@ class FileRegistry(Generic[T]):
         return self.entry(name).item
 
     def has(self, name: str) -> bool:
+        """Whether ``name`` is defined, or claimed by a file that failed to load (so ``entry``
+        raises its problems rather than ``NotFoundError``)."""
         self._discover()
-        return name in self._entries
+        return name in self._entries or name in self._broken
 
     def names(self) -> list[str]:
+        """The names that can be used: not those hidden by a broken file of higher precedence."""
         self._discover()
-        return sorted(self._entries)
+        return sorted(name for name in self._entries if self._blocker(name) is None)
 
     def entry(self, name: str) -> Entry[T]:
         self._discover()
+        broken = self._blocker(name)
+        if broken is not None:
+            raise BrokenFileError(self.noun, name, broken.path, broken.problems)
         try:
             return self._entries[name]
         except KeyError:
@@ -118,8 +167,20 @@ class FileRegistry(Generic[T]):
                                 f"run '{command}' to see the {self.kind}") from None
 
     def entries(self) -> list[Entry[T]]:
-        self._discover()
-        return [self._entries[name] for name in sorted(self._entries)]
+        """Every usable entry by name (as ``names``)."""
+        return [self._entries[name] for name in self.names()]
+
+    def _blocker(self, name: str) -> _Broken | None:
+        """The failed file that ``name`` may mean, if no entry of higher precedence defines it."""
+        broken = self._broken.get(name)
+        if broken is None:
+            return None
+        entry = self._entries.get(name)
+        if entry is None:
+            return broken
+        if entry.origin == "python":  # registered from Python: wins over every file
+            return None
+        return broken if broken.rank >= self._ranks.get(name, -1) else None
 
     @property
     def problems(self) -> list[Problem]:
@@ -127,7 +188,7 @@ class FileRegistry(Generic[T]):
         return list(self._problems)
 
     def _clash(self, item: T, path: Path, first: Path) -> Problem:
-        key = "id" if self.kind == "tenants" else "name"
+        key = self._key
         source = getattr(item, "source", None)
         line, column = source.at((key,)) if source is not None else (None, None)
         return Problem(f"{self.noun} {key} {self._name_of(item)!r} is already used by "
@@ -143,14 +204,23 @@ class FileRegistry(Generic[T]):
         if self._discovered:
             return
         entries: dict[str, Entry[T]] = {}
+        ranks: dict[str, int] = {}
+        broken: dict[str, _Broken] = {}
         problems: list[Problem] = []
-        for origin in search_path(self.kind):
+        for rank, origin in enumerate(search_path(self.kind)):  # lowest precedence first
             here: dict[str, Path] = {}  # names defined in this directory
             for path in yaml_files(origin):
+                data: Any = None
                 try:
-                    item = self._load(path)
+                    data, source = self._read(path)
+                    item = self._from_data(data, source)
                 except ProblemsError as exc:
                     problems += exc.problems
+                    failed = _Broken(rank, path, exc.problems)
+                    for name in self._meant_by(path, data):
+                        # A later directory wins; within one, the first file in name order.
+                        if name not in broken or broken[name].rank < rank:
+                            broken[name] = failed
                     continue
                 name = self._name_of(item)
                 if name in here:  # two files of one directory: neither silently wins
@@ -158,8 +228,19 @@ class FileRegistry(Generic[T]):
                     continue
                 here[name] = path
                 entries[name] = Entry(item, origin.label, path)
+                ranks[name] = rank
         entries.update(self._registered)
-        self._entries, self._problems, self._discovered = entries, problems, True
+        self._entries, self._ranks, self._broken = entries, ranks, broken
+        self._problems, self._discovered = problems, True
+
+    def _meant_by(self, path: Path, data: Any) -> set[str]:
+        """The names a failed file may define: its stem, and the name it declares if it got as
+        far as being parsed."""
+        names = {path.stem}
+        declared = data.get(self._key) if isinstance(data, dict) else None
+        if isinstance(declared, str) and declared:
+            names.add(declared)
+        return names
 
 
 @dataclass(slots=True)

@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from dworkers import dag, prompts
 from dworkers.errors import (
@@ -47,7 +49,7 @@ from dworkers.events import (
 )
 from dworkers.llm import LLMClient, LLMRequest, Message, MockClient
 from dworkers.plans.base import BasePlan, PlanStep
-from dworkers.tenants.config import TenantConfig
+from dworkers.tenants.config import TenantConfig, check_api_base, check_model_name
 from dworkers.types import WorkerRole
 
 EventCallback = Callable[[Event], None]
@@ -76,8 +78,10 @@ class RunOptions:
     role_concurrency: dict[WorkerRole, int] = field(default_factory=dict)
 
 
-def cache_key(model: str, messages: list[Message]) -> str:
-    payload = json.dumps({"model": model, "messages": messages}, sort_keys=True)
+def cache_key(model: str, messages: list[Message], api_base: str | None = None) -> str:
+    """What identifies an answer: the same model at the same endpoint asked the same thing."""
+    payload = json.dumps({"model": model, "messages": messages, "api_base": api_base},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -168,6 +172,11 @@ class Engine:
             if step.step_id not in self.reuse:
                 models.setdefault(self.model_for(step), []).append(step.step_id)
         problems = []
+        budget = self.max_cost_usd
+        if budget is not None and not (math.isfinite(budget) and budget >= 0):
+            problems.append(Problem(f"budget {budget!r} is not a number of dollars",
+                                    "pass --max-cost 2.50, or leave it out for no budget",
+                                    "invalid-budget", file="--max-cost"))
         allowed = ", ".join(self.tenant.security.allowed_models)
         for model, steps in models.items():
             if not self.tenant.allows(model):
@@ -176,14 +185,19 @@ class Engine:
                     f"(allowed: {allowed}; used by: {', '.join(steps)})",
                     "choose an allowed model with --model, or extend security.allowed_models",
                     "model-not-allowed", file="tenant"))
-        keyed: set[str] = set()
-        if self.tenant.api_key_env:
-            keyed = set(models)
-            if not os.environ.get(self.tenant.api_key_env):
-                problems.append(Problem(
-                    f"tenant {self.tenant.id!r} reads its key from {self.tenant.api_key_env}, "
-                    "which is not set", f"export {self.tenant.api_key_env}=...",
-                    "missing-api-key", file="environment"))
+        keyed = {model for model in models if self.tenant.api_key_env_for(model)}
+        key_env = self.tenant.api_key_env
+        if keyed and key_env and not os.environ.get(key_env):
+            problems.append(Problem(
+                f"tenant {self.tenant.id!r} reads its key from {key_env}, which is not set "
+                f"(used by: {', '.join(sorted(keyed))})", f"export {key_env}=...",
+                "missing-api-key", file="environment"))
+        for name, value, check in (("--model", self.options.model, check_model_name),
+                                   ("--api-base", self.options.api_base, check_api_base)):
+            error = check(value) if value else None
+            if error:
+                problems.append(Problem(error, f"fix {name} (or its environment variable)",
+                                        "invalid-option", file=name))
         problems += self.client.preflight(models, keyed)
         if problems:
             raise PreflightError(problems)
@@ -244,7 +258,11 @@ class _Run:
         self.attempts: dict[str, int] = {}
         self.finished: asyncio.Queue[StepResult] = asyncio.Queue()
         self.stop_reason: str | None = None
+        self.work: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self.draining = False
         self.spent = 0.0
+        if engine.max_cost_usd is not None and engine.max_cost_usd == 0:
+            self.stop_reason = "budget of $0 allows no calls"
         self.global_slots = asyncio.Semaphore(engine.max_concurrency)
         self.role_slots: dict[WorkerRole, asyncio.Semaphore] = {}
         for role in WorkerRole:
@@ -271,41 +289,77 @@ class _Run:
             while self.tasks:
                 self.settle(await self.finished.get())
         except asyncio.CancelledError:
-            await self.cancel_all("cancelled while running (run interrupted)")
-            self.finish(t0, interrupted=True)
+            try:
+                await self.cancel_all("cancelled while running (run interrupted)")
+            finally:  # even if a second Ctrl-C cuts the wait short, account for every step
+                self.finish(t0, interrupted=True)
             raise
         self.finish(t0, interrupted=False)
         return self.result
 
+    # Settling a result may start or skip its dependents, which settle in turn: the work goes
+    # through a queue rather than recursion, so a 100,000-step chain cannot overflow the stack.
+
     def launch(self, sid: str) -> None:
+        self.work.append((self._launch, sid))
+        self._drain()
+
+    def settle(self, result: StepResult) -> None:
+        """Record a final result, then start or skip what depended on it."""
+        self.work.append((self._settle, result))
+        self._drain()
+
+    def _drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        try:
+            while self.work:
+                handle, item = self.work.popleft()
+                handle(item)
+        finally:
+            self.draining = False
+
+    def _launch(self, sid: str) -> None:
         if sid in self.decided or sid in self.tasks:
             return
         step = self.plan.get_step(sid)
         assert step is not None
         reused = self.engine.reuse.get(sid)
-        if reused is not None and reused.succeeded:
-            self.settle(reused.model_copy(update={"cached": True, "cost_usd": 0.0,
-                                                  "prompt_tokens": 0, "completion_tokens": 0,
-                                                  "attempts": 0, "duration_ms": 0.0}))
+        # An earlier result is reused only if the step would be asked exactly the same thing:
+        # resuming with other inputs, model or upstream outputs runs it again.
+        if reused is not None and reused.succeeded and reused.cache_key == self.key_for(step):
+            self.work.append((self._settle, reused.model_copy(update={
+                "cached": True, "cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
+                "attempts": 0, "duration_ms": 0.0})))
             return
         if self.stop_reason:
-            self.settle(self.skipped(sid, self.stop_reason))
+            self.work.append((self._settle, self.skipped(sid, self.stop_reason)))
             return
         self.tasks[sid] = asyncio.create_task(self.guarded(step), name=f"step:{sid}")
+
+    def key_for(self, step: PlanStep) -> str:
+        engine = self.engine
+        return cache_key(engine.model_for(step),
+                         engine.messages_for(step, self.inputs, self.outputs), engine.api_base)
 
     async def guarded(self, step: PlanStep) -> None:
         try:
             result = await self.attempt_all(step)
         except asyncio.CancelledError:
-            result = self.ended(step, StepStatus.CANCELLED, self.cancel_reason)
+            if self.attempts.get(step.step_id, 0) == 0:  # still waiting for a slot
+                result = (self.skipped(step.step_id, self.stop_reason) if self.stop_reason
+                          else self.ended(step, StepStatus.CANCELLED,
+                                          "cancelled before it started (run interrupted)"))
+            else:
+                result = self.ended(step, StepStatus.CANCELLED, self.cancel_reason)
         except Exception as exc:  # a bug must not hang the run: fail this step visibly
             result = self.ended(step, StepStatus.FAILED, f"internal error: {exc!r}")
         self.finished.put_nowait(result)
 
     cancel_reason = "cancelled while running"
 
-    def settle(self, result: StepResult) -> None:
-        """Record a final result, then start or skip what depended on it."""
+    def _settle(self, result: StepResult) -> None:
         sid = result.step_id
         self.tasks.pop(sid, None)
         if sid in self.decided:
@@ -317,7 +371,7 @@ class _Run:
             for child in self.dependents[sid]:
                 self.waiting_on[child].discard(sid)
                 if not self.waiting_on[child]:
-                    self.launch(child)
+                    self.work.append((self._launch, child))
             return
         if result.status is StepStatus.FAILED and self.options.fail_fast and not self.stop_reason:
             self.stop_reason = f"stopped because {sid} failed (--fail-fast)"
@@ -329,7 +383,7 @@ class _Run:
         reason = result.error if result.status is StepStatus.SKIPPED else f"{sid} {verb}"
         for child in self.dependents[sid]:
             if child not in self.decided and child not in self.tasks:
-                self.settle(self.skipped(child, reason or f"{sid} {verb}"))
+                self.work.append((self._settle, self.skipped(child, reason or f"{sid} {verb}")))
 
     async def cancel_all(self, reason: str) -> None:
         self.cancel_reason = reason
@@ -339,15 +393,20 @@ class _Run:
             async with asyncio.timeout(10):
                 while self.tasks:
                     self.settle(await self.finished.get())
-        for sid in self.graph:
-            if sid not in self.decided:
-                self.settle(self.ended_id(sid, StepStatus.CANCELLED,
-                                          "cancelled before it started (run interrupted)"))
 
     def finish(self, t0: float, *, interrupted: bool) -> None:
-        for sid in self.graph:  # anything left was blocked by a stop
-            if sid not in self.decided:
-                self.settle(self.skipped(sid, self.stop_reason or "not reached"))
+        for sid in self.graph:  # anything left was interrupted or blocked by a stop
+            if sid in self.decided:
+                continue
+            if sid in self.tasks:
+                self.tasks[sid].cancel()
+                result = self.ended_id(sid, StepStatus.CANCELLED, self.cancel_reason)
+            elif interrupted:
+                result = self.ended_id(sid, StepStatus.CANCELLED,
+                                       "cancelled before it started (run interrupted)")
+            else:
+                result = self.skipped(sid, self.stop_reason or "not reached")
+            self.settle(result)
         ordered = {step.step_id: self.decided[step.step_id] for step in self.plan.steps
                    if step.step_id in self.decided}
         self.result.outputs = ordered
@@ -366,7 +425,7 @@ class _Run:
             engine = self.engine
             model = engine.model_for(step)
             messages = engine.messages_for(step, self.inputs, self.outputs)
-            key = cache_key(model, messages)
+            key = cache_key(model, messages, engine.api_base)
             if engine.cache is not None:
                 hit = engine.cache.lookup(key)
                 if hit is not None:
@@ -377,7 +436,8 @@ class _Run:
                         "started_at": time.time(), "finished_at": time.time()})
             self.started[step.step_id] = (time.monotonic(), time.time())
             timeout = engine.timeout_for(step)
-            api_key = os.environ.get(engine.tenant.api_key_env or "") or None
+            api_key_env = engine.tenant.api_key_env_for(model)
+            api_key = (os.environ.get(api_key_env) or None) if api_key_env else None
             request = LLMRequest(model, messages, timeout, step.step_id, step.worker_role.value,
                                  engine.api_base, api_key)
             failures = rate_limits = 0

@@ -12,8 +12,10 @@ import hashlib
 import importlib
 import logging
 import os
+import re
+import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +28,7 @@ from dworkers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from dworkers.redact import redact
 
 Message = dict[str, str]
 DeltaCallback = Callable[[str], None]
@@ -163,7 +166,7 @@ class LiteLLMClient:
         except LLMError:
             raise
         except Exception as exc:
-            raise self._translate(exc) from None
+            raise self._translate(exc, (request.api_key,)) from None
         text = "".join(pieces)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -184,27 +187,36 @@ class LiteLLMClient:
             return 0.0
         return float(prompt_cost) + float(completion_cost)
 
-    def _translate(self, exc: Exception) -> LLMError:
-        """Map litellm's (OpenAI-style) exceptions to ours, keeping the provider's message."""
-        if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+    def _translate(self, exc: BaseException, secrets: Iterable[str | None] = ()) -> LLMError:
+        """Map litellm's (OpenAI-style) exceptions to ours, keeping the provider's message with
+        every secret in it redacted (``secrets``: the request's own key, and see ``redact``).
+
+        Order matters: litellm gives a failed connection status 500 (``APIConnectionError``,
+        or ``InternalServerError`` wrapping one for OpenAI-compatible providers) and a timeout
+        is an ``openai.APIConnectionError`` too, so timeouts, then connections, come first.
+        """
+        if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError
             return ProviderTimeoutError("the provider did not answer in time")
         ex = self.litellm.exceptions
         status = getattr(exc, "status_code", None)
         message = _clean_message(exc)
+        message = redact(message, secrets)
+        message = message if len(message) <= 500 else message[:499] + "…"
+        network = _network_failure(exc) if status in (None, 408, 500) else None
+        if isinstance(exc, ex.Timeout) or network == "timeout":
+            return ProviderTimeoutError(f"timed out: {message}")
+        if isinstance(exc, ex.APIConnectionError) or network == "connection":
+            return ProviderUnavailableError(f"connection failed: {message}")
         if isinstance(exc, ex.RateLimitError) or status == 429:
             return RateLimitError(f"rate limited (429): {message}", retry_after=_retry_after(exc))
-        if isinstance(exc, ex.Timeout):
-            return ProviderTimeoutError(f"timed out: {message}")
         if isinstance(exc, ex.AuthenticationError | ex.PermissionDeniedError) or status in (
             401,
             403,
         ):
             return AuthenticationError(f"authentication failed ({status}): {message}")
-        if isinstance(exc, ex.APIConnectionError) and status is None:
-            return ProviderUnavailableError(f"connection failed: {message}")
         if isinstance(status, int) and status >= 500:
             return ProviderUnavailableError(f"provider error ({status}): {message}")
-        unavailable = (ex.InternalServerError, ex.ServiceUnavailableError, ex.APIConnectionError)
+        unavailable = (ex.InternalServerError, ex.ServiceUnavailableError, ex.BadGatewayError)
         if isinstance(exc, unavailable):
             return ProviderUnavailableError(f"provider error: {message}")
         if isinstance(status, int):
@@ -212,15 +224,68 @@ class LiteLLMClient:
         return BadRequestError(f"{type(exc).__name__}: {message}")
 
 
-def _clean_message(exc: Exception) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    for prefix in ("litellm.", "OpenAIException - ", "APIError: "):
-        text = text.replace(prefix, "")
+# "litellm.AuthenticationError: AuthenticationError: OpenAIException - ", "APIError: ", ...
+_LEADING_LABEL = re.compile(
+    r"(?:(?:litellm\.)?(?:[A-Z][A-Za-z]*(?:Error|Exception|Timeout)|Timeout)(?::\s*|\s+-\s+))+"
+)
+_REPEATED_LABEL = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception)): (?:\1: )+")
+_LITELLM_NOISE = re.compile(
+    r"\s*Handle with `litellm\.\w+`\.?"  # advice meant for litellm's callers, not users
+    r"|\s*LiteLLM Retried: \d+ times?(?:, LiteLLM Max Retries: \d+)?"
+    r"| ssl:<ssl\.SSLContext object at 0x[0-9a-fA-F]+>"
+)
+
+
+def _clean_message(exc: BaseException) -> str:
+    """The provider's message without litellm's class-name labels, on one line."""
+    text = str(getattr(exc, "message", None) or exc)
     text = " ".join(text.split())
-    return text[:500]
+    text = _LITELLM_NOISE.sub("", text)
+    match = _LEADING_LABEL.match(text)
+    if match and match.end() < len(text):
+        text = text[match.end():]
+    text = _REPEATED_LABEL.sub(r"\1: ", text)
+    first, _, repeated = text.partition(" Error_str: ")  # litellm's Timeout says it twice
+    if repeated and repeated.strip() in first:
+        text = first
+    return text.strip() or type(exc).__name__
 
 
-def _retry_after(exc: Exception) -> float | None:
+def _network_failure(exc: BaseException) -> str | None:
+    """"timeout" or "connection" when ``exc`` was caused by the network rather than by an
+    answer: litellm reports a refused connection as a status-500 ``InternalServerError``."""
+    kinds = _network_error_types()
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 20:
+        seen.add(id(current))
+        if isinstance(current, kinds["timeout"]):
+            return "timeout"
+        if isinstance(current, kinds["connection"]):
+            return "connection"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _network_error_types() -> dict[str, tuple[type[BaseException], ...]]:
+    """Network exception classes of the HTTP libraries litellm uses (all imported by then)."""
+    timeout: list[type[BaseException]] = [TimeoutError]
+    connection: list[type[BaseException]] = [ConnectionError]
+    for module, timeouts, connections in (
+        ("openai", ("APITimeoutError",), ("APIConnectionError",)),
+        ("httpx", ("TimeoutException",), ("NetworkError", "RemoteProtocolError", "ProxyError")),
+        ("aiohttp", ("ServerTimeoutError",), ("ClientConnectionError",)),
+        ("litellm.exceptions", ("Timeout",), ("APIConnectionError",)),
+    ):
+        loaded = sys.modules.get(module)
+        if loaded is None:
+            continue
+        timeout += [c for n in timeouts if isinstance(c := getattr(loaded, n, None), type)]
+        connection += [c for n in connections if isinstance(c := getattr(loaded, n, None), type)]
+    return {"timeout": tuple(timeout), "connection": tuple(connection)}
+
+
+def _retry_after(exc: BaseException) -> float | None:
     headers: Any = None
     response = getattr(exc, "response", None)
     if response is not None:

@@ -24,11 +24,18 @@ from dworkers.events import (
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
 
-RUN_JSON_INTERVAL = 0.5  # seconds between rewrites of run.json while steps finish
+# run.json is rewritten after every step, except in very large plans, where rewriting it per
+# step would be quadratic: there it is rewritten at most every RUN_JSON_INTERVAL seconds.
+LARGE_PLAN_STEPS = 200
+RUN_JSON_INTERVAL = 0.5
 
 
 class RunWriter:
-    """An ``on_event`` callback that keeps a run directory up to date."""
+    """An ``on_event`` callback that keeps a run directory up to date.
+
+    A file that cannot be written (disk full, directory removed) does not stop the run: the
+    first error is kept in ``error`` for the caller to report, and later files are still tried.
+    """
 
     def __init__(self, directory: Path, plan: BasePlan, inputs: dict[str, str]) -> None:
         self.directory = directory
@@ -37,8 +44,17 @@ class RunWriter:
         self.started: RunStarted | None = None
         self.results: dict[str, StepResult] = {}
         self.last_write = 0.0
+        self.throttle = RUN_JSON_INTERVAL if len(plan.steps) > LARGE_PLAN_STEPS else 0.0
+        self.error: str | None = None
 
     def __call__(self, event: Event) -> None:
+        try:
+            self.handle(event)
+        except OSError as exc:
+            if self.error is None:
+                self.error = f"{exc.filename or self.directory}: {exc.strerror or exc}"
+
+    def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.started = event
             (self.directory / "steps").mkdir(parents=True, exist_ok=True)
@@ -48,9 +64,7 @@ class RunWriter:
             self.results[result.step_id] = result
             if result.succeeded:
                 write_atomic(self.directory / "steps" / f"{result.step_id}.md", result.output)
-            # run.json is rewritten at most every RUN_JSON_INTERVAL so a 10,000-step plan
-            # does not rewrite it 10,000 times; the final write below is complete.
-            if time.monotonic() - self.last_write >= RUN_JSON_INTERVAL:
+            if time.monotonic() - self.last_write >= self.throttle:
                 self.write_run_json(status="running")
         elif isinstance(event, RunFinished):
             self.results.update(event.result.outputs)

@@ -6,10 +6,12 @@ outputs, and turn the outcome into an exit code. The CLI only parses arguments i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from dworkers.engine import Engine, RunOptions, new_run_id
 from dworkers.errors import DworkersError, InputError, Problem
 from dworkers.events import Event, RunResult
 from dworkers.plans.base import BasePlan
+from dworkers.redact import redact_url
 from dworkers.tenants.config import TenantConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -71,10 +74,38 @@ def parse_inputs(pairs: list[str]) -> dict[str, str]:
                 continue
         elif value.startswith("@@"):
             value = value[1:]
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal could not decode
+            problems.append(Problem(f"input {name!r} is not valid text (undecodable bytes)",
+                                    "pass UTF-8 text, or read it from a file with NAME=@file",
+                                    "bad-input", file="--input"))
+            continue
         values[name] = value
     if problems:
         raise InputError(problems)
     return values
+
+
+def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[str, Any]) -> None:
+    """Fill what the command line left out from the run being resumed; what it says wins."""
+    from dworkers.plans.registry import plan_registry
+
+    path = options.get("plan_path")
+    if not request.plan:
+        # A plan run from a file is found again by its path when it is not registered.
+        use_path = isinstance(path, str) and not plan_registry.has(plan) and Path(path).is_file()
+        request.plan = path if use_path else plan
+    request.tenant = request.tenant or tenant
+    request.model = request.model or options.get("model")
+    api_base = options.get("api_base")
+    if not request.api_base and api_base:
+        if "[redacted]" in str(api_base):
+            raise InputError([Problem(
+                "the resumed run's --api-base held credentials, which are never stored",
+                "pass --api-base again", "missing-api-base", file="--resume")])
+        request.api_base = api_base
+    request.mock = request.mock or bool(options.get("mock"))
 
 
 def resolve_tenant(name: str) -> TenantConfig:
@@ -101,19 +132,14 @@ def execute(request: RunRequest) -> int:
     history = None
     reuse = None
     resumed = None
-    if not request.dry_run:
+    if not request.dry_run or request.resume is not None:
         from dworkers.history import History
 
         history = History().open()  # a broken database is reported before anything is spent
-    if request.resume:
+    if request.resume is not None:
         assert history is not None
-        resumed = history.get_run(request.resume)
-        previous = resumed.options or {}
-        request.plan = request.plan or resumed.plan
-        request.tenant = request.tenant or resumed.tenant
-        request.model = request.model or previous.get("model")
-        request.api_base = request.api_base or previous.get("api_base")
-        request.mock = request.mock or bool(previous.get("mock"))
+        resumed = history.get_run(request.resume.strip() or "<empty>")
+        resume_defaults(request, resumed.plan, resumed.tenant, resumed.options)
         inputs = {**resumed.inputs, **inputs}
     if not request.plan:
         raise InputError([Problem("no plan given", "name a plan: dworkers run PLAN",
@@ -151,6 +177,12 @@ def execute(request: RunRequest) -> int:
 
     run_id = options.run_id or new_run_id()
     out_dir = (request.out or Path("dworkers-runs")) / run_id
+    try:
+        (out_dir / "steps").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError([Problem(f"cannot write the run's outputs to {out_dir}: "
+                                  f"{exc.strerror or exc}", "choose another directory with --out",
+                                  "unwritable-out", file="--out")]) from None
     from dworkers.outputs import RunWriter
 
     writer = RunWriter(out_dir, plan, values)
@@ -164,8 +196,9 @@ def execute(request: RunRequest) -> int:
 
         recorder = HistoryRecorder(
             history, inputs=values, resumed_from=resumed.run_id if resumed else None,
-            options={"model": request.model, "api_base": request.api_base,
-                     "mock": request.mock, "tenant": tenant.id},
+            options={"model": request.model, "api_base": redact_url(request.api_base or "")
+                     or None, "mock": request.mock, "tenant": tenant.id,
+                     "plan_path": str(plan.source.file) if plan.source else None},
         )
         consumers.append(recorder)
 
@@ -178,6 +211,7 @@ def execute(request: RunRequest) -> int:
     display.prepare(engine.describe(run_id))  # the tree paints the moment the view opens
 
     async def main() -> RunResult:
+        interrupt_cancels(asyncio.current_task())
         with display:
             if prefetch is not None:
                 await asyncio.to_thread(prefetch.join)
@@ -185,22 +219,56 @@ def execute(request: RunRequest) -> int:
             return await engine.run(values)
 
     interrupted = False
-    try:
-        result = asyncio.run(main())
-    except KeyboardInterrupt:
-        interrupted = True
-        if engine.result is None:
-            err.print("interrupted before the run started")
-            return EXIT_INTERRUPTED
-        result = engine.result
-    view.print_summary(err, result, str(out_dir))
-    if recorder is not None and recorder.error is not None:
-        view.print_error(err, f"run history not saved: {recorder.error}")
-    if request.json:
-        sys.stdout.write(json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n")
+    with ctrl_c_restored():
+        try:
+            result = asyncio.run(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            interrupted = True
+            if engine.result is None:
+                err.print("interrupted before the run started")
+                return EXIT_INTERRUPTED
+            result = engine.result
+        finally:
+            # The run has ended: a late Ctrl-C (say, the second of two quick presses) must not
+            # cut off the summary or the JSON.
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        view.print_summary(err, result, str(out_dir))
+        if writer.error is not None:
+            view.print_error(err, f"some run files could not be written: {writer.error}")
+        if recorder is not None and recorder.error is not None:
+            view.print_error(err, f"run history not saved: {recorder.error}")
+        if request.json:
+            sys.stdout.write(json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n")
     if interrupted or result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+@contextlib.contextmanager
+def ctrl_c_restored() -> Iterator[None]:
+    """Put back whatever Ctrl-C did before (the CLI's runner is also called in-process)."""
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except ValueError:  # pragma: no cover - no signals on this platform
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError):  # not the main thread: nothing to restore
+                signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_cancels(task: asyncio.Task[Any] | None) -> None:
+    """Make every Ctrl-C cancel the run's task. The engine then cancels in-flight calls and
+    accounts for every step; a second press only cuts the wait for calls to wind down, so the
+    outputs are written either way (asyncio's default would raise KeyboardInterrupt wherever
+    the second press lands)."""
+    if task is None:
+        return
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, task.cancel)
 
 
 def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:

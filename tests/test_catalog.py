@@ -115,3 +115,22 @@ def test_list_tenants_shows_each_tenant_and_its_default_model(project: Path) -> 
     assert rows["acme-corp"]["name"] == "ACME Corp"
     assert rows["default"]["default_model"] == "openai/gpt-4o-mini"
     assert rows["default"]["source"] == "built-in"
+
+
+def test_a_plan_hidden_by_a_broken_override_is_left_out_like_the_registry_does(
+    project: Path,
+) -> None:
+    from dworkers.plans.registry import plan_registry
+
+    broken = project / "plans" / "compliance-audit.yaml"
+    broken.write_text("name: compliance-audit\nsteps:\n  - step_id: a\n    name: A\n"
+                      "    depends_on: [b]\n")
+    plans, problems = plan_catalog()
+    assert "compliance-audit" not in [p.name for p in plans]
+    assert [p.name for p in plans] == plan_registry.names()
+    assert [p.render() for p in problems] == [
+        f"{broken}:5:18: step 'a' depends on unknown step 'b' — depends_on must name step_ids "
+        "defined in this plan"
+    ]
+    broken.unlink()
+    assert "compliance-audit" in names(project)  # the built-in is back

@@ -403,3 +403,123 @@ def test_static_commands_do_not_import_litellm(cwd: Path, args: list[str]) -> No
     probe = next(line for line in result.stderr.splitlines() if line.startswith("PROBE "))
     report = json.loads(probe.removeprefix("PROBE "))
     assert report == {"code": 0, "heavy": []}, result.stderr
+
+
+# --- a broken file is never silently passed over ----------------------------------------------
+
+BROKEN_ROLE = "unknown worker role 'analystt' in step 'scope-audit' — did you mean 'analyst'?"
+
+
+def broken_builtin(name: str = "compliance-audit") -> str:
+    text = (REPO / "plans" / "compliance-audit.yaml").read_text(encoding="utf-8")
+    assert "    worker_role: analyst\n" in text
+    return text.replace("    worker_role: analyst\n", "    worker_role: analystt\n", 1).replace(
+        "name: compliance-audit\n", f"name: {name}\n", 1)
+
+
+def role_problem(path: Path, text: str) -> str:
+    """``path:line:col`` of the first broken worker role in ``text``, as the CLI prints it."""
+    lines = text.splitlines()
+    line = next(i for i, ln in enumerate(lines, 1) if ln.endswith("worker_role: analystt"))
+    return f"{os.path.join('plans', path.name)}:{line}:18: {BROKEN_ROLE}"
+
+
+def test_a_broken_local_override_stops_run_and_show_instead_of_using_the_builtin(
+    cwd: Path,
+) -> None:
+    text = broken_builtin()
+    path = write(cwd / "plans" / "compliance-audit.yaml", text)
+    expected = role_problem(path, text)
+    code, out, err = invoke("run", "compliance-audit", "--mock", "-i", "brief=x")
+    assert code == 2
+    assert expected in err
+    code, out, err = invoke("show", "compliance-audit")
+    assert (code, out) == (2, "")
+    assert expected in err
+    code, out, err = invoke("validate", "compliance-audit")
+    assert code == 2
+    assert expected in out + err
+    # list agrees: the built-in copy is not offered, and the file's problems say why.
+    code, out, err = invoke("list", "--json")
+    assert code == 0
+    assert sorted(p["name"] for p in json.loads(out)) == BUILTIN_NAMES[1:]
+    assert expected in err
+
+
+def test_a_broken_file_found_by_its_declared_name_or_stem(cwd: Path) -> None:
+    text = broken_builtin()
+    path = write(cwd / "plans" / "my-audit.yaml", text)  # declares name: compliance-audit
+    code, _, err = invoke("show", "compliance-audit")
+    assert code == 2
+    assert role_problem(path, text) in err
+    code, _, err = invoke("show", "my-audit")  # and its stem
+    assert code == 2
+    assert role_problem(path, text) in err
+    path.unlink()
+    write(cwd / "plans" / "compliance-audit.yaml", "name: [unclosed\n")  # too broken to name
+    plan_registry.refresh()
+    code, _, err = invoke("run", "compliance-audit", "--mock", "-i", "brief=x")
+    assert code == 2
+    assert f"{os.path.join('plans', 'compliance-audit.yaml')}:2:1: invalid YAML" in err
+
+
+def test_a_broken_local_only_plan_shows_its_problems_not_no_such_plan(cwd: Path) -> None:
+    text = broken_builtin("my-plan")
+    path = write(cwd / "plans" / "my-plan.yaml", text)
+    for args in (["show", "my-plan"], ["run", "my-plan", "--mock", "-i", "brief=x"]):
+        code, out, err = invoke(*args)
+        assert (code, out) == (2, ""), args
+        assert role_problem(path, text) in err
+        assert "no plan" not in err
+
+
+def test_a_broken_local_tenant_stops_a_run_instead_of_using_the_builtin(cwd: Path) -> None:
+    write(cwd / "tenants" / "acme-corp.yaml", "id: acme-corp\nname: ACME\nmodels:\n  defualt: x\n")
+    code, _, err = invoke("run", "compliance-audit", "--mock", "-i", "brief=x",
+                          "--tenant", "acme-corp")
+    assert code == 2
+    assert (f"{os.path.join('tenants', 'acme-corp.yaml')}:4:3: unknown key 'defualt' in models "
+            "of the tenant — did you mean 'default'?") in err
+    code, out, err = invoke("list", "--tenants", "--json")
+    assert code == 0
+    assert [row["id"] for row in json.loads(out)] == ["default"]
+    assert "unknown key 'defualt'" in err
+
+
+def test_a_broken_unrelated_file_does_not_stop_a_valid_plan(cwd: Path) -> None:
+    write(cwd / "plans" / "broken.yaml", BAD)
+    write(cwd / "plans" / "good.yaml", GOOD)
+    code, _, err = invoke("run", "good-plan", "--mock", "-i", "topic=tea")
+    assert code == 0, err
+    code, _, _ = invoke("run", "compliance-audit", "--mock", "-i", "brief=x")
+    assert code == 0
+    code, out, err = invoke("list", "--json")
+    assert code == 0
+    assert sorted(p["name"] for p in json.loads(out)) == sorted([*BUILTIN_NAMES, "good-plan"])
+    assert "unknown worker role 'analist'" in err
+
+
+def test_a_broken_file_of_lower_precedence_is_shadowed_by_a_valid_one(
+    cwd: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dworkers.discovery import BrokenFileError
+    from dworkers.loader import load_plan
+
+    elsewhere = tmp_path_factory.mktemp("plans")
+    write(elsewhere / "shared.yaml", BAD.replace("bad-plan", "shared"))
+    write(cwd / "plans" / "shared.yaml", GOOD.replace("good-plan", "shared"))
+    monkeypatch.setenv("DWORKERS_PLANS_PATH", str(elsewhere))
+    assert plan_registry.entry("shared").origin == "./plans"
+    assert "shared" in plan_registry.names()
+    code, _, _ = invoke("show", "shared")
+    assert code == 0
+    # A plan registered from Python wins over every file, broken ones included.
+    write(cwd / "plans" / "shared.yaml", BAD.replace("bad-plan", "shared"))
+    plan_registry.refresh()
+    with pytest.raises(BrokenFileError) as caught:
+        plan_registry.get("shared")
+    assert caught.value.path == cwd / "plans" / "shared.yaml"
+    assert plan_registry.has("shared") and "shared" not in plan_registry.names()
+    python_plan = load_plan("shared.yaml", GOOD.replace("good-plan", "shared"))
+    plan_registry.register(python_plan)
+    assert plan_registry.get("shared") is python_plan

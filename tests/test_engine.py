@@ -343,3 +343,53 @@ def test_model_and_api_base_come_from_the_environment(
     result = asyncio.run(engine.run())
     assert result.outputs["a"].model == "openai/from-env"
     assert [r.model for r in llm_server.requests] == ["from-env"]
+
+
+class _FailFirst:
+    """A client that fails one step and answers every other at once: for plans too large to
+    run through HTTP in a unit test."""
+
+    def __init__(self, failing: str) -> None:
+        self.failing = failing
+
+    async def complete(self, request, on_delta):  # type: ignore[no-untyped-def]
+        from dworkers.errors import BadRequestError
+        from dworkers.llm import Completion
+
+        if request.step_id == self.failing:
+            raise BadRequestError("refused")
+        return Completion(f"output of {request.step_id}", request.model)
+
+    def preflight(self, models, keyed):  # type: ignore[no-untyped-def]
+        return []
+
+
+def test_a_failure_at_the_head_of_a_very_long_chain_skips_the_rest_without_recursion() -> None:
+    steps = 3000
+    graph = {f"s{i}": ([f"s{i - 1}"] if i else []) for i in range(steps)}
+    engine = PlanBuilder(make_plan(graph), make_tenant(), client=_FailFirst("s0")).build()
+    result = asyncio.run(engine.run())
+    assert result.outputs["s0"].status is StepStatus.FAILED
+    assert result.outputs[f"s{steps - 1}"].status is StepStatus.SKIPPED
+    assert result.count(StepStatus.SKIPPED) == steps - 1
+
+
+def test_reusing_a_very_long_chain_works_without_recursion() -> None:
+    steps = 3000
+    graph = {f"s{i}": ([f"s{i - 1}"] if i else []) for i in range(steps)}
+    plan = make_plan(graph)
+    first = asyncio.run(PlanBuilder(plan, make_tenant(), client=_FailFirst("none")).build().run())
+    engine = PlanBuilder(plan, make_tenant(), client=_FailFirst("s0"),
+                         reuse=first.outputs).build()
+    result = asyncio.run(engine.run())
+    assert result.success and all(step.cached for step in result.outputs.values())
+
+
+def test_the_tenants_key_variable_is_sent_to_its_own_provider(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACME_OPENAI_KEY", "sk-acme-key-0123456789")
+    tenant = make_tenant().model_copy(update={"api_key_env": "ACME_OPENAI_KEY"})
+    run_plan(llm_server, {"a": []}, tenant=tenant)
+    [request] = llm_server.requests
+    assert request.headers["authorization"] == "Bearer sk-acme-key-0123456789"

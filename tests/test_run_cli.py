@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,90 @@ def test_runs_and_show_read_the_history(plan_file: Path, tmp_path: Path) -> None
     assert code == 0 and "✓ scope" in stdout and "## SCOPE (scope)" in stdout
     code, _, stderr = invoke("show", "no-such-thing")
     assert code == 2 and "no plan or run named 'no-such-thing'" in stderr
+
+
+def test_resume_with_other_inputs_runs_again_what_they_change(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("left"), status=500, times=1)
+    common = ("--model", "openai/test-model", "--api-base", llm_server.url,
+              "--out", str(tmp_path / "runs"))
+    assert invoke("run", str(plan_file), "-i", "topic=tea", *common)[0] == 1
+    first = len(llm_server.requests)
+
+    code, stdout, _ = invoke("run", "--resume", "last", "-i", "topic=coffee", "--json", *common)
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["inputs"] == {"topic": "coffee"}
+    # scope's prompt uses {topic}: it is asked again, not reused from the tea run.
+    assert data["outputs"]["scope"]["cached"] is False
+    again = [r for r in llm_server.requests[first:] if marker("scope") in r.text]
+    assert len(again) == 1 and "Scope coffee" in again[0].text
+    assert not any("Scope tea" in r.text for r in llm_server.requests[first:])
+
+
+def test_resume_finds_a_plan_that_was_run_from_its_file(plan_file: Path, tmp_path: Path) -> None:
+    assert invoke("run", str(plan_file), "--mock", "-i", "topic=tea")[0] == 0
+    code, stdout, stderr = invoke("run", "--resume", "last", "--mock", "--json")
+    assert code == 0, stderr
+    assert all(step["cached"] for step in json.loads(stdout)["outputs"].values())
+
+
+def test_resume_can_be_dry_run(plan_file: Path) -> None:
+    assert invoke("run", str(plan_file), "--mock", "-i", "topic=tea")[0] == 0
+    code, stdout, _ = invoke("run", "--resume", "last", "--dry-run")
+    assert code == 0 and "Scope tea" in stdout
+
+
+def test_an_unwritable_out_directory_exits_2(plan_file: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, stderr = invoke("run", str(plan_file), "--mock", "-i", "topic=x",
+                             "--out", str(blocker / "runs"))
+    assert code == 2
+    assert "--out: cannot write the run's outputs to" in stderr and "Traceback" not in stderr
+
+
+def test_undecodable_input_bytes_exit_2(plan_file: Path) -> None:
+    code, _, stderr = invoke("run", str(plan_file), "--mock", "-i", "topic=caf\udce9")
+    assert code == 2 and "input 'topic' is not valid text" in stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--model", "bad model", "--model: malformed model name 'bad model'"),
+        ("--api-base", "notaurl", "--api-base: api_base 'notaurl' is not an http(s) URL"),
+        ("--max-cost", "nan", "--max-cost: budget nan is not a number of dollars"),
+    ],
+)
+def test_bad_run_options_exit_2_before_any_call(
+    llm_server: FakeLLMServer, plan_file: Path, option: str, value: str, message: str
+) -> None:
+    args = ["run", str(plan_file), "-i", "topic=x", "--model", "openai/test-model",
+            "--api-base", llm_server.url, option, value]
+    code, _, stderr = invoke(*args)
+    assert code == 2, stderr
+    assert message in stderr
+    assert llm_server.requests == []
+
+
+def test_a_zero_budget_makes_no_calls(llm_server: FakeLLMServer, plan_file: Path) -> None:
+    code, stdout, _ = invoke("run", str(plan_file), "-i", "topic=x", "--model",
+                             "openai/test-model", "--api-base", llm_server.url,
+                             "--max-cost", "0", "--json")
+    assert code == 1
+    outputs = json.loads(stdout)["outputs"]
+    assert {step["status"] for step in outputs.values()} == {"skipped"}
+    assert outputs["scope"]["error"] == "budget of $0 allows no calls"
+    assert llm_server.requests == []
+
+
+def test_run_files_get_the_usual_permissions(plan_file: Path, tmp_path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    assert invoke("run", str(plan_file), "--mock", "-i", "topic=x",
+                  "--out", str(tmp_path / "runs"))[0] == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    for path in [run_dir / "run.json", run_dir / "report.md", run_dir / "steps" / "scope.md"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # not mkstemp's 0600

@@ -48,40 +48,52 @@ def wait_until(predicate: object, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.slow
-def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
-    llm_server: FakeLLMServer, tmp_path: Path
-) -> None:
-    llm_server.add_rule(marker("hang"), hang=True)
+def interrupt_run(server: FakeLLMServer, tmp_path: Path, presses: int) -> tuple[int, str, Path]:
+    """Start a run whose 'hang' step never gets an answer, press Ctrl-C ``presses`` times once
+    'quick' has finished, and return the exit code, stderr and the run directory."""
+    server.add_rule(marker("hang"), hang=True)
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
     out = tmp_path / "runs"
     env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
            "DWORKERS_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
-        cli("run", str(plan), "--model", "openai/test-model", "--api-base", llm_server.url,
+        cli("run", str(plan), "--model", "openai/test-model", "--api-base", server.url,
             "--out", str(out)),
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert wait_until(lambda: any(out.glob("*/steps/quick.md"))
-                          and llm_server.requests_containing(marker("hang")), timeout=60)
-        proc.send_signal(signal.SIGINT)
+                          and server.requests_containing(marker("hang")), timeout=60)
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.02)
         _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
     [run_dir] = list(out.iterdir())
+    return proc.returncode, stderr, run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
+    llm_server: FakeLLMServer, tmp_path: Path, presses: int
+) -> None:
+    code, stderr, run_dir = interrupt_run(llm_server, tmp_path, presses)
+
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
     data = json.loads((run_dir / "run.json").read_text())
     assert data["status"] == "interrupted"
     assert data["outputs"]["quick"]["status"] == "succeeded"
     assert data["outputs"]["hang"]["status"] == "cancelled"
+    assert data["outputs"]["after"]["status"] in ("skipped", "cancelled")
     assert (run_dir / "steps" / "quick.md").read_text().startswith("Reply to:")
     assert "## QUICK" in (run_dir / "report.md").read_text()
+    assert "1 succeeded" in stderr  # the summary was printed
     assert llm_server.wait_idle(timeout=5)  # the hung connection was closed, not left open
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dworkers.discovery import FileRegistry
 from dworkers.plans.base import BasePlan
+
+if TYPE_CHECKING:
+    from dworkers.types import SourceMap
 
 
 class PlanRegistry(FileRegistry[BasePlan]):
@@ -15,10 +18,10 @@ class PlanRegistry(FileRegistry[BasePlan]):
     def _name_of(self, item: BasePlan) -> str:
         return item.name
 
-    def _load(self, path: Path) -> BasePlan:
+    def _from_data(self, data: Any, source: SourceMap) -> BasePlan:
         from dworkers import loader  # YAML is only needed once plans are asked for
 
-        return loader.load_plan(path)
+        return loader.plan_from_data(data, source)
 
     def list_plans(self) -> list[str]:
         return self.names()

@@ -9,11 +9,38 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dworkers.errors import Problem, TenantValidationError, shown
 from dworkers.plans.base import SLUG, SLUG_HINT
+from dworkers.redact import redact_url
 from dworkers.types import ROLE_NAMES, SourceMap, SourcePath, WorkerRole
 
 # litellm model strings: "provider/model", "model", "bedrock/anthropic.claude-3:0", ...
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9._:@+-]+)*\Z")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+API_BASE = re.compile(r"https?://[^\s]+\Z")
+
+
+def check_model_name(model: str) -> str | None:
+    """Why ``model`` is not a litellm model string ("provider/model"), or ``None`` if it is.
+
+    For ``--model``/``DWORKERS_MODEL`` as well as the tenant's ``models``."""
+    if not MODEL_NAME.match(model):
+        return f"malformed model name {shown(model)}"
+    return None
+
+
+def check_api_base(url: str) -> str | None:
+    """Why ``url`` is not an http(s) base URL, or ``None`` if it is.
+
+    For ``--api-base``/``DWORKERS_API_BASE`` as well as the tenant's ``api_base``; the message
+    never repeats a password written in the URL."""
+    if not API_BASE.match(url):
+        return f"api_base {shown(redact_url(url))} is not an http(s) URL"
+    return None
+
+
+def provider_of(model: str) -> str:
+    """litellm's provider prefix of ``model``: "openai" for "gpt-4o" and "openai/gpt-4o"."""
+    provider, slash, _ = model.partition("/")
+    return provider.lower() if slash else "openai"
 
 
 class _Strict(BaseModel):
@@ -48,7 +75,8 @@ class SecurityConfig(_Strict):
 
 class TenantConfig(_Strict):
     """Everything a run needs to know about the company it works for. Never holds secrets:
-    ``api_key_env`` names the environment variable that holds the key."""
+    ``api_key_env`` names the environment variable that holds the key for the provider of
+    ``models.default`` (see ``api_key_env_for``)."""
 
     id: str
     name: str = ""
@@ -58,7 +86,13 @@ class TenantConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     api_base: str | None = None
-    api_key_env: str | None = None
+    api_key_env: str | None = Field(
+        default=None,
+        description=(
+            "api_key_env names the variable holding the key for the provider of models.default; "
+            "models of other providers use their provider's usual variable (ANTHROPIC_API_KEY...)"
+        ),
+    )
 
     _source: SourceMap | None = PrivateAttr(default=None)
 
@@ -73,6 +107,14 @@ class TenantConfig(_Strict):
     def model_for(self, role: WorkerRole) -> str:
         override: str | None = getattr(self.models, role.value)
         return override or self.models.default
+
+    def api_key_env_for(self, model: str) -> str | None:
+        """The variable holding ``model``'s key: ``api_key_env`` for a model of the same
+        provider as ``models.default`` ("openai" when a model names none), else ``None`` (the
+        provider's usual variable, which litellm reads itself)."""
+        if self.api_key_env and provider_of(model) == provider_of(self.models.default):
+            return self.api_key_env
+        return None
 
     def worker(self, role: WorkerRole) -> WorkerConfig:
         return self.workers.get(role) or WorkerConfig()
@@ -106,8 +148,9 @@ class TenantConfig(_Strict):
             if model is None:
                 continue
             path: SourcePath = ("models", role)
-            if not MODEL_NAME.match(model):
-                problem(path, f"malformed model name {shown(model)} for {role}",
+            error = check_model_name(model)
+            if error:
+                problem(path, f"{error} for {role}",
                         "write a litellm model string such as 'openai/gpt-4o-mini'",
                         "invalid-model")
             elif not self.allows(model):
@@ -123,7 +166,7 @@ class TenantConfig(_Strict):
                     "environment variable name",
                     "name the variable that holds the key, e.g. ACME_OPENAI_KEY",
                     "invalid-env-name")
-        if self.api_base is not None and not re.match(r"https?://[^\s]+\Z", self.api_base):
-            problem(("api_base",), f"api_base {shown(self.api_base)} is not an http(s) URL",
-                    "write it as http://host:port/v1", "invalid-url")
+        error = check_api_base(self.api_base) if self.api_base is not None else None
+        if error:
+            problem(("api_base",), error, "write it as http://host:port/v1", "invalid-url")
         return found

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dworkers.discovery import FileRegistry
 from dworkers.tenants.config import TenantConfig
+
+if TYPE_CHECKING:
+    from dworkers.types import SourceMap
 
 
 class TenantRegistry(FileRegistry[TenantConfig]):
@@ -15,10 +18,10 @@ class TenantRegistry(FileRegistry[TenantConfig]):
     def _name_of(self, item: TenantConfig) -> str:
         return item.id
 
-    def _load(self, path: Path) -> TenantConfig:
+    def _from_data(self, data: Any, source: SourceMap) -> TenantConfig:
         from dworkers import loader
 
-        return loader.load_tenant(path)
+        return loader.tenant_from_data(data, source)
 
     def list_tenants(self) -> list[str]:
         return self.names()
