@@ -278,7 +278,11 @@ def run(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Cancel everything when a step fails.")
     ] = False,
-    mock: Annotated[bool, typer.Option("--mock", help="Answer offline; no key needed.")] = False,
+    mock: Annotated[
+        bool | None,
+        typer.Option("--mock/--no-mock", help="Answer offline; no key needed. With --resume, "
+                     "the resumed run's choice unless given.", show_default=False),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print prompts and schedule; call nothing.")
     ] = False,

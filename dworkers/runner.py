@@ -37,7 +37,7 @@ class RunRequest:
     max_concurrency: int | None = None
     max_cost: float | None = None
     fail_fast: bool = False
-    mock: bool = False
+    mock: bool | None = None  # None: the resumed run's choice, else False
     dry_run: bool = False
     out: Path | None = None
     json: bool = False
@@ -105,7 +105,8 @@ def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[s
                 "the resumed run's --api-base held credentials, which are never stored",
                 "pass --api-base again", "missing-api-base", file="--resume")])
         request.api_base = api_base
-    request.mock = request.mock or bool(options.get("mock"))
+    if request.mock is None:
+        request.mock = bool(options.get("mock"))
 
 
 def resolve_tenant(name: str) -> TenantConfig:
@@ -141,6 +142,7 @@ def execute(request: RunRequest) -> int:
         resumed = history.get_run(request.resume.strip() or "<empty>")
         resume_defaults(request, resumed.plan, resumed.tenant, resumed.options)
         inputs = {**resumed.inputs, **inputs}
+    request.mock = bool(request.mock)
     if not request.plan:
         raise InputError([Problem("no plan given", "name a plan: dworkers run PLAN",
                                   "missing-plan", file="dworkers run")])

@@ -315,3 +315,15 @@ def test_run_files_get_the_usual_permissions(plan_file: Path, tmp_path: Path) ->
     run_dir = only_run_dir(tmp_path / "runs")
     for path in [run_dir / "run.json", run_dir / "report.md", run_dir / "steps" / "scope.md"]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # not mkstemp's 0600
+
+
+def test_a_mock_run_can_be_resumed_for_real(
+    llm_server: FakeLLMServer, plan_file: Path
+) -> None:
+    assert invoke("run", str(plan_file), "--mock", "-i", "topic=tea")[0] == 0
+    code, stdout, stderr = invoke("run", "--resume", "last", "--no-mock", "--model",
+                                  "openai/test-model", "--api-base", llm_server.url, "--json")
+    assert code == 0, stderr
+    # Other model, other endpoint: nothing the mock said is reused.
+    assert len(llm_server.requests) == 4
+    assert not any(step["cached"] for step in json.loads(stdout)["outputs"].values())
