@@ -568,7 +568,8 @@ def recorded_run(record: RunRecord, steps: Sequence[StepRecord], width: int) -> 
                        tuple(s.depends_on)) for s in steps),
         record.started_at,
     ))
+    still_running = record.status == "running"  # its process is alive: the rest is to come
     for step in steps:
-        if step.status in ("succeeded", "failed", "skipped", "cancelled"):
+        if not still_running or step.status in ("succeeded", "failed", "skipped", "cancelled"):
             state.apply(StepFinished(step.to_step_result(), record.started_at))
     return run_tree(state, width, now=record.started_at + (record.duration_ms or 0) / 1000)
