@@ -64,7 +64,9 @@ def _signature() -> list[Any]:
                 stat = path.stat()
             except OSError:
                 continue
-            files.append([str(path), stat.st_size, stat.st_mtime_ns])
+            # ctime and inode too: cp -p, tar and rsync -t keep an edited file's mtime.
+            files.append([str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                          stat.st_ino])
     return [__version__, [[o.label, str(o.directory)] for o in origins], files]
 
 

@@ -117,12 +117,14 @@ class Engine:
     def model_for(self, step: PlanStep) -> str:
         return self.options.model or self.tenant.model_for(step.worker_role)
 
+    @property
+    def offline(self) -> bool:
+        return isinstance(self.client, MockClient)
+
     def shown_model(self, step: PlanStep) -> str:
         """The model a user is told answers the step: offline runs name the mock client rather
         than a model nobody calls."""
-        if isinstance(self.client, MockClient):
-            return MockClient.model_name
-        return self.model_for(step)
+        return MockClient.model_name if self.offline else self.model_for(step)
 
     @property
     def api_base(self) -> str | None:
@@ -167,10 +169,11 @@ class Engine:
 
     def preflight(self) -> None:
         """Fail before any call if a model is not allowed or its key is not set."""
+        # Every step, reused or not: a reused result applies only if the step would be asked
+        # the same thing, and a changed model or input makes it call after all.
         models: dict[str, list[str]] = {}
         for step in self.plan.steps:
-            if step.step_id not in self.reuse:
-                models.setdefault(self.model_for(step), []).append(step.step_id)
+            models.setdefault(self.model_for(step), []).append(step.step_id)
         problems = []
         budget = self.max_cost_usd
         if budget is not None and not (math.isfinite(budget) and budget >= 0):
@@ -258,6 +261,8 @@ class _Run:
         self.attempts: dict[str, int] = {}
         self.finished: asyncio.Queue[StepResult] = asyncio.Queue()
         self.stop_reason: str | None = None
+        self.failed_fast = False
+        self.interrupted = False
         self.work: deque[tuple[Callable[[Any], None], Any]] = deque()
         self.draining = False
         self.spent = 0.0
@@ -289,10 +294,17 @@ class _Run:
             while self.tasks:
                 self.settle(await self.finished.get())
         except asyncio.CancelledError:
+            # Nothing new starts while in-flight calls wind down: a success settled now must
+            # not launch its dependents.
+            self.interrupted = True
             try:
                 await self.cancel_all("cancelled while running (run interrupted)")
             finally:  # even if a second Ctrl-C cuts the wait short, account for every step
                 self.finish(t0, interrupted=True)
+            raise
+        except BaseException:  # an event consumer failed: leave no call running behind
+            for task in self.tasks.values():
+                task.cancel()
             raise
         self.finish(t0, interrupted=False)
         return self.result
@@ -328,15 +340,32 @@ class _Run:
         reused = self.engine.reuse.get(sid)
         # An earlier result is reused only if the step would be asked exactly the same thing:
         # resuming with other inputs, model or upstream outputs runs it again.
-        if reused is not None and reused.succeeded and reused.cache_key == self.key_for(step):
+        if (reused is not None and reused.succeeded and reused.cache_key == self.key_for(step)
+                and (reused.model != MockClient.model_name or self.engine.offline)):
             self.work.append((self._settle, reused.model_copy(update={
                 "cached": True, "cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
                 "attempts": 0, "duration_ms": 0.0})))
             return
-        if self.stop_reason:
-            self.work.append((self._settle, self.skipped(sid, self.stop_reason)))
+        if self.stop_reason or self.interrupted:
+            self.work.append((self._settle, self.not_started(step)))
             return
-        self.tasks[sid] = asyncio.create_task(self.guarded(step), name=f"step:{sid}")
+        task = asyncio.create_task(self.guarded(step), name=f"step:{sid}")
+        task.add_done_callback(lambda done: self.never_started(done, step))
+        self.tasks[sid] = task
+
+    def never_started(self, task: asyncio.Task[None], step: PlanStep) -> None:
+        """A task cancelled before its first step ran never reaches ``guarded``'s handler:
+        report it here, or the run would wait for it forever."""
+        if task.cancelled():
+            self.finished.put_nowait(self.not_started(step))
+
+    def not_started(self, step: PlanStep) -> StepResult:
+        """A step the run will not start: cancelled by an interruption, or skipped by a stop
+        (budget spent, fail-fast)."""
+        if self.interrupted or not self.stop_reason:
+            return self.ended(step, StepStatus.CANCELLED,
+                              "cancelled before it started (run interrupted)")
+        return self.skipped(step.step_id, self.stop_reason)
 
     def key_for(self, step: PlanStep) -> str:
         engine = self.engine
@@ -348,9 +377,7 @@ class _Run:
             result = await self.attempt_all(step)
         except asyncio.CancelledError:
             if self.attempts.get(step.step_id, 0) == 0:  # still waiting for a slot
-                result = (self.skipped(step.step_id, self.stop_reason) if self.stop_reason
-                          else self.ended(step, StepStatus.CANCELLED,
-                                          "cancelled before it started (run interrupted)"))
+                result = self.not_started(step)
             else:
                 result = self.ended(step, StepStatus.CANCELLED, self.cancel_reason)
         except Exception as exc:  # a bug must not hang the run: fail this step visibly
@@ -373,7 +400,8 @@ class _Run:
                 if not self.waiting_on[child]:
                     self.work.append((self._launch, child))
             return
-        if result.status is StepStatus.FAILED and self.options.fail_fast and not self.stop_reason:
+        if result.status is StepStatus.FAILED and self.options.fail_fast and not self.failed_fast:
+            self.failed_fast = True
             self.stop_reason = f"stopped because {sid} failed (--fail-fast)"
             self.cancel_reason = self.stop_reason
             for task in self.tasks.values():
@@ -461,6 +489,9 @@ class _Run:
                     wait = self.backoff(failures)
                 else:
                     return self.ended(step, StepStatus.FAILED, str(error), model=model)
+                if self.stop_reason:  # the budget ran out or another step failed meanwhile
+                    return self.ended(step, StepStatus.FAILED,
+                                      f"{error} (not retried: {self.stop_reason})", model=model)
                 wait = min(wait, self.options.max_retry_wait)
                 self.emit(StepRetrying(step.step_id, attempt, str(error), wait))
                 await asyncio.sleep(wait)

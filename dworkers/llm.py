@@ -161,6 +161,7 @@ class LiteLLMClient:
                     delta = getattr(choices[0], "delta", None)
                     text = getattr(delta, "content", None) if delta is not None else None
                     if text:
+                        text = valid_text(text)
                         pieces.append(text)
                         on_delta(text)
         except LLMError:
@@ -234,6 +235,16 @@ _LITELLM_NOISE = re.compile(
     r"|\s*LiteLLM Retried: \d+ times?(?:, LiteLLM Max Retries: \d+)?"
     r"| ssl:<ssl\.SSLContext object at 0x[0-9a-fA-F]+>"
 )
+
+
+def valid_text(text: str) -> str:
+    """``text`` with lone surrogates (which a provider's JSON can carry but UTF-8 cannot) made
+    '?': the output must be writable to files and sendable to the next step."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _clean_message(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ MARKER = "[redacted]"
 MIN_ENV_SECRET = 8  # shorter values ("1", "true") would redact ordinary words
 MIN_GIVEN_SECRET = 4  # an empty or one-letter "secret" would redact everything
 
-_SECRET_ENV_NAME = re.compile(r"_KEY\Z|_TOKEN\Z|_SECRET|PASSWORD")
+_SECRET_ENV_NAME = re.compile(r"_KEY\Z|_KEY_|APIKEY|_TOKEN\Z|_SECRET|PASSWORD")
 
 # scheme://user[:password]@ — the scheme must start a word, so a long run of letters is
 # scanned once rather than from each of its positions.
@@ -43,13 +43,15 @@ _JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[
 _BEARER = re.compile(
     r"\b(Bearer|bearer|BEARER)(\s+)(?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{8,}"
 )
+# Only a known scheme's credentials: "Authorization: permission denied" is prose.
 _AUTHORIZATION = re.compile(
-    r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z]+\s+)?)[^\s\"',;]{8,}"
+    r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?"
+    r"(?:bearer|basic|token|apikey|api-key|key|digest)\s+)[^\s\"',;]{8,}"
 )
 # name=value / name: value / "name": "value", where name ends with a secret-looking word.
 _ASSIGNMENT = re.compile(
     r"(?i)(?<![A-Za-z0-9_.-])"
-    r"([A-Za-z0-9_.-]*(key|token|secret|password|passwd|pwd)[\"']?\s*[:=]\s*[\"']?)"
+    r"([A-Za-z0-9_.-]*(key|token|secret|password|passwd|pwd)[\"']?\s*([:=])\s*([\"']?))"
     r"([^\s\"'&,;<>()\[\]{}]+)"
 )
 
@@ -85,13 +87,24 @@ def _env_secrets() -> set[str]:
 
 
 def _assignment(match: re.Match[str]) -> str:
-    prefix, word, value = match.group(1), match.group(2).lower(), match.group(3)
-    if match.string.startswith(MARKER, match.end()):
-        return match.group(0)  # already redacted, e.g. "api_key=sk-…[redacted]"
-    # "key: value" and "token=..." also occur in ordinary messages ("missing key: NAME"), so
-    # for those only a value that looks generated (has a digit, 8+ characters) is redacted.
-    if word in ("key", "token") and (len(value) < 8 or not any(c.isdigit() for c in value)):
-        return match.group(0)
-    if len(value) < 4:
-        return match.group(0)
-    return prefix + MARKER
+    prefix, word, value = match.group(1), match.group(2).lower(), match.group(5)
+    assigned = match.group(3) == "=" or bool(match.group(4))  # key=value or "key": "value"
+    if match.string.startswith(MARKER, match.end()) or _ENV_NAME.match(value):
+        return match.group(0)  # already redacted, or a variable's name ("missing key: NAME")
+    if word in ("key", "token") or not assigned:
+        # "key: value", "password: must contain..." also occur in ordinary messages, so only
+        # a value that looks generated is redacted.
+        keep = not _looks_generated(value)
+    else:
+        keep = len(value) < 4  # password=..., "secret": "..."
+    return match.group(0) if keep else prefix + MARKER
+
+
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+\Z")
+
+
+def _looks_generated(value: str) -> bool:
+    """20+ characters, or 8+ with a digit or symbol: not a word of an error message."""
+    if len(value) >= 20:
+        return True
+    return len(value) >= 8 and any(not c.isalpha() for c in value)

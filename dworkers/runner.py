@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import warnings
@@ -90,13 +91,11 @@ def parse_inputs(pairs: list[str]) -> dict[str, str]:
 def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[str, Any]) -> None:
     """Fill what the command line left out from the run being resumed; what it says wins."""
     from dworkers.plans.registry import plan_registry
+    from dworkers.tenants.registry import tenant_registry
 
-    path = options.get("plan_path")
-    if not request.plan:
-        # A plan run from a file is found again by its path when it is not registered.
-        use_path = isinstance(path, str) and not plan_registry.has(plan) and Path(path).is_file()
-        request.plan = path if use_path else plan
-    request.tenant = request.tenant or tenant
+    request.plan = request.plan or _name_or_path(plan_registry, plan, options.get("plan_path"))
+    request.tenant = request.tenant or _name_or_path(tenant_registry, tenant,
+                                                     options.get("tenant_path"))
     request.model = request.model or options.get("model")
     api_base = options.get("api_base")
     if not request.api_base and api_base:
@@ -107,6 +106,32 @@ def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[s
         request.api_base = api_base
     if request.mock is None:
         request.mock = bool(options.get("mock"))
+
+
+def _name_or_path(registry: Any, name: str, path: object) -> str:
+    """How to find again the plan or tenant a run used: its name when that still finds the same
+    file, else the file it was read from (a plan run from a path, say, is not registered)."""
+    if not isinstance(path, str) or not Path(path).is_file():
+        return name
+    try:
+        entry = registry.entry(name)
+    except DworkersError:
+        return path
+    same = entry.path is not None and os.path.samefile(entry.path, path)
+    return name if same else path
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before the run if its folder could not be created; create nothing yet, so a run
+    stopped by preflight leaves no empty folder behind."""
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not a directory" if not existing.is_dir() else "not writable"
+        raise InputError([Problem(f"cannot write the run's outputs to {directory}: {existing} "
+                                  f"is {reason}", "choose another directory with --out",
+                                  "unwritable-out", file="--out")])
 
 
 def resolve_tenant(name: str) -> TenantConfig:
@@ -179,12 +204,7 @@ def execute(request: RunRequest) -> int:
 
     run_id = options.run_id or new_run_id()
     out_dir = (request.out or Path("dworkers-runs")) / run_id
-    try:
-        (out_dir / "steps").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError([Problem(f"cannot write the run's outputs to {out_dir}: "
-                                  f"{exc.strerror or exc}", "choose another directory with --out",
-                                  "unwritable-out", file="--out")]) from None
+    check_writable(out_dir)
     from dworkers.outputs import RunWriter
 
     writer = RunWriter(out_dir, plan, values)
@@ -200,13 +220,22 @@ def execute(request: RunRequest) -> int:
             history, inputs=values, resumed_from=resumed.run_id if resumed else None,
             options={"model": request.model, "api_base": redact_url(request.api_base or "")
                      or None, "mock": request.mock, "tenant": tenant.id,
-                     "plan_path": str(plan.source.file) if plan.source else None},
+                     "plan_path": str(plan.source.file) if plan.source else None,
+                     "tenant_path": str(tenant.source.file) if tenant.source else None},
         )
         consumers.append(recorder)
 
+    consumer_errors: list[str] = []
+
     def fan_out(event: Event) -> None:
+        # One consumer's failure (a view bug, an unwritable file) must not stop the run or
+        # starve the others: the run goes on and the error is reported at the end.
         for consumer in consumers:
-            consumer(event)
+            try:
+                consumer(event)
+            except Exception as exc:
+                if len(consumer_errors) < 5:
+                    consumer_errors.append(f"{type(consumer).__name__}: {exc!r}")
 
     engine.on_event = fan_out
 
@@ -238,6 +267,8 @@ def execute(request: RunRequest) -> int:
         view.print_summary(err, result, str(out_dir))
         if writer.error is not None:
             view.print_error(err, f"some run files could not be written: {writer.error}")
+        for problem in consumer_errors:
+            view.print_error(err, f"while recording the run: {problem}")
         if recorder is not None and recorder.error is not None:
             view.print_error(err, f"run history not saved: {recorder.error}")
         if request.json:

@@ -134,3 +134,13 @@ def test_a_plan_hidden_by_a_broken_override_is_left_out_like_the_registry_does(
     ]
     broken.unlink()
     assert "compliance-audit" in names(project)  # the built-in is back
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_still_seen(project: Path) -> None:
+    path = project / "plans" / "local.yaml"
+    path.write_text(PLAN.format(description="aaaa"))
+    before = path.stat()
+    assert {p.name: p for p in plan_catalog()[0]}["local-plan"].description == "aaaa"
+    path.write_text(PLAN.format(description="bbbb"))  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` would leave it
+    assert {p.name: p for p in plan_catalog()[0]}["local-plan"].description == "bbbb"

@@ -393,3 +393,86 @@ def test_the_tenants_key_variable_is_sent_to_its_own_provider(
     run_plan(llm_server, {"a": []}, tenant=tenant)
     [request] = llm_server.requests
     assert request.headers["authorization"] == "Bearer sk-acme-key-0123456789"
+
+
+class _Scripted:
+    """Answers at once, except that ``actions[step_id](request)`` runs first (it may raise)."""
+
+    def __init__(self, actions: dict[str, object] | None = None) -> None:
+        self.actions = actions or {}
+        self.calls: list[str] = []
+
+    async def complete(self, request, on_delta):  # type: ignore[no-untyped-def]
+        from dworkers.llm import Completion
+
+        self.calls.append(request.step_id)
+        action = self.actions.get(request.step_id)
+        if callable(action):
+            action()
+        return Completion(f"output of {request.step_id}", request.model)
+
+    def preflight(self, models, keyed):  # type: ignore[no-untyped-def]
+        return []
+
+
+def _refuse() -> None:
+    from dworkers.errors import BadRequestError
+
+    raise BadRequestError("refused")
+
+
+def test_fail_fast_finishes_when_it_cancels_steps_that_never_started() -> None:
+    # a's success launches b in the same tick as d's failure cancels everything: b's task is
+    # cancelled before it ever runs, and the run must still account for it.
+    client = _Scripted({"d": _refuse})
+    engine = PlanBuilder(make_plan({"a": [], "d": [], "b": ["a"]}), make_tenant(),
+                         client=client, options=RunOptions(fail_fast=True)).build()
+
+    async def bounded() -> RunResult:
+        return await asyncio.wait_for(engine.run(), timeout=10)
+
+    result = asyncio.run(bounded())
+    assert result.outputs["d"].status is StepStatus.FAILED
+    assert result.outputs["b"].status is StepStatus.SKIPPED
+    assert result.outputs["b"].error == "stopped because d failed (--fail-fast)"
+
+
+def test_an_interrupted_run_starts_nothing_new() -> None:
+    plan = make_plan({"a": [], "b": ["a"], "c": ["b"]})
+    holder: dict[str, asyncio.Task[RunResult]] = {}
+    # The interruption lands just as a's answer arrives, before the engine has read it.
+    client = _Scripted({"a": lambda: asyncio.get_running_loop().call_soon(holder["run"].cancel)})
+    engine = PlanBuilder(plan, make_tenant(), client=client).build()
+
+    async def scenario() -> None:
+        holder["run"] = asyncio.create_task(engine.run())
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(holder["run"], timeout=10)
+
+    asyncio.run(scenario())
+    assert client.calls == ["a"]
+    assert engine.result is not None and engine.result.interrupted
+    assert engine.result.outputs["b"].status is StepStatus.CANCELLED
+
+
+def test_a_resume_with_another_model_is_checked_against_the_allow_list() -> None:
+    plan = make_plan({"a": [], "b": ["a"]})
+    tenant = make_tenant(allowed=["openai/*"])
+    first = asyncio.run(PlanBuilder(plan, tenant, client=_Scripted()).build().run())
+    engine = PlanBuilder(plan, tenant, "evil/other-model", client=_Scripted(),
+                         reuse=first.outputs).build()
+    with pytest.raises(PreflightError, match="'evil/other-model' is not allowed"):
+        asyncio.run(engine.run())
+
+
+def test_mock_answers_are_never_reused_by_a_real_client() -> None:
+    from dworkers.llm import MockClient
+
+    plan = make_plan({"a": [], "b": ["a"]})
+    mocked = asyncio.run(PlanBuilder(plan, make_tenant(), client=MockClient(latency=0))
+                         .build().run())
+    real = _Scripted()
+    result = asyncio.run(PlanBuilder(plan, make_tenant(), client=real,
+                                     reuse=mocked.outputs).build().run())
+    assert real.calls == ["a", "b"]
+    assert not any(step.cached for step in result.outputs.values())

@@ -327,3 +327,27 @@ def test_a_mock_run_can_be_resumed_for_real(
     # Other model, other endpoint: nothing the mock said is reused.
     assert len(llm_server.requests) == 4
     assert not any(step["cached"] for step in json.loads(stdout)["outputs"].values())
+
+
+def test_resume_finds_a_tenant_that_was_read_from_its_file(
+    plan_file: Path, tmp_path: Path
+) -> None:
+    tenant = tmp_path / "client.yaml"
+    tenant.write_text("id: file-tenant\nname: From A File\ncontext: Makes tea.\n")
+    assert invoke("run", str(plan_file), "--mock", "-i", "topic=x", "--tenant", str(tenant))[0] == 0
+    code, stdout, stderr = invoke("run", "--resume", "last", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["tenant"] == "file-tenant"
+
+
+def test_a_reply_with_undecodable_text_is_still_saved(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("scope"), content="odd \ud800 text")
+    out = tmp_path / "runs"
+    code, _, stderr = invoke("run", str(plan_file), "-i", "topic=x", "--model",
+                             "openai/test-model", "--api-base", llm_server.url, "--out", str(out))
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    saved = (only_run_dir(out) / "steps" / "scope.md").read_text()
+    assert saved == "odd ? text"

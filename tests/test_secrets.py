@@ -87,6 +87,8 @@ def test_key_shaped_strings_are_redacted(text: str, expected: str) -> None:
         "the bearer of bad news; scikit-learn and task-force-planning; risk-assessments",
         "Key: revenue grew 12% in Q3 (see table 4).",
         "git@github.com:org/repo.git and user@example.com",
+        "Authorization: permission denied for this model",
+        "Invalid password: must contain a digit; client_secret: missing from request",
         "",
     ],
 )
