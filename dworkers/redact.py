@@ -1,13 +1,18 @@
-"""Remove secrets from text that is shown or saved (errors, run.json, report.md, history).
+"""Remove secrets from text that dworkers itself produces and saves: every provider error
+message (which then reaches the screen, run.json, report.md and the history) and the
+``--api-base`` URL kept in the history. Model outputs are the user's deliverables and are kept
+as they are.
 
 ``redact(text, secrets)`` replaces, in this order:
 
 1. the given secret values and the values of environment variables whose names look secret
-   (``*_KEY``, ``*_TOKEN``, ``*_SECRET*``, ``*PASSWORD*``; values of 8 characters or more);
+   (``*_KEY``, ``*_KEY_*``, ``*APIKEY*``, ``*_TOKEN``, ``*_SECRET*``, ``*PASSWORD*``; values of
+   8 characters or more);
 2. credentials in URLs (``scheme://user:password@host`` → ``scheme://[redacted]@host``);
 3. key-shaped strings: ``sk-...``/``sk-ant-...`` and other vendors' prefixed keys,
    ``Bearer <token>``, ``Authorization: <scheme> <value>``, and ``name=value``/``name: value``
-   pairs whose name ends in key, token, secret or password.
+   pairs whose name ends in key, token, secret or password — where the value looks generated,
+   so that "missing key: OPENAI_API_KEY" or "password: must contain a digit" stay readable.
 
 Every pattern is compiled once, and each is anchored so that it is tried only where a match can
 start: the work is linear in the length of the text.
