@@ -15,14 +15,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dworkers.engine import Engine, RunOptions, new_run_id
 from dworkers.errors import DworkersError, InputError, Problem
 from dworkers.events import Event, RunResult
-from dworkers.plans.base import BasePlan
 from dworkers.redact import redact_url
 from dworkers.tenants.config import TenantConfig
+
+if TYPE_CHECKING:
+    from dworkers.history import History
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_INPUT_FILE_BYTES = 10 * 1024 * 1024
@@ -144,26 +146,39 @@ def resolve_tenant(name: str) -> TenantConfig:
     return tenant_registry.get(name)
 
 
+@dataclass
+class _Prepared:
+    """Everything a run needs, checked: nothing has been called or written yet."""
+
+    engine: Engine
+    inputs: dict[str, str]
+    history: History | None
+    resumed_from: str | None
+
+
 def execute(request: RunRequest) -> int:
     """Run a plan for the CLI; returns the exit code. User mistakes raise ``DworkersError``."""
-    from dworkers import view
-    from dworkers.plans.builder import PlanBuilder
-    from dworkers.validation import resolve_plan
-
     # litellm's own modules warn on import; those warnings are not the user's business.
     warnings.filterwarnings("ignore", module=r"litellm(\.|$)")
     warnings.filterwarnings("ignore", message=r".*ReadOnly. qualifier", category=UserWarning)
+    prepared = prepare(request)
+    if request.dry_run:
+        return dry_run(prepared.engine, prepared.inputs, as_json=request.json)
+    return run_live(request, prepared)
+
+
+def prepare(request: RunRequest) -> _Prepared:
+    """Resolve the plan, tenant, inputs and resumed run, and build the engine."""
+    from dworkers.plans.builder import PlanBuilder
+    from dworkers.validation import resolve_plan
 
     inputs = parse_inputs(request.inputs)
-    history = None
-    reuse = None
-    resumed = None
+    history = resumed = None
     if not request.dry_run or request.resume is not None:
         from dworkers.history import History
 
         history = History().open()  # a broken database is reported before anything is spent
-    if request.resume is not None:
-        assert history is not None
+    if request.resume is not None and history is not None:
         resumed = history.get_run(request.resume.strip() or "<empty>")
         resume_defaults(request, resumed.plan, resumed.tenant, resumed.options)
         inputs = {**resumed.inputs, **inputs}
@@ -173,6 +188,7 @@ def execute(request: RunRequest) -> int:
                                   "missing-plan", file="dworkers run")])
     plan = resolve_plan(request.plan)
     tenant = resolve_tenant(request.tenant or "default")
+    reuse = None
     if resumed is not None and history is not None:
         if resumed.plan != plan.name:
             raise InputError([Problem(
@@ -180,51 +196,46 @@ def execute(request: RunRequest) -> int:
                 f"resume it with: dworkers run {resumed.plan} --resume {resumed.run_id}",
                 "wrong-plan", file="--resume")])
         reuse = history.reuse_for(resumed.run_id, plan)
-    options = RunOptions(
-        max_concurrency=request.max_concurrency,
-        max_cost_usd=request.max_cost,
-        fail_fast=request.fail_fast,
-        run_id=new_run_id(),
-    )
-    prefetch = None
-    if not request.mock and not request.dry_run:
-        from dworkers.llm import prefetch_litellm
-
-        prefetch = prefetch_litellm()  # loads while inputs are checked and the tree paints
     cache = None
     if history is not None and not request.no_cache and not request.mock:
         from dworkers.history import HistoryCache
 
         cache = HistoryCache(history)
+    options = RunOptions(max_concurrency=request.max_concurrency, max_cost_usd=request.max_cost,
+                         fail_fast=request.fail_fast, run_id=new_run_id())
     engine = PlanBuilder(plan, tenant, request.model, api_base=request.api_base,
                          mock=request.mock, options=options, reuse=reuse, cache=cache).build()
-    values = engine.resolve_inputs(inputs)
-    if request.dry_run:
-        return dry_run(engine, values, as_json=request.json)
+    return _Prepared(engine, engine.resolve_inputs(inputs), history,
+                     resumed.run_id if resumed else None)
 
-    run_id = options.run_id or new_run_id()
-    out_dir = (request.out or Path("dworkers-runs")) / run_id
-    check_writable(out_dir)
+
+def run_live(request: RunRequest, prepared: _Prepared) -> int:
+    """Run under the live view (or line view), keeping files and history as steps finish."""
+    from dworkers import view
     from dworkers.outputs import RunWriter
 
-    writer = RunWriter(out_dir, plan, values)
+    engine, values = prepared.engine, prepared.inputs
+    prefetch = None
+    if not request.mock:
+        from dworkers.llm import prefetch_litellm
+
+        prefetch = prefetch_litellm()  # loads while the tree paints
+    run_id = engine.options.run_id or new_run_id()
+    out_dir = (request.out or Path("dworkers-runs")) / run_id
+    check_writable(out_dir)
+    writer = RunWriter(out_dir, engine.plan, values)
     err = view.console()
     display = view.make_view(interactive=view.is_interactive(err) and not request.quiet,
                              quiet=request.quiet, console=err)
     consumers: list[Callable[[Event], None]] = [writer, display]
     recorder = None
-    if history is not None:
+    if prepared.history is not None:
         from dworkers.history import HistoryRecorder
 
-        recorder = HistoryRecorder(
-            history, inputs=values, resumed_from=resumed.run_id if resumed else None,
-            options={"model": request.model, "api_base": redact_url(request.api_base or "")
-                     or None, "mock": request.mock, "tenant": tenant.id,
-                     "plan_path": str(plan.source.file) if plan.source else None,
-                     "tenant_path": str(tenant.source.file) if tenant.source else None},
-        )
+        recorder = HistoryRecorder(prepared.history, inputs=values,
+                                   resumed_from=prepared.resumed_from,
+                                   options=recorded_options(request, engine))
         consumers.append(recorder)
-
     consumer_errors: list[str] = []
 
     def fan_out(event: Event) -> None:
@@ -238,7 +249,6 @@ def execute(request: RunRequest) -> int:
                     consumer_errors.append(f"{type(consumer).__name__}: {exc!r}")
 
     engine.on_event = fan_out
-
     display.prepare(engine.describe(run_id))  # the tree paints the moment the view opens
 
     async def main() -> RunResult:
@@ -265,17 +275,30 @@ def execute(request: RunRequest) -> int:
             with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
         view.print_summary(err, result, str(out_dir))
-        if writer.error is not None:
-            view.print_error(err, f"some run files could not be written: {writer.error}")
-        for problem in consumer_errors:
-            view.print_error(err, f"while recording the run: {problem}")
+        problems = [f"some run files could not be written: {writer.error}"] if writer.error else []
+        problems += [f"while recording the run: {problem}" for problem in consumer_errors]
         if recorder is not None and recorder.error is not None:
-            view.print_error(err, f"run history not saved: {recorder.error}")
+            problems.append(f"run history not saved: {recorder.error}")
+        for problem in problems:
+            view.print_error(err, problem)
         if request.json:
             sys.stdout.write(json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n")
     if interrupted or result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def recorded_options(request: RunRequest, engine: Engine) -> dict[str, Any]:
+    """How the run was started, for ``--resume``: never a credential."""
+    plan, tenant = engine.plan, engine.tenant
+    return {
+        "model": request.model,
+        "api_base": redact_url(request.api_base) if request.api_base else None,
+        "mock": request.mock,
+        "tenant": tenant.id,
+        "plan_path": str(plan.source.file) if plan.source else None,
+        "tenant_path": str(tenant.source.file) if tenant.source else None,
+    }
 
 
 @contextlib.contextmanager
@@ -334,4 +357,4 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
     return EXIT_OK
 
 
-__all__ = ["BasePlan", "DworkersError", "RunRequest", "execute", "parse_inputs"]
+__all__ = ["RunRequest", "execute", "parse_inputs"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dworkers.errors import DworkersError, LoadError, Problem, ProblemsError
+from dworkers.errors import DworkersError, Problem, ProblemsError
 from dworkers.plans.base import BasePlan
 
 
@@ -52,4 +52,4 @@ def validate_target(target: str) -> tuple[list[Problem], str]:
     return [], f"{target}: plan {item.name!r} is valid ({len(item.steps)} steps)"
 
 
-__all__ = ["LoadError", "resolve_plan", "validate_target"]
+__all__ = ["looks_like_path", "resolve_plan", "validate_target"]
