@@ -11,10 +11,9 @@ from collections.abc import Mapping, Sequence
 
 from _common import layered_dag, plan_from_graph
 
-from dworkers.engine import RunOptions
+from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.errors import Problem
 from dworkers.llm import Completion, DeltaCallback, LLMRequest
-from dworkers.plans.builder import PlanBuilder
 from dworkers.tenants.config import LimitsConfig, TenantConfig
 
 

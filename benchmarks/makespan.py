@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from _common import ROOT, layered_dag, plan_from_graph
 
 from dworkers import dag
-from dworkers.engine import RunOptions
-from dworkers.plans.builder import PlanBuilder
+from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig
 
 

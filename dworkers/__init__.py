@@ -17,7 +17,7 @@ _EXPORTS = {
     "PlanStep": "dworkers.plans.base",
     "InputSpec": "dworkers.plans.base",
     "WorkerRole": "dworkers.types",
-    "PlanBuilder": "dworkers.plans.builder",
+    "PlanBuilder": "dworkers.engine",
     "Engine": "dworkers.engine",
     "RunOptions": "dworkers.engine",
     "RunResult": "dworkers.events",

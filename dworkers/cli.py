@@ -124,7 +124,7 @@ def validate(
 ) -> None:
     """Check plans and tenants without running anything; report every problem at once."""
     from dworkers import view
-    from dworkers.validation import validate_target
+    from dworkers.targets import validate_target
 
     problems: list[Problem] = []
     summaries: list[str] = []
@@ -161,7 +161,7 @@ def show(
     """Show a plan (steps, roles, dependencies, inputs) or a recorded run and its outputs."""
     from dworkers import view
     from dworkers.plans.registry import plan_registry
-    from dworkers.validation import looks_like_path, resolve_plan
+    from dworkers.targets import looks_like_path, resolve_plan
 
     if step is not None or not (looks_like_path(target) or plan_registry.has(target)):
         try:

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+MOCK_MODEL = "mock"  # the model name offline (--mock) answers carry; never served to real runs
+
 
 class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"

@@ -28,6 +28,7 @@ from dworkers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from dworkers.events import MOCK_MODEL
 from dworkers.redact import redact
 
 Message = dict[str, str]
@@ -321,7 +322,7 @@ class MockClient:
     """Offline answers for ``--mock``: deterministic text built from the step and its prompt,
     streamed in pieces with a small realistic latency, through the same engine path."""
 
-    model_name = "mock"
+    model_name = MOCK_MODEL
 
     def __init__(self, latency: float | None = None) -> None:
         # A scale: 1.0 ≈ 0.4–1.6 s per step, 0 for instant. DWORKERS_MOCK_LATENCY sets it

@@ -138,8 +138,8 @@ def check_writable(directory: Path) -> None:
 
 def resolve_tenant(name: str) -> TenantConfig:
     from dworkers import loader
+    from dworkers.targets import looks_like_path
     from dworkers.tenants.registry import tenant_registry
-    from dworkers.validation import looks_like_path
 
     if looks_like_path(name):
         return loader.load_tenant(name)
@@ -169,8 +169,8 @@ def execute(request: RunRequest) -> int:
 
 def prepare(request: RunRequest) -> _Prepared:
     """Resolve the plan, tenant, inputs and resumed run, and build the engine."""
-    from dworkers.plans.builder import PlanBuilder
-    from dworkers.validation import resolve_plan
+    from dworkers.engine import PlanBuilder
+    from dworkers.targets import resolve_plan
 
     inputs = parse_inputs(request.inputs)
     history = resumed = None

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+from dworkers.names import IDENTIFIER
 
 # NamedTuples rather than dataclasses: this module is imported by every command, and a
 # dataclass costs about a millisecond to create at import time.
@@ -137,7 +137,7 @@ def _field_issue(field: str, offset: int) -> TemplateIssue | None:
                 fix.format(base="{" + base + "}"),
                 offset,
             )
-    if not _IDENTIFIER.match(field):
+    if not IDENTIFIER.match(field):
         return TemplateIssue(
             f"placeholder {text} is not a valid input name",
             "input names are letters, digits and '_', not starting with a digit",
@@ -148,7 +148,7 @@ def _field_issue(field: str, offset: int) -> TemplateIssue | None:
 
 def _base_name(field: str, mark: str) -> str:
     base = field.split(mark, 1)[0].strip()
-    return base if _IDENTIFIER.match(base) and len(base) <= 40 else "name"
+    return base if IDENTIFIER.match(base) and len(base) <= 40 else "name"
 
 
 def render(template: str, values: Mapping[str, str]) -> str:

@@ -19,11 +19,10 @@ from support import (
     request_for,
 )
 
-from dworkers.engine import RunOptions
+from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.errors import InputError, PlanValidationError, PreflightError
 from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
 from dworkers.plans.base import InputSpec
-from dworkers.plans.builder import PlanBuilder
 from dworkers.tenants.config import TenantConfig
 from dworkers.types import WorkerRole
 

@@ -21,8 +21,7 @@ import pytest
 from fake_llm_server import FakeLLMServer
 from support import llm_server, make_plan, make_tenant, marker, request_for
 
-from dworkers import history as history_module
-from dworkers.engine import RunOptions, StepCache
+from dworkers.engine import PlanBuilder, RunOptions, StepCache
 from dworkers.errors import HistoryError, NotFoundError, ProviderUnavailableError
 from dworkers.events import (
     EventLog,
@@ -42,11 +41,11 @@ from dworkers.history import (
     HistoryRecorder,
     NoOutputError,
     history_path,
+    schema as history_schema,
     schema_version,
 )
 from dworkers.llm import Completion, DeltaCallback, LLMRequest, MockClient
 from dworkers.plans.base import BasePlan, PlanStep
-from dworkers.plans.builder import PlanBuilder
 
 __all__ = ["llm_server"]
 
@@ -173,10 +172,10 @@ def test_migrations_run_in_order_once_and_keep_existing_runs(
     run(hist, make_plan({"a": []}), run_id="r1")
     hist.close()
     applied: list[str] = []
-    migrations = [*history_module.MIGRATIONS,
+    migrations = [*history_schema.MIGRATIONS,
                   ("ALTER TABLE runs ADD COLUMN note TEXT",),
                   ("UPDATE runs SET note = 'v3'", "CREATE INDEX runs_note ON runs (note)")]
-    monkeypatch.setattr(history_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(history_schema, "MIGRATIONS", migrations)
     original_migrate = History._migrate
 
     def spy(self: History, conn: sqlite3.Connection) -> None:
@@ -198,8 +197,8 @@ def test_a_failing_migration_is_rolled_back_entirely(
 ) -> None:
     run(hist, make_plan({"a": []}), run_id="r1")
     hist.close()
-    monkeypatch.setattr(history_module, "MIGRATIONS", [
-        *history_module.MIGRATIONS, ("CREATE TABLE half (x)", "THIS IS NOT SQL")])
+    monkeypatch.setattr(history_schema, "MIGRATIONS", [
+        *history_schema.MIGRATIONS, ("CREATE TABLE half (x)", "THIS IS NOT SQL")])
     with pytest.raises(HistoryError, match=r"history\.db"):
         History(hist.path).open()
     assert db_rows(hist.path, "PRAGMA user_version") == [(1,)]
@@ -410,7 +409,7 @@ WRITER_SCRIPT = textwrap.dedent("""
     from dworkers.engine import RunOptions
     from dworkers.history import History, HistoryRecorder
     from dworkers.llm import MockClient
-    from dworkers.plans.builder import PlanBuilder
+    from dworkers.engine import PlanBuilder
     graph = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": []}
     history = History()
     for i in range(int(sys.argv[3])):
@@ -689,7 +688,7 @@ KILLED_SCRIPT = textwrap.dedent("""
                 await asyncio.sleep(3600)
             return await super().complete(request, on_delta)
 
-    from dworkers.plans.builder import PlanBuilder
+    from dworkers.engine import PlanBuilder
     graph = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": []}
     engine = PlanBuilder(make_plan(graph), make_tenant(), client=Hanging(latency=0),
                          options=RunOptions(run_id="doomed"),

@@ -13,7 +13,7 @@ import litellm
 import pytest
 from support import FakeLLMServer, llm_server, make_plan, make_tenant
 
-from dworkers.engine import RunOptions
+from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.errors import (
     AuthenticationError,
     ProviderTimeoutError,
@@ -22,7 +22,6 @@ from dworkers.errors import (
 )
 from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
 from dworkers.llm import LiteLLMClient, _clean_message
-from dworkers.plans.builder import PlanBuilder
 from dworkers.redact import redact, redact_url
 from dworkers.tenants.config import TenantConfig, check_api_base, check_model_name
 

@@ -20,7 +20,7 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
-from dworkers.state import (
+from dworkers.view.state import (
     LINE_WIDTH,
     Phase,
     RunState,
@@ -247,8 +247,8 @@ def test_events_for_unknown_steps_still_show() -> None:
 
 
 def test_a_real_mock_run_keeps_totals_consistent() -> None:
+    from dworkers.engine import PlanBuilder
     from dworkers.llm import MockClient
-    from dworkers.plans.builder import PlanBuilder
     from dworkers.plans.registry import plan_registry
 
     log = EventLog()

@@ -22,8 +22,8 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
-from dworkers.state import Phase, RunState
 from dworkers.view import live as live_view
+from dworkers.view.state import Phase, RunState
 
 
 class FakeClock:

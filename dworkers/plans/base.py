@@ -7,19 +7,15 @@ plan was loaded from YAML, and says how to fix it. Everything here is linear in 
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dworkers import dag, templates
 from dworkers.errors import PlanValidationError, Problem, did_you_mean, shown
+from dworkers.names import IDENTIFIER, MAX_SLUG_LENGTH, SLUG, SLUG_HINT, slug_suggestion
 from dworkers.types import SourceMap, SourcePath, WorkerRole
 
-SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
-SLUG_HINT = "use lowercase letters, digits, '-' and '_', starting with a letter or digit"
-MAX_SLUG_LENGTH = 100
-INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_COMPARISONS = 200_000
 """"Did you mean" compares a name with every known one; this bounds the comparisons per check,
 so a plan with thousands of typos among thousands of steps does not make validation quadratic
@@ -33,12 +29,6 @@ def unnamed_step_id(index: int) -> str:
 
 def _is_unnamed(step_id: str) -> bool:
     return step_id.startswith("<step ") and step_id.endswith(">")
-
-
-def slug_suggestion(name: str) -> str | None:
-    """``name`` made into a valid slug ("Gather Data" → "gather-data"), if that is possible."""
-    slug = re.sub(r"[^a-z0-9_-]+", "-", name.strip().lower()).strip("-_")
-    return slug if slug and SLUG.match(slug) and len(slug) <= MAX_SLUG_LENGTH else None
 
 
 class PlanStep(BaseModel):
@@ -273,7 +263,7 @@ class _PlanChecker:
         declared = self.plan.inputs
         declared_names = list(declared or {})
         for name in declared_names:
-            if not INPUT_NAME.match(name):
+            if not IDENTIFIER.match(name):
                 self.problem(("inputs", name), f"input name {shown(name)} is not valid",
                              "input names are letters, digits and '_', not starting with a digit",
                              "invalid-input-name", key=True)

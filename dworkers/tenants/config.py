@@ -8,13 +8,12 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dworkers.errors import Problem, TenantValidationError, shown
-from dworkers.plans.base import SLUG, SLUG_HINT
+from dworkers.names import IDENTIFIER, SLUG, SLUG_HINT
 from dworkers.redact import redact_url
 from dworkers.types import ROLE_NAMES, SourceMap, SourcePath, WorkerRole
 
 # litellm model strings: "provider/model", "model", "bedrock/anthropic.claude-3:0", ...
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9._:@+-]+)*\Z")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 API_BASE = re.compile(r"https?://[^\s]+\Z")
 
 
@@ -161,7 +160,7 @@ class TenantConfig(_Strict):
             if not pattern.strip():
                 problem(("security", "allowed_models", i), "empty pattern in allowed_models",
                         "remove it, or write a glob such as 'openai/*'", "invalid-pattern")
-        if self.api_key_env is not None and not ENV_NAME.match(self.api_key_env):
+        if self.api_key_env is not None and not IDENTIFIER.match(self.api_key_env):
             problem(("api_key_env",), f"api_key_env {shown(self.api_key_env)} is not an "
                     "environment variable name",
                     "name the variable that holds the key, e.g. ACME_OPENAI_KEY",

@@ -19,7 +19,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from dworkers.events import Event, RunResult, RunStarted, StepFinished, StepInfo, StepStatus
-from dworkers.state import (
+from dworkers.view import console
+from dworkers.view.state import (
     Clock,
     Phase,
     RunState,
@@ -31,7 +32,6 @@ from dworkers.state import (
     one_line,
     plural,
 )
-from dworkers.view import console
 
 if TYPE_CHECKING:
     from dworkers.history import RunRecord, StepRecord

@@ -1,4 +1,4 @@
-"""Finding plans by name or path, and validating any plan or tenant target."""
+"""What a command names: a plan by name or YAML path; validating any plan or tenant target."""
 
 from __future__ import annotations
 

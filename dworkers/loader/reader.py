@@ -1,49 +1,29 @@
-"""The only module that reads YAML: plan and tenant files → models, with source positions.
+"""The bounded YAML reader: one untrusted file → plain values and the position of each.
 
 Plan and tenant files are shared between people, so they are untrusted: the file size, the
 nesting depth and the number of values (alias expansion included) are bounded, only YAML's safe
-tags are accepted, duplicate keys are errors, and no input can raise anything but ``LoadError``,
-``PlanValidationError`` or ``TenantValidationError``.
+tags are accepted, duplicate keys are errors, and no input can raise anything but ``LoadError``.
+This and the rest of ``dworkers.loader`` are the only code that imports yaml.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dworkers.errors import (
-    LoadError,
-    PlanValidationError,
-    Problem,
-    TenantValidationError,
-    did_you_mean,
-    shown,
-)
-from dworkers.plans.base import BasePlan, InputSpec, PlanStep, slug_suggestion, unnamed_step_id
-from dworkers.types import ROLE_NAMES, SourceMap, SourcePath
-
-if TYPE_CHECKING:
-    from dworkers.tenants.config import TenantConfig
+from dworkers.errors import LoadError
+from dworkers.loader.problems import problem_at
+from dworkers.types import SourceMap, SourcePath
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_VALUES = 500_000
 
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _PlanDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    description: str = ""
-    inputs: dict[str, InputSpec | None] | None = None
-    steps: list[Any]
 
 
 _TAG = "tag:yaml.org,2002:"
@@ -386,9 +366,9 @@ def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap
     if text is None:
         text = _read_text(Path(path), file)
 
-    def fail(message: str, hint: str, line: int | None, column: int | None,
+    def fail(message: str, hint: str, line: int, column: int,
              code: str = "yaml-syntax") -> LoadError:
-        return LoadError([Problem(message, hint, code, file, line, column)])
+        return LoadError([problem_at(file, (line, column), message, hint, code)])
 
     loader: yaml.SafeLoader | None = None
     try:
@@ -450,8 +430,7 @@ def _text_position(text: str, offset: int, *, in_bytes: bool = False) -> tuple[i
 def _read_text(path: Path, file: str) -> str:
     def fail(message: str, hint: str, code: str, where: tuple[int, int] | None = None
              ) -> LoadError:
-        line, column = where or (None, None)
-        return LoadError([Problem(message, hint, code, file, line, column)])
+        return LoadError([problem_at(file, where, message, hint, code)])
 
     try:
         if path.is_dir():
@@ -483,307 +462,3 @@ def _read_text(path: Path, file: str) -> str:
                    f"{exc.start})", "save it as UTF-8", "not-utf8", (line, column)) from None
 
 
-FileKind = Literal["plan", "tenant"]
-
-
-def detect_kind(data: Any) -> FileKind:
-    """Plans have ``steps``; anything else with ``id`` or ``models`` is a tenant."""
-    if isinstance(data, dict) and "steps" not in data and ("id" in data or "models" in data):
-        return "tenant"
-    return "plan"
-
-
-def load_plan(path: Path | str, text: str | None = None) -> BasePlan:
-    """Load and fully validate a plan file; raise with every problem found."""
-    data, source = read_yaml(path, text)
-    return plan_from_data(data, source)
-
-
-def plan_from_data(data: Any, source: SourceMap) -> BasePlan:
-    """A validated plan from loaded values; raise with every problem found, in one pass."""
-    problems: list[Problem] = []
-    if not isinstance(data, dict):
-        raise LoadError([_not_a_mapping(source, "plan", "name, description, inputs and steps")])
-    top = {key: value for key, value in data.items() if key != "steps"}
-    raw_steps = data.get("steps")
-    try:
-        document = _PlanDocument.model_validate({**top, "steps": []})
-    except ValidationError as exc:
-        problems += _problems(exc, source, (), _PlanDocument, "the plan")
-        document = _partial_document(top, exc, source)
-    if "steps" not in data:
-        problems.append(_located(source, (), "plan has no 'steps' list",
-                                 "add 'steps:' with at least one step", "missing-key"))
-        raw_steps = []
-    elif not isinstance(raw_steps, list):
-        problems.append(_located(source, ("steps",), "'steps' must be a list of steps",
-                                 "write each step on its own line as '- step_id: ...'",
-                                 "invalid-type"))
-        raw_steps = []
-    inputs = None
-    if document.inputs is not None:
-        inputs = {name: spec or InputSpec() for name, spec in document.inputs.items()}
-    plan = BasePlan(document.name, document.description, inputs=inputs, source=source)
-    for i, raw in enumerate(raw_steps):
-        plan.add_step(_step(raw, i, source, problems))
-    checked = plan.check()
-    if problems:  # "no steps" is already said when 'steps' is missing or not a list
-        checked = [p for p in checked if p.code != "no-steps" or raw_steps == data.get("steps")]
-    problems += checked
-    if problems:
-        raise PlanValidationError(_sorted(problems))
-    return plan
-
-
-def _partial_document(top: dict[str, Any], exc: ValidationError, source: SourceMap) -> Any:
-    """What is usable of a plan's top-level keys, so the step checks still run in this pass."""
-    bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
-    kept = {k: v for k, v in top.items() if k not in bad and k in _PlanDocument.model_fields}
-    name = kept.get("name")
-    if not isinstance(name, str):
-        name = slug_suggestion(Path(source.file).stem) or "plan"
-    try:
-        return _PlanDocument.model_validate({**kept, "name": name, "steps": []})
-    except ValidationError:  # pragma: no cover - every remaining key validated on its own
-        return _PlanDocument.model_construct(name=name, description="", inputs=None, steps=[])
-
-
-def _step(raw: Any, index: int, source: SourceMap, problems: list[Problem]) -> PlanStep:
-    path: SourcePath = ("steps", index)
-    if not isinstance(raw, dict):
-        problems.append(_located(source, path, f"step {index + 1} must be a mapping "
-                                 f"(got {_describe(raw)})",
-                                 "write it as '- step_id: ...' with name, worker_role, ... "
-                                 "indented below", "invalid-type"))
-        return PlanStep.model_construct(step_id=unnamed_step_id(index), name="", depends_on=[])
-    try:
-        return PlanStep.model_validate(raw)
-    except ValidationError as exc:
-        step_id = raw.get("step_id")
-        label = f"step {shown(step_id)}" if isinstance(step_id, str) else f"step {index + 1}"
-        problems += _problems(exc, source, path, PlanStep, label)
-    # Keep what is usable so the graph checks still run and report the rest in the same pass.
-    depends_on = raw.get("depends_on")
-    if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
-        depends_on = []
-    template = raw.get("prompt_template")
-    return PlanStep.model_construct(
-        step_id=step_id if isinstance(step_id, str) else unnamed_step_id(index),
-        name=str(raw.get("name", "")),
-        depends_on=depends_on,
-        prompt_template=template if isinstance(template, str) else "",
-    )
-
-
-def load_tenant(path: Path | str, text: str | None = None) -> TenantConfig:
-    """Load and fully validate a tenant file; raise with every problem found."""
-    data, source = read_yaml(path, text)
-    return tenant_from_data(data, source)
-
-
-def tenant_from_data(data: Any, source: SourceMap) -> TenantConfig:
-    """A validated tenant from loaded values; raise with every problem found, in one pass."""
-    from dworkers.tenants.config import TenantConfig  # listing plans never needs tenants
-
-    if not isinstance(data, dict):
-        raise LoadError([_not_a_mapping(source, "tenant", "id, name, context and models")])
-    problems: list[Problem] = []
-    try:
-        tenant = TenantConfig.model_validate(data)
-    except ValidationError as exc:
-        problems += _problems(exc, source, (), TenantConfig, "the tenant")
-        # Check what is left too (model names, allowed models), so one pass finds everything.
-        try:
-            tenant = TenantConfig.model_validate(_without_errors(data, exc))
-        except ValidationError:
-            raise TenantValidationError(_sorted(problems)) from None
-    tenant._source = source
-    problems += tenant.check()
-    if problems:
-        raise TenantValidationError(_sorted(problems))
-    return tenant
-
-
-def _without_errors(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
-    """``data`` minus every value pydantic rejected (copied along the way; ``id`` kept valid),
-    so the rest can still be validated and checked."""
-    result = dict(data)
-    for error in exc.errors():
-        loc = [part for part in error["loc"] if part != "[key]"]
-        if error["type"] == "missing" or not loc:
-            continue
-        parent: Any = result
-        for part in loc[:-1]:
-            child = parent.get(part) if isinstance(parent, dict) else None
-            if not isinstance(child, dict):
-                parent = None
-                break
-            parent[part] = parent = dict(child)
-        if isinstance(parent, dict):
-            parent.pop(loc[-1], None)
-    if not isinstance(result.get("id"), str):
-        result["id"] = "tenant"
-    return result
-
-
-def load_any(path: Path | str) -> BasePlan | TenantConfig:
-    data, source = read_yaml(path)
-    if detect_kind(data) == "tenant":
-        return tenant_from_data(data, source)
-    return plan_from_data(data, source)
-
-
-# --- turning pydantic's errors into located problems with a fix ---------------------------
-
-
-def _located(source: SourceMap, path: SourcePath, message: str, hint: str, code: str,
-             *, key: bool = False) -> Problem:
-    line, column = source.at(path, key=key)
-    return Problem(message, hint, code, source.file, line, column)
-
-
-def _not_a_mapping(source: SourceMap, kind: str, keys: str) -> Problem:
-    return _located(source, (), f"a {kind} file must be a YAML mapping",
-                    f"start with top-level keys such as {keys}", "invalid-type")
-
-
-def _sorted(problems: list[Problem]) -> list[Problem]:
-    """By position; a value shared through an alias or merge key is reported once."""
-    unique = dict.fromkeys(problems)
-    return sorted(unique, key=lambda p: (p.line or 0, p.column or 0, p.code))
-
-
-_TYPE_WORDS = {
-    "string_type": ("text", "write text (quote it if it looks like a number, date or true/false)"),
-    "int_type": ("a whole number", "write a whole number such as 2"),
-    "int_parsing": ("a whole number", "write a whole number such as 2"),
-    "int_from_float": ("a whole number", "write a whole number such as 2"),
-    "float_type": ("a number", "write a number such as 300"),
-    "float_parsing": ("a number", "write a number such as 300"),
-    "finite_number": ("a finite number", "write a number such as 300"),
-    "list_type": ("a list", "write a list such as [a, b]"),
-    "dict_type": ("a mapping", "write indented 'key: value' lines below it"),
-    "model_type": ("a mapping", "write indented 'key: value' lines below it"),
-    "model_attributes_type": ("a mapping", "write indented 'key: value' lines below it"),
-    "bool_type": ("true or false", "write true or false"),
-    "bool_parsing": ("true or false", "write true or false"),
-}
-_SIGNS = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤",
-          "less_than": "<"}
-
-
-def _problems(
-    exc: ValidationError,
-    source: SourceMap,
-    base: SourcePath,
-    model: type[BaseModel],
-    owner: str,
-) -> list[Problem]:
-    """pydantic's errors for the object at ``base`` (``owner`` names it) as located problems."""
-    found = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
-        key_error = bool(loc) and loc[-1] == "[key]"
-        if key_error:
-            loc = loc[:-1]
-        path: SourcePath = (*base, *loc)
-        field = ".".join(str(part) for part in loc) or "value"
-        kind = error["type"]
-        value = error.get("input")
-        if kind == "extra_forbidden":
-            name = str(loc[-1])
-            allowed = _allowed_keys(model, loc[:-1])
-            guess = did_you_mean(name, allowed) if len(name) <= 100 else None
-            hint = (f"did you mean {guess!r}?" if guess
-                    else f"allowed keys: {', '.join(allowed)}" if allowed else "remove it")
-            where = owner if len(loc) == 1 else (
-                f"{'.'.join(str(part) for part in loc[:-1])} of {owner}")
-            found.append(_located(source, path, f"unknown key {shown(name)} in {where}", hint,
-                                  "unknown-key", key=True))
-        elif kind == "missing":
-            inside = ".".join(str(p) for p in loc[:-1])
-            message = f"{owner} is missing required key {loc[-1]!r}" + (
-                f" in {inside}" if inside else "")
-            found.append(_located(source, path[:-1], message, f"add '{loc[-1]}: ...'",
-                                  "missing-key"))
-        elif kind == "enum" or key_error:
-            text = str(value)
-            guess = did_you_mean(text, ROLE_NAMES) if len(text) <= 100 else None
-            hint = (f"did you mean {guess!r}? " if guess else "") + (
-                f"valid roles: {', '.join(ROLE_NAMES)}")
-            found.append(_located(source, path, f"unknown worker role {shown(value)} in {owner}",
-                                  hint, "unknown-role", key=key_error))
-        elif kind in _SIGNS:
-            ctx = error.get("ctx", {})
-            bound = next(iter(ctx.values()), "")
-            if isinstance(bound, float) and bound.is_integer():
-                bound = int(bound)
-            sign = _SIGNS[kind]
-            hint = {"≥": f"use {bound} or more", ">": f"use more than {bound}",
-                    "≤": f"use at most {bound}", "<": f"use less than {bound}"}[sign]
-            found.append(_located(source, path, f"{field} must be {sign} {bound} "
-                                  f"(got {_describe(value)})", hint, "out-of-range"))
-        elif kind in _TYPE_WORDS:
-            word, hint = _TYPE_WORDS[kind]
-            if kind == "list_type" and isinstance(value, str) and len(value) <= 40:
-                hint = f"write a list: [{value}]"
-            found.append(_located(source, path, f"{field} must be {word} "
-                                  f"(got {_describe(value)})", hint, "invalid-type"))
-        else:
-            found.append(_located(source, path, f"{field}: {error['msg']}",
-                                  "see the format in the README", "invalid-value"))
-    return found
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return shown(value, 40)
-
-
-def _allowed_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """The field names accepted at ``loc`` inside ``model``, for "did you mean"."""
-    current: Any = model
-    for part in loc:
-        current = _child(current, part)
-        if current is None:
-            return []
-    found = _model_of(current)
-    return list(found.model_fields) if found is not None else []
-
-
-def _child(annotation: Any, part: Any) -> Any:
-    """The annotation of ``part`` (a field name, dict key or list index) inside ``annotation``."""
-    import typing
-
-    found = _model_of(annotation)
-    if found is not None:
-        field = found.model_fields.get(str(part))
-        return field.annotation if field else None
-    for option in (annotation, *typing.get_args(annotation)):
-        origin = typing.get_origin(option)
-        if origin is dict:
-            return typing.get_args(option)[1]
-        if origin is list:
-            return typing.get_args(option)[0]
-    return None
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    import typing
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (dict, list):
-        return None
-    for arg in typing.get_args(annotation):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None

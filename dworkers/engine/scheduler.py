@@ -1,4 +1,4 @@
-"""The eager async DAG engine.
+"""The eager async DAG scheduler: ``Engine`` runs one plan for one tenant.
 
 Every step starts the moment its own dependencies have succeeded (no level barriers), capped by
 the run's concurrency and each role's ``max_concurrent_tasks``, on one event loop. Attempts are

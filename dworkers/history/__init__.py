@@ -1,0 +1,37 @@
+"""Run history in SQLite: every run and step, for ``runs``/``show``, ``--resume`` and the cache.
+
+The package, one job per module (imports point down this list):
+
+- ``recorder``: ``HistoryRecorder``, an ``on_event`` callback that records a run as it goes.
+- ``cache``: ``HistoryCache``, the engine's step cache answered from every succeeded step.
+- ``storage``: ``History``, the SQLite file: opening, upgrading, writing and querying it.
+- ``resume``: which steps of an earlier run a resume reuses (pure and linear).
+- ``records``: ``RunRecord``/``StepRecord`` and the table columns derived from them.
+- ``schema``: the migrations, in order, and the schema version.
+"""
+
+from dworkers.history.cache import HistoryCache
+from dworkers.history.recorder import HistoryRecorder
+from dworkers.history.records import RunRecord, StepRecord
+from dworkers.history.resume import ResumeDecision
+from dworkers.history.schema import RUN_STATUSES, schema_version
+from dworkers.history.storage import (
+    AmbiguousRunError,
+    History,
+    NoOutputError,
+    history_path,
+)
+
+__all__ = [
+    "RUN_STATUSES",
+    "AmbiguousRunError",
+    "History",
+    "HistoryCache",
+    "HistoryRecorder",
+    "NoOutputError",
+    "ResumeDecision",
+    "RunRecord",
+    "StepRecord",
+    "history_path",
+    "schema_version",
+]

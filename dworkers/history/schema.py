@@ -1,0 +1,77 @@
+"""The history database's schema: the migrations that build it, in order, and its version.
+
+The schema version (``PRAGMA user_version``) is the number of migrations applied; ``storage``
+applies the missing ones in one transaction when it opens the file.
+"""
+
+from __future__ import annotations
+
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+
+# Each migration is a list of statements, applied in order inside one transaction; the schema
+# version (PRAGMA user_version) is the number of migrations applied. Never edit a released
+# migration: append a new one.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE runs (
+            run_id            TEXT PRIMARY KEY,
+            plan              TEXT NOT NULL,
+            tenant            TEXT NOT NULL,
+            inputs            TEXT NOT NULL DEFAULT '{}',
+            status            TEXT NOT NULL
+                              CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+            started_at        REAL NOT NULL,
+            finished_at       REAL,
+            duration_ms       REAL,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd          REAL NOT NULL DEFAULT 0,
+            resumed_from      TEXT,
+            options           TEXT NOT NULL DEFAULT '{}',
+            pid               INTEGER,
+            host              TEXT
+        )
+        """,
+        "CREATE INDEX runs_started ON runs (started_at)",
+        "CREATE INDEX runs_plan ON runs (plan, started_at)",
+        """
+        CREATE TABLE steps (
+            run_id            TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            step_id           TEXT NOT NULL,
+            position          INTEGER NOT NULL DEFAULT 0,
+            name              TEXT NOT NULL DEFAULT '',
+            role              TEXT NOT NULL DEFAULT '',
+            depends_on        TEXT NOT NULL DEFAULT '[]',
+            status            TEXT NOT NULL
+                              CHECK (status IN ('pending', 'running', 'succeeded', 'failed',
+                                                'skipped', 'cancelled')),
+            model             TEXT,
+            messages          TEXT,
+            output            TEXT NOT NULL DEFAULT '',
+            error             TEXT,
+            attempts          INTEGER NOT NULL DEFAULT 0,
+            duration_ms       REAL NOT NULL DEFAULT 0,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd          REAL NOT NULL DEFAULT 0,
+            cached            INTEGER NOT NULL DEFAULT 0,
+            cache_key         TEXT,
+            fingerprint       TEXT,
+            started_at        REAL,
+            finished_at       REAL,
+            PRIMARY KEY (run_id, step_id)
+        )
+        """,
+        """
+        CREATE INDEX steps_cache ON steps (cache_key, finished_at)
+        WHERE status = 'succeeded' AND cache_key IS NOT NULL
+        """,
+    ),
+]
+
+
+def schema_version() -> int:
+    """The schema version this dworkers writes."""
+    return len(MIGRATIONS)
+

@@ -1,0 +1,185 @@
+"""Building plans and tenants from loaded YAML values, every problem found in one pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dworkers.errors import LoadError, PlanValidationError, Problem, TenantValidationError, shown
+from dworkers.loader.problems import (
+    describe,
+    from_validation_error,
+    in_order,
+    located,
+    not_a_mapping,
+)
+from dworkers.loader.reader import read_yaml
+from dworkers.names import slug_suggestion
+from dworkers.plans.base import BasePlan, InputSpec, PlanStep, unnamed_step_id
+from dworkers.types import SourceMap, SourcePath
+
+if TYPE_CHECKING:
+    from dworkers.tenants.config import TenantConfig
+
+
+class _PlanDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    inputs: dict[str, InputSpec | None] | None = None
+    steps: list[Any]
+
+
+FileKind = Literal["plan", "tenant"]
+
+
+def detect_kind(data: Any) -> FileKind:
+    """Plans have ``steps``; anything else with ``id`` or ``models`` is a tenant."""
+    if isinstance(data, dict) and "steps" not in data and ("id" in data or "models" in data):
+        return "tenant"
+    return "plan"
+
+
+def load_plan(path: Path | str, text: str | None = None) -> BasePlan:
+    """Load and fully validate a plan file; raise with every problem found."""
+    data, source = read_yaml(path, text)
+    return plan_from_data(data, source)
+
+
+def plan_from_data(data: Any, source: SourceMap) -> BasePlan:
+    """A validated plan from loaded values; raise with every problem found, in one pass."""
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        raise LoadError([not_a_mapping(source, "plan", "name, description, inputs and steps")])
+    top = {key: value for key, value in data.items() if key != "steps"}
+    raw_steps = data.get("steps")
+    try:
+        document = _PlanDocument.model_validate({**top, "steps": []})
+    except ValidationError as exc:
+        problems += from_validation_error(exc, source, (), _PlanDocument, "the plan")
+        document = _partial_document(top, exc, source)
+    if "steps" not in data:
+        problems.append(located(source, (), "plan has no 'steps' list",
+                                 "add 'steps:' with at least one step", "missing-key"))
+        raw_steps = []
+    elif not isinstance(raw_steps, list):
+        problems.append(located(source, ("steps",), "'steps' must be a list of steps",
+                                 "write each step on its own line as '- step_id: ...'",
+                                 "invalid-type"))
+        raw_steps = []
+    inputs = None
+    if document.inputs is not None:
+        inputs = {name: spec or InputSpec() for name, spec in document.inputs.items()}
+    plan = BasePlan(document.name, document.description, inputs=inputs, source=source)
+    for i, raw in enumerate(raw_steps):
+        plan.add_step(_step(raw, i, source, problems))
+    checked = plan.check()
+    if problems:  # "no steps" is already said when 'steps' is missing or not a list
+        checked = [p for p in checked if p.code != "no-steps" or raw_steps == data.get("steps")]
+    problems += checked
+    if problems:
+        raise PlanValidationError(in_order(problems))
+    return plan
+
+
+def _partial_document(top: dict[str, Any], exc: ValidationError, source: SourceMap) -> Any:
+    """What is usable of a plan's top-level keys, so the step checks still run in this pass."""
+    bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+    kept = {k: v for k, v in top.items() if k not in bad and k in _PlanDocument.model_fields}
+    name = kept.get("name")
+    if not isinstance(name, str):
+        name = slug_suggestion(Path(source.file).stem) or "plan"
+    try:
+        return _PlanDocument.model_validate({**kept, "name": name, "steps": []})
+    except ValidationError:  # pragma: no cover - every remaining key validated on its own
+        return _PlanDocument.model_construct(name=name, description="", inputs=None, steps=[])
+
+
+def _step(raw: Any, index: int, source: SourceMap, problems: list[Problem]) -> PlanStep:
+    path: SourcePath = ("steps", index)
+    if not isinstance(raw, dict):
+        problems.append(located(source, path, f"step {index + 1} must be a mapping "
+                                 f"(got {describe(raw)})",
+                                 "write it as '- step_id: ...' with name, worker_role, ... "
+                                 "indented below", "invalid-type"))
+        return PlanStep.model_construct(step_id=unnamed_step_id(index), name="", depends_on=[])
+    try:
+        return PlanStep.model_validate(raw)
+    except ValidationError as exc:
+        step_id = raw.get("step_id")
+        label = f"step {shown(step_id)}" if isinstance(step_id, str) else f"step {index + 1}"
+        problems += from_validation_error(exc, source, path, PlanStep, label)
+    # Keep what is usable so the graph checks still run and report the rest in the same pass.
+    depends_on = raw.get("depends_on")
+    if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+        depends_on = []
+    template = raw.get("prompt_template")
+    return PlanStep.model_construct(
+        step_id=step_id if isinstance(step_id, str) else unnamed_step_id(index),
+        name=str(raw.get("name", "")),
+        depends_on=depends_on,
+        prompt_template=template if isinstance(template, str) else "",
+    )
+
+
+def load_tenant(path: Path | str, text: str | None = None) -> TenantConfig:
+    """Load and fully validate a tenant file; raise with every problem found."""
+    data, source = read_yaml(path, text)
+    return tenant_from_data(data, source)
+
+
+def tenant_from_data(data: Any, source: SourceMap) -> TenantConfig:
+    """A validated tenant from loaded values; raise with every problem found, in one pass."""
+    from dworkers.tenants.config import TenantConfig  # listing plans never needs tenants
+
+    if not isinstance(data, dict):
+        raise LoadError([not_a_mapping(source, "tenant", "id, name, context and models")])
+    problems: list[Problem] = []
+    try:
+        tenant = TenantConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += from_validation_error(exc, source, (), TenantConfig, "the tenant")
+        # Check what is left too (model names, allowed models), so one pass finds everything.
+        try:
+            tenant = TenantConfig.model_validate(_without_errors(data, exc))
+        except ValidationError:
+            raise TenantValidationError(in_order(problems)) from None
+    tenant._source = source
+    problems += tenant.check()
+    if problems:
+        raise TenantValidationError(in_order(problems))
+    return tenant
+
+
+def _without_errors(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
+    """``data`` minus every value pydantic rejected (copied along the way; ``id`` kept valid),
+    so the rest can still be validated and checked."""
+    result = dict(data)
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if part != "[key]"]
+        if error["type"] == "missing" or not loc:
+            continue
+        parent: Any = result
+        for part in loc[:-1]:
+            child = parent.get(part) if isinstance(parent, dict) else None
+            if not isinstance(child, dict):
+                parent = None
+                break
+            parent[part] = parent = dict(child)
+        if isinstance(parent, dict):
+            parent.pop(loc[-1], None)
+    if not isinstance(result.get("id"), str):
+        result["id"] = "tenant"
+    return result
+
+
+def load_any(path: Path | str) -> BasePlan | TenantConfig:
+    data, source = read_yaml(path)
+    if detect_kind(data) == "tenant":
+        return tenant_from_data(data, source)
+    return plan_from_data(data, source)
+
+

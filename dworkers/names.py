@@ -1,0 +1,19 @@
+"""What a name may look like: slugs (plan names, step and tenant ids) and identifiers (inputs,
+template placeholders, environment variables). The one home of these patterns."""
+
+from __future__ import annotations
+
+import re
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+"""Plan names, step ids and tenant ids: they name files, so nothing else is allowed."""
+SLUG_HINT = "use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+MAX_SLUG_LENGTH = 100
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+"""Input names, ``{placeholder}`` names and environment variable names."""
+
+
+def slug_suggestion(name: str) -> str | None:
+    """``name`` made into a valid slug ("Gather Data" → "gather-data"), if that is possible."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", name.strip().lower()).strip("-_")
+    return slug if slug and SLUG.match(slug) and len(slug) <= MAX_SLUG_LENGTH else None
