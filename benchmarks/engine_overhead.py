@@ -18,6 +18,8 @@ from dworkers.tenants.config import LimitsConfig, TenantConfig
 
 
 class InstantClient:
+    offline = False
+
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         on_delta("done")
         return Completion("done", request.model, 10, 1, 0.0)

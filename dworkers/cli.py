@@ -210,8 +210,9 @@ def show_run(ref: str, step: str | None, *, as_json: bool) -> None:
         if as_json:
             _emit_json(history.to_run_result(record.run_id).summary())
             return
+        events = history.replay(record.run_id)
     out = view.console(stderr=False)
-    out.print(view.recorded_run(record, steps, out.width))
+    out.print(view.recorded_run(events, out.width))
     for step_record in steps:
         if step_record.output:
             out.print(f"\n## {step_record.name or step_record.step_id} ({step_record.step_id})\n",

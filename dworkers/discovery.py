@@ -136,10 +136,6 @@ class FileRegistry(Generic[T]):
         self._registered[self._name_of(item)] = self._entries[self._name_of(item)] = entry
         return item
 
-    def unregister(self, name: str) -> None:
-        self._registered.pop(name, None)
-        self._entries.pop(name, None)
-
     def get(self, name: str) -> T:
         return self.entry(name).item
 

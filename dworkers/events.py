@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -20,6 +20,15 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+
+
+class RunStatus(StrEnum):
+    """Where a run stands: ``running`` while its process lives, then how it ended."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 
 class StepResult(BaseModel):
@@ -79,6 +88,13 @@ class RunResult(BaseModel):
     def cost_usd(self) -> float:
         return sum(r.cost_usd for r in self.outputs.values())
 
+    @property
+    def status(self) -> RunStatus:
+        """How the run ended."""
+        if self.interrupted:
+            return RunStatus.INTERRUPTED
+        return RunStatus.SUCCEEDED if self.success else RunStatus.FAILED
+
     def count(self, status: StepStatus) -> int:
         return sum(1 for r in self.outputs.values() if r.status is status)
 
@@ -92,6 +108,27 @@ class RunResult(BaseModel):
             counts={s.value: self.count(s) for s in StepStatus},
         )
         return data
+
+
+class RunSummary(Protocol):
+    """What a list of runs shows about each (the history's run records have it)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def plan(self) -> str: ...
+    @property
+    def status(self) -> RunStatus: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def duration_ms(self) -> float | None: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def inputs(self) -> dict[str, str]: ...
+    @property
+    def counts(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,12 @@ class Completion:
 class LLMClient(Protocol):
     """What the engine needs from a model provider."""
 
+    @property
+    def offline(self) -> bool:
+        """True when answers are made up without calling any model (``--mock``): the engine
+        then names the client, not a model, and never mixes its answers with real ones."""
+        ...
+
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         """Stream one completion, calling ``on_delta`` with each piece of text.
 
@@ -101,6 +107,8 @@ def prefetch_litellm() -> threading.Thread:
 
 class LiteLLMClient:
     """Calls any provider through ``litellm.acompletion`` with streaming and usage."""
+
+    offline = False
 
     def __init__(self) -> None:
         self._litellm: Any = None
@@ -323,6 +331,7 @@ class MockClient:
     streamed in pieces with a small realistic latency, through the same engine path."""
 
     model_name = MOCK_MODEL
+    offline = True
 
     def __init__(self, latency: float | None = None) -> None:
         # A scale: 1.0 ≈ 0.4–1.6 s per step, 0 for instant. DWORKERS_MOCK_LATENCY sets it

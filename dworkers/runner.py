@@ -26,7 +26,7 @@ from dworkers.tenants.config import TenantConfig
 if TYPE_CHECKING:
     from dworkers.history import History
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 MAX_INPUT_FILE_BYTES = 10 * 1024 * 1024
 
 
@@ -256,8 +256,7 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
         with display:
             if prefetch is not None:
                 await asyncio.to_thread(prefetch.join)
-            engine.preflight()
-            return await engine.run(values)
+            return await engine.run(values)  # preflight first: no call unless all is well
 
     interrupted = False
     with ctrl_c_restored():

@@ -21,7 +21,15 @@ from support import (
 
 from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.errors import InputError, PlanValidationError, PreflightError
-from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
+from dworkers.events import (
+    MOCK_MODEL,
+    EventLog,
+    RunResult,
+    RunStarted,
+    StepRetrying,
+    StepStarted,
+    StepStatus,
+)
 from dworkers.plans.base import InputSpec
 from dworkers.tenants.config import TenantConfig
 from dworkers.types import WorkerRole
@@ -348,6 +356,8 @@ class _FailFirst:
     """A client that fails one step and answers every other at once: for plans too large to
     run through HTTP in a unit test."""
 
+    offline = False
+
     def __init__(self, failing: str) -> None:
         self.failing = failing
 
@@ -396,6 +406,8 @@ def test_the_tenants_key_variable_is_sent_to_its_own_provider(
 
 class _Scripted:
     """Answers at once, except that ``actions[step_id](request)`` runs first (it may raise)."""
+
+    offline = False
 
     def __init__(self, actions: dict[str, object] | None = None) -> None:
         self.actions = actions or {}
@@ -475,3 +487,23 @@ def test_mock_answers_are_never_reused_by_a_real_client() -> None:
                                      reuse=mocked.outputs).build().run())
     assert real.calls == ["a", "b"]
     assert not any(step.cached for step in result.outputs.values())
+
+
+class _Offline(_Scripted):
+    """Any client that says it is offline, not only the built-in mock client."""
+
+    offline = True
+
+
+def test_a_client_that_says_it_is_offline_is_named_instead_of_a_model() -> None:
+    log = EventLog()
+    engine = PlanBuilder(make_plan({"a": []}), make_tenant(), client=_Offline(),
+                         on_event=log).build()
+    assert engine.offline
+    asyncio.run(engine.run())
+    [started] = [e for e in log.events if isinstance(e, RunStarted)]
+    assert [info.model for info in started.steps] == [MOCK_MODEL]
+    assert {e.model for e in log.events if isinstance(e, StepStarted)} == {MOCK_MODEL}
+    # and a client that does not say so is named by its model
+    online = PlanBuilder(make_plan({"a": []}), make_tenant(), client=_Scripted()).build()
+    assert not online.offline and online.describe("x").steps[0].model == TEST_MODEL

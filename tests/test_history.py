@@ -5,6 +5,7 @@ server's request log."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import sqlite3
@@ -22,7 +23,13 @@ from fake_llm_server import FakeLLMServer
 from support import llm_server, make_plan, make_tenant, marker, request_for
 
 from dworkers.engine import PlanBuilder, RunOptions, StepCache
-from dworkers.errors import HistoryError, NotFoundError, ProviderUnavailableError
+from dworkers.errors import (
+    DworkersError,
+    HistoryError,
+    NotFoundError,
+    Problem,
+    ProviderUnavailableError,
+)
 from dworkers.events import (
     EventLog,
     RunResult,
@@ -44,7 +51,7 @@ from dworkers.history import (
     schema as history_schema,
     schema_version,
 )
-from dworkers.llm import Completion, DeltaCallback, LLMRequest, MockClient
+from dworkers.llm import Completion, DeltaCallback, LLMClient, LLMRequest, MockClient
 from dworkers.plans.base import BasePlan, PlanStep
 
 __all__ = ["llm_server"]
@@ -65,17 +72,21 @@ def hist(home: Path) -> Iterator[History]:
         yield h
 
 
-class CountingClient(MockClient):
-    """The offline client, counting calls per step; ``fail`` steps fail for good (a 5xx and no
-    retries left); ``hang`` steps never answer. Its answers count as a real model's (the cache
-    never serves ``--mock`` answers to real runs)."""
+class CountingClient:
+    """A real (not offline) client that answers at once, counting calls per step, so these
+    tests take the path a real model's answers take (the engine treats offline clients apart).
+    ``fail`` steps fail for good (a 5xx and no retries left); ``hang`` steps never answer. The
+    answer is derived from what the step was asked, as a model's would be."""
 
+    offline = False
     model_name = "counting-model"
 
     def __init__(self, fail: Sequence[str] = (), hang: Sequence[str] = ()) -> None:
-        super().__init__(latency=0)
         self.fail, self.hang = set(fail), set(hang)
         self.calls: list[str] = []
+
+    def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> list[Problem]:
+        return []
 
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         self.calls.append(request.step_id)
@@ -83,13 +94,18 @@ class CountingClient(MockClient):
             await asyncio.sleep(3600)
         if request.step_id in self.fail:
             raise ProviderUnavailableError("provider error (500): injected")
-        return await super().complete(request, on_delta)
+        asked = "".join(m["content"] for m in request.messages)
+        digest = hashlib.sha256(asked.encode()).hexdigest()[:12]
+        text = f"the answer of step {request.step_id} to what it was asked ({digest})"
+        for word in text.split(" "):  # streamed word by word, as a model does
+            on_delta(word + " ")
+        return Completion(text, self.model_name, len(asked.split()), len(text.split()))
 
 
 def run(
     hist: History,
     plan: BasePlan,
-    client: MockClient | None = None,
+    client: LLMClient | None = None,
     *,
     inputs: Mapping[str, str] | None = None,
     reuse: Mapping[str, StepResult] | None = None,
@@ -329,7 +345,7 @@ def test_list_runs_filters_and_orders_most_recent_first(hist: History) -> None:
     assert [r.run_id for r in hist.list_runs(plan="other-plan", status="succeeded")] == [
         "20250101-000002-bbb333"]
     assert hist.list_runs(status="interrupted") == []
-    with pytest.raises(Exception, match="unknown run status 'done'"):
+    with pytest.raises(DworkersError, match="unknown run status 'done'"):
         hist.list_runs(status="done")
 
 
@@ -680,17 +696,11 @@ KILLED_SCRIPT = textwrap.dedent("""
     from support import make_plan, make_tenant
     from dworkers.engine import RunOptions
     from dworkers.history import History, HistoryRecorder
-    from dworkers.llm import MockClient
-
-    class Hanging(MockClient):
-        async def complete(self, request, on_delta):
-            if request.step_id == "b":
-                await asyncio.sleep(3600)
-            return await super().complete(request, on_delta)
+    from test_history import CountingClient
 
     from dworkers.engine import PlanBuilder
     graph = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": []}
-    engine = PlanBuilder(make_plan(graph), make_tenant(), client=Hanging(latency=0),
+    engine = PlanBuilder(make_plan(graph), make_tenant(), client=CountingClient(hang=["b"]),
                          options=RunOptions(run_id="doomed"),
                          on_event=HistoryRecorder(History(), inputs={"k": "v"})).build()
     asyncio.run(engine.run())

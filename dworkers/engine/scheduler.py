@@ -21,7 +21,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dworkers import dag, prompts
@@ -35,6 +35,7 @@ from dworkers.errors import (
     did_you_mean,
 )
 from dworkers.events import (
+    MOCK_MODEL,
     Event,
     RunFinished,
     RunResult,
@@ -47,7 +48,7 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
-from dworkers.llm import LLMClient, LLMRequest, Message, MockClient
+from dworkers.llm import LLMClient, LLMRequest, Message
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.tenants.config import TenantConfig, check_api_base, check_model_name
 from dworkers.types import WorkerRole
@@ -75,7 +76,6 @@ class RunOptions:
     retry_base_delay: float = 1.0  # first backoff; doubles per failed attempt, with jitter
     max_retry_wait: float = 60.0  # upper bound on any single wait, Retry-After included
     rate_limit_retries: int = 5  # 429s waited out per step, on top of retry_max
-    role_concurrency: dict[WorkerRole, int] = field(default_factory=dict)
 
 
 def cache_key(model: str, messages: list[Message], api_base: str | None = None) -> str:
@@ -83,6 +83,14 @@ def cache_key(model: str, messages: list[Message], api_base: str | None = None) 
     payload = json.dumps({"model": model, "messages": messages, "api_base": api_base},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def as_reused(result: StepResult, **update: Any) -> StepResult:
+    """An earlier answer given again without a call (resumed or cached): nothing is spent, and
+    the result says so."""
+    return result.model_copy(update={
+        "cached": True, "cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
+        "attempts": 0, "duration_ms": 0.0, **update})
 
 
 def new_run_id() -> str:
@@ -119,12 +127,12 @@ class Engine:
 
     @property
     def offline(self) -> bool:
-        return isinstance(self.client, MockClient)
+        return self.client.offline
 
     def shown_model(self, step: PlanStep) -> str:
         """The model a user is told answers the step: offline runs name the mock client rather
         than a model nobody calls."""
-        return MockClient.model_name if self.offline else self.model_for(step)
+        return MOCK_MODEL if self.offline else self.model_for(step)
 
     @property
     def api_base(self) -> str | None:
@@ -271,8 +279,7 @@ class _Run:
         self.global_slots = asyncio.Semaphore(engine.max_concurrency)
         self.role_slots: dict[WorkerRole, asyncio.Semaphore] = {}
         for role in WorkerRole:
-            limit = self.options.role_concurrency.get(role)
-            limit = limit or engine.tenant.worker(role).max_concurrent_tasks
+            limit = engine.tenant.worker(role).max_concurrent_tasks
             if limit:
                 self.role_slots[role] = asyncio.Semaphore(limit)
         self.result = RunResult(
@@ -341,10 +348,8 @@ class _Run:
         # An earlier result is reused only if the step would be asked exactly the same thing:
         # resuming with other inputs, model or upstream outputs runs it again.
         if (reused is not None and reused.succeeded and reused.cache_key == self.key_for(step)
-                and (reused.model != MockClient.model_name or self.engine.offline)):
-            self.work.append((self._settle, reused.model_copy(update={
-                "cached": True, "cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
-                "attempts": 0, "duration_ms": 0.0})))
+                and (reused.model != MOCK_MODEL or self.engine.offline)):
+            self.work.append((self._settle, as_reused(reused)))
             return
         if self.stop_reason or self.interrupted:
             self.work.append((self._settle, self.not_started(step)))
@@ -457,11 +462,10 @@ class _Run:
             if engine.cache is not None:
                 hit = engine.cache.lookup(key)
                 if hit is not None:
-                    return hit.model_copy(update={
-                        "step_id": step.step_id, "cached": True, "cost_usd": 0.0,
-                        "prompt_tokens": 0, "completion_tokens": 0, "attempts": 0,
-                        "duration_ms": 0.0, "cache_key": key, "fingerprint": step.fingerprint(),
-                        "started_at": time.time(), "finished_at": time.time()})
+                    now = time.time()
+                    return as_reused(hit, step_id=step.step_id, cache_key=key,
+                                     fingerprint=step.fingerprint(), started_at=now,
+                                     finished_at=now)
             self.started[step.step_id] = (time.monotonic(), time.time())
             timeout = engine.timeout_for(step)
             api_key_env = engine.tenant.api_key_env_for(model)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from dworkers.events import StepInfo, StepResult, StepStatus
+from dworkers.events import RunStatus, StepInfo, StepResult, StepStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class RunRecord:
     plan: str
     tenant: str
     inputs: dict[str, str]
-    status: str
+    status: RunStatus
     started_at: float
     finished_at: float | None
     duration_ms: float | None
@@ -152,7 +152,7 @@ def run_record(row: sqlite3.Row, status: str, counts: dict[str, int]) -> RunReco
     run reads as interrupted) and its step counts."""
     values = {f.name: decode(f.name, row[f.name]) for f in fields(RunRecord)
               if f.name not in ("status", "counts")}
-    return RunRecord(**values, status=status, counts=counts)
+    return RunRecord(**values, status=RunStatus(status), counts=counts)
 
 
 def new_run_row(run_id: str, plan: str, tenant: str, *, inputs: Mapping[str, str],

@@ -6,7 +6,9 @@ applies the missing ones in one transaction when it opens the file.
 
 from __future__ import annotations
 
-RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+from dworkers.events import RunStatus
+
+RUN_STATUSES = tuple(status.value for status in RunStatus)
 
 # Each migration is a list of statements, applied in order inside one transaction; the schema
 # version (PRAGMA user_version) is the number of migrations applied. Never edit a released

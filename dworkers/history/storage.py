@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from dworkers.errors import DworkersError, HistoryError, NotFoundError
-from dworkers.events import RunResult, StepInfo, StepResult
+from dworkers.events import (
+    Event,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    RunStatus,
+    StepFinished,
+    StepInfo,
+    StepResult,
+)
 from dworkers.files import data_dir
 from dworkers.history import resume, schema
 from dworkers.history.records import (
@@ -326,8 +335,7 @@ class History:
 
     @staticmethod
     def _update_run(conn: sqlite3.Connection, result: RunResult) -> None:
-        status = ("interrupted" if result.interrupted
-                  else "succeeded" if result.success else "failed")
+        status = result.status.value
         conn.execute(
             "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?, "
             "completion_tokens = ?, cost_usd = ?, inputs = ? WHERE run_id = ?",
@@ -423,12 +431,25 @@ class History:
     def to_run_result(self, run_ref: str) -> RunResult:
         """A recorded run as a ``RunResult`` (steps that never finished read as cancelled)."""
         run = self.get_run(run_ref)
-        outputs = {s.step_id: s.to_step_result() for s in self.steps(run.run_id)}
-        return RunResult(
-            run_id=run.run_id, plan=run.plan, tenant=run.tenant, inputs=run.inputs,
-            success=run.status == "succeeded", interrupted=run.status == "interrupted",
-            total_duration_ms=run.duration_ms or 0.0, started_at=run.started_at,
-            outputs=outputs)
+        return _run_result(run, self.steps(run.run_id))
+
+    def replay(self, run_ref: str) -> list[Event]:
+        """A recorded run as the events the engine emitted, for a view to draw: its start, each
+        step that finished, and its end. The steps of a run whose process died read as
+        cancelled; a run still going has no end yet, nor its unfinished steps."""
+        run = self.get_run(run_ref)
+        steps = self.steps(run.run_id)
+        infos = tuple(StepInfo(s.step_id, s.name or s.step_id, s.role, s.model or "",
+                               tuple(s.depends_on)) for s in steps)
+        events: list[Event] = [RunStarted(run.run_id, run.plan, run.tenant, infos,
+                                          run.started_at)]
+        going = run.status is RunStatus.RUNNING
+        events += [StepFinished(s.to_step_result(), run.started_at) for s in steps
+                   if not going or s.status not in ("pending", "running")]
+        if not going:
+            ended = run.started_at + (run.duration_ms or 0) / 1000
+            events.append(RunFinished(_run_result(run, steps), ended))
+        return events
 
     # --- resume and cache ---------------------------------------------------------------------
 
@@ -480,6 +501,15 @@ class History:
             total = sum(v for k, v in mine.items() if k != "cached")
             records.append(run_record(row, status, {"total": total, **mine}))
         return records
+
+
+def _run_result(run: RunRecord, steps: Sequence[StepRecord]) -> RunResult:
+    return RunResult(
+        run_id=run.run_id, plan=run.plan, tenant=run.tenant, inputs=run.inputs,
+        success=run.status is RunStatus.SUCCEEDED,
+        interrupted=run.status is RunStatus.INTERRUPTED,
+        total_duration_ms=run.duration_ms or 0.0, started_at=run.started_at,
+        outputs={s.step_id: s.to_step_result() for s in steps})
 
 
 def _alive(pid: object) -> bool:

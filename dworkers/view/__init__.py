@@ -23,7 +23,7 @@ from dworkers.errors import Problem
 
 if TYPE_CHECKING:
     from dworkers.catalog import PlanSummary
-    from dworkers.history import RunRecord
+    from dworkers.events import RunSummary
     from dworkers.plans.base import BasePlan
     from dworkers.view.live import (
         LineView as LineView,
@@ -169,7 +169,7 @@ def is_interactive(out: Console) -> bool:
     return out.is_terminal and not out.is_dumb_terminal and sys.stderr.isatty()
 
 
-def runs_table(records: Sequence[RunRecord], width: int) -> Text:
+def runs_table(records: Sequence[RunSummary], width: int) -> Text:
     """Recent runs, newest first, one line each; the inputs column takes what is left."""
     rows = []
     for record in records:
@@ -177,7 +177,7 @@ def runs_table(records: Sequence[RunRecord], width: int) -> Text:
         steps = f"{record.counts.get('succeeded', 0)}/{record.counts.get('total', 0)}"
         duration = f"{(record.duration_ms or 0) / 1000:.1f}s"
         inputs = " ".join(f"{k}={' '.join(v.split())}" for k, v in record.inputs.items())
-        rows.append((record.run_id, record.plan, record.status, steps, when, duration,
+        rows.append((record.run_id, record.plan, record.status.value, steps, when, duration,
                      f"${record.cost_usd:.4f}", inputs))
     header = ("RUN", "PLAN", "STATUS", "OK", "STARTED", "TIME", "COST", "INPUTS")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(7)]

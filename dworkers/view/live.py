@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -18,7 +17,14 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
-from dworkers.events import Event, RunResult, RunStarted, StepFinished, StepInfo, StepStatus
+from dworkers.events import (
+    Event,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    StepFinished,
+    StepStatus,
+)
 from dworkers.view import console
 from dworkers.view.state import (
     Clock,
@@ -32,10 +38,6 @@ from dworkers.view.state import (
     one_line,
     plural,
 )
-
-if TYPE_CHECKING:
-    from dworkers.history import RunRecord, StepRecord
-
 
 # --- the live run tree -----------------------------------------------------------------------
 
@@ -559,17 +561,15 @@ def make_view(interactive: bool, quiet: bool, console: Console | None = None) ->
     return LineView(console)
 
 
-def recorded_run(record: RunRecord, steps: Sequence[StepRecord], width: int) -> Tree:
-    """A finished (or interrupted) run from history, drawn like the live tree at its end."""
-    state = RunState(now=lambda: record.started_at + (record.duration_ms or 0) / 1000)
-    state.apply(RunStarted(
-        record.run_id, record.plan, record.tenant,
-        tuple(StepInfo(s.step_id, s.name or s.step_id, s.role or "", s.model or "",
-                       tuple(s.depends_on)) for s in steps),
-        record.started_at,
-    ))
-    still_running = record.status == "running"  # its process is alive: the rest is to come
-    for step in steps:
-        if not still_running or step.status in ("succeeded", "failed", "skipped", "cancelled"):
-            state.apply(StepFinished(step.to_step_result(), record.started_at))
-    return run_tree(state, width, now=record.started_at + (record.duration_ms or 0) / 1000)
+def recorded_run(events: Sequence[Event], width: int) -> Tree:
+    """A recorded run (its events replayed, see ``History.replay``), drawn like the live tree
+    at its end."""
+    end = 0.0
+    state = RunState(now=lambda: end)  # the recorded end, not the present
+    for event in events:
+        if isinstance(event, RunStarted):
+            end = event.started_at
+        elif isinstance(event, RunFinished):
+            end = event.at
+        state.apply(event)
+    return run_tree(state, width, now=end)
