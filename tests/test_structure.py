@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dworkers"
 LAYERS: list[set[str]] = [
     {"cli"},
     {"runner"},
-    {"view", "engine", "history", "outputs", "targets"},
-    {"llm", "loader", "prompts", "catalog"},
+    {"view", "engine", "executors", "history", "outputs", "targets"},
+    {"llm", "loader", "prompts", "catalog", "dataset", "ratelimit"},
     {"plans", "tenants"},
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.
