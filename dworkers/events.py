@@ -6,6 +6,7 @@ history each consume the same events.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -49,6 +50,9 @@ class StepResult(BaseModel):
     cached: bool = False  # reused from an earlier run instead of calling the model
     cache_key: str | None = None
     fingerprint: str | None = None  # the step definition's digest, for resume
+    # What the step was asked (``digest_messages``), whatever the model or endpoint: a resume
+    # reuses the answer only while this stays the same.
+    messages_digest: str | None = Field(default=None, exclude=True)
 
     @property
     def succeeded(self) -> bool:
@@ -57,6 +61,15 @@ class StepResult(BaseModel):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def digest_messages(messages: Sequence[Mapping[str, str]]) -> str:
+    """A digest of a step's rendered messages (what it was asked)."""
+    import hashlib  # only runs need it: keep `dworkers list` from loading OpenSSL
+    import json
+
+    payload = json.dumps([dict(m) for m in messages], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 class RunResult(BaseModel):

@@ -850,9 +850,14 @@ def run_http(
     reuse: Mapping[str, StepResult] | None = None,
     cache: StepCache | None = None,
     resumed_from: str | None = None,
+    model: str = "openai/test-model",
+    api_base: str | None = "",
 ) -> RunResult:
+    """``api_base`` is the server's unless given; ``None`` leaves the endpoint to the
+    provider's environment variables."""
     recorder = HistoryRecorder(hist, resumed_from=resumed_from)
-    engine = PlanBuilder(plan, make_tenant(), model="openai/test-model", api_base=server.url,
+    engine = PlanBuilder(plan, make_tenant(), model=model,
+                         api_base=server.url if api_base == "" else api_base,
                          options=RunOptions(retry_base_delay=0), on_event=recorder,
                          reuse=reuse, cache=cache).build()
     result = asyncio.run(engine.run())
@@ -903,3 +908,64 @@ def test_http_identical_run_makes_zero_calls_with_the_cache(
 
     third = run_http(llm_server, hist, plan)  # --no-cache
     assert third.success and len(llm_server.requests) == 10
+
+
+def _deliverables(server: FakeLLMServer) -> None:
+    for step_id in GRAPH:  # (the default reply would echo a marker into the next prompt)
+        server.add_rule(marker(step_id), content=f"deliverable of {step_id}")
+
+
+def test_http_the_cache_keys_on_an_endpoint_set_by_the_providers_own_variable(
+    llm_server: FakeLLMServer, hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = make_plan(GRAPH)
+    _deliverables(llm_server)
+    monkeypatch.setenv("OPENAI_API_BASE", llm_server.url)
+    first = run_http(llm_server, hist, plan, api_base=None)
+    assert first.success and len(llm_server.requests) == 5
+
+    with FakeLLMServer() as moved:  # the same command, the variable pointing elsewhere
+        _deliverables(moved)
+        monkeypatch.setenv("OPENAI_API_BASE", moved.url)
+        second = run_http(moved, hist, plan, api_base=None, cache=HistoryCache(hist))
+        assert second.success and len(moved.requests) == 5
+        assert not any(r.cached for r in second.outputs.values())
+    assert len(llm_server.requests) == 5
+
+    # Back at the first endpoint, its answers are served again.
+    monkeypatch.setenv("OPENAI_API_BASE", llm_server.url)
+    third = run_http(llm_server, hist, plan, api_base=None, cache=HistoryCache(hist))
+    assert all(r.cached for r in third.outputs.values()) and len(llm_server.requests) == 5
+
+
+def test_http_resume_after_the_endpoint_moved_makes_only_the_missing_calls(
+    llm_server: FakeLLMServer, hist: History
+) -> None:
+    plan = make_plan(GRAPH)
+    llm_server.add_rule(marker("b"), status=500)  # permanent, and b has no retries
+    _deliverables(llm_server)
+    first = run_http(llm_server, hist, plan)
+    assert not first.success and len(llm_server.requests) == 4  # a, b, d, e
+
+    with FakeLLMServer() as moved:  # a restarted server on a new port, another model
+        _deliverables(moved)
+        second = run_http(moved, hist, plan, reuse=hist.reuse_for(first.run_id, plan),
+                          resumed_from=first.run_id, model="openai/other-model",
+                          api_base=moved.url)
+        assert second.success
+        assert sorted(r.messages[-1]["content"].split()[-1] for r in moved.requests) == [
+            "b", "c"]
+        assert {r.model for r in moved.requests} == {"other-model"}  # --model: what it runs
+    assert [sid for sid, r in second.outputs.items() if r.cached] == ["a", "d", "e"]
+    assert second.outputs["a"].model == "openai/test-model"  # who answered it, first time
+
+
+def test_a_resume_reruns_a_step_whose_upstream_answer_changed(hist: History) -> None:
+    plan = make_plan(GRAPH)
+    first = run(hist, plan, CountingClient(fail=["b"]))
+    reuse = hist.reuse_for(first.run_id, plan)
+    # d's recorded answer no longer matches what d would be asked if a's output were different
+    changed_a = reuse["a"].model_copy(update={"output": "a different answer"})
+    client = CountingClient()
+    run(hist, plan, client, reuse={**reuse, "a": changed_a})
+    assert sorted(client.calls) == ["b", "c", "d"]

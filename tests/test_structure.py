@@ -14,7 +14,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"runner"},
     {"view", "engine", "executors", "history", "outputs", "targets"},
-    {"llm", "loader", "prompts", "catalog", "dataset", "ratelimit"},
+    {"llm", "loader", "prompts", "catalog", "dataset", "ratelimit", "endpoints"},
     {"plans", "tenants"},
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.

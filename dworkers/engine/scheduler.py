@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dworkers import dag, prompts
+from dworkers.endpoints import endpoint_for
 from dworkers.errors import (
     InputError,
     LLMError,
@@ -47,6 +48,7 @@ from dworkers.events import (
     StepRetrying,
     StepStarted,
     StepStatus,
+    digest_messages,
 )
 from dworkers.llm import LLMClient, LLMRequest, Message
 from dworkers.plans.base import BasePlan, PlanStep
@@ -137,6 +139,10 @@ class Engine:
     @property
     def api_base(self) -> str | None:
         return self.options.api_base or self.tenant.api_base
+
+    def endpoint_for(self, model: str) -> str | None:
+        """Where calls to ``model`` go, however that was set (see ``dworkers.endpoints``)."""
+        return endpoint_for(model, self.api_base)
 
     @property
     def max_concurrency(self) -> int:
@@ -267,6 +273,7 @@ class _Run:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.started: dict[str, tuple[float, float]] = {}  # monotonic, wall clock
         self.attempts: dict[str, int] = {}
+        self.asked: dict[str, str] = {}  # step → digest of the messages it was sent
         self.finished: asyncio.Queue[StepResult] = asyncio.Queue()
         self.stop_reason: str | None = None
         self.failed_fast = False
@@ -345,10 +352,7 @@ class _Run:
         step = self.plan.get_step(sid)
         assert step is not None
         reused = self.engine.reuse.get(sid)
-        # An earlier result is reused only if the step would be asked exactly the same thing:
-        # resuming with other inputs, model or upstream outputs runs it again.
-        if (reused is not None and reused.succeeded and reused.cache_key == self.key_for(step)
-                and (reused.model != MOCK_MODEL or self.engine.offline)):
+        if reused is not None and self.still_applies(step, reused):
             self.work.append((self._settle, as_reused(reused)))
             return
         if self.stop_reason or self.interrupted:
@@ -372,10 +376,22 @@ class _Run:
                               "cancelled before it started (run interrupted)")
         return self.skipped(step.step_id, self.stop_reason)
 
+    def still_applies(self, step: PlanStep, reused: StepResult) -> bool:
+        """Whether an earlier run's result answers ``step`` now: it succeeded and the step
+        would be asked exactly the same thing (other inputs or upstream outputs run it again),
+        whatever model or endpoint answered it. Made-up ``--mock`` answers only do offline."""
+        if not reused.succeeded or (reused.model == MOCK_MODEL and not self.engine.offline):
+            return False
+        if reused.messages_digest is None:  # an answer from before digests: the same call
+            return reused.cache_key == self.key_for(step)
+        asked = self.engine.messages_for(step, self.inputs, self.outputs)
+        return reused.messages_digest == digest_messages(asked)
+
     def key_for(self, step: PlanStep) -> str:
         engine = self.engine
-        return cache_key(engine.model_for(step),
-                         engine.messages_for(step, self.inputs, self.outputs), engine.api_base)
+        model = engine.model_for(step)
+        return cache_key(model, engine.messages_for(step, self.inputs, self.outputs),
+                         engine.endpoint_for(model))
 
     async def guarded(self, step: PlanStep) -> None:
         try:
@@ -396,6 +412,8 @@ class _Run:
         self.tasks.pop(sid, None)
         if sid in self.decided:
             return
+        if sid in self.asked and result.messages_digest is None:
+            result = result.model_copy(update={"messages_digest": self.asked[sid]})
         self.decided[sid] = result
         self.emit(StepFinished(result, time.monotonic()))
         if result.succeeded:
@@ -458,7 +476,8 @@ class _Run:
             engine = self.engine
             model = engine.model_for(step)
             messages = engine.messages_for(step, self.inputs, self.outputs)
-            key = cache_key(model, messages, engine.api_base)
+            self.asked[step.step_id] = digest_messages(messages)
+            key = cache_key(model, messages, engine.endpoint_for(model))
             if engine.cache is not None:
                 hit = engine.cache.lookup(key)
                 if hit is not None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from dworkers.events import RunStatus, StepInfo, StepResult, StepStatus
+from dworkers.events import RunStatus, StepInfo, StepResult, StepStatus, digest_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,9 @@ class StepRecord:
         else:
             status, error = StepStatus(self.status), self.error
         shared = {name: getattr(self, name) for name in _SHARED_WITH_RESULT}
-        return StepResult(**{**shared, "status": status, "error": error})
+        asked = digest_messages(self.messages) if self.messages else None
+        return StepResult(**{**shared, "status": status, "error": error,
+                             "messages_digest": asked})
 
 
 
