@@ -7,7 +7,6 @@ Heavy modules (litellm, the engine) are imported inside the commands that need t
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -35,8 +34,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 
 def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    from dworkers import view
+    from dworkers.text import json_text
+
+    if not view.write_stdout(json_text(data) + "\n"):
+        raise typer.Exit(1)
 
 
 def _fail(error: DworkersError) -> NoReturn:
@@ -200,10 +202,11 @@ def show(
 def show_run(ref: str, step: str | None, *, as_json: bool) -> None:
     from dworkers import view
     from dworkers.history import History
+    from dworkers.text import clean, one_line
 
     with History() as history:
         if step is not None:
-            sys.stdout.write(history.step_output(ref, step).rstrip("\n") + "\n")
+            sys.stdout.write(clean(history.step_output(ref, step)).rstrip("\n") + "\n")
             return
         record = history.get_run(ref)
         steps = history.steps(record.run_id)
@@ -215,9 +218,10 @@ def show_run(ref: str, step: str | None, *, as_json: bool) -> None:
     out.print(view.recorded_run(events, out.width))
     for step_record in steps:
         if step_record.output:
-            out.print(f"\n## {step_record.name or step_record.step_id} ({step_record.step_id})\n",
-                      style="bold", soft_wrap=True)
-            out.print(step_record.output.rstrip(), markup=False, highlight=False, soft_wrap=True)
+            title = one_line(f"{step_record.name or step_record.step_id} ({step_record.step_id})")
+            out.print(f"\n## {title}\n", style="bold", markup=False, soft_wrap=True)
+            out.print(clean(step_record.output).rstrip(), markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 @app.command("runs")
@@ -317,8 +321,14 @@ def run(
     raise typer.Exit(code)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (timeout, docker stop, CI) is handled like Ctrl-C
+
+
 def main() -> None:
     """Console-script entry point: no traceback for anything a user can cause."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except DworkersError as exc:  # raised outside a command's own handling
@@ -329,11 +339,18 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except OSError as exc:  # standard output closed or full, and the like: no traceback
+        from dworkers import view
+
+        view.print_error(view.console(), f"cannot write output: {exc.strerror or exc}")
+        view.discard_stdout()
+        sys.exit(1)
     finally:
         # The command is over and its files are written: a late Ctrl-C (the second of two
         # quick presses) must not kill the interpreter while it shuts down.
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

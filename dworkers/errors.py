@@ -8,6 +8,8 @@
     │   ├── InputError             run inputs missing, unknown or unreadable
     │   └── PreflightError         a model that is not allowed, or a key that is not set
     ├── NotFoundError              a plan, tenant or run name that is not registered
+    ├── PlanError                  a plan used wrongly from Python
+    │   └── PlanNotFoundError      ``BasePlan.get_step`` with an id the plan does not have
     ├── HistoryError               the run history database cannot be used
     └── LLMError                   a provider call failed (carried by the step, not raised by a run)
         ├── RateLimitError         429; retried after Retry-After
@@ -99,6 +101,22 @@ class NotFoundError(DworkersError):
             message += f" — did you mean {suggestion!r}?"
         elif hint:
             message += f" — {hint}"
+        super().__init__(message)
+
+
+class PlanError(DworkersError):
+    """A plan was used wrongly from Python (the seed project's name for plan errors)."""
+
+
+class PlanNotFoundError(PlanError):
+    """``BasePlan.get_step`` was asked for a step the plan does not have."""
+
+    def __init__(self, plan: str, step_id: str, known: Sequence[str]) -> None:
+        self.plan, self.step_id = plan, step_id
+        suggestion = did_you_mean(step_id, known)
+        message = f"plan {plan!r} has no step {shown(step_id)}"
+        if suggestion:
+            message += f" — did you mean {suggestion!r}?"
         super().__init__(message)
 
 

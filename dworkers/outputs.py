@@ -23,6 +23,7 @@ from dworkers.events import (
 )
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
+from dworkers.text import clean, crop, one_line
 
 # run.json is rewritten after every step, except in very large plans, where rewriting it per
 # step would be quadratic: there it is rewritten at most every RUN_JSON_INTERVAL seconds.
@@ -34,7 +35,9 @@ class RunWriter:
     """An ``on_event`` callback that keeps a run directory up to date.
 
     A file that cannot be written (disk full, directory removed) does not stop the run: the
-    first error is kept in ``error`` for the caller to report, and later files are still tried.
+    calls already paid for go on being saved where they can (history, other files), every file
+    that could not be written is kept in ``unsaved`` with the reason, and the caller reports it
+    and fails the run's exit code.
     """
 
     def __init__(self, directory: Path, plan: BasePlan, inputs: dict[str, str]) -> None:
@@ -45,31 +48,47 @@ class RunWriter:
         self.results: dict[str, StepResult] = {}
         self.last_write = 0.0
         self.throttle = RUN_JSON_INTERVAL if len(plan.steps) > LARGE_PLAN_STEPS else 0.0
-        self.error: str | None = None
+        self.unsaved: dict[str, str] = {}  # file, relative to the run directory -> why
+
+    @property
+    def error(self) -> str | None:
+        """What is missing from the run directory, on one line (None when every file is there)."""
+        if not self.unsaved:
+            return None
+        reasons = list(dict.fromkeys(self.unsaved.values()))
+        names = list(self.unsaved)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return f"{shown} ({'; '.join(reasons[:2])})"
 
     def __call__(self, event: Event) -> None:
-        try:
-            self.handle(event)
-        except OSError as exc:
-            if self.error is None:
-                self.error = f"{exc.filename or self.directory}: {exc.strerror or exc}"
-
-    def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.started = event
-            (self.directory / "steps").mkdir(parents=True, exist_ok=True)
+            self.write("steps", None)
             self.write_run_json(status="running")
         elif isinstance(event, StepFinished):
             result = event.result
             self.results[result.step_id] = result
-            if result.succeeded:
-                write_atomic(self.directory / "steps" / f"{result.step_id}.md", result.output)
+            if result.succeeded:  # a model's escape codes must not reach a reader's terminal
+                self.write(f"steps/{result.step_id}.md", clean(result.output))
             if time.monotonic() - self.last_write >= self.throttle:
                 self.write_run_json(status="running")
         elif isinstance(event, RunFinished):
             self.results.update(event.result.outputs)
             self.write_run_json(result=event.result)
-            write_atomic(self.directory / "report.md", report(self.plan, event.result))
+            self.write("report.md", report(self.plan, event.result))
+
+    def write(self, name: str, text: str | None) -> None:
+        """Write ``name`` (a directory when ``text`` is None), or note why it could not be."""
+        path = self.directory / name
+        try:
+            if text is None:
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                write_atomic(path, text)
+        except OSError as exc:
+            self.unsaved[name if text is not None else f"{name}/"] = exc.strerror or str(exc)
+        else:
+            self.unsaved.pop(name, None)  # a later version made it (run.json is rewritten)
 
     def write_run_json(self, *, status: str = "running", result: RunResult | None = None) -> None:
         data: dict[str, Any]
@@ -91,7 +110,7 @@ class RunWriter:
         for step in data.get("outputs", {}).values():  # outputs live in steps/*.md
             if isinstance(step, dict):
                 step.pop("output", None)
-        write_atomic(self.directory / "run.json", json.dumps(data, indent=2) + "\n")
+        self.write("run.json", json.dumps(data, indent=2) + "\n")
         self.last_write = time.monotonic()
 
 
@@ -113,8 +132,7 @@ def report(plan: BasePlan, result: RunResult) -> str:
         f"- Tenant: {result.tenant}",
     ]
     for name, value in result.inputs.items():
-        shown = " ".join(value.split())
-        lines.append(f"- {name}: {shown[:200] + '…' if len(shown) > 200 else shown}")
+        lines.append(f"- {name}: {crop(one_line(value), 200)}")
     lines.append("")
     for step in plan.steps:
         step_result = result.outputs.get(step.step_id)
@@ -125,4 +143,5 @@ def report(plan: BasePlan, result: RunResult) -> str:
             lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
         else:
             lines += [step_result.output.strip(), ""]
-    return "\n".join(lines).rstrip() + "\n"
+    # Plan files and model answers are untrusted: no escape code reaches a terminal via cat.
+    return clean("\n".join(lines)).rstrip() + "\n"

@@ -29,11 +29,22 @@ def system_message(tenant: TenantConfig, role: WorkerRole) -> str:
     return "\n\n".join(parts)
 
 
-def task_text(step: PlanStep, inputs: Mapping[str, str]) -> str:
-    """The step's rendered prompt, or its description when it has no template."""
+def task_text(step: PlanStep, inputs: Mapping[str, str],
+              loose: Mapping[str, str] | None = None) -> str:
+    """The step's rendered prompt; without a template, its description, then each of the
+    ``loose`` inputs (those no template names) as a labelled section, so that a plan without
+    templates (the seed's ``engine.run(inputs={"brief": ...})``) still sees its inputs."""
     if step.prompt_template.strip():
         return templates.render(step.prompt_template, inputs).strip()
-    return step.description.strip() or step.name
+    parts = [step.description.strip() or step.name]
+    parts += [f"### Input: {name}\n\n{value.strip()}" for name, value in (loose or {}).items()]
+    return "\n\n".join(parts)
+
+
+def loose_inputs(plan: BasePlan, inputs: Mapping[str, str]) -> dict[str, str]:
+    """The inputs no template of ``plan`` names."""
+    named = set(plan.placeholders())
+    return {name: value for name, value in inputs.items() if name not in named}
 
 
 def user_message(
@@ -41,9 +52,11 @@ def user_message(
     step: PlanStep,
     inputs: Mapping[str, str],
     dependency_outputs: Sequence[tuple[PlanStep, str]],
+    loose: Mapping[str, str] | None = None,
 ) -> str:
     """Plan and step, then each direct dependency's output as a labelled section, then the
-    task last, where models pay it the most attention."""
+    task last, where models pay it the most attention. ``loose``: the inputs no template names
+    (see ``loose_inputs``; worked out from the plan when not given)."""
     parts = [f"# Plan: {plan.name}"]
     if plan.description:
         parts.append(plan.description)
@@ -52,7 +65,9 @@ def user_message(
         parts.append(step.description)
     for dep, output in dependency_outputs:
         parts.append(f"## Input from {dep.name} ({dep.step_id})\n\n{output.strip()}")
-    parts.append(f"## Your task\n\n{task_text(step, inputs)}")
+    if loose is None and not step.prompt_template.strip():
+        loose = loose_inputs(plan, inputs)
+    parts.append(f"## Your task\n\n{task_text(step, inputs, loose)}")
     return "\n\n".join(parts)
 
 
@@ -62,8 +77,9 @@ def messages(
     tenant: TenantConfig,
     inputs: Mapping[str, str],
     dependency_outputs: Sequence[tuple[PlanStep, str]],
+    loose: Mapping[str, str] | None = None,
 ) -> list[Message]:
     return [
         {"role": "system", "content": system_message(tenant, step.worker_role)},
-        {"role": "user", "content": user_message(plan, step, inputs, dependency_outputs)},
+        {"role": "user", "content": user_message(plan, step, inputs, dependency_outputs, loose)},
     ]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
+import stat
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,12 +23,14 @@ from dworkers.errors import DworkersError, InputError, Problem
 from dworkers.events import Event, RunResult
 from dworkers.redact import redact_url
 from dworkers.tenants.config import TenantConfig
+from dworkers.text import clean, json_text
 
 if TYPE_CHECKING:
     from dworkers.history import History
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 MAX_INPUT_FILE_BYTES = 10 * 1024 * 1024
+INPUT_PIPE_WAIT = 10.0  # seconds an --input NAME=@pipe is waited on, at most
 
 
 @dataclass
@@ -61,22 +64,18 @@ def parse_inputs(pairs: list[str]) -> dict[str, str]:
                                     'write --input brief="..." or --input brief=@brief.txt',
                                     "bad-input", file="--input"))
             continue
-        if value.startswith("@"):
+        if value.startswith("@@"):  # a literal '@'
+            value = value[1:]
+        elif value.startswith("@"):
             path = Path(value[1:]).expanduser()
             try:
-                with path.open("rb") as handle:
-                    raw = handle.read(MAX_INPUT_FILE_BYTES + 1)
-                if len(raw) > MAX_INPUT_FILE_BYTES:
-                    raise ValueError("larger than 10 MiB")
-                value = raw.decode("utf-8")
+                value = read_input_file(path)
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "strerror", None) or str(exc)
                 problems.append(Problem(f"cannot read input {name!r} from {str(path)!r}: {reason}",
                                         "check the path after '@' (use '@@' to start a value "
                                         "with a literal '@')", "bad-input", file="--input"))
                 continue
-        elif value.startswith("@@"):
-            value = value[1:]
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # bytes the terminal could not decode
@@ -88,6 +87,59 @@ def parse_inputs(pairs: list[str]) -> dict[str, str]:
     if problems:
         raise InputError(problems)
     return values
+
+
+def read_input_file(path: Path, wait: float | None = None) -> str:
+    """The text of an ``--input NAME=@path`` file. A pipe (``@/dev/stdin``, ``@<(cmd)``, a
+    FIFO) is read too, but never waited on for more than ``wait`` seconds in all, so a FIFO
+    nobody writes to cannot hang the command."""
+    wait = INPUT_PIPE_WAIT if wait is None else wait
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO never waits
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError("it is a directory")
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            raw = _read_bounded(fd, None)
+        else:
+            raw = _read_bounded(fd, time.monotonic() + wait)
+    except TimeoutError as exc:
+        raise ValueError(f"{exc} after {wait:g}s") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_INPUT_FILE_BYTES:
+        raise ValueError("larger than 10 MiB")
+    return raw.decode("utf-8")
+
+
+def _read_bounded(fd: int, deadline: float | None) -> bytes:
+    """Up to MAX_INPUT_FILE_BYTES + 1 bytes from ``fd``. A non-blocking ``fd`` (a pipe) is
+    waited on until ``deadline`` at most, for a writer to come and then to finish."""
+    import select
+
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_INPUT_FILE_BYTES:
+        try:
+            chunk = os.read(fd, min(1 << 20, MAX_INPUT_FILE_BYTES + 1 - size))
+        except BlockingIOError:  # a writer, who has not finished
+            chunk = None
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+            continue
+        if chunk == b"" and (chunks or deadline is None):
+            break  # the end of the file, or the writer closed the pipe
+        left = (deadline or 0) - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("still no end of input" if chunks or chunk is None
+                               else "nothing to read: no writer")
+        if chunk is None:
+            select.select([fd], [], [], left)
+        else:  # no writer yet: a FIFO reads as ended until one opens it
+            time.sleep(min(0.05, left))
+    return b"".join(chunks)
 
 
 def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[str, Any]) -> None:
@@ -227,7 +279,7 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
     err = view.console()
     display = view.make_view(interactive=view.is_interactive(err) and not request.quiet,
                              quiet=request.quiet, console=err)
-    consumers: list[Callable[[Event], None]] = [writer, display]
+    fan_out = FanOut([writer, display])
     recorder = None
     if prepared.history is not None:
         from dworkers.history import HistoryRecorder
@@ -235,19 +287,7 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
         recorder = HistoryRecorder(prepared.history, inputs=values,
                                    resumed_from=prepared.resumed_from,
                                    options=recorded_options(request, engine))
-        consumers.append(recorder)
-    consumer_errors: list[str] = []
-
-    def fan_out(event: Event) -> None:
-        # One consumer's failure (a view bug, an unwritable file) must not stop the run or
-        # starve the others: the run goes on and the error is reported at the end.
-        for consumer in consumers:
-            try:
-                consumer(event)
-            except Exception as exc:
-                if len(consumer_errors) < 5:
-                    consumer_errors.append(f"{type(consumer).__name__}: {exc!r}")
-
+        fan_out.consumers.append(recorder)
     engine.on_event = fan_out
     display.prepare(engine.describe(run_id))  # the tree paints the moment the view opens
 
@@ -259,7 +299,7 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
             return await engine.run(values)  # preflight first: no call unless all is well
 
     interrupted = False
-    with ctrl_c_restored():
+    with interruptions_restored():
         try:
             result = asyncio.run(main())
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -269,22 +309,42 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
                 return EXIT_INTERRUPTED
             result = engine.result
         finally:
-            # The run has ended: a late Ctrl-C (say, the second of two quick presses) must not
-            # cut off the summary or the JSON.
-            with contextlib.suppress(ValueError):  # not the main thread
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-        view.print_summary(err, result, str(out_dir))
-        problems = [f"some run files could not be written: {writer.error}"] if writer.error else []
-        problems += [f"while recording the run: {problem}" for problem in consumer_errors]
+            # The run has ended: a late Ctrl-C or SIGTERM (say, the second of two quick
+            # presses) must not cut off the summary or the JSON.
+            ignore_interruptions()
+        unsaved = []  # what the run's folder or history lacks: the run is not done without it
+        if writer.error:
+            unsaved.append(f"{writer.error} in {out_dir}")
+        unsaved += [f"while recording the run: {problem}" for problem in fan_out.errors]
         if recorder is not None and recorder.error is not None:
-            problems.append(f"run history not saved: {recorder.error}")
-        for problem in problems:
-            view.print_error(err, problem)
-        if request.json:
-            sys.stdout.write(json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n")
+            unsaved.append(f"the run history: {recorder.error}")
+        view.print_summary(err, result, str(out_dir), unsaved)
+        if request.json and not view.write_stdout(json_text(result.summary()) + "\n", err):
+            unsaved.append("the JSON result")
     if interrupted or result.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if result.success else EXIT_FAILED
+    return EXIT_OK if result.success and not unsaved else EXIT_FAILED
+
+
+class FanOut:
+    """The engine's ``on_event``: every event to every consumer (files, view, history).
+
+    One consumer's failure (a view bug, an unwritable file) must not stop the run, nor starve
+    the others: the run goes on and the first few errors are kept in ``errors`` to report."""
+
+    MAX_ERRORS = 5
+
+    def __init__(self, consumers: list[Callable[[Event], None]]) -> None:
+        self.consumers = consumers
+        self.errors: list[str] = []
+
+    def __call__(self, event: Event) -> None:
+        for consumer in self.consumers:
+            try:
+                consumer(event)
+            except Exception as exc:
+                if len(self.errors) < self.MAX_ERRORS:
+                    self.errors.append(f"{type(consumer).__name__}: {exc!r}")
 
 
 def recorded_options(request: RunRequest, engine: Engine) -> dict[str, Any]:
@@ -300,30 +360,46 @@ def recorded_options(request: RunRequest, engine: Engine) -> dict[str, Any]:
     }
 
 
+INTERRUPTIONS = (signal.SIGINT, signal.SIGTERM)
+"""Ctrl-C, and the polite stop of ``timeout``, ``docker stop``, systemd and CI cancellations."""
+
+
 @contextlib.contextmanager
-def ctrl_c_restored() -> Iterator[None]:
-    """Put back whatever Ctrl-C did before (the CLI's runner is also called in-process)."""
-    try:
-        previous = signal.getsignal(signal.SIGINT)
-    except ValueError:  # pragma: no cover - no signals on this platform
-        previous = None
+def interruptions_restored() -> Iterator[None]:
+    """Put back whatever Ctrl-C and SIGTERM did before (the CLI's runner is also called
+    in-process)."""
+    previous = {}
+    for number in INTERRUPTIONS:
+        with contextlib.suppress(ValueError):  # pragma: no cover - no signals on this platform
+            previous[number] = signal.getsignal(number)
     try:
         yield
     finally:
-        if previous is not None:
-            with contextlib.suppress(ValueError):  # not the main thread: nothing to restore
-                signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            if handler is not None:
+                with contextlib.suppress(ValueError):  # not the main thread: nothing to restore
+                    signal.signal(number, handler)
+
+
+def ignore_interruptions() -> None:
+    """From here on the run's files are being written: a late Ctrl-C or SIGTERM waits."""
+    for number in INTERRUPTIONS:
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(number, signal.SIG_IGN)
 
 
 def interrupt_cancels(task: asyncio.Task[Any] | None) -> None:
-    """Make every Ctrl-C cancel the run's task. The engine then cancels in-flight calls and
-    accounts for every step; a second press only cuts the wait for calls to wind down, so the
-    outputs are written either way (asyncio's default would raise KeyboardInterrupt wherever
-    the second press lands)."""
+    """Make every Ctrl-C and SIGTERM cancel the run's task. The engine then cancels in-flight
+    calls and accounts for every step; a second press only cuts the wait for calls to wind
+    down, so the outputs are written either way (asyncio's default would raise
+    KeyboardInterrupt wherever the second press lands, and SIGTERM would kill the process with
+    no report and run.json left "running")."""
     if task is None:
         return
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, task.cancel)
+    loop = asyncio.get_running_loop()
+    for number in INTERRUPTIONS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # main thread
+            loop.add_signal_handler(number, task.cancel)
 
 
 def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
@@ -341,8 +417,8 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
             "messages": engine.messages_for(step, inputs, placeholders),
         })
     if as_json:
-        sys.stdout.write(json.dumps({"plan": engine.plan.name, "schedule": schedule,
-                                     "steps": steps}, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_text({"plan": engine.plan.name, "schedule": schedule,
+                                    "steps": steps}) + "\n")
         return EXIT_OK
     out = [f"Plan {engine.plan.name} for tenant {engine.tenant.id}: {len(steps)} steps", "",
            "Schedule (steps on one line start together):"]
@@ -352,7 +428,7 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
                     f"timeout {step_data['timeout_seconds']:g}s, retries {step_data['retry_max']})"]
         for message in step_data["messages"]:
             out += [f"--- {message['role']}", message["content"]]
-    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.write(clean("\n".join(out)) + "\n")
     return EXIT_OK
 
 

@@ -1,18 +1,32 @@
 """The Python API of the seed guide (seeds/custom-plans.md), with firefly_dworkers → dworkers.
 
-The example is reproduced as written, up to (not including) the PlanBuilder line.
+The example is reproduced as written, including the run itself (against the suite's own
+OpenAI-compatible server, found through DWORKERS_API_BASE so the seed's lines stay verbatim).
 """
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from dworkers.errors import NotFoundError, PlanValidationError
-from dworkers.plans.base import BasePlan, PlanStep
+import pytest
+from support import FakeLLMServer, llm_server, make_plan, make_tenant, request_for
+
+from dworkers.errors import (
+    InputError,
+    NotFoundError,
+    PlanError,
+    PlanNotFoundError,
+    PlanValidationError,
+    ProblemsError,
+)
+from dworkers.plans.base import BasePlan, InputSpec, PlanStep
+from dworkers.plans.builder import PlanBuilder
 from dworkers.plans.registry import plan_registry
 from dworkers.tenants.config import TenantConfig
 from dworkers.tenants.registry import tenant_registry
 from dworkers.types import WorkerRole
+
+__all__ = ["llm_server"]
 
 
 def compliance_audit_plan() -> BasePlan:
@@ -170,3 +184,93 @@ def test_step_fields_are_validated_in_python_too() -> None:
         PlanStep(step_id="a", name="A", worker_role="wizard")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="extra"):
         PlanStep(step_id="a", name="A", color="red")  # type: ignore[call-arg]
+
+
+# --- the seed's example, run verbatim ------------------------------------------------------------
+
+
+def test_the_seed_example_runs_verbatim_and_the_brief_reaches_the_first_step(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DWORKERS_API_BASE", llm_server.url)
+    plan_registry.register(compliance_audit_plan())
+
+    async def seed() -> object:
+        # Load plan and tenant config
+        plan = plan_registry.get("compliance-audit")
+        config = tenant_registry.get("acme-corp")
+
+        # Build and execute
+        builder = PlanBuilder(plan, config)
+        engine = builder.build()
+        result = await engine.run(inputs={"brief": "Audit SOX compliance for Q4"})
+        return result
+
+    result = asyncio.run(seed())
+    assert result.success  # type: ignore[attr-defined]
+    assert result.total_duration_ms > 0  # type: ignore[attr-defined]
+    assert set(result.outputs) == {  # type: ignore[attr-defined]
+        "scope-audit", "research-regulations", "analyze-gaps", "remediation-plan",
+        "executive-briefing"}
+    assert result.inputs == {"brief": "Audit SOX compliance for Q4"}  # type: ignore[attr-defined]
+    # every step has no prompt_template: each is given the brief as a labelled section
+    [scope] = llm_server.requests_containing("# Your step: Scope Audit (scope-audit)")
+    task = scope.messages[-1]["content"].split("## Your task", 1)[1]
+    assert "### Input: brief\n\nAudit SOX compliance for Q4" in task
+    assert all("Audit SOX compliance for Q4" in r.messages[-1]["content"]
+               for r in llm_server.requests)
+
+
+def test_a_template_consumes_its_input_and_loose_inputs_go_to_template_less_steps(
+    llm_server: FakeLLMServer,
+) -> None:
+    plan = make_plan({"a": [], "b": []})
+    plan.get_step("a").prompt_template = "Study {topic}"
+    engine = PlanBuilder(plan, make_tenant(), api_base=llm_server.url).build()
+    result = asyncio.run(engine.run({"topic": "widgets", "audience": "the board"}))
+    assert result.success and result.inputs == {"topic": "widgets", "audience": "the board"}
+    [a] = request_for(llm_server, "a")
+    [b] = request_for(llm_server, "b")
+    assert a.messages[-1]["content"].endswith("Study widgets")  # its template says it all
+    assert "### Input: audience\n\nthe board" in b.messages[-1]["content"]
+    assert "widgets" not in b.messages[-1]["content"]  # {topic} is the template's
+
+
+def test_a_plan_declaring_inputs_still_rejects_unknown_names() -> None:
+    plan = make_plan({"a": []}, prompt_template="Audit {brief}")
+    plan.inputs = {"brief": InputSpec(description="What to audit")}
+    engine = PlanBuilder(plan, make_tenant(), mock=True).build()
+    with pytest.raises(InputError) as caught:
+        engine.resolve_inputs({"brief": "x", "breif": "y"})
+    assert [p.render() for p in caught.value.problems] == [
+        "--input: unknown input 'breif' — did you mean 'brief'?"]
+    with pytest.raises(InputError) as caught:
+        engine.resolve_inputs({})
+    # the missing-input error says what the input is for
+    assert caught.value.problems[0].message == "missing input: brief (What to audit)"
+
+
+def test_a_plan_without_inputs_section_still_catches_a_typo_of_a_missing_input() -> None:
+    plan = make_plan({"a": []}, prompt_template="Audit {brief}")
+    engine = PlanBuilder(plan, make_tenant(), mock=True).build()
+    assert engine.resolve_inputs({"brief": "x", "extra": "y"}) == {"brief": "x", "extra": "y"}
+    with pytest.raises(InputError, match="did you mean 'brief'"):
+        engine.resolve_inputs({"breif": "x"})
+
+
+def test_get_step_of_an_unknown_id_raises_plan_not_found() -> None:
+    plan = compliance_audit_plan()
+    assert plan.get_step("scope-audit").name == "Scope Audit"
+    with pytest.raises(PlanNotFoundError, match="'nope'") as caught:
+        plan.get_step("nope")
+    assert isinstance(caught.value, PlanError)
+    with pytest.raises(PlanError, match="did you mean 'scope-audit'"):
+        plan.get_step("scope-audti")
+
+
+def test_a_plan_with_no_steps_validates_quietly_but_a_plan_file_without_steps_is_refused() -> None:
+    BasePlan("x").validate()  # as in the seed project: nothing to run is not an error
+    from dworkers import loader
+
+    with pytest.raises(ProblemsError, match="plan has no steps"):
+        loader.load_plan("p.yaml", "name: p\nsteps: []\n")

@@ -24,12 +24,10 @@ from dworkers.view.state import (
     LINE_WIDTH,
     Phase,
     RunState,
-    clip,
     fmt_cost,
     fmt_duration,
     fmt_tokens,
     line_for,
-    one_line,
 )
 
 
@@ -290,10 +288,6 @@ def test_small_formatters() -> None:
     assert fmt_cost(0.0012) == "$0.0012"
     assert fmt_cost(0) == "$0.0000"
     assert fmt_cost(1234.5) == "$1,234.50"
-    assert one_line("  a\n\tb  \x1b[31mc\r\n") == "a b [31mc"
-    assert clip("abcdef", 4) == "abc…"
-    assert clip("abc", 3) == "abc"
-    assert clip("abc", 0) == ""
 
 
 def lines_of(state: RunState, events: list[Event]) -> list[str]:

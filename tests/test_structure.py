@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"plans", "tenants"},
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.
-    {"templates", "dag", "errors", "events", "types", "names", "files", "redact"},
+    {"templates", "dag", "errors", "events", "types", "names", "files", "redact", "text"},
 ]
 # Deliberate upward imports, each with its reason.
 EXCEPTIONS = {

@@ -1,4 +1,4 @@
-"""Real processes: the live tree on a pseudo-terminal, and Ctrl-C (SIGINT) mid-run."""
+"""Real processes: the live tree on a pseudo-terminal, and Ctrl-C (SIGINT) or SIGTERM mid-run."""
 
 from __future__ import annotations
 
@@ -48,9 +48,11 @@ def wait_until(predicate: object, timeout: float) -> bool:
     return False
 
 
-def interrupt_run(server: FakeLLMServer, tmp_path: Path, presses: int) -> tuple[int, str, Path]:
-    """Start a run whose 'hang' step never gets an answer, press Ctrl-C ``presses`` times once
-    'quick' has finished, and return the exit code, stderr and the run directory."""
+def interrupt_run(
+    server: FakeLLMServer, tmp_path: Path, presses: int, sig: int = signal.SIGINT
+) -> tuple[int, str, Path]:
+    """Start a run whose 'hang' step never gets an answer, send ``sig`` (Ctrl-C) ``presses``
+    times once 'quick' has finished, and return the exit code, stderr and the run directory."""
     server.add_rule(marker("hang"), hang=True)
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
@@ -66,7 +68,7 @@ def interrupt_run(server: FakeLLMServer, tmp_path: Path, presses: int) -> tuple[
         assert wait_until(lambda: any(out.glob("*/steps/quick.md"))
                           and server.requests_containing(marker("hang")), timeout=60)
         for _ in range(presses):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             time.sleep(0.02)
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -78,11 +80,13 @@ def interrupt_run(server: FakeLLMServer, tmp_path: Path, presses: int) -> tuple[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
-    llm_server: FakeLLMServer, tmp_path: Path, presses: int
+@pytest.mark.parametrize(("presses", "sig"), [(1, signal.SIGINT), (2, signal.SIGINT),
+                                              (1, signal.SIGTERM), (2, signal.SIGTERM)])
+def test_ctrl_c_or_sigterm_cancels_in_flight_calls_keeps_finished_work_and_exits_130(
+    llm_server: FakeLLMServer, tmp_path: Path, presses: int, sig: int
 ) -> None:
-    code, stderr, run_dir = interrupt_run(llm_server, tmp_path, presses)
+    # SIGTERM is what `timeout`, `docker stop` and CI cancellations send: handled like Ctrl-C
+    code, stderr, run_dir = interrupt_run(llm_server, tmp_path, presses, sig)
 
     assert code == 130, stderr
     assert "Traceback" not in stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -53,6 +54,7 @@ from dworkers.events import (
 from dworkers.llm import LLMClient, LLMRequest, Message
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.tenants.config import TenantConfig, check_api_base, check_model_name
+from dworkers.text import crop, one_line
 from dworkers.types import WorkerRole
 
 EventCallback = Callable[[Event], None]
@@ -167,11 +169,20 @@ class Engine:
         missing = [name for name in required if name not in given]
         if missing:
             flags = " ".join(f'--input {name}="..."' for name in missing)
+            described = []  # what each input is for, when the plan says
+            for name in missing:
+                spec = (self.plan.inputs or {}).get(name)
+                about = crop(one_line(spec.description), 80) if spec is not None else ""
+                described.append(f"{name} ({about})" if about else name)
             problems.append(Problem(f"missing input{'s' if len(missing) > 1 else ''}: "
-                                    f"{', '.join(missing)}", f"pass {flags}", "missing-input",
+                                    f"{', '.join(described)}", f"pass {flags}", "missing-input",
                                     file="--input"))
+        # A plan that declares no inputs takes any: steps without a template are given them
+        # all (the seed's ``engine.run(inputs={"brief": ...})``). Only a name that looks like a
+        # typo of a missing one is reported there.
+        declared = self.plan.inputs is not None
         for name in given:
-            if name not in known:
+            if name not in known and (declared or did_you_mean(name, missing)):
                 guess = did_you_mean(name, known)
                 hint = (f"did you mean {guess!r}?" if guess
                         else f"this plan takes: {', '.join(known) or 'no inputs'}")
@@ -227,7 +238,13 @@ class Engine:
             dep = self.plan.get_step(dep_id)
             if dep is not None:
                 deps.append((dep, outputs.get(dep_id, "")))
-        return prompts.messages(self.plan, step, self.tenant, inputs, deps)
+        loose = {k: v for k, v in inputs.items() if k not in self.template_names}
+        return prompts.messages(self.plan, step, self.tenant, inputs, deps, loose)
+
+    @functools.cached_property
+    def template_names(self) -> frozenset[str]:
+        """Every input a template names (the plan does not change while its engine exists)."""
+        return frozenset(self.plan.placeholders())
 
     def describe(self, run_id: str, at: float | None = None) -> RunStarted:
         """The ``RunStarted`` event for this plan: a view can paint it before the run starts.

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from dworkers import dag, templates
-from dworkers.errors import PlanValidationError, Problem, did_you_mean, shown
+from dworkers.errors import PlanNotFoundError, PlanValidationError, Problem, did_you_mean, shown
 from dworkers.names import IDENTIFIER, MAX_SLUG_LENGTH, SLUG, SLUG_HINT, slug_suggestion
 from dworkers.types import SourceMap, SourcePath, WorkerRole
 
@@ -101,8 +101,15 @@ class BasePlan:
         self._by_id.setdefault(step.step_id, step)
         return step
 
-    def get_step(self, step_id: str) -> PlanStep | None:
-        return self._by_id.get(step_id)
+    def get_step(self, step_id: str) -> PlanStep:
+        """The step with this id; ``PlanNotFoundError`` (a ``PlanError``) when there is none."""
+        try:
+            return self._by_id[step_id]
+        except KeyError:
+            raise PlanNotFoundError(self.name, step_id, list(self._by_id)) from None
+
+    def has_step(self, step_id: str) -> bool:
+        return step_id in self._by_id
 
     @property
     def graph(self) -> dict[str, list[str]]:
@@ -125,8 +132,12 @@ class BasePlan:
         return {n: s.default for n, s in (self.inputs or {}).items() if s.default is not None}
 
     def validate(self) -> None:
-        """Raise ``PlanValidationError`` listing every problem, or return quietly."""
-        problems = self.check()
+        """Raise ``PlanValidationError`` listing every problem, or return quietly.
+
+        A plan with no steps is valid here, as in the seed project (there is nothing to run);
+        ``check()`` still reports it, so a plan *file* without steps is refused when loaded.
+        """
+        problems = [p for p in self.check() if p.code != "no-steps"]
         if problems:
             raise PlanValidationError(problems)
 

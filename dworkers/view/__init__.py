@@ -8,6 +8,8 @@ tree, the run list. The live run display (``LiveView``, ``LineView``, ``run_tree
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -20,6 +22,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from dworkers.errors import Problem
+from dworkers.text import cells, clean, fit, fit_right, one_line
 
 if TYPE_CHECKING:
     from dworkers.catalog import PlanSummary
@@ -29,8 +32,6 @@ if TYPE_CHECKING:
         LineView as LineView,
         LiveView as LiveView,
         RunView as RunView,
-        crop as crop,
-        crop_left as crop_left,
         make_view as make_view,
         print_summary as print_summary,
         recorded_run as recorded_run,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
         summary as summary,
     )
 
-_LIVE = frozenset({"LineView", "LiveView", "RunView", "crop", "crop_left", "make_view",
+_LIVE = frozenset({"LineView", "LiveView", "RunView", "make_view",
                    "print_summary", "recorded_run", "run_tree", "spinner_frame", "summary"})
 
 
@@ -54,48 +55,74 @@ def console(*, stderr: bool = True, width: int | None = None) -> Console:
     return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
 
 
+def write_stdout(text: str, err: Console | None = None) -> bool:
+    """Write ``text`` to standard output; when that is closed or full, say so on ``err`` rather
+    than raise, and return False."""
+    try:
+        if sys.stdout is None:
+            raise OSError(errno.EBADF, "standard output is closed")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        print_error(err or console(), f"cannot write to standard output: {exc.strerror or exc}")
+        discard_stdout()
+        return False
+    return True
+
+
+def discard_stdout() -> None:
+    """Point standard output at the null device, so that the interpreter's own flush at exit
+    cannot fail again with a traceback."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
+
+
 def print_problems(out: Console, problems: Iterable[Problem]) -> None:
     for problem in problems:
         line = Text()
-        line.append(problem.location, style="bold")
+        line.append(clean(problem.location), style="bold")
         line.append(": ")
-        line.append(problem.message, style="red")
+        line.append(clean(problem.message), style="red")
         if problem.hint:
             line.append(" — ")
-            line.append(problem.hint, style="cyan")
+            line.append(clean(problem.hint), style="cyan")
         out.print(line, soft_wrap=True)
 
 
 def print_error(out: Console, message: str) -> None:
-    out.print(Text.assemble(("error", "bold red"), ": ", message), soft_wrap=True)
+    out.print(Text.assemble(("error", "bold red"), ": ", clean(message)), soft_wrap=True)
 
 
 def print_ok(out: Console, message: str) -> None:
-    out.print(Text.assemble(("✓ ", "green"), message), soft_wrap=True)
+    out.print(Text.assemble(("✓ ", "green"), clean(message)), soft_wrap=True)
 
 
 def plan_table(plans: Sequence[PlanSummary], width: int) -> Text:
     """One line per plan; the description takes what is left of the width and is cut with '…'."""
     rows = [
-        (
+        tuple(one_line(cell) for cell in (
             plan.name,
             str(plan.steps),
             ", ".join(plan.required_inputs) or "-",
             source_label(plan.origin, plan.path),
             plan.description,
-        )
+        ))
         for plan in plans
     ]
     header = ("PLAN", "STEPS", "INPUTS", "SOURCE", "DESCRIPTION")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    widths = [max(cells(row[i]) for row in [header, *rows]) for i in range(4)]
     widths[2] = min(widths[2], 28)
     widths[3] = min(widths[3], 36)
     text = Text(no_wrap=True, overflow="ellipsis")
     for n, row in enumerate([header, *rows]):
-        cells = [_fit(row[i], widths[i]) for i in range(4)]
-        cells[1] = row[1].rjust(widths[1])
-        line = "  ".join(cells) + "  "
-        line += _fit(row[4], max(width - len(line), 10))
+        columns = [fit(row[i], widths[i]) for i in range(4)]
+        columns[1] = fit_right(row[1], widths[1])
+        line = "  ".join(columns) + "  "
+        line += fit(row[4], max(width - cells(line), 10))
         text.append(line.rstrip() + "\n", style="bold" if n == 0 else "")
     text.rstrip()
     return text
@@ -104,17 +131,14 @@ def plan_table(plans: Sequence[PlanSummary], width: int) -> Text:
 def tenant_table(rows: Sequence[dict[str, Any]]) -> Text:
     header = {"id": "TENANT", "name": "NAME", "default_model": "DEFAULT MODEL", "source": "SOURCE"}
     keys = list(header)
-    widths = {k: max(len(str(row[k])) for row in [header, *rows]) for k in keys}
+    shown = [{k: one_line(str(row[k])) for k in keys} for row in [header, *rows]]
+    widths = {k: max(cells(row[k]) for row in shown) for k in keys}
     text = Text(no_wrap=True)
-    for n, row in enumerate([header, *rows]):
-        line = "  ".join(str(row[k]).ljust(widths[k]) for k in keys).rstrip()
+    for n, row in enumerate(shown):
+        line = "  ".join(fit(row[k], widths[k]) for k in keys).rstrip()
         text.append(line + "\n", style="bold" if n == 0 else "")
     text.rstrip()
     return text
-
-
-def _fit(value: str, width: int) -> str:
-    return value.ljust(width) if len(value) <= width else value[: width - 1] + "…"
 
 
 def source_label(origin: str, path: str | os.PathLike[str] | None) -> str:
@@ -128,32 +152,50 @@ def source_label(origin: str, path: str | os.PathLike[str] | None) -> str:
 
 
 def plan_tree(plan: BasePlan) -> Tree:
-    """The plan as a tree: steps in dependency order with role and what each waits for."""
+    """The plan as a tree: its inputs (with their descriptions), then the steps in dependency
+    order with role and what each waits for."""
     from dworkers import dag
 
-    required = plan.required_inputs()
-    root = Tree(
-        Text.assemble(
-            (plan.name, "bold"),
-            f" — {plan.description}" if plan.description else "",
-            ("\ninputs: " + (", ".join(required) or "none"), "dim"),
-        )
-    )
+    head = Text.assemble((one_line(plan.name), "bold"))
+    if plan.description:
+        head.append(f" — {one_line(plan.description)}")
+    inputs = input_lines(plan)
+    if len(inputs) <= 1 or all(" " not in line for line in inputs):  # one line says it all
+        head.append("\ninputs: " + (", ".join(inputs) or "none"), style="dim")
+    else:
+        head.append("\ninputs:" + "".join(f"\n  {line}" for line in inputs), style="dim")
+    root = Tree(head)
     for step_id in dag.topological_order(plan.graph):
         step = plan.get_step(step_id)
-        assert step is not None
-        label = Text.assemble((step.step_id, "bold"), "  ", (step.worker_role.value, "magenta"))
+        label = Text.assemble((one_line(step.step_id), "bold"), "  ",
+                              (step.worker_role.value, "magenta"))
         if step.depends_on:
-            label.append("  ← " + ", ".join(step.depends_on), style="dim")
+            label.append("  ← " + ", ".join(map(one_line, step.depends_on)), style="dim")
         root.add(label)
     return root
+
+
+def input_lines(plan: BasePlan) -> list[str]:
+    """One line per input a run of ``plan`` takes: its name, whether it is optional, and its
+    description when the plan gives one."""
+    lines = []
+    for name in plan.required_inputs():
+        spec = (plan.inputs or {}).get(name)
+        about = one_line(spec.description) if spec is not None else ""
+        lines.append(f"{one_line(name)} — {about}" if about else one_line(name))
+    for name, default in plan.optional_inputs().items():
+        spec = (plan.inputs or {})[name]
+        about = one_line(spec.description)
+        optional = f"(optional, default {one_line(default)!r})"
+        lines.append(f"{one_line(name)} {optional}" + (f" — {about}" if about else ""))
+    return lines
 
 
 def mermaid(plan: BasePlan) -> str:
     """The DAG in Mermaid flowchart syntax (labels quoted so any name is safe)."""
     lines = ["flowchart TD"]
     for step in plan.steps:
-        label = f"{step.name} ({step.worker_role.value})".replace('"', "'")
+        label = one_line(f"{step.name} ({step.worker_role.value})").replace('"', "'")
         lines.append(f'    {_mermaid_id(step.step_id)}["{label}"]')
     for step in plan.steps:
         for dep in step.depends_on:
@@ -176,15 +218,16 @@ def runs_table(records: Sequence[RunSummary], width: int) -> Text:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at))
         steps = f"{record.counts.get('succeeded', 0)}/{record.counts.get('total', 0)}"
         duration = f"{(record.duration_ms or 0) / 1000:.1f}s"
-        inputs = " ".join(f"{k}={' '.join(v.split())}" for k, v in record.inputs.items())
-        rows.append((record.run_id, record.plan, record.status.value, steps, when, duration,
-                     f"${record.cost_usd:.4f}", inputs))
+        inputs = " ".join(f"{k}={v}" for k, v in record.inputs.items())
+        rows.append(tuple(one_line(cell) for cell in (
+            record.run_id, record.plan, record.status.value, steps, when, duration,
+            f"${record.cost_usd:.4f}", inputs)))
     header = ("RUN", "PLAN", "STATUS", "OK", "STARTED", "TIME", "COST", "INPUTS")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(7)]
+    widths = [max(cells(row[i]) for row in [header, *rows]) for i in range(7)]
     text = Text(no_wrap=True, overflow="ellipsis")
     for n, row in enumerate([header, *rows]):
-        line = "  ".join(_fit(row[i], widths[i]) for i in range(7)) + "  "
-        line += _fit(row[7], max(width - len(line), 10))
+        line = "  ".join(fit(row[i], widths[i]) for i in range(7)) + "  "
+        line += fit(row[7], max(width - cells(line), 10))
         style = "bold" if n == 0 else {"failed": "red", "interrupted": "yellow"}.get(row[2], "")
         text.append(line.rstrip() + "\n", style=style)
     text.rstrip()

@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
-from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.text import Text
@@ -25,6 +24,7 @@ from dworkers.events import (
     StepFinished,
     StepStatus,
 )
+from dworkers.text import cells, clean, crop, crop_left, fit, one_line
 from dworkers.view import console
 from dworkers.view.state import (
     Clock,
@@ -35,7 +35,6 @@ from dworkers.view.state import (
     fmt_duration,
     fmt_tokens,
     line_for,
-    one_line,
     plural,
 )
 
@@ -70,42 +69,13 @@ def spinner_frame(now: float) -> str:
     return SPINNER[int(now * SPINNER_FPS) % len(SPINNER)]
 
 
-def crop(text: str, width: int) -> str:
-    """``text`` in at most ``width`` cells, its end replaced by '…' when cut."""
-    if cell_len(text) <= width:
-        return text
-    if width <= 0:
-        return ""
-    return set_cell_size(text, width - 1).rstrip() + "…"
-
-
-def crop_left(text: str, width: int) -> str:
-    """The last ``width`` cells of ``text``, its start replaced by '…' when cut."""
-    if cell_len(text) <= width:
-        return text
-    if width <= 0:
-        return ""
-    keep = text[-width:]  # at most `width` characters, so at least as many cells
-    while cell_len(keep) > width - 1:
-        keep = keep[1:]
-    space = keep.find(" ", 0, 16)
-    if space >= 0 and text[len(text) - len(keep) - 1] != " ":  # cut inside a word: drop it
-        keep = keep[space:]
-    return "…" + keep.lstrip()
-
-
-def _pad(text: str, width: int) -> str:
-    return set_cell_size(text, width) if cell_len(text) != width else text
-
-
 class _Layout:
     """Column widths for one render: icon, id, role, elapsed, then the detail column."""
 
     def __init__(self, state: RunState, width: int) -> None:
         self.width = max(width - GUIDE, 20)
-        # step ids and roles are ASCII slugs: len() is their width (and fast for huge plans)
-        ids = max(map(len, state.steps), default=4)
-        roles = max((len(step.role) for step in state.steps.values()), default=0)
+        ids = max(map(cells, state.steps), default=4)
+        roles = max((cells(step.role) for step in state.steps.values()), default=0)
         self.role = roles if self.width >= 60 else 0
         self.elapsed = 6
         self.id = max(min(ids, self.width // 3), 8)
@@ -228,18 +198,18 @@ def _root_label(state: RunState, width: int, now: float) -> Text:
                             fmt_tokens(state.tokens), fmt_cost(state.cost_usd)])
     else:
         stats = "starting…"
-    name = state.plan or "run"
+    name = one_line(state.plan) or "run"
     left = Text(no_wrap=True, overflow="ellipsis")
-    room = max(width - cell_len(stats) - 2, 1)
+    room = max(width - cells(stats) - 2, 1)
     left.append(crop(name, room), style="bold")
-    if state.tenant and cell_len(name) + 3 < room:
-        left.append(crop(f" · {state.tenant}", room - cell_len(name)), style="dim")
-    gap = max(width - left.cell_len - cell_len(stats), 1)
+    if state.tenant and cells(name) + 3 < room:
+        left.append(crop(f" · {one_line(state.tenant)}", room - cells(name)), style="dim")
+    gap = max(width - left.cell_len - cells(stats), 1)
     line = Text.assemble(left, " " * gap, (stats, ""), no_wrap=True, overflow="ellipsis")
     line.truncate(width, overflow="ellipsis")
     models = state.models
-    what = (f"model {models[0]}" if len(models) == 1
-            else f"models {', '.join(models)}" if models else "")
+    what = one_line(f"model {models[0]}" if len(models) == 1
+                    else f"models {', '.join(models)}" if models else "")
     if not what:
         return line
     line.append("\n")
@@ -255,10 +225,10 @@ def _step_lines(state: RunState, step: StepState, layout: _Layout, now: float) -
         icon = spinner_frame(now)
     row = Text(no_wrap=True, overflow="ellipsis")
     row.append(icon + " ", style=icon_style)
-    row.append(_pad(crop(step.step_id, layout.id), layout.id), style=_ID_STYLE.get(phase, ""))
+    row.append(fit(one_line(step.step_id), layout.id), style=_ID_STYLE.get(phase, ""))
     if layout.role:
         row.append("  ")
-        row.append(_pad(crop(step.role, layout.role), layout.role), style="magenta")
+        row.append(fit(one_line(step.role), layout.role), style="magenta")
     elapsed = step.elapsed(now)
     row.append("  ")
     row.append((fmt_duration(elapsed) if elapsed is not None else "").rjust(layout.elapsed))
@@ -273,7 +243,7 @@ def _step_lines(state: RunState, step: StepState, layout: _Layout, now: float) -
     def reason_inline_or_below(label: str, reason: str, style: str) -> None:
         nonlocal second
         inline = reason if reason.lower().startswith(label) else f"{label}: {reason}"
-        if cell_len(inline) <= room:
+        if cells(inline) <= room:
             detail.append(inline, style=style)
         else:
             detail.append(label, style=style)
@@ -330,7 +300,7 @@ def _waits_on(deps: list[str], room: int) -> str:
         text = "waits on " + ", ".join(deps[:shown])
         if shown < len(deps):
             text += f" +{len(deps) - shown}"
-        if cell_len(text) <= room:
+        if cells(text) <= room:
             return text
     return crop(f"waits on {deps[0]}" + (f" +{len(deps) - 1}" if len(deps) > 1 else ""), room)
 
@@ -338,13 +308,19 @@ def _waits_on(deps: list[str], room: int) -> str:
 # --- the end of a run -------------------------------------------------------------------------
 
 
-def summary(result: RunResult, out_dir: str | None = None) -> RenderableType:
+def summary(
+    result: RunResult, out_dir: str | None = None, unsaved: Sequence[str] = ()
+) -> RenderableType:
     """How the run ended: outcome, counts per status, time, tokens and cost, each failed step's
-    full reason (the tree crops it), and where the outputs are. Print it with ``print_summary``
-    so that a long outputs path stays one copyable line."""
+    full reason (the tree crops it), what could not be saved, and where the outputs are. Print
+    it with ``print_summary`` so that a long outputs path stays one copyable line.
+
+    A run whose files or history could not all be written is not reported as finished."""
     cached = sum(1 for r in result.outputs.values() if r.cached)
     if result.interrupted:
         icon, style, verb = "⊘", "yellow", "interrupted"
+    elif result.success and unsaved:
+        icon, style, verb = "✗", "red", "ran, but not everything was saved"
     elif result.success:
         icon, style, verb = "✓", "green", "finished"
     else:
@@ -355,7 +331,7 @@ def summary(result: RunResult, out_dir: str | None = None) -> RenderableType:
         counts += f" ({cached} cached)"
     head = Text()
     head.append(icon + " ", style=style)
-    head.append(result.plan, style="bold")
+    head.append(one_line(result.plan), style="bold")
     head.append(f" {verb}", style=style)
     head.append(f": {counts}")
     facts = [fmt_duration(result.total_duration_ms / 1000), f"{result.total_tokens:,} tokens",
@@ -364,18 +340,24 @@ def summary(result: RunResult, out_dir: str | None = None) -> RenderableType:
     for step in result.outputs.values():
         if step.status is StepStatus.FAILED:
             parts.append(_Hanging(
-                Text.assemble("  ", ("✗ ", "red"), (step.step_id + ": ", "bold")),
+                Text.assemble("  ", ("✗ ", "red"), (one_line(step.step_id) + ": ", "bold")),
                 Text(one_line(step.error or "failed")),
             ))
+    for what in unsaved:
+        parts.append(_Hanging(Text.assemble("  ", ("✗ ", "red"), ("not saved: ", "bold red")),
+                              Text(one_line(what))))
     if out_dir:
-        parts.append(_Whole(Text.assemble(("  outputs: ", "dim"), (out_dir, "bold"))))
+        label = "  outputs (incomplete): " if unsaved else "  outputs: "
+        parts.append(_Whole(Text.assemble((label, "dim"), (clean(out_dir), "bold"))))
     return Group(*parts)
 
 
-def print_summary(out: Console, result: RunResult, out_dir: str | None = None) -> None:
+def print_summary(
+    out: Console, result: RunResult, out_dir: str | None = None, unsaved: Sequence[str] = ()
+) -> None:
     """Print ``summary``: long lines (the outputs path) are left whole for the terminal to wrap,
     so the path stays one line when copied."""
-    out.print(summary(result, out_dir), soft_wrap=True)
+    out.print(summary(result, out_dir, unsaved), soft_wrap=True)
 
 
 class _Whole:
@@ -542,6 +524,7 @@ class LineView(RunView):
 
 
 def _styled_line(line: str) -> Text:
+    line = clean(line).replace("\n", " ").replace("\t", " ")
     text = Text(line)
     count_end = line.find("] ") + 1
     if count_end > 0:

@@ -9,7 +9,6 @@ tests (and renders) are deterministic.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
+from dworkers.text import cells, crop, one_line
 
 Clock = Callable[[], float]
 
@@ -350,24 +350,6 @@ def _step_from(info: StepInfo) -> StepState:
 
 # --- formatting shared by the views -----------------------------------------------------------
 
-_SPACE = re.compile(r"\s+")
-
-
-def one_line(text: str) -> str:
-    """Whitespace collapsed to single spaces, control characters dropped, ends stripped."""
-    text = _SPACE.sub(" ", text)
-    if not text.isprintable():
-        text = "".join(c for c in text if c.isprintable())
-    return text.strip()
-
-
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` characters, ending in '…' when cut."""
-    if len(text) <= limit:
-        return text
-    return text[: max(0, limit - 1)].rstrip() + "…" if limit > 0 else ""
-
-
 def fmt_duration(seconds: float) -> str:
     """2.1s, 59.9s, 1m05s, 2h03m."""
     if seconds < 59.95:
@@ -403,39 +385,39 @@ def line_for(state: RunState, event: Event) -> str | None:
     total = state.total
     if isinstance(event, RunStarted):
         head = f"[-/{total}] {'RUN':<6} {event.plan} for {event.tenant}"
-        return _fit(head, f": {plural(total, 'step')}, run {event.run_id}")
+        return _line(head, f": {plural(total, 'step')}, run {event.run_id}")
     if isinstance(event, StepStarted):
         step = state.steps.get(event.step_id)
         role = step.role if step is not None else ""
         again = f" attempt {event.attempt}" if event.attempt > 1 else ""
         what = ", ".join(x for x in (role, event.model) if x)
         head = f"[-/{total}] {'START':<6} {event.step_id}{again}"
-        return _fit(head, f" ({what})" if what else "")
+        return _line(head, f" ({what})" if what else "")
     if isinstance(event, StepRetrying):
         head = f"[-/{total}] {'RETRY':<6} {event.step_id} attempt {event.attempt} failed: "
         tail = f"; waiting {fmt_duration(event.wait_seconds)}"
-        room = max(LINE_WIDTH - len(head) - len(tail), 20)
-        return clip(head + clip(one_line(event.reason), room) + tail, LINE_WIDTH)
+        room = max(LINE_WIDTH - cells(head) - cells(tail), 20)
+        return crop(head + crop(one_line(event.reason), room) + tail, LINE_WIDTH)
     if isinstance(event, StepFinished):
         result = event.result
         count = f"[{state.done}/{total}]"
         reason = one_line(result.error or "")
         if result.cached:
-            return _fit(f"{count} {'CACHED':<6} {result.step_id}", " (reused an earlier result)")
+            return _line(f"{count} {'CACHED':<6} {result.step_id}", " (reused an earlier result)")
         if result.status is StepStatus.SUCCEEDED:
             parts = [fmt_duration(result.duration_ms / 1000), fmt_tokens(result.total_tokens),
                      fmt_cost(result.cost_usd)]
             if result.attempts > 1:
                 parts.append(f"after {result.attempts} attempts")
-            return _fit(f"{count} {'OK':<6} {result.step_id} ", " ".join(parts))
+            return _line(f"{count} {'OK':<6} {result.step_id} ", " ".join(parts))
         if result.status is StepStatus.FAILED:
             after = f" after {plural(result.attempts, 'attempt')}" if result.attempts else ""
-            return _fit(f"{count} {'FAIL':<6} {result.step_id}{after}", f": {reason or 'failed'}")
+            return _line(f"{count} {'FAIL':<6} {result.step_id}{after}", f": {reason or 'failed'}")
         if result.status is StepStatus.SKIPPED:
-            return _fit(f"{count} {'SKIP':<6} {result.step_id}", f": {reason or 'skipped'}")
-        return _fit(f"{count} {'CANCEL':<6} {result.step_id}", f": {reason or 'cancelled'}")
+            return _line(f"{count} {'SKIP':<6} {result.step_id}", f": {reason or 'skipped'}")
+        return _line(f"{count} {'CANCEL':<6} {result.step_id}", f": {reason or 'cancelled'}")
     return None
 
 
-def _fit(head: str, tail: str) -> str:
-    return clip(head + tail, LINE_WIDTH)
+def _line(head: str, tail: str) -> str:
+    return crop(head + tail, LINE_WIDTH)

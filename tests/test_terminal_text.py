@@ -1,0 +1,130 @@
+"""Nothing from a plan file, a tenant file or a model can move the cursor: every command that
+prints their text strips escape sequences and control characters first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from support import FakeLLMServer, llm_server
+from typer.testing import CliRunner
+
+from dworkers import view
+from dworkers.cli import app
+from dworkers.errors import Problem
+
+__all__ = ["llm_server"]
+
+# YAML's own escapes put raw escape codes into a value: retitle the window, clear the screen,
+# colour, and an 8-bit CSI.
+EVIL = r"\e]0;PWNED\a\e[2J\e[31mred\e[0m \x9b2J"
+
+PLAN = f"""\
+name: evil
+description: "Looks {EVIL} harmless"
+inputs:
+  topic:
+    description: "what {EVIL} about"
+steps:
+  - step_id: first
+    name: "First {EVIL} step"
+    prompt_template: "Write about {{topic}}"
+"""
+
+TENANT = f"""\
+id: evil-corp
+name: "Evil {EVIL} Corp"
+context: "Sells {EVIL} widgets"
+models:
+  default: "openai/test-model"
+"""
+
+MODEL_ANSWER = "Answer line one\n\x1b]0;PWNED\x07\x1b[2J\x1b[1;31mred\x1b[0m\nline three \x9b2J"
+
+
+@pytest.fixture(autouse=True)
+def project(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("DWORKERS_MOCK_LATENCY", "0")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "evil.yaml").write_text(PLAN)
+    (tmp_path / "tenants").mkdir()
+    (tmp_path / "tenants" / "evil-corp.yaml").write_text(TENANT)
+    return tmp_path
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        result.exception)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_inert(text: str) -> None:
+    assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text, repr(text)
+    assert "[2J" not in text and "]0;" not in text and "[31m" not in text, repr(text)
+
+
+def test_list_and_show_print_plan_and_tenant_text_without_escapes() -> None:
+    code, out, err = invoke("list")
+    assert code == 0, err
+    assert "Looks" in out and "harmless" in out
+    assert_inert(out + err)
+
+    code, out, err = invoke("list", "--tenants")
+    assert code == 0, err
+    assert "Evil" in out and "Corp" in out
+    assert_inert(out + err)
+
+    for fmt in ("tree", "mermaid"):
+        code, out, err = invoke("show", "evil", "--format", fmt)
+        assert code == 0, err
+        assert_inert(out + err)
+    assert "Looks red harmless" in invoke("show", "evil")[1]
+
+
+def test_json_escapes_c1_controls_too() -> None:
+    code, out, _ = invoke("list", "--json")
+    assert code == 0
+    assert "\x9b" not in out and "\\u009b" in out
+    [plan] = [p for p in json.loads(out) if p["name"] == "evil"]
+    assert "\x9b" in plan["description"]  # the value itself is kept, only its printing is safe
+
+
+def test_a_model_answer_with_escapes_is_inert_in_show_and_report(
+    llm_server: FakeLLMServer, project: Path
+) -> None:
+    llm_server.add_rule(None, content=MODEL_ANSWER)
+    code, _, err = invoke("run", "evil", "-i", "topic=tea", "--tenant", "evil-corp",
+                          "--api-base", llm_server.url, "--out", str(project / "runs"))
+    assert code == 0, err
+    assert_inert(err)
+    [run_dir] = list((project / "runs").iterdir())
+    for name in ("report.md", "steps/first.md"):
+        text = (run_dir / name).read_text()
+        assert "Answer line one" in text and "line three" in text
+        assert_inert(text)
+
+    code, out, err = invoke("show", "last")
+    assert code == 0, err
+    assert "Answer line one\nred\nline three" in out  # lines kept, codes gone
+    assert_inert(out + err)
+    code, out, err = invoke("show", "last", "first")
+    assert code == 0, err
+    assert out.startswith("Answer line one\n")
+    assert_inert(out + err)
+    code, out, err = invoke("runs")
+    assert code == 0, err
+    assert_inert(out + err)
+
+
+def test_errors_and_problems_are_printed_without_escapes() -> None:
+    out = Console(width=100, record=True, force_terminal=False)
+    view.print_problems(out, [Problem("bad \x1b[31mred\x1b[0m\x1b[2J value", "fix \x1b]0;x\x07 it",
+                                      file="plan\x1b[31m.yaml", line=3, column=4)])
+    view.print_error(out, "failed: \x1b[2Jgone")
+    text = out.export_text()
+    assert "bad" in text and "fix  it" in text and "failed: gone" in text
+    assert_inert(text)
