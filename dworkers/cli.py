@@ -10,11 +10,13 @@ import contextlib
 import os
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
+from dworkers import completion
 from dworkers.errors import DworkersError, Problem, ProblemsError
 
 # pydantic scans every installed distribution for plugins on its first model (≈20 ms of
@@ -25,7 +27,6 @@ app = typer.Typer(
     name="dworkers",
     help="Run plans: DAGs of LLM workers written in YAML.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -39,6 +40,33 @@ def _emit_json(data: Any) -> None:
 
     if not view.write_stdout(json_text(data) + "\n"):
         raise typer.Exit(1)
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    import platform
+    from importlib import metadata  # not litellm itself: importing it takes a second
+
+    from dworkers import __version__
+
+    try:
+        litellm = metadata.version("litellm")
+    except metadata.PackageNotFoundError:
+        litellm = "not installed"
+    sys.stdout.write(f"dworkers {__version__}\nlitellm {litellm}\n"
+                     f"Python {platform.python_version()}\n")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                           help="Print the versions of dworkers, litellm and Python.")
+    ] = False,
+) -> None:
+    pass
 
 
 def _fail(error: DworkersError) -> NoReturn:
@@ -150,10 +178,12 @@ def validate(
 @app.command()
 def show(
     target: Annotated[
-        str, typer.Argument(help="A plan name or YAML file, or a run id (a prefix, or 'last').")
+        str, typer.Argument(help="A plan name or YAML file, or a run id (a prefix, or 'last').",
+                            autocompletion=completion.show_targets)
     ],
     step: Annotated[
-        str | None, typer.Argument(help="With a run id: print this step's output.")
+        str | None, typer.Argument(help="With a run id: print this step's output.",
+                                   autocompletion=completion.steps)
     ] = None,
     output_format: Annotated[
         str, typer.Option("--format", help="tree (default) or mermaid.")
@@ -259,14 +289,16 @@ def run(
     plan: Annotated[
         str | None,
         typer.Argument(help="A plan name (see 'dworkers list') or YAML file; optional with "
-                       "--resume."),
+                       "--resume.", autocompletion=completion.plans),
     ] = None,
     inputs: Annotated[
         list[str] | None,
-        typer.Option("--input", "-i", help="NAME=VALUE, or NAME=@file to read the value."),
+        typer.Option("--input", "-i", help="NAME=VALUE, or NAME=@file to read the value.",
+                     autocompletion=completion.inputs),
     ] = None,
     tenant: Annotated[
-        str | None, typer.Option(help="Tenant id or YAML file [default: default].")
+        str | None, typer.Option(help="Tenant id or YAML file [default: default].",
+                                 autocompletion=completion.tenants)
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model for every step [env: DWORKERS_MODEL].")
@@ -300,7 +332,8 @@ def run(
     ] = False,
     resume: Annotated[
         str | None,
-        typer.Option(help="Finish an earlier run (id, prefix or 'last'): reuse what succeeded."),
+        typer.Option(help="Finish an earlier run (id, prefix or 'last'): reuse what succeeded.",
+                     autocompletion=completion.runs),
     ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Call the model even for identical prompts.")
@@ -319,6 +352,36 @@ def run(
     except DworkersError as exc:
         _fail(exc)
     raise typer.Exit(code)
+
+
+class SchemaKind(StrEnum):
+    PLAN = "plan"
+    TENANT = "tenant"
+
+
+@app.command("schema")
+def schema_command(
+    kind: Annotated[SchemaKind, typer.Argument(metavar="plan|tenant", help="Which file format.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write it to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the JSON Schema of plan or tenant files, for editors (see README: Editors)."""
+    from dworkers import view
+    from dworkers.files import write_atomic
+    from dworkers.schema import render
+
+    text = render(kind.value)
+    if out is None:
+        if not view.write_stdout(text):
+            raise typer.Exit(1)
+        return
+    try:
+        write_atomic(out, text)
+    except OSError as exc:
+        _fail(DworkersError(f"cannot write {out}: {exc.strerror or exc} — choose a writable "
+                            "path for --out"))
+    view.print_ok(view.console(), f"wrote the {kind.value} schema to {out}")
 
 
 def _terminated(signum: int, frame: object) -> None:

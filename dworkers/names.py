@@ -4,6 +4,7 @@ template placeholders, environment variables). The one home of these patterns.""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 """Plan names, step ids and tenant ids: they name files, so nothing else is allowed."""
@@ -17,3 +18,9 @@ def slug_suggestion(name: str) -> str | None:
     """``name`` made into a valid slug ("Gather Data" → "gather-data"), if that is possible."""
     slug = re.sub(r"[^a-z0-9_-]+", "-", name.strip().lower()).strip("-_")
     return slug if slug and SLUG.match(slug) and len(slug) <= MAX_SLUG_LENGTH else None
+
+
+def json_schema_pattern(regex: re.Pattern[str]) -> dict[str, Any]:
+    """``regex`` (a full match, written ``...\\Z``) as a JSON Schema ``pattern``, so that the
+    schema editors read (``dworkers schema``) checks names with the very same expression."""
+    return {"pattern": "^" + regex.pattern.removesuffix(r"\Z") + "$"}

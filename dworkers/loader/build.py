@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dworkers.errors import LoadError, PlanValidationError, Problem, TenantValidationError, shown
 from dworkers.loader.problems import (
@@ -16,7 +16,13 @@ from dworkers.loader.problems import (
     not_a_mapping,
 )
 from dworkers.loader.reader import read_yaml
-from dworkers.names import slug_suggestion
+from dworkers.names import (
+    IDENTIFIER,
+    MAX_SLUG_LENGTH,
+    SLUG,
+    json_schema_pattern,
+    slug_suggestion,
+)
 from dworkers.plans.base import BasePlan, InputSpec, PlanStep, unnamed_step_id
 from dworkers.types import SourceMap, SourcePath
 
@@ -27,10 +33,16 @@ if TYPE_CHECKING:
 class _PlanDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    description: str = ""
-    inputs: dict[str, InputSpec | None] | None = None
-    steps: list[Any]
+    name: str = Field(description="The plan's name, a lowercase slug: 'dworkers run NAME'.",
+                      json_schema_extra={**json_schema_pattern(SLUG), "maxLength": MAX_SLUG_LENGTH})
+    description: str = Field(default="", description="What the plan does, one line for "
+                             "'dworkers list'.")
+    inputs: dict[str, InputSpec | None] | None = Field(
+        default=None, description="The run's inputs by name (letters, digits, '_'). When "
+        "absent, every {placeholder} a template uses is a required input.",
+        json_schema_extra={"propertyNames": json_schema_pattern(IDENTIFIER)})
+    steps: list[Any] = Field(description="The steps; depends_on makes them a DAG, and each "
+                             "starts as soon as its dependencies have succeeded.")
 
 
 FileKind = Literal["plan", "tenant"]

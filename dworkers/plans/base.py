@@ -13,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dworkers import dag, templates
 from dworkers.errors import PlanNotFoundError, PlanValidationError, Problem, did_you_mean, shown
-from dworkers.names import IDENTIFIER, MAX_SLUG_LENGTH, SLUG, SLUG_HINT, slug_suggestion
+from dworkers.names import (
+    IDENTIFIER,
+    MAX_SLUG_LENGTH,
+    SLUG,
+    SLUG_HINT,
+    json_schema_pattern,
+    slug_suggestion,
+)
 from dworkers.types import SourceMap, SourcePath, WorkerRole
 
 MAX_COMPARISONS = 200_000
@@ -36,14 +43,31 @@ class PlanStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    step_id: str
-    name: str
-    description: str = ""
-    worker_role: WorkerRole = WorkerRole.ANALYST
-    depends_on: list[str] = Field(default_factory=list)
-    prompt_template: str = ""
-    retry_max: int = Field(default=0, ge=0, le=100, strict=True)  # `retry_max: yes` is a typo
-    timeout_seconds: float = Field(default=0, ge=0, le=86_400, allow_inf_nan=False)
+    step_id: str = Field(
+        description="Unique id of the step, a lowercase slug (letters, digits, '-', '_'): it "
+        "names the step's output file and is what depends_on refers to.",
+        json_schema_extra={**json_schema_pattern(SLUG), "maxLength": MAX_SLUG_LENGTH},
+    )
+    name: str = Field(description="Human-readable name, shown in the live tree and the report.")
+    description: str = Field(
+        default="", description="What the step does. A step without a prompt_template gives its "
+        "worker this description and the run's inputs instead.")
+    worker_role: WorkerRole = Field(
+        default=WorkerRole.ANALYST, description="The kind of worker that does the step: each "
+        "role has its own instructions, and may have its own model in the tenant.")
+    depends_on: list[str] = Field(
+        default_factory=list, description="step_ids whose outputs this step needs: it starts as "
+        "soon as they have all succeeded, and receives their outputs as context.",
+        json_schema_extra={"uniqueItems": True})
+    prompt_template: str = Field(
+        default="", description="The step's prompt. {name} placeholders are filled from the "
+        "run's inputs; {{ and }} are literal braces.")
+    retry_max: int = Field(  # strict: `retry_max: yes` is a typo
+        default=0, ge=0, le=100, strict=True, description="Retries after a timeout, a "
+        "connection error or a 5xx answer (rate limits, 429, always wait and never count).")
+    timeout_seconds: float = Field(
+        default=0, ge=0, le=86_400, allow_inf_nan=False, description="Seconds per attempt; 0 "
+        "means the tenant's limits.timeout_seconds.")
 
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""
@@ -59,8 +83,10 @@ class InputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    description: str = ""
-    default: str | None = None
+    description: str = Field(default="", description="What the input is, for the people who "
+                             "run the plan ('dworkers show', shell completion).")
+    default: str | None = Field(default=None, description="The value when a run gives none; an "
+                                "input with a default is optional.")
 
 
 class BasePlan:

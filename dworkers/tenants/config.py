@@ -8,7 +8,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dworkers.errors import Problem, TenantValidationError, shown
-from dworkers.names import IDENTIFIER, SLUG, SLUG_HINT
+from dworkers.names import IDENTIFIER, SLUG, SLUG_HINT, json_schema_pattern
 from dworkers.redact import redact_url
 from dworkers.types import ROLE_NAMES, SourceMap, SourcePath, WorkerRole
 
@@ -49,27 +49,51 @@ class _Strict(BaseModel):
 class ModelsConfig(_Strict):
     """The default model and optional per-role overrides (litellm model strings)."""
 
-    default: str = "openai/gpt-4o-mini"
-    analyst: str | None = None
-    researcher: str | None = None
-    data_analyst: str | None = None
-    manager: str | None = None
-    designer: str | None = None
+    default: str = Field(default="openai/gpt-4o-mini", description="The model of every role "
+                         "without its own: a litellm model string, 'provider/model'.",
+                         json_schema_extra=json_schema_pattern(MODEL_NAME))
+    analyst: str | None = Field(default=None, description="The analyst's model, if not default.",
+                                json_schema_extra=json_schema_pattern(MODEL_NAME))
+    researcher: str | None = Field(default=None, description="The researcher's model, if not "
+                                   "default.", json_schema_extra=json_schema_pattern(MODEL_NAME))
+    data_analyst: str | None = Field(default=None, description="The data analyst's model, if "
+                                     "not default.",
+                                     json_schema_extra=json_schema_pattern(MODEL_NAME))
+    manager: str | None = Field(default=None, description="The manager's model, if not default.",
+                                json_schema_extra=json_schema_pattern(MODEL_NAME))
+    designer: str | None = Field(default=None, description="The designer's model, if not "
+                                 "default.", json_schema_extra=json_schema_pattern(MODEL_NAME))
 
 
 class WorkerConfig(_Strict):
-    custom_instructions: str = ""
-    max_concurrent_tasks: int | None = Field(default=None, ge=1, le=10_000)
+    """This tenant's settings for one role."""
+
+    custom_instructions: str = Field(default="", description="Added to the role's own "
+                                     "instructions in every step of this role.")
+    max_concurrent_tasks: int | None = Field(
+        default=None, ge=1, le=10_000, description="At most this many steps of this role run at "
+        "once (none: only limits.max_concurrency applies).")
 
 
 class LimitsConfig(_Strict):
-    max_concurrency: int = Field(default=8, ge=1, le=10_000)
-    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    timeout_seconds: float = Field(default=120, gt=0, le=86_400, allow_inf_nan=False)
+    """What one run may use."""
+
+    max_concurrency: int = Field(default=8, ge=1, le=10_000, description="Steps running at "
+                                 "once (--max-concurrency wins).")
+    max_cost_usd: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Once a run has spent this much "
+        "USD no new step starts; the rest are skipped (--max-cost wins).")
+    timeout_seconds: float = Field(
+        default=120, gt=0, le=86_400, allow_inf_nan=False, description="Seconds per attempt, for "
+        "steps that do not set their own timeout_seconds.")
 
 
 class SecurityConfig(_Strict):
-    allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+    """Which models this tenant may use."""
+
+    allowed_models: list[str] = Field(
+        default_factory=lambda: ["*"], description="Glob patterns of the models this tenant may "
+        "use, e.g. 'openai/*'; any other model is refused before the first call.")
 
 
 class TenantConfig(_Strict):
@@ -77,20 +101,29 @@ class TenantConfig(_Strict):
     ``api_key_env`` names the environment variable that holds the key for the provider of
     ``models.default`` (see ``api_key_env_for``)."""
 
-    id: str
-    name: str = ""
-    context: str = ""
-    models: ModelsConfig = Field(default_factory=ModelsConfig)
-    workers: dict[WorkerRole, WorkerConfig] = Field(default_factory=dict)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    security: SecurityConfig = Field(default_factory=SecurityConfig)
-    api_base: str | None = None
+    id: str = Field(description="The tenant's id, a lowercase slug: 'dworkers run --tenant ID'.",
+                    json_schema_extra=json_schema_pattern(SLUG))
+    name: str = Field(default="", description="The company's display name (default: the id).")
+    context: str = Field(default="", description="Company background given to every worker.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="The model of each "
+                                 "role: litellm model strings such as 'openai/gpt-4o-mini'.")
+    workers: dict[WorkerRole, WorkerConfig] = Field(
+        default_factory=dict, description="Settings per role: custom instructions, concurrency.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="What one run may "
+                                 "use: concurrency, cost, time per attempt.")
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="Which models "
+                                     "this tenant may use, as glob patterns.")
+    api_base: str | None = Field(
+        default=None, description="An OpenAI-compatible endpoint (http or https URL) for every "
+        "call (--api-base wins).", json_schema_extra=json_schema_pattern(API_BASE))
     api_key_env: str | None = Field(
         default=None,
         description=(
-            "api_key_env names the variable holding the key for the provider of models.default; "
-            "models of other providers use their provider's usual variable (ANTHROPIC_API_KEY...)"
+            "The name of the environment variable (never the key itself) holding the key for "
+            "the provider of models.default; models of other providers use their provider's "
+            "usual variable (ANTHROPIC_API_KEY, ...)."
         ),
+        json_schema_extra=json_schema_pattern(IDENTIFIER),
     )
 
     _source: SourceMap | None = PrivateAttr(default=None)

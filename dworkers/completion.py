@@ -1,0 +1,151 @@
+"""What tab completion offers: plan and tenant names, a plan's inputs, run ids and step ids.
+
+Each function is a Typer ``autocompletion`` callback, called on every <TAB>. They import what
+they need inside, so the command line loads nothing for them until a shell asks, and they never
+import litellm: plan names come from the cached plan catalog (no YAML while nothing changed),
+runs and steps from the history database. A completion never fails loudly: whatever goes wrong
+(a broken plan file, a locked or missing history) offers nothing, and the shell falls back to
+completing file names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from dworkers.plans.base import BasePlan
+
+Items = list[tuple[str, str]]
+RECENT_RUNS = 30
+"""How many runs ``show <TAB>`` and ``--resume <TAB>`` offer, most recent first."""
+
+
+HELP_WIDTH = 60
+"""zsh and fish show each candidate's help beside it; Typer wraps longer text onto a new line."""
+
+
+def _quietly(find: Callable[[], Items]) -> Items:
+    try:
+        found = find()
+    except Exception:  # a completion prints into the user's prompt: it must never raise
+        return []
+    from rich.markup import escape  # Typer renders help as Rich markup for zsh and fish
+
+    return [(value, escape(_one_line(about, HELP_WIDTH))) for value, about in found]
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` (from a plan file, or a model's answer: untrusted) as one short printable line."""
+    line = "".join(c for c in " ".join(text.split()) if c.isprintable())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def plans(incomplete: str) -> Items:
+    """Plan names (built-in, DWORKERS_PLANS_PATH, ./plans) starting with ``incomplete``."""
+
+    def find() -> Items:
+        from dworkers.catalog import plan_catalog
+
+        return [(p.name, p.description) for p in plan_catalog()[0]
+                if p.name.startswith(incomplete)]
+
+    return _quietly(find)
+
+
+def tenants(incomplete: str) -> Items:
+    """Tenant ids starting with ``incomplete``, with the company's name."""
+
+    def find() -> Items:
+        from dworkers.tenants.registry import tenant_registry
+
+        return [(e.item.id, e.item.display_name) for e in tenant_registry.entries()
+                if e.item.id.startswith(incomplete)]
+
+    return _quietly(find)
+
+
+def inputs(ctx: typer.Context, incomplete: str) -> Items:
+    """``NAME=`` for each input of the plan named before ``-i`` that is not given yet."""
+    if "=" in incomplete:
+        return []  # past the name: the value is free text
+    # While the last word is an option still waiting for its value (`-i <TAB>`), the parser
+    # stops there: the options before it are parsed, the arguments are left in ``ctx.args``.
+    plan_ref = ctx.params.get("plan") or next(iter(ctx.args), None)
+    if not isinstance(plan_ref, str):
+        return []  # no plan named yet
+    given = {item.partition("=")[0] for item in ctx.params.get("inputs") or ()}
+
+    def find() -> Items:
+        plan = _load_plan(plan_ref)
+        declared = plan.inputs
+        if declared is None:
+            names = dict.fromkeys(plan.required_inputs(), "required")
+        else:
+            names = {name: ("required" if spec.default is None
+                            else f"default {_one_line(spec.default, 20)!r}") +
+                     (f" · {spec.description}" if spec.description else "")
+                     for name, spec in declared.items()}
+        return [(f"{name}=", about) for name, about in names.items()
+                if name.startswith(incomplete) and name not in given]
+
+    return _quietly(find)
+
+
+def _load_plan(ref: str) -> BasePlan:
+    """The plan ``ref`` names, reading only its own file (found through the catalog)."""
+    from dworkers import loader
+    from dworkers.catalog import plan_catalog
+    from dworkers.targets import looks_like_path
+
+    if looks_like_path(ref):
+        return loader.load_plan(ref)
+    for summary in plan_catalog()[0]:
+        if summary.name == ref and summary.path is not None:
+            return loader.load_plan(summary.path)
+    raise LookupError(ref)
+
+
+def runs(incomplete: str) -> Items:
+    """The most recent run ids (and ``last``) starting with ``incomplete``, newest first."""
+
+    def find() -> Items:
+        from dworkers.history import History, history_path
+
+        if not history_path().is_file():  # completing must not create a history
+            return []
+        with History() as history:
+            records = history.list_runs(limit=RECENT_RUNS)
+        found = [(r.run_id, f"{r.plan} · {r.status}") for r in records
+                 if r.run_id.startswith(incomplete)]
+        if records and "last".startswith(incomplete):
+            found.insert(0, ("last", f"{records[0].run_id} · {records[0].plan}"))
+        return found
+
+    return _quietly(find)
+
+
+def show_targets(incomplete: str) -> Items:
+    """What ``show`` takes: recent runs first, then plan names."""
+    return runs(incomplete) + plans(incomplete)
+
+
+def steps(ctx: typer.Context, incomplete: str) -> Items:
+    """The step ids of the run named before, with each step's status."""
+    run_ref = ctx.params.get("target")
+    if not isinstance(run_ref, str):
+        return []
+
+    def find() -> Items:
+        from dworkers.history import History, history_path
+
+        if not history_path().is_file():
+            return []
+        with History() as history:
+            records = history.steps(run_ref)
+        return [(s.step_id, f"{s.status} · {s.name}" if s.name else s.status)
+                for s in records if s.step_id.startswith(incomplete)]
+
+    return _quietly(find)
