@@ -10,6 +10,7 @@ completing file names.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -27,14 +28,23 @@ HELP_WIDTH = 60
 """zsh and fish show each candidate's help beside it; Typer wraps longer text onto a new line."""
 
 
+# Typer renders help as Rich markup for zsh and fish: "[/b]" in a plan's description would
+# raise, "[draft]" would vanish. Rich's rule: a "[" that may open a tag is escaped by a backslash
+# (and backslashes before it are doubled).
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def _escape_markup(text: str) -> str:
+    text = _MARKUP_TAG.sub(lambda m: f"{m[1]}{m[1]}\\{m[2]}", text)
+    return text + "\\" if text.endswith("\\") and not text.endswith("\\\\") else text
+
+
 def _quietly(find: Callable[[], Items]) -> Items:
     try:
         found = find()
     except Exception:  # a completion prints into the user's prompt: it must never raise
         return []
-    from rich.markup import escape  # Typer renders help as Rich markup for zsh and fish
-
-    return [(value, escape(_one_line(about, HELP_WIDTH))) for value, about in found]
+    return [(value, _escape_markup(_one_line(about, HELP_WIDTH))) for value, about in found]
 
 
 def _one_line(text: str, limit: int) -> str:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dworkers"
 # Top to bottom; a module may import its own package and anything in a lower layer.
 LAYERS: list[set[str]] = [
     {"cli"},
-    {"runner"},
+    {"runner", "completion", "schema"},  # what the command line calls
     {"view", "engine", "executors", "history", "outputs", "targets"},
     {"llm", "loader", "prompts", "catalog", "dataset", "ratelimit", "endpoints"},
     {"plans", "tenants"},
