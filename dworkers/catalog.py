@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dworkers import __version__
-from dworkers.discovery import search_path, yaml_files
+from dworkers.discovery import scan, search_path
 from dworkers.errors import Problem
 from dworkers.files import data_dir, write_atomic
 
@@ -59,7 +59,9 @@ def _signature() -> list[Any]:
     files: list[Any] = []
     origins = search_path("plans")
     for origin in origins:
-        for path in yaml_files(origin):
+        found, skipped = scan(origin)
+        files += [problem.render() for problem in skipped]  # a new stray file is news too
+        for path in found:
             try:
                 stat = path.stat()
             except OSError:

@@ -12,18 +12,40 @@ import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from dworkers import completion
 from dworkers.errors import DworkersError, Problem, ProblemsError
+
+if TYPE_CHECKING:
+    from typer._click import Context, HelpFormatter
 
 # pydantic scans every installed distribution for plugins on its first model (≈20 ms of
 # start-up); the command line uses none.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
+class _Commands(TyperGroup):
+    """``dworkers --help`` lists each command with the whole first paragraph of its help,
+    wrapped to the terminal (click would cut it at about 45 columns)."""
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            text = command.short_help or (command.help or "").strip().split("\n\n")[0]
+            rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="dworkers",
     help="Run plans: DAGs of LLM workers written in YAML.",
     no_args_is_help=True,
@@ -31,6 +53,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+MAX_RUNS_LISTED = 1_000_000  # a bigger --limit is a typo, not a request for more
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
@@ -200,10 +223,10 @@ def show(
             show_run(target, step, as_json=as_json)
         except DworkersError as exc:
             if step is None and not isinstance(exc, ProblemsError) and "no run" in str(exc):
-                from dworkers.errors import did_you_mean, shown
+                from dworkers.errors import did_you_mean, shown, suggestion
 
                 guess = did_you_mean(target, plan_registry.names())
-                hint = (f"did you mean {guess!r}?" if guess else
+                hint = (suggestion(target, guess) if guess else
                         "run 'dworkers list' for plans, 'dworkers runs' for runs")
                 _fail(DworkersError(f"no plan or run named {shown(target)} — {hint}"))
             _fail(exc)
@@ -260,7 +283,9 @@ def list_runs(
     status: Annotated[
         str | None, typer.Option(help="succeeded, failed, interrupted or running.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many runs to list.")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_RUNS_LISTED, help="How many runs to list.")
+    ] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """List recent runs, newest first (see 'dworkers show RUN_ID')."""

@@ -64,15 +64,45 @@ def search_path(kind: Kind) -> list[Origin]:
     return unique[::-1]
 
 
-def yaml_files(origin: Origin) -> list[Path]:
+def scan(origin: Origin) -> tuple[list[Path], list[Problem]]:
+    """The YAML files of ``origin`` that are read, and a problem for each one left out (and
+    for a search-path directory that is not there), so nothing is skipped without a word."""
+    directory = origin.directory
     try:
-        files = sorted(
-            p for p in origin.directory.iterdir()
-            if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
-        )
-    except OSError:
-        return []
-    return files[:MAX_FILES_PER_DIRECTORY]
+        entries = sorted(directory.iterdir())
+    except OSError as exc:
+        if origin.label not in _ENV.values():  # ./plans need not exist
+            return [], []
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else (
+            "is not a directory" if isinstance(exc, NotADirectoryError)
+            else f"cannot be read ({exc.strerror or exc})")
+        return [], [Problem(f"directory {str(directory)!r} in {origin.label} {reason}",
+                            f"create it, or remove it from {origin.label}",
+                            "missing-directory", file=origin.label)]
+    files: list[Path] = []
+    skipped: list[Problem] = []
+    for path in entries:
+        if path.name.startswith(".") or path.suffix.lower() not in (".yaml", ".yml"):
+            continue
+        if path.suffix not in (".yaml", ".yml"):
+            skipped.append(Problem(f"skipped: only files ending in .yaml or .yml are read, "
+                                   f"not {path.suffix}", f"rename it to {path.stem}.yaml",
+                                   "skipped-file", file=str(path)))
+        elif not path.is_file():
+            what = ("is a symbolic link to a file that does not exist" if path.is_symlink()
+                    else "is not a file")
+            skipped.append(Problem(f"skipped: it {what}", "fix or remove it", "skipped-file",
+                                   file=str(path)))
+        else:
+            files.append(path)
+    if len(files) > MAX_FILES_PER_DIRECTORY:
+        left = files[MAX_FILES_PER_DIRECTORY:]
+        skipped.append(Problem(
+            f"skipped {len(left)} files from {left[0].name} on: at most "
+            f"{MAX_FILES_PER_DIRECTORY} files are read per directory",
+            "spread them over several directories (DWORKERS_PLANS_PATH takes a list)",
+            "too-many-files", file=str(directory)))
+    return files[:MAX_FILES_PER_DIRECTORY], skipped
 
 
 class BrokenFileError(ProblemsError):
@@ -205,7 +235,9 @@ class FileRegistry(Generic[T]):
         problems: list[Problem] = []
         for rank, origin in enumerate(search_path(self.kind)):  # lowest precedence first
             here: dict[str, Path] = {}  # names defined in this directory
-            for path in yaml_files(origin):
+            files, skipped = scan(origin)
+            problems += skipped
+            for path in files:
                 data: Any = None
                 try:
                     data, source = self._read(path)

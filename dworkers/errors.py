@@ -95,10 +95,10 @@ class NotFoundError(DworkersError):
 
     def __init__(self, kind: str, name: str, known: Sequence[str], hint: str = "") -> None:
         self.kind, self.name = kind, name
-        suggestion = did_you_mean(name, known)
+        guess = did_you_mean(name, known)
         message = f"no {kind} named {shown(name)}"
-        if suggestion:
-            message += f" — did you mean {suggestion!r}?"
+        if guess:
+            message += f" — {suggestion(name, guess)}"
         elif hint:
             message += f" — {hint}"
         super().__init__(message)
@@ -113,10 +113,10 @@ class PlanNotFoundError(PlanError):
 
     def __init__(self, plan: str, step_id: str, known: Sequence[str]) -> None:
         self.plan, self.step_id = plan, step_id
-        suggestion = did_you_mean(step_id, known)
+        guess = did_you_mean(step_id, known)
         message = f"plan {plan!r} has no step {shown(step_id)}"
-        if suggestion:
-            message += f" — did you mean {suggestion!r}?"
+        if guess:
+            message += f" — {suggestion(step_id, guess)}"
         super().__init__(message)
 
 
@@ -162,6 +162,21 @@ def shown(value: object, limit: int = 60) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - 4] + "..." + text[-1] if text[-1] in "'\"" else text[: limit - 3] + "..."
+
+
+def suggestion(name: str, guess: str, template: str = "did you mean {!r}?") -> str:
+    """"did you mean 'scope'?" — and, when ``name`` only looks like ``guess`` (a Cyrillic 'с'
+    for a Latin 'c', a zero-width space), which characters differ, since the two strings
+    would otherwise read the same."""
+    import unicodedata
+
+    text = template.format(guess)
+    odd = [c for c in dict.fromkeys(name) if not c.isascii() and c not in guess]
+    if odd and unicodedata.normalize("NFKC", name) != guess:
+        described = ", ".join(f"{c!r} is U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}"
+                              for c in odd[:3])
+        text += f" (they only look alike: {described})"
+    return text
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str | None:

@@ -14,6 +14,11 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 """Input names, ``{placeholder}`` names and environment variable names."""
 
 
+def too_long(value: str) -> str:
+    """How a slug over the limit is described, so the user learns the limit."""
+    return f"{len(value)} characters long, over the limit of {MAX_SLUG_LENGTH}"
+
+
 def slug_suggestion(name: str) -> str | None:
     """``name`` made into a valid slug ("Gather Data" → "gather-data"), if that is possible."""
     slug = re.sub(r"[^a-z0-9_-]+", "-", name.strip().lower()).strip("-_")

@@ -24,6 +24,7 @@ from dworkers.events import Event, RunResult
 from dworkers.redact import redact_url
 from dworkers.tenants.config import TenantConfig
 from dworkers.text import clean, json_text
+from dworkers.types import WorkerRole
 
 if TYPE_CHECKING:
     from dworkers.history import History
@@ -277,6 +278,9 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
     check_writable(out_dir)
     writer = RunWriter(out_dir, engine.plan, values)
     err = view.console()
+    capped = role_cap_note(engine, request.max_concurrency)
+    if capped:
+        view.print_note(err, capped)
     display = view.make_view(interactive=view.is_interactive(err) and not request.quiet,
                              quiet=request.quiet, console=err)
     fan_out = FanOut([writer, display])
@@ -324,6 +328,25 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
     if interrupted or result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.success and not unsaved else EXIT_FAILED
+
+
+def role_cap_note(engine: Engine, asked: int | None) -> str | None:
+    """When ``--max-concurrency`` asks for more than the tenant's per-role caps let this plan
+    run at once, say so (else "50" silently runs 4)."""
+    if asked is None:
+        return None
+    per_role: dict[WorkerRole, int] = {}
+    for step in engine.plan.steps:
+        per_role[step.worker_role] = per_role.get(step.worker_role, 0) + 1
+    caps = {role: engine.tenant.worker(role).max_concurrent_tasks for role in per_role}
+    possible = sum(min(count, caps[role] or count) for role, count in per_role.items())
+    if possible >= min(asked, len(engine.plan.steps)):
+        return None
+    limits = ", ".join(f"{role.value} {cap}" for role, cap in caps.items()
+                       if cap is not None and cap < per_role[role])
+    return (f"--max-concurrency {asked}: at most {possible} steps of this plan run at once, "
+            f"because tenant {engine.tenant.id!r} caps its workers ({limits} at a time) — raise "
+            "workers.<role>.max_concurrent_tasks in the tenant file to run more")
 
 
 class FanOut:

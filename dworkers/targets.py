@@ -49,7 +49,8 @@ def validate_target(target: str) -> tuple[list[Problem], str]:
         return [Problem(str(exc), code="not-found", file=target)], ""
     if isinstance(item, TenantConfig):
         return [], f"{target}: tenant {item.id!r} is valid"
-    return [], f"{target}: plan {item.name!r} is valid ({len(item.steps)} steps)"
+    steps = len(item.steps)
+    return [], f"{target}: plan {item.name!r} is valid ({steps} step{'' if steps == 1 else 's'})"
 
 
 __all__ = ["looks_like_path", "resolve_plan", "validate_target"]

@@ -35,6 +35,12 @@ def has_controls(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
+def first_control(text: str) -> str | None:
+    """The first control character of ``text`` other than tab and newline, if any."""
+    match = _CONTROL.search(text)
+    return match.group() if match else None
+
+
 def clean(text: str) -> str:
     """``text`` safe to print: escape sequences and control characters removed (tab and newline
     kept; a carriage return becomes a newline, so it cannot overwrite a line)."""
@@ -176,5 +182,16 @@ def json_text(data: object) -> str:
 
 _JSON_UNESCAPED = re.compile(r"[\x7f-\x9f]")  # only ever inside strings in JSON text
 
-__all__ = ["ELLIPSIS", "cells", "clean", "crop", "crop_left", "fit", "fit_right",
-           "has_controls", "json_text", "one_line"]
+__all__ = [
+    "ELLIPSIS",
+    "cells",
+    "clean",
+    "crop",
+    "crop_left",
+    "first_control",
+    "fit",
+    "fit_right",
+    "has_controls",
+    "json_text",
+    "one_line",
+]

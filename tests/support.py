@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,31 @@ def make_tenant(
         ),
         security={"allowed_models": list(allowed)},  # type: ignore[arg-type]
     )
+
+
+def growth(job_of_size: Callable[[int], Callable[[], object]], n: int, tries: int = 5) -> float:
+    """time(4n) / time(n), the best of ``tries`` each: about 4 when the work is linear in its
+    size, about 16 when quadratic, whatever the machine's speed or load. Quick jobs are
+    repeated until a measurement takes a few milliseconds, so timer noise does not decide."""
+    import time
+
+    def timed(job: Callable[[], object], repeat: int) -> float:
+        start = time.perf_counter()
+        for _ in range(repeat):
+            job()
+        return time.perf_counter() - start
+
+    small, large = job_of_size(n), job_of_size(4 * n)
+    repeat = 1
+    while timed(small, repeat) < 0.005 and repeat < 10_000:
+        repeat *= 4
+    best_small = min(timed(small, repeat) for _ in range(tries))
+    best_large = min(timed(large, repeat) for _ in range(tries))
+    return best_large / max(best_small, 1e-9)
+
+
+LINEAR = 8.0
+"""A growth ratio under this is linear (linear work grows about 4 times, quadratic 16)."""
 
 
 def marker(step_id: str) -> str:

@@ -41,6 +41,14 @@ models:
   default: "openai/test-model"
 """
 
+CLEAN_PLAN = """\
+name: evil
+steps:
+  - step_id: first
+    name: First
+    prompt_template: "Write about {topic}"
+"""
+
 MODEL_ANSWER = "Answer line one\n\x1b]0;PWNED\x07\x1b[2J\x1b[1;31mred\x1b[0m\nline three \x9b2J"
 
 
@@ -67,37 +75,60 @@ def assert_inert(text: str) -> None:
     assert "[2J" not in text and "]0;" not in text and "[31m" not in text, repr(text)
 
 
-def test_list_and_show_print_plan_and_tenant_text_without_escapes() -> None:
-    code, out, err = invoke("list")
-    assert code == 0, err
-    assert "Looks" in out and "harmless" in out
+def test_plan_and_tenant_files_with_control_characters_are_refused_by_validate() -> None:
+    code, out, err = invoke("validate", "plans/evil.yaml", "tenants/evil-corp.yaml")
+    assert code == 2
+    assert "plans/evil.yaml:2:" in err and "control character '\\x1b' in description" in err
+    assert "control character '\\x1b' in inputs.topic.description" in err
+    assert "control character '\\x1b' in steps.0.name" in err
+    assert "tenants/evil-corp.yaml:2:" in err and "control character '\\x1b' in name" in err
     assert_inert(out + err)
 
-    code, out, err = invoke("list", "--tenants")
-    assert code == 0, err
-    assert "Evil" in out and "Corp" in out
-    assert_inert(out + err)
 
-    for fmt in ("tree", "mermaid"):
-        code, out, err = invoke("show", "evil", "--format", fmt)
-        assert code == 0, err
+def test_list_and_show_say_what_is_wrong_with_such_files_without_printing_the_codes() -> None:
+    for args, expected in ((["list"], 0), (["list", "--tenants"], 0), (["show", "evil"], 2)):
+        code, out, err = invoke(*args)
+        assert code == expected and "control character" in err, args
         assert_inert(out + err)
-    assert "Looks red harmless" in invoke("show", "evil")[1]
+
+
+def test_tables_and_trees_strip_escapes_from_whatever_they_are_given() -> None:
+    from dworkers.catalog import PlanSummary
+    from dworkers.plans.base import BasePlan, InputSpec, PlanStep
+
+    raw = "Looks \x1b]0;PWNED\x07\x1b[2J\x1b[31mred\x1b[0m \x9b2Jharmless"
+    out = Console(width=100, record=True, force_terminal=False)
+    out.print(view.plan_table([PlanSummary("p", 1, ["topic"], raw, "./plans", "p.yaml")], 100))
+    out.print(view.tenant_table([{"id": "t", "name": raw, "default_model": "openai/x",
+                                  "source": "built-in"}]))
+    plan = BasePlan("p", raw, [PlanStep(step_id="a", name=raw, prompt_template="{topic}")],
+                    inputs={"topic": InputSpec(description=raw)})
+    out.print(view.plan_tree(plan))
+    out.print(view.mermaid(plan), markup=False)
+    text = out.export_text()
+    assert text.count("Looks red harmless") >= 4  # description, name, input, tree, mermaid
+    assert_inert(text)
 
 
 def test_json_escapes_c1_controls_too() -> None:
-    code, out, _ = invoke("list", "--json")
+    from dworkers.tenants.config import ModelsConfig, TenantConfig
+    from dworkers.tenants.registry import tenant_registry
+
+    tenant_registry.register(TenantConfig(id="c1", name="C1 \x9b2J corp",
+                                          models=ModelsConfig(default="openai/x")))
+    code, out, _ = invoke("list", "--tenants", "--json")
     assert code == 0
     assert "\x9b" not in out and "\\u009b" in out
-    [plan] = [p for p in json.loads(out) if p["name"] == "evil"]
-    assert "\x9b" in plan["description"]  # the value itself is kept, only its printing is safe
+    [tenant] = [t for t in json.loads(out) if t["id"] == "c1"]
+    assert tenant["name"] == "C1 \x9b2J corp"  # the value itself is kept, only printed safely
 
 
 def test_a_model_answer_with_escapes_is_inert_in_show_and_report(
     llm_server: FakeLLMServer, project: Path
 ) -> None:
     llm_server.add_rule(None, content=MODEL_ANSWER)
-    code, _, err = invoke("run", "evil", "-i", "topic=tea", "--tenant", "evil-corp",
+    (project / "plans" / "evil.yaml").write_text(CLEAN_PLAN)
+    code, _, err = invoke("run", "evil", "-i", "topic=tea", "--model", "openai/test-model",
                           "--api-base", llm_server.url, "--out", str(project / "runs"))
     assert code == 0, err
     assert_inert(err)

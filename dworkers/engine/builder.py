@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -36,10 +37,14 @@ class PlanBuilder:
     ) -> None:
         self.plan = plan
         self.tenant = tenant_config
-        self.options = options or RunOptions()
-        self.options.model = model or self.options.model or os.environ.get("DWORKERS_MODEL") or None
-        self.options.api_base = (api_base or self.options.api_base
-                                 or os.environ.get("DWORKERS_API_BASE") or None)
+        given = options or RunOptions()
+        # A copy: the caller's options may be shared with another builder, which must not
+        # silently use this one's model or endpoint.
+        self.options = dataclasses.replace(
+            given,
+            model=model or given.model or os.environ.get("DWORKERS_MODEL") or None,
+            api_base=api_base or given.api_base or os.environ.get("DWORKERS_API_BASE") or None,
+        )
         self.client = client or (MockClient() if mock else None)
         self.on_event = on_event
         self.reuse = reuse

@@ -35,6 +35,7 @@ from dworkers.errors import (
     ProviderTimeoutError,
     RateLimitError,
     did_you_mean,
+    suggestion,
 )
 from dworkers.events import (
     MOCK_MODEL,
@@ -184,7 +185,7 @@ class Engine:
         for name in given:
             if name not in known and (declared or did_you_mean(name, missing)):
                 guess = did_you_mean(name, known)
-                hint = (f"did you mean {guess!r}?" if guess
+                hint = (suggestion(name, guess) if guess
                         else f"this plan takes: {', '.join(known) or 'no inputs'}")
                 problems.append(Problem(f"unknown input {name!r}", hint, "unknown-input",
                                         file="--input"))

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dworkers.errors import LoadError, PlanValidationError, Problem, TenantValidationError, shown
 from dworkers.loader.problems import (
+    control_characters,
     describe,
     from_validation_error,
     in_order,
@@ -66,6 +67,7 @@ def plan_from_data(data: Any, source: SourceMap) -> BasePlan:
     problems: list[Problem] = []
     if not isinstance(data, dict):
         raise LoadError([not_a_mapping(source, "plan", "name, description, inputs and steps")])
+    problems += control_characters(data, source)
     top = {key: value for key, value in data.items() if key != "steps"}
     raw_steps = data.get("steps")
     try:
@@ -149,7 +151,7 @@ def tenant_from_data(data: Any, source: SourceMap) -> TenantConfig:
 
     if not isinstance(data, dict):
         raise LoadError([not_a_mapping(source, "tenant", "id, name, context and models")])
-    problems: list[Problem] = []
+    problems: list[Problem] = control_characters(data, source)
     try:
         tenant = TenantConfig.model_validate(data)
     except ValidationError as exc:

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from dworkers.errors import Problem, did_you_mean, shown
+from dworkers.errors import Problem, did_you_mean, shown, suggestion
+from dworkers.text import first_control
 from dworkers.types import ROLE_NAMES, SourceMap, SourcePath
 
 
@@ -27,6 +28,32 @@ def located(source: SourceMap, path: SourcePath, message: str, hint: str, code: 
             *, key: bool = False) -> Problem:
     """A problem at the value (or, with ``key``, the mapping key) at ``path`` of a loaded file."""
     return problem_at(source.file, source.at(path, key=key), message, hint, code)
+
+
+MAX_CONTROL_PROBLEMS = 20
+
+
+def control_characters(data: Any, source: SourceMap) -> list[Problem]:
+    """A problem for each text value holding a control character other than tab and newline
+    (as YAML's "\\e" or "\\x1b" escapes write them): printed, an escape code could clear a
+    user's screen or retitle the window, so plan and tenant files may not carry them."""
+    found: list[Problem] = []
+    stack: list[tuple[SourcePath, Any]] = [((), data)]
+    while stack and len(found) < MAX_CONTROL_PROBLEMS:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            control = first_control(value)
+            if control is not None:
+                found.append(located(
+                    source, path, f"control character {control!r} in "
+                    f"{'.'.join(map(str, path)) or 'the file'}",
+                    "remove it: escape codes and other control characters are not allowed",
+                    "control-character"))
+        elif isinstance(value, dict):
+            stack += [((*path, key), item) for key, item in reversed(value.items())]
+        elif isinstance(value, list):
+            stack += [((*path, i), item) for i, item in reversed(list(enumerate(value)))]
+    return found
 
 
 def not_a_mapping(source: SourceMap, kind: str, keys: str) -> Problem:
@@ -81,7 +108,7 @@ def from_validation_error(
             name = str(loc[-1])
             allowed = _allowed_keys(model, loc[:-1])
             guess = did_you_mean(name, allowed) if len(name) <= 100 else None
-            hint = (f"did you mean {guess!r}?" if guess
+            hint = (suggestion(name, guess) if guess
                     else f"allowed keys: {', '.join(allowed)}" if allowed else "remove it")
             where = owner if len(loc) == 1 else (
                 f"{'.'.join(str(part) for part in loc[:-1])} of {owner}")
@@ -96,7 +123,7 @@ def from_validation_error(
         elif kind == "enum" or key_error:
             text = str(value)
             guess = did_you_mean(text, ROLE_NAMES) if len(text) <= 100 else None
-            hint = (f"did you mean {guess!r}? " if guess else "") + (
+            hint = (suggestion(text, guess) + " " if guess else "") + (
                 f"valid roles: {', '.join(ROLE_NAMES)}")
             found.append(located(source, path, f"unknown worker role {shown(value)} in {owner}",
                                   hint, "unknown-role", key=key_error))

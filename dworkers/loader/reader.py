@@ -384,6 +384,9 @@ def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap
         if "nesting depth" in what:  # libyaml's own limit, met while looking ahead
             raise fail("values nested too deeply", _syntax_hint(what), line, column,
                        "too-large") from None
+        if _tab_at(text, line, column):  # YAML's own words for it vary ("cannot start any token")
+            raise fail("invalid YAML: a tab in the indentation", "indent with spaces, not tabs",
+                       line, column) from None
         raise fail(f"invalid YAML: {what}", _syntax_hint(what), line, column) from None
     except yaml.reader.ReaderError as exc:
         line, column = _text_position(text, exc.position, in_bytes=_SafeLoader is not
@@ -405,6 +408,16 @@ def read_yaml(path: Path | str, text: str | None = None) -> tuple[Any, SourceMap
         if loader is not None:
             loader.dispose()
     return data, source
+
+
+def _tab_at(text: str, line: int, column: int) -> bool:
+    """Whether the error at ``line``:``column`` (1-based) is at a tab that indents the line."""
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return False
+    row = lines[line - 1]
+    indent = row[: len(row) - len(row.lstrip(" \t"))]
+    return "\t" in indent and column <= len(indent) + 1
 
 
 def _syntax_hint(what: str) -> str:

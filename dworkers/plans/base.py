@@ -12,7 +12,14 @@ from collections.abc import Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from dworkers import dag, templates
-from dworkers.errors import PlanNotFoundError, PlanValidationError, Problem, did_you_mean, shown
+from dworkers.errors import (
+    PlanNotFoundError,
+    PlanValidationError,
+    Problem,
+    did_you_mean,
+    shown,
+    suggestion,
+)
 from dworkers.names import (
     IDENTIFIER,
     MAX_SLUG_LENGTH,
@@ -20,6 +27,7 @@ from dworkers.names import (
     SLUG_HINT,
     json_schema_pattern,
     slug_suggestion,
+    too_long,
 )
 from dworkers.types import SourceMap, SourcePath, WorkerRole
 
@@ -206,7 +214,11 @@ class _PlanChecker:
 
     def run(self) -> list[Problem]:
         plan = self.plan
-        if not SLUG.match(plan.name) or len(plan.name) > MAX_SLUG_LENGTH:
+        if len(plan.name) > MAX_SLUG_LENGTH:
+            self.problem(("name",), f"plan name {shown(plan.name)} is {too_long(plan.name)}",
+                         "shorten it (plan names are typed on the command line)",
+                         "invalid-plan-name")
+        elif not SLUG.match(plan.name):
             guess = slug_suggestion(plan.name)
             self.problem(("name",), f"plan name {shown(plan.name)} is not a valid name",
                          f"{SLUG_HINT}, e.g. {guess!r}" if guess else SLUG_HINT,
@@ -229,7 +241,10 @@ class _PlanChecker:
             if _is_unnamed(sid):
                 continue  # the loader has already reported this step's missing or bad id
             path: SourcePath = ("steps", i, "step_id")
-            if not SLUG.match(sid) or len(sid) > MAX_SLUG_LENGTH:
+            if len(sid) > MAX_SLUG_LENGTH:
+                self.problem(path, f"step_id {shown(sid)} is {too_long(sid)}",
+                             "shorten it (step ids name output files)", "invalid-step-id")
+            elif not SLUG.match(sid):
                 guess = slug_suggestion(sid)
                 hint = f"{SLUG_HINT} (step ids name output files)"
                 self.problem(path, f"step_id {shown(sid)} is not a valid id",
@@ -260,7 +275,7 @@ class _PlanChecker:
                     if known is None:
                         known = [sid for sid in by_id if not _is_unnamed(sid)]
                     guess = self.did_you_mean(dep, known)
-                    hint = (f"did you mean {guess!r}?" if guess
+                    hint = (suggestion(dep, guess) if guess
                             else "depends_on must name step_ids defined in this plan")
                     self.problem(
                         path,
@@ -318,7 +333,7 @@ class _PlanChecker:
                 if placeholder.name in declared:
                     continue
                 guess = self.did_you_mean(placeholder.name, declared_names)
-                hint = (f"did you mean {{{guess}}}?" if guess
+                hint = (suggestion(placeholder.name, guess, "did you mean {{{}}}?") if guess
                         else "declare it under 'inputs:' (declared: "
                         f"{', '.join(declared_names[:10]) or 'none'})")
                 self.problem(

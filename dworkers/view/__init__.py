@@ -97,6 +97,10 @@ def print_error(out: Console, message: str) -> None:
     out.print(Text.assemble(("error", "bold red"), ": ", clean(message)), soft_wrap=True)
 
 
+def print_note(out: Console, message: str) -> None:
+    out.print(Text.assemble(("note", "bold yellow"), ": ", clean(message)), soft_wrap=True)
+
+
 def print_ok(out: Console, message: str) -> None:
     out.print(Text.assemble(("✓ ", "green"), clean(message)), soft_wrap=True)
 
