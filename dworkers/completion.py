@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from dworkers.text import crop, one_line
+
 if TYPE_CHECKING:
     from dworkers.plans.base import BasePlan
 
@@ -49,8 +51,7 @@ def _quietly(find: Callable[[], Items]) -> Items:
 
 def _one_line(text: str, limit: int) -> str:
     """``text`` (from a plan file, or a model's answer: untrusted) as one short printable line."""
-    line = "".join(c for c in " ".join(text.split()) if c.isprintable())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return crop(one_line(text), limit)  # whole escape sequences go, not just their ESC
 
 
 def plans(incomplete: str) -> Items:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from dworkers.names import IDENTIFIER
+from dworkers.text import crop
 
 # NamedTuples rather than dataclasses: this module is imported by every command, and a
 # dataclass costs about a millisecond to create at import time.
@@ -122,7 +123,7 @@ _UNSUPPORTED = (  # (mark, what the placeholder does, how to fix it)
 
 
 def _field_issue(field: str, offset: int) -> TemplateIssue | None:
-    text = "{" + (field if len(field) <= 40 else field[:37] + "...") + "}"
+    text = "{" + crop(field, 40) + "}"
     if not field.strip():
         return TemplateIssue(
             "empty placeholder '{}' in prompt_template",

@@ -159,3 +159,18 @@ def test_errors_and_problems_are_printed_without_escapes() -> None:
     text = out.export_text()
     assert "bad" in text and "fix  it" in text and "failed: gone" in text
     assert_inert(text)
+
+
+def test_tables_measure_terminal_cells_so_wide_characters_keep_columns_aligned() -> None:
+    from rich.cells import cell_len
+
+    from dworkers.catalog import PlanSummary
+
+    plans = [PlanSummary("alpha", 1, ["主題"], "DESC-A 説明", "./plans", "日本語/計画.yaml"),
+             PlanSummary("beta", 12, ["x"], "DESC-B 🎉", "./plans", "b.yaml")]
+    out = Console(width=60, record=True, force_terminal=False)
+    out.print(view.plan_table(plans, 60), soft_wrap=True)
+    lines = out.export_text().splitlines()
+    starts = {cell_len(line[: line.index("DESC")]) for line in lines[1:]}
+    assert len(starts) == 1, lines  # the description column starts at the same cell everywhere
+    assert all(cell_len(line) <= 60 for line in lines), lines

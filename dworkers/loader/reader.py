@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from dworkers.errors import LoadError
+from dworkers.errors import LoadError, shown
 from dworkers.loader.problems import problem_at
 from dworkers.types import SourceMap, SourcePath
 
@@ -57,9 +57,8 @@ def _where(event: Any) -> tuple[int, int]:
     return mark.line + 1, mark.column + 1
 
 
-def _short(text: str, limit: int = 40) -> str:
-    text = repr(text)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
+def _short(text: str) -> str:
+    return shown(text, 40)
 
 
 class _Reader:
