@@ -12,16 +12,18 @@
     │   └── PlanNotFoundError      ``BasePlan.get_step`` with an id the plan does not have
     ├── HistoryError               the run history database cannot be used
     └── LLMError                   a provider call failed (carried by the step, not raised by a run)
-        ├── RateLimitError         429; retried after Retry-After
-        ├── ProviderTimeoutError   the attempt took longer than the step's timeout; retried
+        ├── RateLimitError         429; waited out as the endpoint asks, within a time limit
+        ├── ProviderTimeoutError   silent for longer than the step's timeout, or the whole answer
+        │                          took longer than its bound; retried
         ├── ProviderUnavailableError  5xx or a connection error; retried
+        ├── InvalidAnswerError     a 200 that is not an answer (empty, unparseable); retried
         ├── AuthenticationError    401/403; not retried
         └── BadRequestError        400/404/422 and other refusals; not retried
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -124,15 +126,43 @@ class HistoryError(DworkersError):
     """The run history database cannot be opened, read or written."""
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one attempt consumed. ``cost_usd`` is ``None`` when it cannot be known (a model
+    without a price); ``estimated`` when the counts were not reported by the provider but
+    estimated from what was sent and received (an attempt cut off by a timeout, say)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    estimated: bool = False
+
+
 class LLMError(DworkersError):
-    """A provider call failed. ``retryable`` says whether another attempt may succeed."""
+    """A provider call failed. ``retryable`` says whether another attempt may succeed.
+
+    ``headers`` are the answer's response headers, normalised by ``provider_headers.normalise``
+    (empty when no answer came); ``retry_after`` is how long the endpoint asked to wait;
+    ``usage`` is what the failed attempt consumed anyway (a stream cut off half-way is billed).
+    """
 
     retryable = False
     exit_code = 1
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        status: int | None = None,
+        usage: Usage | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.status = status
+        self.usage = usage
 
 
 class RateLimitError(LLMError):
@@ -144,6 +174,13 @@ class ProviderTimeoutError(LLMError):
 
 
 class ProviderUnavailableError(LLMError):
+    retryable = True
+
+
+class InvalidAnswerError(LLMError):
+    """The endpoint answered 200 with nothing usable: no text, or a body that is not an answer.
+    Such an answer is never kept as a step's deliverable."""
+
     retryable = True
 
 

@@ -44,7 +44,10 @@ class StepResult(BaseModel):
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # what is known of it: see cost_known
+    cost_known: bool = True  # False: a call's cost could not be known (a model without a price)
+    estimated: bool = False  # tokens (and cost) include estimates for attempts cut off
+    truncated: bool = False  # the answer was cut off at the model's token limit
     started_at: float | None = None  # wall-clock epoch seconds
     finished_at: float | None = None
     cached: bool = False  # reused from an earlier run instead of calling the model
@@ -108,6 +111,15 @@ class RunResult(BaseModel):
             return RunStatus.INTERRUPTED
         return RunStatus.SUCCEEDED if self.success else RunStatus.FAILED
 
+    @property
+    def cost_known(self) -> bool:
+        """False when some call's cost could not be known: ``cost_usd`` is then a lower bound."""
+        return all(r.cost_known for r in self.outputs.values())
+
+    @property
+    def estimated(self) -> bool:
+        return any(r.estimated for r in self.outputs.values())
+
     def count(self, status: StepStatus) -> int:
         return sum(1 for r in self.outputs.values() if r.status is status)
 
@@ -118,6 +130,9 @@ class RunResult(BaseModel):
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cost_usd=round(self.cost_usd, 6),
+            cost_known=self.cost_known,
+            estimated=self.estimated,
+            truncated=[r.step_id for r in self.outputs.values() if r.truncated],
             counts={s.value: self.count(s) for s in StepStatus},
         )
         return data

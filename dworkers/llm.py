@@ -15,28 +15,51 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dworkers import provider_headers
 from dworkers.errors import (
     AuthenticationError,
     BadRequestError,
+    InvalidAnswerError,
     LLMError,
     Problem,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
+    Usage,
 )
 from dworkers.events import MOCK_MODEL
-from dworkers.redact import redact
+from dworkers.redact import redact, redact_url
 
 Message = dict[str, str]
 DeltaCallback = Callable[[str], None]
+Headers = Mapping[str, str]
+
+CHARS_PER_TOKEN = 4  # for estimates where a provider reports no counts (English prose)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million prompt (input) and completion (output) tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million
+                + completion_tokens * self.output_per_million) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class LLMRequest:
+    """One call. ``timeout`` is how long the endpoint may stay silent (before the first byte
+    or between two chunks); ``total_timeout`` bounds the whole answer (``None``: no bound
+    beyond the silence one). ``price`` is the tenant's declared price for ``model``."""
+
     model: str
     messages: Sequence[Message]
     timeout: float
@@ -44,15 +67,29 @@ class LLMRequest:
     role: str = ""
     api_base: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never logged or saved
+    total_timeout: float | None = None
+    price: Price | None = None
+    stream: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
+    """A successful answer. ``cost_usd`` is ``None`` when it cannot be known (no reported
+    cost, no price); ``headers`` are the answer's response headers, normalised by
+    ``provider_headers.normalise`` (rate limits: ``provider_headers.rate_limits(headers)``);
+    ``finish_reason`` "length" means the answer was cut off at the token limit."""
+
     text: str
     model: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0
+    headers: Headers = field(default_factory=dict)
+    finish_reason: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 class LLMClient(Protocol):
@@ -65,8 +102,11 @@ class LLMClient(Protocol):
         ...
 
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
-        """Stream one completion, calling ``on_delta`` with each piece of text.
+        """Stream one completion, calling ``on_delta`` with each piece of text (``""`` for a
+        chunk without text: a sign of life).
 
+        Gives up with ``ProviderTimeoutError`` when the endpoint stays silent for
+        ``request.timeout`` or the whole answer takes longer than ``request.total_timeout``.
         Raises an ``LLMError`` subclass on failure; never retries by itself.
         """
         ...
@@ -77,6 +117,37 @@ class LLMClient(Protocol):
         ``keyed`` lists the models whose key is passed explicitly (``api_key_env``).
         """
         ...
+
+
+def knows_price(client: object, model: str) -> bool:
+    """Whether ``client`` can tell what a call to ``model`` costs without the endpoint saying
+    so. Clients that do not say are trusted to know (tests' and users' own clients)."""
+    check = getattr(client, "knows_price", None)
+    return bool(check(model)) if callable(check) else True
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count for text nobody counted: about four characters a token."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def endpoint_of(url: str | None) -> str:
+    """``scheme://host:port`` of an endpoint, for messages: never a path, query or password."""
+    if not url:
+        return ""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return redact_url(url)
+    if not parts.scheme or not host:
+        return redact_url(url)
+    if port is None:
+        port = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 # --- litellm --------------------------------------------------------------------------------
@@ -92,6 +163,10 @@ def load_litellm() -> Any:
         litellm: Any = importlib.import_module("litellm")
         litellm.suppress_debug_info = True
         litellm.telemetry = False
+        # litellm fails a stream whose same chunk repeats 100 times ("model is repeating the
+        # same chunk"), which legitimate output does (table rules, indentation, "ha ha"). A
+        # runaway answer is bounded by the step's total timeout and the model's token limit.
+        litellm.REPEATED_STREAMING_CHUNK_LIMIT = 1 << 62
         # litellm's own logger can echo request details; keys must never reach a log.
         for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -103,6 +178,21 @@ def prefetch_litellm() -> threading.Thread:
     thread = threading.Thread(target=load_litellm, name="dworkers-load-litellm", daemon=True)
     thread.start()
     return thread
+
+
+@dataclass
+class _Received:
+    """What one attempt has received so far: enough to bill a failed attempt honestly."""
+
+    pieces: list[str] = field(default_factory=list)
+    usage: Any = None
+    finish_reason: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    started: bool = False  # the endpoint accepted the request and began answering
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 class LiteLLMClient:
@@ -122,6 +212,15 @@ class LiteLLMClient:
     def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> list[Problem]:
         problems = []
         for model, steps in models.items():
+            used_by = f"used by: {', '.join(steps)}"
+            try:
+                self.litellm.get_llm_provider(model=model)
+            except Exception:  # litellm cannot tell which provider to send it to
+                problems.append(Problem(
+                    f"model {model!r} names no provider litellm knows ({used_by})",
+                    f"write it as provider/model, e.g. 'openai/{model.rpartition('/')[2]}' "
+                    "for an OpenAI-compatible endpoint", "unknown-provider", file="model"))
+                continue
             if model in keyed:
                 continue
             try:
@@ -133,14 +232,21 @@ class LiteLLMClient:
                 names = " and ".join(missing)
                 problems.append(
                     Problem(
-                        f"model {model!r} needs {names}, which is not set "
-                        f"(used by: {', '.join(steps)})",
+                        f"model {model!r} needs {names}, which is not set ({used_by})",
                         f"export {missing[0]}=... or run with --mock to try the plan offline",
                         "missing-api-key",
                         file="environment",
                     )
                 )
         return problems
+
+    def knows_price(self, model: str) -> bool:
+        """Whether litellm's price list has ``model``."""
+        try:
+            self.litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=1)
+        except Exception:
+            return False
+        return True
 
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         litellm = self.litellm
@@ -149,55 +255,153 @@ class LiteLLMClient:
             options["api_base"] = request.api_base
         if request.api_key:
             options["api_key"] = request.api_key
+        if request.stream:
+            options["stream_options"] = {"include_usage": True}
+        got = _Received()
+        loop = asyncio.get_running_loop()
+        silence = request.timeout
+        total = request.total_timeout
+        whole = asyncio.timeout(total if total is not None else None)
+        quiet = asyncio.timeout(silence)
         try:
-            stream = await litellm.acompletion(
-                model=request.model,
-                messages=list(request.messages),
-                stream=True,
-                stream_options={"include_usage": True},
-                timeout=request.timeout,
-                num_retries=0,  # attempts are the engine's, so they are counted and shown
-                max_retries=0,
-                **options,
-            )
-            pieces: list[str] = []
-            usage: Any = None
-            async for chunk in stream:
-                if getattr(chunk, "usage", None):
-                    usage = chunk.usage
-                choices = getattr(chunk, "choices", None) or []
-                if choices:
-                    delta = getattr(choices[0], "delta", None)
-                    text = getattr(delta, "content", None) if delta is not None else None
-                    if text:
-                        text = valid_text(text)
-                        pieces.append(text)
-                        on_delta(text)
+            async with whole, quiet:
+                answer = await litellm.acompletion(
+                    model=request.model,
+                    messages=list(request.messages),
+                    stream=request.stream,
+                    timeout=silence,  # httpx's read timeout: silence between two bytes
+                    num_retries=0,  # attempts are the engine's, so they are counted and shown
+                    max_retries=0,
+                    **options,
+                )
+                got.started = True
+                quiet.reschedule(loop.time() + silence)
+                got.headers = _answer_headers(answer)
+                if not request.stream:
+                    self._read_whole(answer, got, on_delta)
+                elif not _is_event_stream(got.headers) and (body := await _raw_body(answer)):
+                    # An endpoint that ignores "stream": true answers with plain JSON, which
+                    # the stream reader would drop: read it as the answer it is.
+                    _read_json_answer(body, got, on_delta)
+                else:
+                    async for chunk in answer:
+                        quiet.reschedule(loop.time() + silence)
+                        self._read_chunk(chunk, got, on_delta)
+                    got.headers = _answer_headers(answer) or got.headers
         except LLMError:
             raise
+        except TimeoutError:
+            raise self._timed_out(request, got, whole.expired()) from None
         except Exception as exc:
-            raise self._translate(exc, (request.api_key,)) from None
-        text = "".join(pieces)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+            error = self._translate(exc, (request.api_key,), request.api_base)
+            raise self._with_usage(error, request, got) from None
+        if not got.text.strip():
+            reason = ("its answer held no text" if got.finish_reason or got.usage is not None
+                      else "it sent nothing readable")
+            raise InvalidAnswerError(
+                f"the endpoint answered 200 but {reason}", headers=got.headers, status=200,
+                usage=self._usage(request, got, estimated=True))
+        usage = self._usage(request, got, estimated=False)
         return Completion(
-            text=text,
+            text=got.text,
             model=request.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_usd=self._cost(request.model, prompt_tokens, completion_tokens),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd,
+            headers=got.headers,
+            finish_reason=got.finish_reason,
         )
 
-    def _cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    @staticmethod
+    def _read_chunk(chunk: Any, got: _Received, on_delta: DeltaCallback) -> None:
+        if getattr(chunk, "usage", None):
+            got.usage = chunk.usage
+        choices = getattr(chunk, "choices", None) or []
+        if not choices:
+            on_delta("")  # a sign of life all the same
+            return
+        reason = getattr(choices[0], "finish_reason", None)
+        if reason:
+            got.finish_reason = str(reason)
+        delta = getattr(choices[0], "delta", None)
+        text = getattr(delta, "content", None) if delta is not None else None
+        if text and isinstance(text, str):
+            text = valid_text(text)
+            got.pieces.append(text)
+            on_delta(text)
+        else:
+            on_delta("")
+
+    @staticmethod
+    def _read_whole(answer: Any, got: _Received, on_delta: DeltaCallback) -> None:
+        got.usage = getattr(answer, "usage", None)
+        choices = getattr(answer, "choices", None) or []
+        if not choices:
+            return
+        reason = getattr(choices[0], "finish_reason", None)
+        got.finish_reason = str(reason) if reason else None
+        message = getattr(choices[0], "message", None)
+        text = getattr(message, "content", None) if message is not None else None
+        if text and isinstance(text, str):
+            text = valid_text(text)
+            got.pieces.append(text)
+            on_delta(text)
+
+    def _usage(self, request: LLMRequest, got: _Received, *, estimated: bool) -> Usage:
+        """Tokens and cost of an attempt: as reported, else estimated from what was sent and
+        received (``estimated``: the attempt did not finish, so the provider may have billed
+        the prompt without reporting it)."""
+        prompt = _int(getattr(got.usage, "prompt_tokens", 0))
+        completion = _int(getattr(got.usage, "completion_tokens", 0))
+        guessed = False
+        if got.usage is None and estimated:
+            prompt = estimate_tokens("".join(m.get("content", "") for m in request.messages))
+            completion = estimate_tokens(got.text)
+            guessed = True
+        elif completion == 0 and got.text:
+            completion, guessed = estimate_tokens(got.text), True
+        cost = None if guessed else _reported_cost(got.usage, got.headers, prompt + completion)
+        if cost is None:
+            cost = self._priced(request, prompt, completion)
+        return Usage(prompt, completion, cost, guessed)
+
+    def _priced(self, request: LLMRequest, prompt_tokens: int,
+                completion_tokens: int) -> float | None:
+        if prompt_tokens == 0 and completion_tokens == 0:
+            return 0.0
+        if request.price is not None:
+            return request.price.cost(prompt_tokens, completion_tokens)
         try:
             prompt_cost, completion_cost = self.litellm.cost_per_token(
-                model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-            )
-        except Exception:  # a model without a price (local, custom): count it as free
-            return 0.0
+                model=request.model, prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens)
+        except Exception:  # a model without a price (local, custom): unknown, not free
+            return None
         return float(prompt_cost) + float(completion_cost)
 
-    def _translate(self, exc: BaseException, secrets: Iterable[str | None] = ()) -> LLMError:
+    def _timed_out(self, request: LLMRequest, got: _Received, whole: bool) -> LLMError:
+        if whole:
+            message = (f"timed out: the answer took longer than {request.total_timeout:g}s in "
+                       "all (limits.answer_timeout_seconds)")
+        elif got.pieces:
+            message = f"timed out: the answer stalled, nothing for {request.timeout:g}s"
+        else:
+            message = f"timed out: no answer within {request.timeout:g}s"
+        return ProviderTimeoutError(message, headers=got.headers,
+                                    usage=self._usage(request, got, estimated=True))
+
+    def _with_usage(self, error: LLMError, request: LLMRequest, got: _Received) -> LLMError:
+        """``error`` carrying what its attempt consumed: an answer cut off half-way, or a
+        timeout after the request was sent, is billed by the provider."""
+        billed = got.started or isinstance(error, ProviderTimeoutError)
+        if billed and error.status is None:
+            error.usage = self._usage(request, got, estimated=True)
+        if not error.headers and got.headers:
+            error.headers = got.headers
+        return error
+
+    def _translate(self, exc: BaseException, secrets: Iterable[str | None] = (),
+                   api_base: str | None = None) -> LLMError:
         """Map litellm's (OpenAI-style) exceptions to ours, keeping the provider's message with
         every secret in it redacted (``secrets``: the request's own key, and see ``redact``).
 
@@ -205,33 +409,142 @@ class LiteLLMClient:
         or ``InternalServerError`` wrapping one for OpenAI-compatible providers) and a timeout
         is an ``openai.APIConnectionError`` too, so timeouts, then connections, come first.
         """
+        headers = _error_headers(exc)
         if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError
-            return ProviderTimeoutError("the provider did not answer in time")
+            return ProviderTimeoutError("the provider did not answer in time", headers=headers)
         ex = self.litellm.exceptions
         status = getattr(exc, "status_code", None)
+        status = status if isinstance(status, int) else None
         message = _clean_message(exc)
         message = redact(message, secrets)
         message = message if len(message) <= 500 else message[:499] + "…"
         network = _network_failure(exc) if status in (None, 408, 500) else None
+        answered = bool(headers)  # an HTTP answer came: not a network failure
+        where = f" ({endpoint_of(api_base)})" if api_base else ""
         if isinstance(exc, ex.Timeout) or network == "timeout":
-            return ProviderTimeoutError(f"timed out: {message}")
-        if isinstance(exc, ex.APIConnectionError) or network == "connection":
-            return ProviderUnavailableError(f"connection failed: {message}")
+            return ProviderTimeoutError(f"timed out{where}: {message}", headers=headers)
+        if _unparseable_answer(exc, message) and status in (None, 200, 500):
+            return InvalidAnswerError(f"the endpoint's answer is not valid JSON: {message}",
+                                      headers=headers, status=200)
+        if (isinstance(exc, ex.APIConnectionError) or network == "connection") and not (
+                answered and status not in (None, 500)):
+            return ProviderUnavailableError(f"connection failed{where}: "
+                                            f"{message}", headers=headers)
         if isinstance(exc, ex.RateLimitError) or status == 429:
-            return RateLimitError(f"rate limited (429): {message}", retry_after=_retry_after(exc))
+            now = time.time()
+            return RateLimitError(
+                f"rate limited (429): {message}", headers=headers, status=429,
+                retry_after=provider_headers.retry_after_seconds(headers, now))
         if isinstance(exc, ex.AuthenticationError | ex.PermissionDeniedError) or status in (
             401,
             403,
         ):
-            return AuthenticationError(f"authentication failed ({status}): {message}")
-        if isinstance(status, int) and status >= 500:
-            return ProviderUnavailableError(f"provider error ({status}): {message}")
+            return AuthenticationError(f"authentication failed ({status}): {message}",
+                                       headers=headers, status=status)
+        if status is not None and status >= 500:
+            return ProviderUnavailableError(f"provider error ({status}): {message}",
+                                            headers=headers, status=status)
         unavailable = (ex.InternalServerError, ex.ServiceUnavailableError, ex.BadGatewayError)
         if isinstance(exc, unavailable):
-            return ProviderUnavailableError(f"provider error: {message}")
-        if isinstance(status, int):
-            return BadRequestError(f"request refused ({status}): {message}")
-        return BadRequestError(f"{type(exc).__name__}: {message}")
+            return ProviderUnavailableError(f"provider error: {message}", headers=headers)
+        if status is not None:
+            return BadRequestError(f"request refused ({status}): {message}", headers=headers,
+                                   status=status)
+        return BadRequestError(f"{type(exc).__name__}: {message}", headers=headers)
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _reported_cost(usage: Any, headers: Headers, tokens: int) -> float | None:
+    """The cost the endpoint reported (``usage.cost`` or ``x-litellm-response-cost``). A
+    reported 0 for an answer with tokens is what gateways say for models they have no price
+    for, so it counts as not reported."""
+    for value in (getattr(usage, "cost", None), provider_headers.cost_from_headers(headers)):
+        if isinstance(value, dict):
+            value = value.get("total_cost")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value > 0 or (value == 0 and tokens == 0):
+            return float(value)
+    return None
+
+
+def _answer_headers(answer: Any) -> dict[str, str]:
+    hidden = getattr(answer, "_hidden_params", None)
+    if not isinstance(hidden, dict):
+        return {}
+    raw = hidden.get("additional_headers")
+    return provider_headers.normalise(raw) if isinstance(raw, Mapping) else {}
+
+
+def _error_headers(exc: BaseException) -> dict[str, str]:
+    response = getattr(exc, "response", None)
+    raw = getattr(response, "headers", None) if response is not None else None
+    raw = raw or getattr(exc, "litellm_response_headers", None)
+    try:
+        return provider_headers.normalise(raw) if raw else {}
+    except Exception:  # an exception's odd headers object must not hide the error itself
+        return {}
+
+
+def _is_event_stream(headers: Headers) -> bool:
+    kind = headers.get("content-type")
+    return kind is None or "event-stream" in kind.lower()
+
+
+async def _raw_body(answer: Any) -> bytes:
+    """The unread body of a stream's HTTP response, where litellm exposes it (OpenAI-style
+    providers); empty where it does not, so the stream is read as usual."""
+    response = getattr(getattr(answer, "completion_stream", None), "response", None)
+    read = getattr(response, "aread", None)
+    if read is None or getattr(response, "is_stream_consumed", True):
+        return b""
+    body = await read()
+    return body if isinstance(body, bytes) else b""
+
+
+def _read_json_answer(body: bytes, got: _Received, on_delta: DeltaCallback) -> None:
+    """Read a non-stream chat completion body into ``got``; nothing if it is not one."""
+    import json
+    from types import SimpleNamespace
+
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return
+    if not isinstance(data, dict):
+        return
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        got.usage = SimpleNamespace(**{k: v for k, v in usage.items() if isinstance(k, str)})
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return
+    reason = choices[0].get("finish_reason")
+    got.finish_reason = reason if isinstance(reason, str) else None
+    message = choices[0].get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+    if isinstance(text, str) and text:
+        text = valid_text(text)
+        got.pieces.append(text)
+        on_delta(text)
+
+
+def _unparseable_answer(exc: BaseException, message: str) -> bool:
+    """litellm's report of a 200 whose body is not JSON ("Expecting value: line 1 ...")."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 20:
+        seen.add(id(current))
+        if isinstance(current, ValueError) and "Expecting" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return message.startswith(("Expecting value", "Expecting property name", "Extra data"))
 
 
 # "litellm.AuthenticationError: AuthenticationError: OpenAIException - ", "APIError: ", ...
@@ -303,24 +616,6 @@ def _network_error_types() -> dict[str, tuple[type[BaseException], ...]]:
         timeout += [c for n in timeouts if isinstance(c := getattr(loaded, n, None), type)]
         connection += [c for n in connections if isinstance(c := getattr(loaded, n, None), type)]
     return {"timeout": tuple(timeout), "connection": tuple(connection)}
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    headers: Any = None
-    response = getattr(exc, "response", None)
-    if response is not None:
-        headers = getattr(response, "headers", None)
-    headers = headers or getattr(exc, "litellm_response_headers", None)
-    if not headers:
-        return None
-    value = headers.get("retry-after-ms")
-    scale = 1000.0
-    if value is None:
-        value, scale = headers.get("retry-after"), 1.0
-    try:
-        return max(0.0, float(value) / scale) if value is not None else None
-    except (TypeError, ValueError):
-        return None  # an HTTP date: fall back to backoff
 
 
 # --- offline ------------------------------------------------------------------------------

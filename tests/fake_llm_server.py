@@ -114,6 +114,13 @@ class Rule:
     times: int | None = None
     chunk_delay: float = 0.0
     error_message: str | None = None
+    # Faults of answers that claim success (see add_rule):
+    headers: dict[str, str] | None = None
+    raw_body: str | None = None
+    answer: str = "normal"
+    finish_reason: str = "stop"
+    usage_cost: float | None = None
+    pieces: int | None = None
     matched: int = 0
 
     def matches(self, text: str) -> bool:
@@ -315,6 +322,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._last_write(data)
 
+    def _send_raw(self, status: int, data: bytes, extra_headers: dict[str, str]) -> None:
+        """Send ``data`` as it is, labelled JSON (an answer that is not one)."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in extra_headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self._last_write(data)
+
     def _last_write(self, data: bytes) -> None:
         if self.before_last_write is not None:
             self.before_last_write()
@@ -474,6 +492,12 @@ class FakeLLMServer:
         times: int | None = None,
         chunk_delay: float = 0.0,
         error_message: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw_body: str | None = None,
+        answer: str = "normal",
+        finish_reason: str = "stop",
+        usage_cost: float | None = None,
+        pieces: int | None = None,
     ) -> Rule:
         """Add a behaviour rule; rules are tried in the order added.
 
@@ -491,6 +515,15 @@ class FakeLLMServer:
             times: how many requests this rule answers (None = unlimited).
             chunk_delay: extra seconds between streamed chunks.
             error_message: the error's ``message`` for ``status != 200``.
+            headers: extra response headers, on errors and answers alike (a gateway's
+                ``llm_provider-retry-after``, ``x-ratelimit-*``, ``x-litellm-response-cost``).
+            raw_body: send exactly this body with status ``status`` and Content-Type
+                ``application/json`` (an empty or unparseable answer), stream or not.
+            answer: ``"normal"``; ``"done-only"`` (a stream holding only ``data: [DONE]``);
+                ``"json"`` (a plain JSON answer even when a stream was asked for).
+            finish_reason: the answer's ``finish_reason`` (``"length"``: cut off).
+            usage_cost: report this cost in USD as ``usage.cost`` (as gateways do).
+            pieces: stream the reply in this many pieces (default: 4 to 8).
         """
         rule = Rule(
             contains=contains,
@@ -502,6 +535,12 @@ class FakeLLMServer:
             times=times,
             chunk_delay=chunk_delay,
             error_message=error_message,
+            headers=dict(headers) if headers else None,
+            raw_body=raw_body,
+            answer=answer,
+            finish_reason=finish_reason,
+            usage_cost=usage_cost,
+            pieces=pieces,
         )
         with self._cond:
             self._rules.append(rule)
@@ -640,8 +679,13 @@ class FakeLLMServer:
             self._wait(self.max_hang, conn)
             raise _Abandon
         request_id = f"req-fake-{record.index}"
+        extra = {"x-request-id": request_id, **(rule.headers or {})}
+        if rule.raw_body is not None:
+            record.status = rule.status
+            handler._send_raw(rule.status, rule.raw_body.encode(), extra)
+            return
         if rule.status != 200:
-            headers = {"x-request-id": request_id}
+            headers = dict(extra)
             if rule.retry_after is not None:
                 headers["Retry-After"] = str(max(0, math.ceil(rule.retry_after)))
                 headers["retry-after-ms"] = str(max(0, round(rule.retry_after * 1000)))
@@ -657,12 +701,19 @@ class FakeLLMServer:
         created = int(time.time())
         prompt_tokens = count_tokens(record.text)
         completion_tokens = count_tokens(reply)
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-        if not record.stream:
+        if rule.usage_cost is not None:
+            usage["cost"] = rule.usage_cost
+        if rule.answer == "done-only" and record.stream:
+            record.status = 200
+            handler._start_sse(extra)
+            handler._end_sse("[DONE]")
+            return
+        if not record.stream or rule.answer == "json":
             record.status = 200
             handler._send_json(
                 200,
@@ -675,12 +726,12 @@ class FakeLLMServer:
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": reply},
-                            "finish_reason": "stop",
+                            "finish_reason": rule.finish_reason,
                         }
                     ],
                     "usage": usage,
                 },
-                {"x-request-id": request_id},
+                extra,
             )
             return
 
@@ -697,15 +748,17 @@ class FakeLLMServer:
 
         delay = self.chunk_delay + rule.chunk_delay
         record.status = 200
-        handler._start_sse({"x-request-id": request_id})
+        handler._start_sse(extra)
         handler._send_sse(chunk({"role": "assistant", "content": ""}))
-        for piece in split_pieces(reply):
+        pieces = (split_pieces(reply, rule.pieces, min(4, rule.pieces)) if rule.pieces
+                  else split_pieces(reply))
+        for piece in pieces:
             if delay > 0:
                 self._wait(delay, conn)
             handler._send_sse(chunk({"content": piece}))
         if delay > 0:
             self._wait(delay, conn)
-        handler._send_sse(chunk({}, "stop"))
+        handler._send_sse(chunk({}, rule.finish_reason))
         options = record.body.get("stream_options") if isinstance(record.body, dict) else None
         if isinstance(options, dict) and options.get("include_usage"):
             handler._send_sse(

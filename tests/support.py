@@ -65,7 +65,11 @@ def make_tenant(
     max_cost_usd: float | None = None,
     role_limits: Mapping[WorkerRole, int] | None = None,
     allowed: Sequence[str] = ("*",),
+    retry_max: int = 0,
+    **limits: Any,
 ) -> TenantConfig:
+    """A tenant for tests. Steps retry only when they say so (``retry_max`` 0, not the
+    tenant default 2), so that a test counts the attempts it asked for."""
     return TenantConfig(
         id="test-tenant",
         name="Test Tenant",
@@ -73,7 +77,8 @@ def make_tenant(
         models=ModelsConfig(default=model),
         workers={r: WorkerConfig(max_concurrent_tasks=n) for r, n in (role_limits or {}).items()},
         limits=LimitsConfig(
-            max_concurrency=max_concurrency, timeout_seconds=timeout, max_cost_usd=max_cost_usd
+            max_concurrency=max_concurrency, timeout_seconds=timeout, max_cost_usd=max_cost_usd,
+            retry_max=retry_max, **limits,
         ),
         security={"allowed_models": list(allowed)},  # type: ignore[arg-type]
     )

@@ -193,10 +193,11 @@ def test_retry_after_is_bounded(llm_server: FakeLLMServer) -> None:
     llm_server.add_rule(marker("a"), status=429, retry_after=3600, times=1)
     log = EventLog()
     result = run_plan(llm_server, {"a": []}, log=log,
-                      options=RunOptions(max_retry_wait=0.2))
+                      options=RunOptions(rate_limit_wait=0.2))
     assert result.success
     [retry] = [e for e in log.events if isinstance(e, StepRetrying)]
-    assert retry.wait_seconds == 0.2
+    assert retry.wait_seconds == 0.2  # capped, and the user is told so
+    assert "asked to wait 1h" in retry.reason and "limits.rate_limit_wait_seconds" in retry.reason
 
 
 def test_a_hung_call_times_out_and_is_retried(llm_server: FakeLLMServer) -> None:

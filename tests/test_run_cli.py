@@ -181,7 +181,8 @@ def test_unknown_plan_name_suggests_the_closest(tmp_path: Path) -> None:
 def test_resume_calls_only_the_failed_step_and_its_descendants(
     llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
 ) -> None:
-    rule = llm_server.add_rule(marker("left"), status=500, error_message="boom")
+    # A refusal, not a 5xx: the default tenant retries 5xx (limits.retry_max).
+    rule = llm_server.add_rule(marker("left"), status=400, error_message="boom")
     common = ("--model", "openai/test-model", "--api-base", llm_server.url,
               "--out", str(tmp_path / "runs"))
     code, _, _ = invoke("run", str(plan_file), "-i", "topic=tea", *common)
@@ -233,7 +234,7 @@ def test_runs_and_show_read_the_history(plan_file: Path, tmp_path: Path) -> None
 def test_resume_with_other_inputs_runs_again_what_they_change(
     llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
 ) -> None:
-    llm_server.add_rule(marker("left"), status=500, times=1)
+    llm_server.add_rule(marker("left"), status=400, times=1)  # a 5xx would be retried
     common = ("--model", "openai/test-model", "--api-base", llm_server.url,
               "--out", str(tmp_path / "runs"))
     assert invoke("run", str(plan_file), "-i", "topic=tea", *common)[0] == 1

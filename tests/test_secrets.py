@@ -134,7 +134,7 @@ def test_litellm_exception_classes_map_to_ours() -> None:
     connection = client._translate(
         ex.APIConnectionError("Connection error.", llm_provider="openai", model="m"))
     assert isinstance(connection, ProviderUnavailableError) and connection.retryable
-    assert str(connection) == "connection failed: Connection error."
+    assert str(connection) == "connection failed: Connection error."  # no endpoint known
     limited = client._translate(
         ex.RateLimitError("slow down", llm_provider="openai", model="m"))
     assert isinstance(limited, RateLimitError)
@@ -208,15 +208,18 @@ def test_a_refused_connection_is_reported_as_such_and_retried(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     log = EventLog()
-    result = run({"a": []}, f"http://127.0.0.1:{closed_port()}/v1", log=log, retry_max=2)
+    port = closed_port()
+    result = run({"a": []}, f"http://127.0.0.1:{port}/v1?api-key={KEY}", log=log, retry_max=2)
 
     step = result.outputs["a"]
     assert step.status is StepStatus.FAILED and step.attempts == 3
-    assert (step.error or "").startswith("connection failed: ")
+    # The endpoint is named (scheme, host and port only: never a path or credentials).
+    assert (step.error or "").startswith(f"connection failed (http://127.0.0.1:{port}): ")
     assert "500" not in (step.error or "") and "InternalServerError" not in (step.error or "")
+    assert KEY not in (step.error or "") and "/v1" not in (step.error or "")
     retries = [e for e in log.events if isinstance(e, StepRetrying)]
     assert [e.attempt for e in retries] == [1, 2]
-    assert all(e.reason.startswith("connection failed: ") for e in retries)
+    assert all(e.reason.startswith("connection failed (http://") for e in retries)
 
 
 def test_a_dropped_connection_is_a_connection_failure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,7 +231,7 @@ def test_a_dropped_connection_is_a_connection_failure(monkeypatch: pytest.Monkey
     step = result.outputs["a"]
     assert step.status is StepStatus.SUCCEEDED and step.attempts == 2
     [retry] = [e for e in log.events if isinstance(e, StepRetrying)]
-    assert retry.reason == "connection failed: Connection error."
+    assert retry.reason == f"connection failed (http://127.0.0.1:{server.port}): Connection error."
 
 
 # --- tenant configuration ---------------------------------------------------------------------

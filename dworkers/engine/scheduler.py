@@ -1,11 +1,12 @@
 """The eager async DAG scheduler: ``Engine`` runs one plan for one tenant.
 
 Every step starts the moment its own dependencies have succeeded (no level barriers), capped by
-the run's concurrency and each role's ``max_concurrent_tasks``, on one event loop. Attempts are
-bounded by the step's timeout; timeouts, connection errors and 5xx are retried with exponential
-backoff and jitter; 429s wait as long as Retry-After says. A step that fails for good skips its
-descendants and leaves every independent branch running. The engine never prints: it reports
-through events.
+the run's concurrency and each role's ``max_concurrent_tasks``, on one event loop. An attempt
+ends when the endpoint stays silent for the step's timeout or the whole answer takes longer than
+the tenant's bound; timeouts, connection errors, 5xx and empty answers are retried with
+exponential backoff and jitter; 429s wait as long as the endpoint asks, within a time limit per
+step. A step that fails for good skips its descendants and leaves every independent branch
+running. The engine never prints: it reports through events.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from dworkers.errors import (
     Problem,
     ProviderTimeoutError,
     RateLimitError,
+    Usage,
     did_you_mean,
     suggestion,
 )
@@ -52,7 +54,14 @@ from dworkers.events import (
     StepStatus,
     digest_messages,
 )
-from dworkers.llm import LLMClient, LLMRequest, Message
+from dworkers.llm import (
+    LLMClient,
+    LLMRequest,
+    Message,
+    Price,
+    estimate_tokens,
+    knows_price,
+)
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.tenants.config import TenantConfig, check_api_base, check_model_name
 from dworkers.text import crop, one_line
@@ -79,8 +88,10 @@ class RunOptions:
     fail_fast: bool = False
     run_id: str | None = None
     retry_base_delay: float = 1.0  # first backoff; doubles per failed attempt, with jitter
-    max_retry_wait: float = 60.0  # upper bound on any single wait, Retry-After included
-    rate_limit_retries: int = 5  # 429s waited out per step, on top of retry_max
+    max_retry_wait: float = 60.0  # upper bound on one backoff (not on a 429's asked wait)
+    rate_limit_wait: float | None = None  # a step's total 429 waiting (the tenant's if None)
+    # How the engine waits between attempts; tests pass one that records instead of sleeping.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 def cache_key(model: str, messages: list[Message], api_base: str | None = None) -> str:
@@ -94,8 +105,54 @@ def as_reused(result: StepResult, **update: Any) -> StepResult:
     """An earlier answer given again without a call (resumed or cached): nothing is spent, and
     the result says so."""
     return result.model_copy(update={
-        "cached": True, "cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
-        "attempts": 0, "duration_ms": 0.0, **update})
+        "cached": True, "cost_usd": 0.0, "cost_known": True, "estimated": False,
+        "prompt_tokens": 0, "completion_tokens": 0, "attempts": 0, "duration_ms": 0.0,
+        **update})
+
+
+MAX_RATE_LIMITED_ATTEMPTS = 1000  # a bound on the loop even if every 429 asks for no wait
+
+
+def fmt_seconds(seconds: float) -> str:
+    """``90`` → "1m 30s", ``99999`` → "27h 46m 39s", ``0.25`` → "0.25s"."""
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return " ".join(parts)
+
+
+@dataclass
+class _Spent:
+    """What a step's failed attempts consumed, added to its final result."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+    estimated: bool = False
+
+    def count(self, usage: Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cost_usd += usage.cost_usd or 0.0
+        used = usage.prompt_tokens + usage.completion_tokens
+        self.cost_known = self.cost_known and (usage.cost_usd is not None or used == 0)
+        self.estimated = self.estimated or usage.estimated
+
+    def add_to(self, result: StepResult) -> StepResult:
+        if not (self.prompt_tokens or self.completion_tokens or self.cost_usd
+                or not self.cost_known):
+            return result
+        return result.model_copy(update={
+            "prompt_tokens": result.prompt_tokens + self.prompt_tokens,
+            "completion_tokens": result.completion_tokens + self.completion_tokens,
+            "cost_usd": result.cost_usd + self.cost_usd,
+            "cost_known": result.cost_known and self.cost_known,
+            "estimated": result.estimated or self.estimated,
+        })
 
 
 def new_run_id() -> str:
@@ -158,7 +215,32 @@ class Engine:
         return self.tenant.limits.max_cost_usd
 
     def timeout_for(self, step: PlanStep) -> float:
+        """How long the endpoint may stay silent during one attempt of ``step``."""
         return step.timeout_seconds or self.tenant.limits.timeout_seconds
+
+    def answer_timeout_for(self, step: PlanStep) -> float:
+        """The longest one whole answer to ``step`` may take (never less than its silence)."""
+        return max(self.tenant.limits.answer_timeout_seconds, self.timeout_for(step))
+
+    def retries_for(self, step: PlanStep) -> int:
+        """Retries after a retryable failure: the step's own ``retry_max`` if it sets one,
+        else the tenant's ``limits.retry_max``."""
+        if "retry_max" in step.model_fields_set:
+            return step.retry_max
+        return self.tenant.limits.retry_max
+
+    @property
+    def rate_limit_wait(self) -> float:
+        """How long one step may wait in all for rate limits to lift."""
+        if self.options.rate_limit_wait is not None:
+            return self.options.rate_limit_wait
+        return self.tenant.limits.rate_limit_wait_seconds
+
+    def price_for(self, model: str) -> Price | None:
+        declared = self.tenant.price_for(model)
+        if declared is None:
+            return None
+        return Price(declared.input_per_million, declared.output_per_million)
 
     def resolve_inputs(self, inputs: Mapping[str, object] | None) -> dict[str, str]:
         """Inputs with defaults applied; every missing or unknown name reported at once."""
@@ -228,8 +310,25 @@ class Engine:
                 problems.append(Problem(error, f"fix {name} (or its environment variable)",
                                         "invalid-option", file=name))
         problems += self.client.preflight(models, keyed)
+        if budget is not None and budget > 0 and not self.offline:
+            problems += self._unpriced(models, budget)
         if problems:
             raise PreflightError(problems)
+
+    def _unpriced(self, models: Mapping[str, list[str]], budget: float) -> list[Problem]:
+        """A budget cannot hold if a model's cost cannot be known: refuse rather than let it
+        spend without counting."""
+        problems = []
+        for model, steps in models.items():
+            if self.tenant.price_for(model) is not None or knows_price(self.client, model):
+                continue
+            problems.append(Problem(
+                f"model {model!r} has no known price, so the budget of ${budget:g} cannot be "
+                f"kept (used by: {', '.join(steps)})",
+                f"declare its price in the tenant (prices: {{{model!r}: {{input_per_million: "
+                "0.15, output_per_million: 0.6}}), or run without a budget (--max-cost, "
+                "limits.max_cost_usd)", "unknown-price", file="tenant"))
+        return problems
 
     def messages_for(
         self, step: PlanStep, inputs: Mapping[str, str], outputs: Mapping[str, str]
@@ -504,56 +603,115 @@ class _Run:
                                      fingerprint=step.fingerprint(), started_at=now,
                                      finished_at=now)
             self.started[step.step_id] = (time.monotonic(), time.time())
-            timeout = engine.timeout_for(step)
             api_key_env = engine.tenant.api_key_env_for(model)
             api_key = (os.environ.get(api_key_env) or None) if api_key_env else None
-            request = LLMRequest(model, messages, timeout, step.step_id, step.worker_role.value,
-                                 engine.api_base, api_key)
-            failures = rate_limits = 0
-            while True:
-                attempt = self.attempts[step.step_id] = self.attempts.get(step.step_id, 0) + 1
-                self.emit(StepStarted(step.step_id, attempt, engine.shown_model(step),
-                                      time.monotonic(),
-                                      tuple(messages) if attempt == 1 else ()))
-                error = await self.one_attempt(step, request, timeout, key)
-                if isinstance(error, StepResult):
-                    self.spend(error.cost_usd)  # before the slot is released to a waiting step
-                    return error
-                rate_limited = isinstance(error, RateLimitError)
-                if rate_limited and rate_limits < self.options.rate_limit_retries:
-                    rate_limits += 1
-                    wait = error.retry_after
-                    if wait is None:
-                        wait = self.backoff(rate_limits)
-                elif error.retryable and failures < step.retry_max:
-                    failures += 1
-                    wait = self.backoff(failures)
-                else:
-                    return self.ended(step, StepStatus.FAILED, str(error), model=model)
-                if self.stop_reason:  # the budget ran out or another step failed meanwhile
-                    return self.ended(step, StepStatus.FAILED,
-                                      f"{error} (not retried: {self.stop_reason})", model=model)
-                wait = min(wait, self.options.max_retry_wait)
-                self.emit(StepRetrying(step.step_id, attempt, str(error), wait))
-                await asyncio.sleep(wait)
+            request = LLMRequest(model, messages, engine.timeout_for(step), step.step_id,
+                                 step.worker_role.value, engine.api_base, api_key,
+                                 total_timeout=engine.answer_timeout_for(step),
+                                 price=engine.price_for(model))
+            return await self.attempts_of(step, request, key)
+
+    async def attempts_of(self, step: PlanStep, request: LLMRequest, key: str) -> StepResult:
+        """Attempt ``step`` until it succeeds or may not try again. Retryable failures (time-
+        outs, 5xx, empty answers) are retried ``retries_for(step)`` times with backoff; 429s
+        are waited out as the endpoint asks, within ``rate_limit_wait`` seconds per step.
+        Every attempt's tokens and cost count, failed ones included."""
+        engine, model = self.engine, request.model
+        failures = rate_limits = 0
+        waited_for_limits = 0.0
+        spent = _Spent()
+        while True:
+            attempt = self.attempts[step.step_id] = self.attempts.get(step.step_id, 0) + 1
+            self.emit(StepStarted(step.step_id, attempt, engine.shown_model(step),
+                                  time.monotonic(),
+                                  tuple(request.messages) if attempt == 1 else ()))
+            outcome = await self.one_attempt(step, request, key)
+            if isinstance(outcome, StepResult):
+                self.spend(outcome.cost_usd)  # before the slot is released to a waiting step
+                result = spent.add_to(outcome)
+                if result.truncated and engine.tenant.limits.on_truncation == "fail":
+                    return result.model_copy(update={
+                        "status": StepStatus.FAILED, "output": "", "cache_key": None,
+                        "error": "the answer was cut off at the model's token limit "
+                                 "(finish_reason 'length') — shorten the task, or set the "
+                                 "tenant's limits.on_truncation: keep"})
+                return result
+            error = outcome
+            if error.usage is not None:
+                spent.count(error.usage)
+                self.spend(error.usage.cost_usd or 0.0)
+            note = ""
+            if isinstance(error, RateLimitError):
+                rate_limits += 1
+                allowed = max(0.0, engine.rate_limit_wait - waited_for_limits)
+                if allowed <= 0 or rate_limits > MAX_RATE_LIMITED_ATTEMPTS:
+                    return spent.add_to(self.ended(step, StepStatus.FAILED, (
+                        f"{error} — still rate limited after waiting "
+                        f"{fmt_seconds(waited_for_limits)} "
+                        "(limits.rate_limit_wait_seconds)"), model=model))
+                asked = error.retry_after
+                wait = asked if asked is not None and asked > 0 else self.backoff(rate_limits)
+                if wait > allowed:
+                    if asked is not None and asked > 0:
+                        note = (f" (asked to wait {fmt_seconds(asked)}; waiting "
+                                f"{fmt_seconds(allowed)}, all that is left of "
+                                "limits.rate_limit_wait_seconds)")
+                    wait = allowed
+                waited_for_limits += wait
+            elif error.retryable and failures < engine.retries_for(step):
+                failures += 1
+                wait = min(self.backoff(failures), self.options.max_retry_wait)
+            else:
+                return spent.add_to(self.ended(step, StepStatus.FAILED, str(error),
+                                               model=model))
+            if self.stop_reason:  # the budget ran out or another step failed meanwhile
+                return spent.add_to(self.ended(step, StepStatus.FAILED,
+                                               f"{error} (not retried: {self.stop_reason})",
+                                               model=model))
+            self.emit(StepRetrying(step.step_id, attempt, f"{error}{note}", wait))
+            await self.options.sleep(wait)
 
     async def one_attempt(
-        self, step: PlanStep, request: LLMRequest, timeout: float, key: str
+        self, step: PlanStep, request: LLMRequest, key: str
     ) -> StepResult | LLMError:
         tokens = 0
         tail = ""
+        received: list[str] = []
+        loop = asyncio.get_running_loop()
+        # Clients time out by themselves (and say what the attempt consumed); these bounds,
+        # a little later, hold for clients that do not.
+        silence = request.timeout * 1.1 + 0.05
+        total = (request.total_timeout or request.timeout) * 1.1 + 0.05
+        quiet = asyncio.timeout(silence)
 
         def on_delta(piece: str) -> None:
             nonlocal tokens, tail
+            quiet.reschedule(loop.time() + silence)
+            if not piece:
+                return
+            received.append(piece)
             tokens += 1
             tail = (tail + piece)[-PREVIEW_CHARS:]
             self.emit(StepProgress(step.step_id, tokens, tail))
 
+        whole = asyncio.timeout(total)
         try:
-            async with asyncio.timeout(timeout):
+            async with whole, quiet:
                 completion = await self.engine.client.complete(request, on_delta)
         except TimeoutError:
-            return ProviderTimeoutError(f"timed out after {timeout:g}s")
+            text = "".join(received)
+            sent = "".join(m.get("content", "") for m in request.messages)
+            prompt, answer = estimate_tokens(sent), estimate_tokens(text)
+            price = request.price
+            cost = price.cost(prompt, answer) if price is not None else None
+            if whole.expired():
+                message = ("timed out: the answer took longer than "
+                           f"{request.total_timeout or 0:g}s in all")
+            elif received:
+                message = f"timed out: the answer stalled, nothing for {request.timeout:g}s"
+            else:
+                message = f"timed out: no answer within {request.timeout:g}s"
+            return ProviderTimeoutError(message, usage=Usage(prompt, answer, cost, True))
         except LLMError as exc:
             return exc
         result = self.ended(step, StepStatus.SUCCEEDED, None, model=completion.model)
@@ -561,7 +719,9 @@ class _Run:
             "output": completion.text,
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
-            "cost_usd": completion.cost_usd,
+            "cost_usd": completion.cost_usd or 0.0,
+            "cost_known": completion.cost_usd is not None,
+            "truncated": completion.truncated,
             "cache_key": key,
         })
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -33,6 +35,18 @@ def check_api_base(url: str) -> str | None:
     never repeats a password written in the URL."""
     if not API_BASE.match(url):
         return f"api_base {shown(redact_url(url))} is not an http(s) URL"
+    try:
+        parts = urlsplit(url)
+        credentials = parts.username is not None or parts.password is not None
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return f"api_base {shown(redact_url(url))} is not a valid URL"
+    if credentials:
+        # The HTTP client refuses to combine user:password in a URL with the API key's
+        # Authorization header, after the run has started.
+        return (f"api_base {shown(redact_url(url))} holds credentials (user:password@), "
+                "which cannot be sent along with the API key; put the key in the provider's "
+                "variable (OPENAI_API_KEY, or the tenant's api_key_env) and leave them out")
     return None
 
 
@@ -84,8 +98,31 @@ class LimitsConfig(_Strict):
         default=None, ge=0, allow_inf_nan=False, description="Once a run has spent this much "
         "USD no new step starts; the rest are skipped (--max-cost wins).")
     timeout_seconds: float = Field(
-        default=120, gt=0, le=86_400, allow_inf_nan=False, description="Seconds per attempt, for "
-        "steps that do not set their own timeout_seconds.")
+        default=120, gt=0, le=86_400, allow_inf_nan=False, description="Seconds an endpoint may "
+        "stay silent (no first byte, no next chunk) before the attempt is given up, for steps "
+        "that do not set their own timeout_seconds.")
+    answer_timeout_seconds: float = Field(
+        default=1800, gt=0, le=86_400, allow_inf_nan=False, description="The longest one whole "
+        "answer may take in seconds, however steadily it streams.")
+    retry_max: int = Field(
+        default=2, ge=0, le=100, strict=True, description="Retries after a timeout, a 5xx or an "
+        "empty answer, for steps that do not set their own retry_max.")
+    rate_limit_wait_seconds: float = Field(
+        default=600, ge=0, le=86_400, allow_inf_nan=False, description="How long one step may "
+        "wait in all, in seconds, for rate limits (429) to lift.")
+    on_truncation: Literal["keep", "fail"] = Field(
+        default="keep", description="An answer cut off at the model's token limit: 'keep' it "
+        "(marked truncated) or 'fail' the step.")
+
+
+class ModelPrice(_Strict):
+    """What a model costs, for models whose price litellm does not know (self-hosted, behind
+    a gateway): USD per million prompt (input) and completion (output) tokens."""
+
+    input_per_million: float = Field(ge=0, le=1_000_000, allow_inf_nan=False,
+                                     description="USD per million prompt tokens.")
+    output_per_million: float = Field(ge=0, le=1_000_000, allow_inf_nan=False,
+                                      description="USD per million completion tokens.")
 
 
 class SecurityConfig(_Strict):
@@ -116,6 +153,10 @@ class TenantConfig(_Strict):
     api_base: str | None = Field(
         default=None, description="An OpenAI-compatible endpoint (http or https URL) for every "
         "call (--api-base wins).", json_schema_extra=json_schema_pattern(API_BASE))
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Prices of models litellm has none for (self-hosted, "
+        "behind a gateway), by model string or glob: {'openai/gpt-mini': {input_per_million: "
+        "0.15, output_per_million: 0.6}}.")
     api_key_env: str | None = Field(
         default=None,
         description=(
@@ -146,6 +187,15 @@ class TenantConfig(_Strict):
         provider's usual variable, which litellm reads itself)."""
         if self.api_key_env and provider_of(model) == provider_of(self.models.default):
             return self.api_key_env
+        return None
+
+    def price_for(self, model: str) -> ModelPrice | None:
+        """The declared price of ``model``: an exact entry, else the first matching glob."""
+        if model in self.prices:
+            return self.prices[model]
+        for pattern, price in self.prices.items():
+            if fnmatch.fnmatchcase(model, pattern):
+                return price
         return None
 
     def worker(self, role: WorkerRole) -> WorkerConfig:
