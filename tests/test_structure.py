@@ -18,7 +18,8 @@ LAYERS: list[set[str]] = [
     {"plans", "tenants"},
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.
-    {"templates", "dag", "errors", "events", "types", "names", "files", "redact", "text"},
+    {"templates", "dag", "errors", "events", "types", "names", "files", "redact", "text",
+     "provider_headers"},
 ]
 # Deliberate upward imports, each with its reason.
 EXCEPTIONS = {
