@@ -187,7 +187,7 @@ def test_chunk_delay_spreads_stream() -> None:
         (record,) = srv.requests
         assert record.duration is not None
         # 4 pieces + the final chunk, each preceded by a delay.
-        assert 0.25 <= record.duration < 3.0
+        assert record.duration >= 0.25
 
 
 def test_rules_match_in_order_and_times() -> None:
@@ -240,7 +240,7 @@ def test_500_error() -> None:
 
 
 def test_hang_released_promptly_by_stop() -> None:
-    srv = FakeLLMServer().start()
+    srv = FakeLLMServer(max_hang=600.0).start()
     outcome: dict[str, Any] = {}
 
     def client() -> None:
@@ -253,14 +253,14 @@ def test_hang_released_promptly_by_stop() -> None:
         srv.add_rule("hang", hang=True)
         thread = threading.Thread(target=client, daemon=True)
         thread.start()
-        assert srv.wait_for_in_flight(1, timeout=5.0)
+        assert srv.wait_for_in_flight(1, timeout=60.0)
         time.sleep(0.1)
         assert thread.is_alive()
-        began = time.monotonic()
     finally:
         srv.stop()
-    assert time.monotonic() - began < 1.0
-    thread.join(timeout=5.0)
+    # The hang lasts up to max_hang (600 s here): coming back within the join's bound at all
+    # means stop() released it.
+    thread.join(timeout=60.0)
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), httpx.RemoteProtocolError)
     (record,) = srv.requests
@@ -270,14 +270,15 @@ def test_hang_released_promptly_by_stop() -> None:
 
 
 def test_hang_abandoned_when_client_disconnects() -> None:
-    with FakeLLMServer() as srv:
+    with FakeLLMServer(max_hang=600.0) as srv:
         srv.add_rule(hang=True)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{srv.url}/chat/completions", json=chat_body("x"), timeout=0.3)
-        assert srv.wait_idle(timeout=3.0)
+        # The hang would last max_hang (600 s): idle within the wait's bound means the
+        # server noticed the client going away.
+        assert srv.wait_idle(timeout=60.0)
         (record,) = srv.requests
         assert record.abandoned and record.status is None
-        assert record.duration is not None and record.duration < 3.0
 
 
 def test_latency_recorded_in_timestamps() -> None:
@@ -289,8 +290,8 @@ def test_latency_recorded_in_timestamps() -> None:
         elapsed = time.monotonic() - began
         fast, slower = srv.requests
         assert fast.duration is not None and slower.duration is not None
-        assert 0.2 <= fast.duration < 1.5
-        assert 0.3 <= slower.duration < 1.5
+        assert fast.duration >= 0.2
+        assert slower.duration >= 0.3
         assert fast.finished is not None
         assert began <= fast.started < fast.finished <= slower.started
         assert elapsed >= 0.5
@@ -298,7 +299,9 @@ def test_latency_recorded_in_timestamps() -> None:
 
 def test_max_in_flight_with_concurrent_requests() -> None:
     workers = 6
-    with FakeLLMServer(latency=0.3) as srv:
+    # Each request is held for 3 s so that all six overlap even when thread start-up is slow
+    # on a busy machine; the wait returns as soon as they do.
+    with FakeLLMServer(latency=3.0) as srv:
         results: list[int] = []
         lock = threading.Lock()
 
@@ -310,9 +313,9 @@ def test_max_in_flight_with_concurrent_requests() -> None:
         threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(workers)]
         for thread in threads:
             thread.start()
-        assert srv.wait_for_in_flight(workers, timeout=5.0)
+        assert srv.wait_for_in_flight(workers, timeout=60.0)
         for thread in threads:
-            thread.join(timeout=10.0)
+            thread.join(timeout=60.0)
         assert not any(thread.is_alive() for thread in threads)
         assert results == [200] * workers
         assert srv.max_in_flight == workers

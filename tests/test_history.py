@@ -495,7 +495,7 @@ def test_a_locked_database_is_a_clear_error_after_the_busy_timeout(hist: History
         t0 = time.monotonic()
         with pytest.raises(HistoryError) as caught:
             waiting.start_run("r2", "p", "t", inputs={}, steps=())
-        assert 0.15 <= time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 >= 0.15  # it waited for the lock first
         message = str(caught.value)
         assert str(hist.path) in message and "locked by another process" in message
         assert "waited 0.2s" in message and "DWORKERS_HOME" in message
