@@ -276,7 +276,7 @@ def test_cancelling_a_run_stops_in_flight_calls_and_reports_them(
     assert result.outputs["hang"].status is StepStatus.CANCELLED
     assert result.outputs["after"].status is StepStatus.SKIPPED
     assert result.outputs["after"].error == "hang was cancelled"
-    assert llm_server.wait_idle(timeout=5)  # the server saw the connection go away
+    assert llm_server.wait_idle(timeout=60)  # the server saw the connection go away
     [hung] = request_for(llm_server, "hang")
     assert hung.abandoned
 

@@ -727,7 +727,7 @@ def test_resume_after_kill_9_mid_run(hist: History) -> None:
         assert hist.get_run("doomed").status == "running"
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
+        proc.communicate(timeout=60)
 
     assert db_rows(hist.path, "PRAGMA integrity_check") == [("ok",)]
     record = hist.get_run("doomed")

@@ -247,13 +247,13 @@ def test_an_input_pipe_is_read_but_never_waited_on_without_bound(tmp_path: Path)
     quick = threading.Thread(target=writer, args=("from a pipe", 0.0), daemon=True)
     quick.start()
     assert read_input_file(fifo, wait=10) == "from a pipe"
-    quick.join(timeout=10)
+    quick.join(timeout=60)
 
     slow = threading.Thread(target=writer, args=("partial", 3.0), daemon=True)
     slow.start()
     with pytest.raises(ValueError, match=r"still no end of input after 0\.3s"):
         read_input_file(fifo, wait=0.3)
-    slow.join(timeout=10)
+    slow.join(timeout=60)
 
 
 def test_interruption_handlers_are_put_back_after_a_run(tmp_path: Path) -> None:

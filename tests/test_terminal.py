@@ -74,7 +74,7 @@ def interrupt_run(
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(timeout=10)
+            proc.wait(timeout=60)
     [run_dir] = list(out.iterdir())
     return proc.returncode, stderr, run_dir
 
@@ -98,7 +98,7 @@ def test_ctrl_c_or_sigterm_cancels_in_flight_calls_keeps_finished_work_and_exits
     assert (run_dir / "steps" / "quick.md").read_text().startswith("Reply to:")
     assert "## QUICK" in (run_dir / "report.md").read_text()
     assert "1 succeeded" in stderr  # the summary was printed
-    assert llm_server.wait_idle(timeout=5)  # the hung connection was closed, not left open
+    assert llm_server.wait_idle(timeout=60)  # the hung connection was closed, not left open
 
 
 def run_on_terminal(tmp_path: Path, **extra_env: str) -> tuple[int, str]:
@@ -129,11 +129,11 @@ def run_on_terminal(tmp_path: Path, **extra_env: str) -> tuple[int, str]:
                 chunks.append(data)
             elif proc.poll() is not None:
                 break
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(timeout=10)
+            proc.wait(timeout=60)
         os.close(primary)
     return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
 
