@@ -218,7 +218,8 @@ def show(
     from dworkers.plans.registry import plan_registry
     from dworkers.targets import looks_like_path, resolve_plan
 
-    if step is not None or not (looks_like_path(target) or plan_registry.has(target)):
+    latest = target.strip().lower() in ("last", "latest")  # the last run, even if a plan is
+    if step is not None or latest or not (looks_like_path(target) or plan_registry.has(target)):
         try:
             show_run(target, step, as_json=as_json)
         except DworkersError as exc:
@@ -338,8 +339,11 @@ def run(
         float | None, typer.Option(min=0, help="Stop starting steps once this much USD is spent.")
     ] = None,
     fail_fast: Annotated[
-        bool, typer.Option("--fail-fast", help="Cancel everything when a step fails.")
-    ] = False,
+        bool | None,
+        typer.Option("--fail-fast/--no-fail-fast", help="Cancel everything when a step fails. "
+                     "With --resume, the resumed run's choice unless given.",
+                     show_default=False),
+    ] = None,
     mock: Annotated[
         bool | None,
         typer.Option("--mock/--no-mock", help="Answer offline; no key needed. With --resume, "
@@ -361,8 +365,11 @@ def run(
                      autocompletion=completion.runs),
     ] = None,
     no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Call the model even for identical prompts.")
-    ] = False,
+        bool | None,
+        typer.Option("--no-cache/--cache", help="Call the model even for identical prompts. "
+                     "With --resume, the resumed run's choice unless given.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
     from dworkers.runner import RunRequest, execute

@@ -43,14 +43,14 @@ class RunRequest:
     api_base: str | None = None
     max_concurrency: int | None = None
     max_cost: float | None = None
-    fail_fast: bool = False
+    fail_fast: bool | None = None  # None: the resumed run's choice, else False
     mock: bool | None = None  # None: the resumed run's choice, else False
     dry_run: bool = False
     out: Path | None = None
     json: bool = False
     quiet: bool = False
     resume: str | None = None
-    no_cache: bool = False
+    no_cache: bool | None = None  # None: the resumed run's choice, else False
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, str]:
@@ -161,6 +161,18 @@ def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[s
         request.api_base = api_base
     if request.mock is None:
         request.mock = bool(options.get("mock"))
+    # Every other option the run was started with holds too, unless given again: a resumed
+    # budgeted run keeps its budget.
+    if request.max_cost is None and isinstance(options.get("max_cost"), int | float):
+        request.max_cost = float(options["max_cost"])
+    if request.max_concurrency is None and isinstance(options.get("max_concurrency"), int):
+        request.max_concurrency = options["max_concurrency"]
+    if request.fail_fast is None:
+        request.fail_fast = bool(options.get("fail_fast"))
+    if request.no_cache is None:
+        request.no_cache = bool(options.get("no_cache"))
+    if request.out is None and isinstance(options.get("out"), str):
+        request.out = Path(options["out"])
 
 
 def _name_or_path(registry: Any, name: str, path: object) -> str:
@@ -215,9 +227,29 @@ def execute(request: RunRequest) -> int:
     warnings.filterwarnings("ignore", module=r"litellm(\.|$)")
     warnings.filterwarnings("ignore", message=r".*ReadOnly. qualifier", category=UserWarning)
     prepared = prepare(request)
+    resumed, history = prepared.resumed_from, prepared.history
+    reused = prepared.engine.reused_steps(prepared.inputs) if resumed is not None else None
     if request.dry_run:
-        return dry_run(prepared.engine, prepared.inputs, as_json=request.json)
-    return run_live(request, prepared)
+        return dry_run(prepared.engine, prepared.inputs, as_json=request.json,
+                       reused=reused, resumed_from=resumed)
+    if resumed is None or history is None:
+        return run_live(request, prepared)
+    if reused is not None and all(reused.values()):
+        return nothing_to_do(request, history, resumed)
+    with history.resume_lock(resumed):  # a second resume of this run is refused meanwhile
+        return run_live(request, prepared)
+
+
+def nothing_to_do(request: RunRequest, history: History, resumed: str) -> int:
+    """Resuming a run whose every step would be reused: say so, and make no new run."""
+    from dworkers import view
+
+    err = view.console()
+    view.print_ok(err, f"run {resumed} has nothing left to do: every step succeeded and would "
+                       "be asked the same thing (no new run made)")
+    if request.json:
+        view.write_stdout(json_text(history.to_run_result(resumed).summary()) + "\n", err)
+    return EXIT_OK
 
 
 def prepare(request: RunRequest) -> _Prepared:
@@ -236,6 +268,7 @@ def prepare(request: RunRequest) -> _Prepared:
         resume_defaults(request, resumed.plan, resumed.tenant, resumed.options)
         inputs = {**resumed.inputs, **inputs}
     request.mock = bool(request.mock)
+    request.fail_fast, request.no_cache = bool(request.fail_fast), bool(request.no_cache)
     if not request.plan:
         raise InputError([Problem("no plan given", "name a plan: dworkers run PLAN",
                                   "missing-plan", file="dworkers run")])
@@ -380,6 +413,11 @@ def recorded_options(request: RunRequest, engine: Engine) -> dict[str, Any]:
         "tenant": tenant.id,
         "plan_path": str(plan.source.file) if plan.source else None,
         "tenant_path": str(tenant.source.file) if tenant.source else None,
+        "max_cost": request.max_cost,
+        "max_concurrency": request.max_concurrency,
+        "fail_fast": bool(request.fail_fast),
+        "no_cache": bool(request.no_cache),
+        "out": str(request.out.absolute()) if request.out is not None else None,
     }
 
 
@@ -425,8 +463,10 @@ def interrupt_cancels(task: asyncio.Task[Any] | None) -> None:
             loop.add_signal_handler(number, task.cancel)
 
 
-def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
-    """Render every prompt and the schedule without calling anything."""
+def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool,
+            reused: dict[str, bool] | None = None, resumed_from: str | None = None) -> int:
+    """Render every prompt and the schedule without calling anything; resuming, say which
+    steps the earlier run's answers would cover and which would be called."""
     schedule = engine.schedule()
     placeholders = {s.step_id: f"<output of {s.step_id}>" for s in engine.plan.steps}
     steps: list[dict[str, Any]] = []
@@ -439,6 +479,8 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
             "retry_max": step.retry_max,
             "messages": engine.messages_for(step, inputs, placeholders),
         })
+        if reused is not None:
+            steps[-1]["reused"] = reused[step.step_id]
     if as_json:
         sys.stdout.write(json_text({"plan": engine.plan.name, "schedule": schedule,
                                     "steps": steps}) + "\n")
@@ -446,6 +488,12 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool) -> int:
     out = [f"Plan {engine.plan.name} for tenant {engine.tenant.id}: {len(steps)} steps", "",
            "Schedule (steps on one line start together):"]
     out += [f"  {i}. {', '.join(wave)}" for i, wave in enumerate(schedule, 1)]
+    if reused is not None:
+        kept = [sid for sid, hit in reused.items() if hit]
+        called = [sid for sid, hit in reused.items() if not hit]
+        out += ["", f"Resuming run {resumed_from}:",
+                f"  reused ({len(kept)}): {', '.join(kept) or '-'}",
+                f"  called ({len(called)}): {', '.join(called) or '-'}"]
     for step_data in steps:
         out += ["", f"=== {step_data['step_id']} ({step_data['role']}, {step_data['model']}, "
                     f"timeout {step_data['timeout_seconds']:g}s, retries {step_data['retry_max']})"]

@@ -47,6 +47,7 @@ from dworkers.history import (
     HistoryCache,
     HistoryRecorder,
     NoOutputError,
+    ResumeInProgressError,
     history_path,
     schema as history_schema,
     schema_version,
@@ -969,3 +970,29 @@ def test_a_resume_reruns_a_step_whose_upstream_answer_changed(hist: History) -> 
     client = CountingClient()
     run(hist, plan, client, reuse={**reuse, "a": changed_a})
     assert sorted(client.calls) == ["b", "c", "d"]
+
+
+def test_a_run_is_found_by_its_random_suffix_alone(hist: History) -> None:
+    plan = make_plan({"a": []})
+    run(hist, plan, run_id="20250101-000000-e34387")
+    run(hist, plan, run_id="20250101-000001-0ab0ab")
+    run(hist, plan, run_id="20250102-000001-0ab0ab")
+    assert hist.resolve("e34387") == "20250101-000000-e34387"
+    with pytest.raises(AmbiguousRunError, match="'0ab0ab' is ambiguous"):
+        hist.resolve("0ab0ab")
+    with pytest.raises(NotFoundError):
+        hist.resolve("4387")  # only the whole suffix
+    assert hist.resolve("last") == "20250102-000001-0ab0ab"
+
+
+def test_one_resume_of_a_run_at_a_time(hist: History) -> None:
+    hist.open()
+    other = History(hist.path)  # another command, with its own handle on the history
+    with hist.resume_lock("r1"):
+        with pytest.raises(ResumeInProgressError, match="run r1 is being resumed"), \
+                other.resume_lock("r1"):
+            pass
+        with other.resume_lock("r2"):  # another run is another matter
+            pass
+    with other.resume_lock("r1"):  # free again once the first is done
+        pass

@@ -253,9 +253,84 @@ def test_resume_with_other_inputs_runs_again_what_they_change(
 
 def test_resume_finds_a_plan_that_was_run_from_its_file(plan_file: Path, tmp_path: Path) -> None:
     assert invoke("run", str(plan_file), "--mock", "-i", "topic=tea")[0] == 0
+    [first] = json.loads(invoke("runs", "--json")[1])
     code, stdout, stderr = invoke("run", "--resume", "last", "--mock", "--json")
     assert code == 0, stderr
-    assert all(step["cached"] for step in json.loads(stdout)["outputs"].values())
+    assert json.loads(stdout)["run_id"] == first["run_id"]
+    assert "nothing left to do" in stderr
+
+
+def test_resuming_a_run_that_fully_succeeded_makes_no_new_run(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    common = ("--model", "openai/test-model", "--api-base", llm_server.url,
+              "--out", str(tmp_path / "runs"))
+    assert invoke("run", str(plan_file), "-i", "topic=tea", *common)[0] == 0
+    calls = len(llm_server.requests)
+    code, _, stderr = invoke("run", "--resume", "last", *common)
+    assert code == 0 and "has nothing left to do" in stderr
+    assert len(llm_server.requests) == calls
+    assert len(json.loads(invoke("runs", "--json")[1])) == 1
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_resume_dry_run_lists_what_is_reused_and_what_is_called(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("left"), status=500, error_message="boom")
+    common = ("--model", "openai/test-model", "--api-base", llm_server.url)
+    assert invoke("run", str(plan_file), "-i", "topic=tea", *common)[0] == 1
+    calls = len(llm_server.requests)
+    code, stdout, _ = invoke("run", "--resume", "last", "--dry-run", *common)
+    assert code == 0
+    assert "  reused (2): scope, right\n  called (2): left, final" in stdout
+    code, stdout, _ = invoke("run", "--resume", "last", "--dry-run", "--json", *common)
+    assert {s["step_id"]: s["reused"] for s in json.loads(stdout)["steps"]} == {
+        "scope": True, "left": False, "right": True, "final": False}
+    assert len(llm_server.requests) == calls  # a dry run calls nothing
+
+
+def test_a_resume_keeps_the_options_of_the_run_it_resumes(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    tenant = tmp_path / "priced.yaml"  # a budget needs a price for the model
+    tenant.write_text("id: priced\nprices:\n  openai/test-model: "
+                      "{input_per_million: 1, output_per_million: 1}\n")
+    common = ("--model", "openai/test-model", "--api-base", llm_server.url,
+              "--tenant", str(tenant))
+    out = tmp_path / "elsewhere"
+    code, _, _ = invoke("run", str(plan_file), "-i", "topic=tea", "--max-cost", "0",
+                        "--max-concurrency", "3", "--fail-fast", "--no-cache", "--out", str(out),
+                        *common)
+    assert code == 1 and llm_server.requests == []  # a budget of $0 allows no calls
+    code, stdout, _ = invoke("run", "--resume", "last", "--json", *common)
+    assert code == 1 and llm_server.requests == []  # still: the budget was kept
+    assert all(s["status"] == "skipped" for s in json.loads(stdout)["outputs"].values())
+    [latest, _] = json.loads(invoke("runs", "--json")[1])
+    assert {k: latest["options"][k] for k in ("max_cost", "max_concurrency", "fail_fast",
+                                               "no_cache", "out")} == {
+        "max_cost": 0.0, "max_concurrency": 3, "fail_fast": True, "no_cache": True,
+        "out": str(out.absolute())}
+    assert len(list(out.iterdir())) == 2  # its folder went where the first run's did
+    # What the command line says wins.
+    code, _, _ = invoke("run", "--resume", "last", "--max-cost", "5", "--no-fail-fast",
+                        "--cache", *common)
+    assert code == 0 and len(llm_server.requests) == 4
+    [latest, *_] = json.loads(invoke("runs", "--json")[1])
+    assert (latest["options"]["fail_fast"], latest["options"]["no_cache"]) == (False, False)
+
+
+def test_show_last_means_the_last_run_even_beside_a_plan_named_last(
+    plan_file: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "last.yaml").write_text(PLAN.replace("name: tiny", "name: last"))
+    assert invoke("run", str(plan_file), "--mock", "-i", "topic=tea")[0] == 0
+    code, stdout, _ = invoke("show", "last")
+    assert code == 0 and "## SCOPE (scope)" in stdout and "Scope tea" in stdout
+    run_id = json.loads(invoke("runs", "--json")[1])[0]["run_id"]
+    code, stdout, _ = invoke("show", run_id.rsplit("-", 1)[1], "scope")  # the suffix alone
+    assert code == 0 and "Scope tea" in stdout
 
 
 def test_resume_can_be_dry_run(plan_file: Path) -> None:
@@ -352,3 +427,24 @@ def test_a_reply_with_undecodable_text_is_still_saved(
     assert "Traceback" not in stderr
     saved = (only_run_dir(out) / "steps" / "scope.md").read_text()
     assert saved == "odd ? text"
+
+
+def test_a_second_resume_of_the_same_run_is_refused_while_the_first_goes(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    from dworkers.history import History
+
+    llm_server.add_rule(marker("left"), status=500, error_message="boom")
+    common = ("--model", "openai/test-model", "--api-base", llm_server.url)
+    assert invoke("run", str(plan_file), "-i", "topic=tea", *common)[0] == 1
+    llm_server.clear_rules()
+    calls = len(llm_server.requests)
+    with History() as history:
+        run_id = history.resolve("last")
+        with history.resume_lock(run_id):  # as another dworkers command resuming it holds
+            code, _, stderr = invoke("run", "--resume", run_id, *common)
+        assert code == 2 and f"run {run_id} is being resumed by another" in stderr
+        assert len(llm_server.requests) == calls  # nothing paid twice
+        assert len(history.list_runs()) == 1
+    code, _, _ = invoke("run", "--resume", run_id, *common)  # once it is done, it may
+    assert code == 0 and len(llm_server.requests) == calls + 2

@@ -346,6 +346,33 @@ class Engine:
         """Every input a template names (the plan does not change while its engine exists)."""
         return frozenset(self.plan.placeholders())
 
+    def still_applies(self, step: PlanStep, reused: StepResult, inputs: Mapping[str, str],
+                      outputs: Mapping[str, str]) -> bool:
+        """Whether an earlier run's result answers ``step`` now: it succeeded and the step
+        would be asked exactly the same thing (other inputs or upstream outputs run it again),
+        whatever model or endpoint answered it. Made-up ``--mock`` answers only do offline."""
+        if not reused.succeeded or (reused.model == MOCK_MODEL and not self.offline):
+            return False
+        asked = self.messages_for(step, inputs, outputs)
+        if reused.messages_digest is None:  # an answer from before digests: the same call
+            model = self.model_for(step)
+            return reused.cache_key == cache_key(model, asked, self.endpoint_for(model))
+        return reused.messages_digest == digest_messages(asked)
+
+    def reused_steps(self, inputs: Mapping[str, str]) -> dict[str, bool]:
+        """For each step, in plan order: whether a run would take it from ``reuse`` (True)
+        or call for it. A step below one that is called counts as called (its answer could
+        only be reused if the new upstream answer came out the same)."""
+        graph = self.plan.graph
+        outputs: dict[str, str] = {}
+        for sid in dag.topological_order(graph):
+            step, earlier = self.plan.get_step(sid), self.reuse.get(sid)
+            if (step is not None and earlier is not None
+                    and all(dep in outputs for dep in graph[sid])
+                    and self.still_applies(step, earlier, inputs, outputs)):
+                outputs[sid] = earlier.output
+        return {sid: sid in outputs for sid in graph}
+
     def describe(self, run_id: str, at: float | None = None) -> RunStarted:
         """The ``RunStarted`` event for this plan: a view can paint it before the run starts.
         """
@@ -469,7 +496,8 @@ class _Run:
         step = self.plan.get_step(sid)
         assert step is not None
         reused = self.engine.reuse.get(sid)
-        if reused is not None and self.still_applies(step, reused):
+        if reused is not None and self.engine.still_applies(step, reused, self.inputs,
+                                                            self.outputs):
             self.work.append((self._settle, as_reused(reused)))
             return
         if self.stop_reason or self.interrupted:
@@ -492,23 +520,6 @@ class _Run:
             return self.ended(step, StepStatus.CANCELLED,
                               "cancelled before it started (run interrupted)")
         return self.skipped(step.step_id, self.stop_reason)
-
-    def still_applies(self, step: PlanStep, reused: StepResult) -> bool:
-        """Whether an earlier run's result answers ``step`` now: it succeeded and the step
-        would be asked exactly the same thing (other inputs or upstream outputs run it again),
-        whatever model or endpoint answered it. Made-up ``--mock`` answers only do offline."""
-        if not reused.succeeded or (reused.model == MOCK_MODEL and not self.engine.offline):
-            return False
-        if reused.messages_digest is None:  # an answer from before digests: the same call
-            return reused.cache_key == self.key_for(step)
-        asked = self.engine.messages_for(step, self.inputs, self.outputs)
-        return reused.messages_digest == digest_messages(asked)
-
-    def key_for(self, step: PlanStep) -> str:
-        engine = self.engine
-        model = engine.model_for(step)
-        return cache_key(model, engine.messages_for(step, self.inputs, self.outputs),
-                         engine.endpoint_for(model))
 
     async def guarded(self, step: PlanStep) -> None:
         try:

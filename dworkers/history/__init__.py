@@ -19,6 +19,7 @@ from dworkers.history.storage import (
     AmbiguousRunError,
     History,
     NoOutputError,
+    ResumeInProgressError,
     history_path,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "HistoryRecorder",
     "NoOutputError",
     "ResumeDecision",
+    "ResumeInProgressError",
     "RunRecord",
     "StepRecord",
     "history_path",

@@ -12,6 +12,7 @@ naming the file and the fix. The user's file is never deleted or rewritten.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -67,6 +68,10 @@ class AmbiguousRunError(NotFoundError):
         DworkersError.__init__(
             self, f"run id prefix {prefix!r} is ambiguous: it matches {shown} — "
             "type more of the run id")
+
+
+class ResumeInProgressError(DworkersError):
+    """Another command is resuming the same run: refused before anything is spent."""
 
 
 class NoOutputError(DworkersError):
@@ -379,26 +384,67 @@ class History:
             f"SELECT {_RUNS} FROM runs WHERE run_id = ?", (self.resolve(run_ref),)))[0]
 
     def resolve(self, run_ref: str) -> str:
-        """The full run id for an id, a unique prefix of one, or ``last``/``latest``."""
+        """The full run id for an id, ``last``/``latest``, a unique prefix of an id, or its
+        random suffix alone (``e34387`` of ``20261125-093012-e34387``)."""
         ref = run_ref.strip()
         if ref:
             rows = self._read("SELECT run_id FROM runs WHERE run_id = ?", (ref,))
             if rows:
                 return str(rows[0][0])
-            rows = self._read("SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? "
-                              "ORDER BY started_at DESC LIMIT 11", (len(ref), ref))
-            if len(rows) == 1:
-                return str(rows[0][0])
-            if len(rows) > 1:
-                raise AmbiguousRunError(ref, [str(r[0]) for r in rows])
         recent = [str(r[0]) for r in self._read(
             "SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 20")]
         if ref.lower() in LATEST and recent:
             return recent[0]
+        if ref:
+            for sql in (
+                "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? "
+                "ORDER BY started_at DESC LIMIT 11",
+                # the part after the last '-', whole: a run id ends with its random suffix
+                "SELECT run_id FROM runs WHERE length(run_id) > ?1 "
+                "AND substr(run_id, -?1) = ?2 AND substr(run_id, -?1 - 1, 1) = '-' "
+                "ORDER BY started_at DESC LIMIT 11",
+            ):
+                rows = self._read(sql, (len(ref), ref))
+                if len(rows) == 1:
+                    return str(rows[0][0])
+                if len(rows) > 1:
+                    raise AmbiguousRunError(ref, [str(r[0]) for r in rows])
         hint = ("`dworkers runs` lists recent runs" + (f" (latest: {recent[0]})" if recent
                                                         else "; none recorded yet")
                 + f" in {self.path}")
         raise NotFoundError("run", ref, recent, hint)
+
+    @contextmanager
+    def resume_lock(self, run_id: str) -> Iterator[None]:
+        """Hold the right to resume ``run_id`` for as long as the block runs: a second resume
+        of the same run, from this process or another, is refused meanwhile (it would pay for
+        the same steps again). The lock goes with the process if it dies."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on this platform: no lock to take
+            yield
+            return
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:20]
+        path = self.path.parent / "locks" / f"resume-{digest}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a")
+        except OSError as exc:
+            raise HistoryError(f"cannot create the resume lock {path}: "
+                               f"{exc.strerror or exc} — set DWORKERS_HOME to a writable "
+                               "directory") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ResumeInProgressError(
+                    f"run {run_id} is being resumed by another dworkers command right now — "
+                    "wait for it to finish; if steps are still missing after it, resume the "
+                    "run it makes (`dworkers runs` lists it)") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def steps(self, run_ref: str) -> list[StepRecord]:
         """The run's steps, in plan order."""
