@@ -244,6 +244,8 @@ def show(
                 "name": plan.name,
                 "description": plan.description,
                 "required_inputs": plan.required_inputs(),
+                "inputs": {name: spec.model_dump(mode="json")
+                           for name, spec in (plan.inputs or {}).items()},
                 "steps": [s.model_dump(mode="json") for s in plan.steps],
             }
         )

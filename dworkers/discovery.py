@@ -237,6 +237,11 @@ class FileRegistry(Generic[T]):
             here: dict[str, Path] = {}  # names defined in this directory
             files, skipped = scan(origin)
             problems += skipped
+            for problem in skipped:  # "run my-plan" with plans/my-plan.YAML says why
+                if problem.code == "skipped-file" and problem.file:
+                    path = Path(problem.file)
+                    if path.stem not in broken or broken[path.stem].rank < rank:
+                        broken[path.stem] = _Broken(rank, path, [problem])
             for path in files:
                 data: Any = None
                 try:

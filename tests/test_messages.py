@@ -138,3 +138,22 @@ def test_the_missing_input_error_says_what_the_input_is_for() -> None:
     assert code == 2
     assert "missing input: brief (What to audit, for whom, and why" in err
     assert os.sep + "dworkers-runs" not in err
+
+
+def test_running_a_plan_whose_file_was_skipped_says_why(project: Path) -> None:
+    plans = project / "plans"
+    plans.mkdir()
+    (plans / "mine.YAML").write_text(GOOD.format(name="mine"))
+    code, _, err = invoke("run", "mine", "--mock")
+    assert code == 2
+    assert "mine.YAML: skipped: only files ending in .yaml or .yml are read" in err
+    assert "rename it to mine.yaml" in err
+
+
+def test_show_json_gives_each_input_its_description() -> None:
+    import json
+
+    code, out, _ = invoke("show", "compliance-audit", "--json")
+    assert code == 0
+    brief = json.loads(out)["inputs"]["brief"]
+    assert brief["description"].startswith("What to audit") and brief["default"] is None
