@@ -68,6 +68,9 @@ from dworkers.text import crop, one_line
 from dworkers.types import WorkerRole
 
 EventCallback = Callable[[Event], None]
+Attempt = StepResult | LLMError
+"""What one attempt at a step came to: its result when the model answered, else the error that
+ended the attempt (with what it consumed); the retry loop decides whether another follows."""
 PREVIEW_CHARS = 300
 
 
@@ -684,7 +687,7 @@ class _Run:
 
     async def one_attempt(
         self, step: PlanStep, request: LLMRequest, key: str
-    ) -> StepResult | LLMError:
+    ) -> Attempt:
         tokens = 0
         tail = ""
         received: list[str] = []
