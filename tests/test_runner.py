@@ -214,6 +214,26 @@ def test_json_to_a_full_or_closed_stdout_is_an_error_not_a_traceback(
     assert (run_dir / "report.md").is_file()  # the run itself was kept
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+@pytest.mark.parametrize("command", [["list"], ["show", "compliance-audit"], ["list", "--json"]])
+def test_listing_to_a_full_or_closed_stdout_fails_instead_of_printing_nothing(
+    tmp_path: Path, stdout: str, command: list[str]
+) -> None:
+    env = {**os.environ, "DWORKERS_HOME": str(tmp_path / "home")}
+    with open(os.devnull if stdout == "closed" else "/dev/full", "w") as target:
+        proc = subprocess.run(
+            cli(*command), cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, timeout=120,
+            **({"stdout": target} if stdout == "full" else {"stdout": subprocess.DEVNULL,
+                                                            "close_fds": True,
+                                                            "preexec_fn": lambda: os.close(1)}),
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert "standard output is closed" in proc.stderr or "No space left" in proc.stderr
+
+
 # --- inputs ---------------------------------------------------------------------------------------
 
 

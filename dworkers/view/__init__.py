@@ -51,7 +51,11 @@ def __getattr__(name: str) -> Any:
 
 
 def console(*, stderr: bool = True, width: int | None = None) -> Console:
-    """A console for human output (stderr by default); rich honours NO_COLOR and TERM=dumb."""
+    """A console for human output (stderr by default); rich honours NO_COLOR and TERM=dumb.
+
+    Output asked for on a closed standard output is an error, not silence."""
+    if not stderr and sys.stdout is None:
+        raise OSError(errno.EBADF, "standard output is closed")
     return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
 
 
