@@ -159,6 +159,111 @@ class RunSummary(Protocol):
     def counts(self) -> dict[str, int]: ...
 
 
+RowStatus = StepStatus  # a row ends as its steps do: succeeded, failed, skipped or cancelled
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One run of a plan in a dataset run: the plan's inputs, plus what identifies the row."""
+
+    key: str  # unique within the dataset
+    inputs: Mapping[str, str]
+    extra: Mapping[str, str] = field(default_factory=dict)  # other columns: kept, not inputs
+    line: int | None = None  # the row's line in its data file, 1-based
+    # Resume: this row's earlier step results, reused where the step would be asked the same.
+    reuse: Mapping[str, StepResult] = field(default_factory=dict)
+
+
+class RowResult(BaseModel):
+    """The outcome of one row: every step's result (none if the row never started)."""
+
+    key: str
+    status: RowStatus
+    inputs: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, str] = Field(default_factory=dict)
+    line: int | None = None
+    outputs: dict[str, StepResult] = Field(default_factory=dict)
+    error: str | None = None
+    started_at: float | None = None  # wall-clock epoch seconds
+    finished_at: float | None = None
+    duration_ms: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is RowStatus.SUCCEEDED
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(r.prompt_tokens for r in self.outputs.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.outputs.values())
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(r.cost_usd for r in self.outputs.values())
+
+    def texts(self) -> dict[str, str]:
+        """Each succeeded step's output text, in plan order."""
+        return {sid: r.output for sid, r in self.outputs.items() if r.succeeded}
+
+    def record(self) -> dict[str, Any]:
+        """The row as one line of ``results.jsonl``."""
+        return {
+            "key": self.key,
+            "status": self.status.value,
+            "inputs": self.inputs,
+            "extra": self.extra,
+            "line": self.line,
+            "outputs": self.texts(),
+            "tokens": self.tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "error": self.error,
+        }
+
+
+class DatasetResult(BaseModel):
+    """The totals of a dataset run (never its rows: memory stays flat)."""
+
+    run_id: str
+    plan: str
+    tenant: str
+    counts: dict[RowStatus, int] = Field(default_factory=lambda: dict.fromkeys(RowStatus, 0))
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0  # calls sent to a model (retries included)
+    rate_limited: int = 0  # of those, answered 429
+    interrupted: bool = False
+    stop_reason: str | None = None  # why rows were left unstarted (max failures, budget)
+    started_at: float = 0.0
+    total_duration_ms: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def success(self) -> bool:
+        return not self.interrupted and self.counts[RowStatus.SUCCEEDED] == self.rows
+
+    def add(self, row: RowResult) -> None:
+        self.counts[row.status] += 1
+        self.prompt_tokens += row.prompt_tokens
+        self.completion_tokens += row.completion_tokens
+        self.cost_usd += row.cost_usd
+
+    def summary(self) -> dict[str, Any]:
+        """Machine-readable totals (``--json``, run.json)."""
+        data = self.model_dump(mode="json")
+        data.update(rows=self.rows, success=self.success, cost_usd=round(self.cost_usd, 6))
+        return data
+
+
 @dataclass(frozen=True, slots=True)
 class StepInfo:
     step_id: str
@@ -175,6 +280,7 @@ class RunStarted:
     tenant: str
     steps: tuple[StepInfo, ...]
     started_at: float  # monotonic
+    dataset: bool = False  # a dataset run: row events follow, and DatasetFinished ends it
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +290,7 @@ class StepStarted:
     model: str
     at: float = 0.0  # monotonic
     messages: tuple[dict[str, str], ...] = ()  # the rendered prompt (first attempt only)
+    row: str | None = None  # the row's key in a dataset run
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +298,7 @@ class StepProgress:
     step_id: str
     tokens: int  # completion tokens received so far in this attempt
     text: str  # the streamed text so far (tail only, for previews)
+    row: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,12 +307,14 @@ class StepRetrying:
     attempt: int  # the attempt that failed
     reason: str
     wait_seconds: float
+    row: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StepFinished:
     result: StepResult
     at: float = 0.0  # monotonic
+    row: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +323,40 @@ class RunFinished:
     at: float = 0.0
 
 
-Event = RunStarted | StepStarted | StepProgress | StepRetrying | StepFinished | RunFinished
+@dataclass(frozen=True, slots=True)
+class RowStarted:
+    row: str  # the row's key
+    line: int | None = None
+    at: float = 0.0  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class RowFinished:
+    """Every row ends with one, including rows that never started (skipped, cancelled)."""
+
+    result: RowResult
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """The limits a model's calls are now paced to (per minute; ``None``: not known)."""
+
+    model: str
+    rpm: float | None
+    tpm: float | None
+    source: str  # "tenant", "headers" or "429"
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetFinished:
+    result: DatasetResult
+    at: float = 0.0
+
+
+Event = (RunStarted | StepStarted | StepProgress | StepRetrying | StepFinished | RunFinished
+         | RowStarted | RowFinished | RateLimits | DatasetFinished)
 
 
 @dataclass

@@ -650,6 +650,10 @@ class MockClient:
         pieces = 12
         per_piece = self.latency * (0.4 + digest[0] / 255 * 1.2) / pieces
         size = max(1, len(words) // pieces)
+        if not request.stream:  # the whole answer at once, after the same total latency
+            if per_piece:
+                await asyncio.sleep(per_piece * pieces)
+            words, size = [], 1
         for i in range(0, len(words), size):
             if per_piece:
                 await asyncio.sleep(per_piece)

@@ -314,8 +314,11 @@ def run_live(request: RunRequest, prepared: _Prepared) -> int:
     capped = role_cap_note(engine, request.max_concurrency)
     if capped:
         view.print_note(err, capped)
-    display = view.make_view(interactive=view.is_interactive(err) and not request.quiet,
-                             quiet=request.quiet, console=err)
+    interactive = view.is_interactive(err) and not request.quiet
+    display = view.make_view(interactive=interactive, quiet=request.quiet, console=err)
+    # Streaming costs client CPU per token (which delays the next ready step): only the live
+    # tree shows tokens as they arrive.
+    engine.options.stream = interactive and not request.json
     fan_out = FanOut([writer, display])
     recorder = None
     if prepared.history is not None:

@@ -37,6 +37,22 @@ Retry-After
     ``retry-after-ms: <milliseconds>`` with the exact value (honoured by the
     OpenAI SDK).
 
+Rate limits (``rpm=``/``tpm=``, or ``--rpm``/``--tpm``)
+    A provider-style token bucket per limit: it holds ``burst`` seconds' worth of the
+    per-minute limit (at least one request), starts full and refills continuously.  A request
+    costs one request and ``prompt tokens + reply tokens`` tokens (the request's
+    ``max_tokens`` when larger, as OpenAI reserves it), charged when it arrives.  Every chat
+    answer (200 or error) carries OpenAI's headers: ``x-ratelimit-limit-requests`` (the
+    per-minute limit), ``x-ratelimit-remaining-requests`` (whole requests left in the bucket),
+    ``x-ratelimit-reset-requests`` (time until the bucket is full again, ``"20ms"``/``"1.5s"``)
+    and the same three for ``-tokens``.  A request the bucket cannot pay for is answered 429
+    with ``Retry-After``/``retry-after-ms`` (time until it could be paid) and costs nothing;
+    its record has ``rate_limited`` set.
+
+Reply length
+    ``reply_tokens=N`` pads every default reply to N words; ``stream_chunk_tokens=K`` streams
+    replies K words per chunk (default: 4-8 chunks), as providers stream one token per chunk.
+
 Stopping
     ``stop()`` wakes every sleeping/hanging request at once (they all wait on one
     ``threading.Event``); such requests are abandoned, i.e. the connection is
@@ -156,6 +172,7 @@ class RequestRecord:
     path: str = ""
     reply: str | None = None
     abandoned: bool = False
+    rate_limited: bool = False
 
     @property
     def text(self) -> str:
@@ -236,6 +253,54 @@ def _peer_closed(conn: socket.socket) -> bool:
         return conn.recv(1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):
         return True
+
+
+def pad_reply(reply: str, words: int) -> str:
+    """``reply`` followed by filler words, ``words`` words in all (never shorter than 1)."""
+    have = reply.split()
+    filler = [f"word{i % 97}" for i in range(max(0, words - len(have)))]
+    return " ".join([*have, *filler][: max(1, words)])
+
+
+def _format_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``"20ms"`` below a second, else ``"1.5s"``/``"2m3s"``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    return (f"{int(minutes)}m" if minutes else "") + f"{rest:.3g}s"
+
+
+class _Bucket:
+    """A token bucket holding ``burst`` seconds of a per-minute ``limit`` (callers lock)."""
+
+    def __init__(self, limit: float, burst: float) -> None:
+        self.limit = limit
+        self.rate = limit / 60.0
+        self.capacity = max(1.0, self.rate * burst)
+        self.level = self.capacity
+        self.updated = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` can be paid (0: now); a cost above the capacity is paid
+        once the bucket is full."""
+        self._refill(now)
+        need = min(cost, self.capacity) - self.level
+        return max(0.0, need / self.rate)
+
+    def take(self, cost: float) -> None:
+        self.level -= min(cost, self.capacity)
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": str(int(self.limit)),
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": _format_duration(
+                (self.capacity - self.level) / self.rate),
+        }
 
 
 class _Abandon(Exception):
@@ -389,6 +454,10 @@ class FakeLLMServer:
         port: port to bind; 0 (default) picks a free ephemeral port.
         max_hang: upper bound in seconds for ``hang=True`` requests.
         verbose: log each HTTP request to stderr.
+        rpm, tpm: requests / tokens per minute to enforce (see "Rate limits" above).
+        burst: seconds' worth of each limit the buckets hold.
+        reply_tokens: pad default replies to this many words.
+        stream_chunk_tokens: words per streamed chunk.
     """
 
     def __init__(
@@ -399,8 +468,19 @@ class FakeLLMServer:
         port: int = 0,
         max_hang: float = DEFAULT_MAX_HANG,
         verbose: bool = False,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst: float = 1.0,
+        reply_tokens: int | None = None,
+        stream_chunk_tokens: int | None = None,
     ) -> None:
         self.latency = latency
+        self.reply_tokens = reply_tokens
+        self.stream_chunk_tokens = stream_chunk_tokens
+        self._buckets = {
+            kind: _Bucket(limit, burst) for kind, limit in (("requests", rpm), ("tokens", tpm))
+            if limit
+        }
         self.chunk_delay = chunk_delay
         self.max_hang = max_hang
         self.verbose = verbose
@@ -568,6 +648,35 @@ class FakeLLMServer:
                     return dataclasses.replace(rule)
         return None
 
+    # -- rate limits -----------------------------------------------------------
+
+    def _charge(self, record: RequestRecord) -> dict[str, str]:
+        """Charge the buckets for a request: the ``x-ratelimit-*`` headers to send, with
+        ``"status": "429"`` (and Retry-After) when the request cannot be paid for."""
+        if not self._buckets:
+            return {}
+        reply = self.reply_tokens or count_tokens(default_reply(record.messages))
+        asked = record.body.get("max_tokens") if isinstance(record.body, dict) else None
+        if isinstance(asked, int) and asked > reply:
+            reply = asked
+        costs = {"requests": 1.0, "tokens": float(count_tokens(record.text) + reply)}
+        headers: dict[str, str] = {}
+        with self._cond:
+            now = time.monotonic()
+            waits = [bucket.wait(costs[kind], now) for kind, bucket in self._buckets.items()]
+            refused = max(waits) > 0
+            for kind, bucket in self._buckets.items():
+                if not refused:
+                    bucket.take(costs[kind])
+                headers.update(bucket.headers(kind))
+            if refused:
+                record.rate_limited = True
+                wait = max(waits)
+                headers["status"] = "429"
+                headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        return headers
+
     # -- request log -----------------------------------------------------------
 
     @property
@@ -673,13 +782,22 @@ class FakeLLMServer:
 
     def _respond(self, handler: _Handler, record: RequestRecord) -> None:
         conn: socket.socket = handler.connection
+        limit_headers = self._charge(record)
+        request_id = f"req-fake-{record.index}"
+        if limit_headers.pop("status", None) == "429":  # the gateway refuses before the model
+            record.status = 429
+            handler._send_json(
+                429,
+                _error_payload(429, "Rate limit reached for requests. Please try again later."),
+                {"x-request-id": request_id, **limit_headers},
+            )
+            return
         rule = self._take_rule(record.text) or Rule()
         self._wait(self.latency + rule.latency, conn)
         if rule.hang:
             self._wait(self.max_hang, conn)
             raise _Abandon
-        request_id = f"req-fake-{record.index}"
-        extra = {"x-request-id": request_id, **(rule.headers or {})}
+        extra = {"x-request-id": request_id, **limit_headers, **(rule.headers or {})}
         if rule.raw_body is not None:
             record.status = rule.status
             handler._send_raw(rule.status, rule.raw_body.encode(), extra)
@@ -695,6 +813,8 @@ class FakeLLMServer:
             )
             return
         reply = rule.content if rule.content is not None else default_reply(record.messages)
+        if rule.content is None and self.reply_tokens:
+            reply = pad_reply(reply, self.reply_tokens)
         record.reply = reply
         model = record.model or "fake-model"
         completion_id = f"chatcmpl-fake-{record.index}"
@@ -750,8 +870,12 @@ class FakeLLMServer:
         record.status = 200
         handler._start_sse(extra)
         handler._send_sse(chunk({"role": "assistant", "content": ""}))
-        pieces = (split_pieces(reply, rule.pieces, min(4, rule.pieces)) if rule.pieces
-                  else split_pieces(reply))
+        size = self.stream_chunk_tokens
+        if size:
+            pieces = re.findall(rf"(?:\s*\S+){{1,{size}}}\s*", reply) or [""]
+        else:
+            pieces = (split_pieces(reply, rule.pieces, min(4, rule.pieces)) if rule.pieces
+                      else split_pieces(reply))
         for piece in pieces:
             if delay > 0:
                 self._wait(delay, conn)
@@ -784,6 +908,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--content", default=None, help="fixed reply text for every request")
     parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    parser.add_argument("--rpm", type=float, default=None, help="requests per minute to enforce")
+    parser.add_argument("--tpm", type=float, default=None, help="tokens per minute to enforce")
+    parser.add_argument("--burst", type=float, default=1.0,
+                        help="seconds' worth of each limit the buckets hold")
+    parser.add_argument("--reply-tokens", type=int, default=None, help="words per reply")
+    parser.add_argument("--stream-chunk-tokens", type=int, default=None,
+                        help="words per streamed chunk")
+    parser.add_argument("--log", default=None,
+                        help="on exit, write one JSON line per request (times, status) here")
     parser.add_argument("--rules", default=None,
                         help="JSON file: a list of add_rule() keyword arguments, in order")
     args = parser.parse_args(argv)
@@ -796,7 +929,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     server = FakeLLMServer(
-        latency=args.latency, chunk_delay=args.chunk_delay, port=args.port, verbose=args.verbose
+        latency=args.latency, chunk_delay=args.chunk_delay, port=args.port, verbose=args.verbose,
+        rpm=args.rpm, tpm=args.tpm, burst=args.burst, reply_tokens=args.reply_tokens,
+        stream_chunk_tokens=args.stream_chunk_tokens,
     )
     if args.rules is not None:
         with open(args.rules, encoding="utf-8") as handle:
@@ -808,6 +943,12 @@ def main(argv: list[str] | None = None) -> int:
         print(server.url, flush=True)
         while not done.wait(0.5):
             pass
+        if args.log is not None:
+            with open(args.log, "w", encoding="utf-8") as log:
+                for r in server.requests:
+                    log.write(json.dumps({"started": r.started, "finished": r.finished,
+                                          "status": r.status, "stream": r.stream,
+                                          "rate_limited": r.rate_limited}) + "\n")
     return 0
 
 

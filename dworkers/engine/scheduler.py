@@ -22,12 +22,13 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dworkers import dag, prompts
 from dworkers.endpoints import endpoint_for
+from dworkers.engine.pool import Pool
 from dworkers.errors import (
     InputError,
     LLMError,
@@ -41,7 +42,11 @@ from dworkers.errors import (
 )
 from dworkers.events import (
     MOCK_MODEL,
+    DatasetResult,
     Event,
+    RateLimits,
+    Row,
+    RowResult,
     RunFinished,
     RunResult,
     RunStarted,
@@ -63,9 +68,9 @@ from dworkers.llm import (
     knows_price,
 )
 from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.ratelimit import Budget, RateGate
 from dworkers.tenants.config import TenantConfig, check_api_base, check_model_name
 from dworkers.text import crop, one_line
-from dworkers.types import WorkerRole
 
 EventCallback = Callable[[Event], None]
 Attempt = StepResult | LLMError
@@ -95,6 +100,10 @@ class RunOptions:
     rate_limit_wait: float | None = None  # a step's total 429 waiting (the tenant's if None)
     # How the engine waits between attempts; tests pass one that records instead of sleeping.
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    # Stream answers token by token: only worth its CPU when someone watches them arrive (the
+    # live tree). Dataset runs never stream.
+    stream: bool = True
+    row_window: int | None = None  # dataset runs: rows active at once (default 2 × slots + 8)
 
 
 def cache_key(model: str, messages: list[Message], api_base: str | None = None) -> str:
@@ -175,7 +184,10 @@ class Engine:
         on_event: EventCallback | None = None,
         reuse: Mapping[str, StepResult] | None = None,
         cache: StepCache | None = None,
+        rate_gate: RateGate | None = None,
+        budget: Budget | None = None,
     ) -> None:
+        """``rate_gate`` and ``budget`` replace the in-process ones (a cluster shares them)."""
         self.plan = plan
         self.tenant = tenant
         self.client = client
@@ -183,7 +195,10 @@ class Engine:
         self.on_event = on_event
         self.reuse = dict(reuse or {})
         self.cache = cache
+        self.rate_gate = rate_gate
+        self.budget = budget
         self.result: RunResult | None = None  # the latest run's result, even if interrupted
+        self.dataset_result: DatasetResult | None = None  # the latest dataset run's totals
 
     # --- what a run will do ------------------------------------------------------------------
 
@@ -397,17 +412,54 @@ class Engine:
         ``RunFinished`` event before ``CancelledError`` propagates."""
         values = self.resolve_inputs(inputs)
         self.preflight()
-        return await _Run(self, values).execute()
+        return await _Run(self, values, self.pool(stream=self.options.stream, probe=False)
+                          ).execute()
+
+    def run_many(
+        self,
+        rows: Iterable[Row | Mapping[str, object]] | AsyncIterable[Row | Mapping[str, object]],
+        *,
+        max_failures: int | None = None,
+    ) -> AsyncIterator[RowResult]:
+        """Run the plan once per row, all rows sharing the run's slots, rate limits and
+        budget; yields each row's result as it finishes. See ``dworkers.engine.rows``."""
+        from dworkers.engine.rows import run_rows
+
+        return run_rows(self, rows, max_failures=max_failures)
+
+    def pool(self, *, stream: bool, probe: bool) -> Pool:
+        """The capacity one run (all its rows) shares."""
+        return Pool(
+            self.tenant, self.max_concurrency,
+            rate_gate=self.rate_gate, budget=self.budget, max_cost_usd=self.max_cost_usd,
+            stated_limits=self.stated_limits(), probe=probe, stream=stream,
+        )
+
+    def stated_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        """Model → (rpm, tpm) the tenant states for the models this plan calls."""
+        stated = {}
+        for step in self.plan.steps:
+            model = self.model_for(step)
+            limits = self.tenant.rate_limits_for(model)
+            if limits != (None, None):
+                stated[model] = limits
+        return stated
 
 
 class _Run:
     """The mutable state of one run, kept out of ``Engine`` so an engine can run again."""
 
-    def __init__(self, engine: Engine, inputs: dict[str, str]) -> None:
+    def __init__(self, engine: Engine, inputs: dict[str, str], pool: Pool,
+                 row: Row | None = None, priority: int = 0) -> None:
         self.engine = engine
         self.plan = engine.plan
         self.options = engine.options
         self.inputs = inputs
+        self.pool = pool
+        self.row = row
+        self.row_key = row.key if row is not None else None
+        self.priority = priority  # lower is served first: rows in the order they started
+        self.reuse = row.reuse if row is not None else engine.reuse
         self.emit: EventCallback = engine.on_event or (lambda event: None)
         self.graph = self.plan.graph
         self.dependents: dict[str, list[str]] = {sid: [] for sid in self.graph}
@@ -422,20 +474,13 @@ class _Run:
         self.attempts: dict[str, int] = {}
         self.asked: dict[str, str] = {}  # step → digest of the messages it was sent
         self.finished: asyncio.Queue[StepResult] = asyncio.Queue()
-        self.stop_reason: str | None = None
+        self._stop_reason: str | None = None
         self.failed_fast = False
         self.interrupted = False
         self.work: deque[tuple[Callable[[Any], None], Any]] = deque()
         self.draining = False
-        self.spent = 0.0
         if engine.max_cost_usd is not None and engine.max_cost_usd == 0:
-            self.stop_reason = "budget of $0 allows no calls"
-        self.global_slots = asyncio.Semaphore(engine.max_concurrency)
-        self.role_slots: dict[WorkerRole, asyncio.Semaphore] = {}
-        for role in WorkerRole:
-            limit = engine.tenant.worker(role).max_concurrent_tasks
-            if limit:
-                self.role_slots[role] = asyncio.Semaphore(limit)
+            pool.stop_reason = "budget of $0 allows no calls"
         self.result = RunResult(
             run_id=self.options.run_id or new_run_id(),
             plan=self.plan.name,
@@ -443,11 +488,18 @@ class _Run:
             inputs=inputs,
             started_at=time.time(),
         )
-        engine.result = self.result
+        if row is None:
+            engine.result = self.result
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why no new step starts: this run's fail-fast, or the budget every row shares."""
+        return self._stop_reason or self.pool.stop_reason
 
     async def execute(self) -> RunResult:
         t0 = time.monotonic()
-        self.emit(self.engine.describe(self.result.run_id, t0))
+        if self.row is None:
+            self.emit(self.engine.describe(self.result.run_id, t0))
         try:
             for sid in self.graph:
                 if not self.waiting_on[sid]:
@@ -498,7 +550,7 @@ class _Run:
             return
         step = self.plan.get_step(sid)
         assert step is not None
-        reused = self.engine.reuse.get(sid)
+        reused = self.reuse.get(sid)
         if reused is not None and self.engine.still_applies(step, reused, self.inputs,
                                                             self.outputs):
             self.work.append((self._settle, as_reused(reused)))
@@ -507,12 +559,14 @@ class _Run:
             self.work.append((self._settle, self.not_started(step)))
             return
         task = asyncio.create_task(self.guarded(step), name=f"step:{sid}")
+        self.pool.step_started()
         task.add_done_callback(lambda done: self.never_started(done, step))
         self.tasks[sid] = task
 
     def never_started(self, task: asyncio.Task[None], step: PlanStep) -> None:
         """A task cancelled before its first step ran never reaches ``guarded``'s handler:
         report it here, or the run would wait for it forever."""
+        self.pool.step_ended()
         if task.cancelled():
             self.finished.put_nowait(self.not_started(step))
 
@@ -546,7 +600,7 @@ class _Run:
         if sid in self.asked and result.messages_digest is None:
             result = result.model_copy(update={"messages_digest": self.asked[sid]})
         self.decided[sid] = result
-        self.emit(StepFinished(result, time.monotonic()))
+        self.emit(StepFinished(result, time.monotonic(), self.row_key))
         if result.succeeded:
             self.outputs[sid] = result.output
             for child in self.dependents[sid]:
@@ -556,8 +610,8 @@ class _Run:
             return
         if result.status is StepStatus.FAILED and self.options.fail_fast and not self.failed_fast:
             self.failed_fast = True
-            self.stop_reason = f"stopped because {sid} failed (--fail-fast)"
-            self.cancel_reason = self.stop_reason
+            self._stop_reason = f"stopped because {sid} failed (--fail-fast)"
+            self.cancel_reason = self._stop_reason
             for task in self.tasks.values():
                 task.cancel()
         verb = {StepStatus.FAILED: "failed", StepStatus.SKIPPED: "was skipped",
@@ -595,13 +649,13 @@ class _Run:
         self.result.interrupted = interrupted
         self.result.success = not interrupted and all(r.succeeded for r in ordered.values())
         self.result.total_duration_ms = (time.monotonic() - t0) * 1000
-        self.emit(RunFinished(self.result, time.monotonic()))
+        if self.row is None:
+            self.emit(RunFinished(self.result, time.monotonic()))
 
     # --- one step -----------------------------------------------------------------------------
 
     async def attempt_all(self, step: PlanStep) -> StepResult:
-        role_slot = self.role_slots.get(step.worker_role)
-        async with role_slot or contextlib.nullcontext(), self.global_slots:
+        async with self.pool.slots(step.worker_role, self.priority):
             if self.stop_reason:
                 return self.skipped(step.step_id, self.stop_reason)
             engine = self.engine
@@ -622,7 +676,7 @@ class _Run:
             request = LLMRequest(model, messages, engine.timeout_for(step), step.step_id,
                                  step.worker_role.value, engine.api_base, api_key,
                                  total_timeout=engine.answer_timeout_for(step),
-                                 price=engine.price_for(model))
+                                 price=engine.price_for(model), stream=self.pool.stream)
             return await self.attempts_of(step, request, key)
 
     async def attempts_of(self, step: PlanStep, request: LLMRequest, key: str) -> StepResult:
@@ -634,14 +688,29 @@ class _Run:
         failures = rate_limits = 0
         waited_for_limits = 0.0
         spent = _Spent()
+        last_error: LLMError | None = None
         while True:
+            expected_cost = self.pool.estimator.cost(model, step.step_id)
+            refused = await self.pool.budget.reserve(expected_cost)
+            if refused:  # the budget is spent (by this row or any other)
+                self.pool.stop_reason = self.pool.stop_reason or refused
+                if last_error is None:
+                    return self.skipped(step.step_id, refused)
+                return spent.add_to(self.ended(step, StepStatus.FAILED,
+                                               f"{last_error} (not retried: {refused})",
+                                               model=model))
             attempt = self.attempts[step.step_id] = self.attempts.get(step.step_id, 0) + 1
             self.emit(StepStarted(step.step_id, attempt, engine.shown_model(step),
                                   time.monotonic(),
-                                  tuple(request.messages) if attempt == 1 else ()))
-            outcome = await self.one_attempt(step, request, key)
+                                  tuple(request.messages) if attempt == 1 else (),
+                                  self.row_key))
+            outcome = await self.one_attempt(
+                step, request, key, max(0.0, engine.rate_limit_wait - waited_for_limits))
+            # Counted before the slot is released to a waiting step:
+            cost = (outcome.cost_usd if isinstance(outcome, StepResult)
+                    else (outcome.usage.cost_usd or 0.0) if outcome.usage is not None else 0.0)
+            await self.spend(cost, reserved=expected_cost)
             if isinstance(outcome, StepResult):
-                self.spend(outcome.cost_usd)  # before the slot is released to a waiting step
                 result = spent.add_to(outcome)
                 if result.truncated and engine.tenant.limits.on_truncation == "fail":
                     return result.model_copy(update={
@@ -650,10 +719,9 @@ class _Run:
                                  "(finish_reason 'length') — shorten the task, or set the "
                                  "tenant's limits.on_truncation: keep"})
                 return result
-            error = outcome
+            error = last_error = outcome
             if error.usage is not None:
                 spent.count(error.usage)
-                self.spend(error.usage.cost_usd or 0.0)
             note = ""
             if isinstance(error, RateLimitError):
                 rate_limits += 1
@@ -682,12 +750,15 @@ class _Run:
                 return spent.add_to(self.ended(step, StepStatus.FAILED,
                                                f"{error} (not retried: {self.stop_reason})",
                                                model=model))
-            self.emit(StepRetrying(step.step_id, attempt, f"{error}{note}", wait))
+            self.emit(StepRetrying(step.step_id, attempt, f"{error}{note}", wait, self.row_key))
             await self.options.sleep(wait)
 
     async def one_attempt(
-        self, step: PlanStep, request: LLMRequest, key: str
+        self, step: PlanStep, request: LLMRequest, key: str, longest_pause: float = math.inf
     ) -> Attempt:
+        """One call. The rate gate is told how it went; after a 429 it holds the model's next
+        calls for as long as asked, but never longer than this step will wait
+        (``longest_pause``: what is left of the step's ``rate_limit_wait``)."""
         tokens = 0
         tail = ""
         received: list[str] = []
@@ -706,8 +777,15 @@ class _Run:
             received.append(piece)
             tokens += 1
             tail = (tail + piece)[-PREVIEW_CHARS:]
-            self.emit(StepProgress(step.step_id, tokens, tail))
+            self.emit(StepProgress(step.step_id, tokens, tail, self.row_key))
 
+        pool, model = self.pool, request.model
+        gate = None if self.engine.offline else pool.rate_gate
+        prompt_chars = sum(len(m.get("content", "")) for m in request.messages)
+        estimate = pool.estimator.estimate(model, step.step_id, prompt_chars)
+        if gate is not None:
+            await gate.acquire(model, estimate)
+        pool.calls += 1
         whole = asyncio.timeout(total)
         try:
             async with whole, quiet:
@@ -727,7 +805,24 @@ class _Run:
                 message = f"timed out: no answer within {request.timeout:g}s"
             return ProviderTimeoutError(message, usage=Usage(prompt, answer, cost, True))
         except LLMError as exc:
+            status = 429 if isinstance(exc, RateLimitError) else exc.status or 0
+            pool.rate_limited += status == 429
+            if gate is not None:
+                headers = dict(exc.headers)
+                if status == 429:
+                    asked = exc.retry_after
+                    for name in ("retry-after", "retry-after-ms"):
+                        headers.pop(name, None)
+                    if asked is not None:
+                        pause = min(asked, longest_pause)
+                        headers["retry-after-ms"] = f"{pause * 1000:.0f}"
+                await self.observe(gate, model, status, headers, 0, estimate)
             return exc
+        used = completion.prompt_tokens + completion.completion_tokens
+        if gate is not None:
+            await self.observe(gate, model, 200, completion.headers, used, estimate)
+        pool.estimator.learn(model, step.step_id, prompt_chars, completion.prompt_tokens,
+                             completion.completion_tokens, completion.cost_usd or 0.0)
         result = self.ended(step, StepStatus.SUCCEEDED, None, model=completion.model)
         return result.model_copy(update={
             "output": completion.text,
@@ -739,11 +834,20 @@ class _Run:
             "cache_key": key,
         })
 
-    def spend(self, cost: float) -> None:
-        self.spent += cost
-        budget = self.engine.max_cost_usd
-        if budget is not None and self.spent >= budget and not self.stop_reason:
-            self.stop_reason = f"budget of ${budget:g} reached (${self.spent:.4f} spent)"
+    async def spend(self, cost: float, *, reserved: float) -> None:
+        """Count an attempt's cost against the budget every row shares; once it is spent, no
+        new step starts anywhere in the run."""
+        refused = await self.pool.budget.commit(reserved, cost)
+        if refused and not self.pool.stop_reason:
+            self.pool.stop_reason = refused
+
+    async def observe(self, gate: RateGate, model: str, status: int,
+                      headers: Mapping[str, str], tokens: int, estimate: int) -> None:
+        """Tell the rate gate how a call went; the view hears when a model's limits change."""
+        changed = await gate.observe(model, status, dict(headers), tokens, estimate)
+        if changed is not None:
+            self.emit(RateLimits(changed.model, changed.rpm, changed.tpm, changed.source,
+                                 time.monotonic()))
 
     def backoff(self, failures: int) -> float:
         base = self.options.retry_base_delay * 2.0 ** (failures - 1)

@@ -89,6 +89,16 @@ class WorkerConfig(_Strict):
         "once (none: only limits.max_concurrency applies).")
 
 
+class RateLimitConfig(_Strict):
+    """A model's provider limits, when the tenant knows them (else they are learned from the
+    provider's answers)."""
+
+    rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                              description="Requests per minute.")
+    tpm: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                              description="Tokens per minute (prompt + answer).")
+
+
 class LimitsConfig(_Strict):
     """What one run may use."""
 
@@ -113,6 +123,9 @@ class LimitsConfig(_Strict):
     on_truncation: Literal["keep", "fail"] = Field(
         default="keep", description="An answer cut off at the model's token limit: 'keep' it "
         "(marked truncated) or 'fail' the step.")
+    rate_limits: dict[str, RateLimitConfig] = Field(
+        default_factory=dict, description="Model (or glob such as 'openai/*') → its provider "
+        "limits (rpm, tpm); calls stay under them and under what the provider's answers say.")
 
 
 class ModelPrice(_Strict):
@@ -197,6 +210,14 @@ class TenantConfig(_Strict):
             if fnmatch.fnmatchcase(model, pattern):
                 return price
         return None
+
+    def rate_limits_for(self, model: str) -> tuple[float | None, float | None]:
+        """(rpm, tpm) the tenant states for ``model``: its own entry, else the first glob that
+        matches it, else (None, None)."""
+        limits = self.limits.rate_limits
+        entry = limits.get(model) or next(
+            (v for k, v in limits.items() if fnmatch.fnmatchcase(model, k)), None)
+        return (entry.rpm, entry.tpm) if entry else (None, None)
 
     def worker(self, role: WorkerRole) -> WorkerConfig:
         return self.workers.get(role) or WorkerConfig()

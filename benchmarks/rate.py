@@ -1,0 +1,114 @@
+"""A dataset run against a provider-style rate limit it is not told: how much of it is used.
+
+The local test server runs in its own process and enforces a requests-per-minute token bucket
+(one second's worth deep), sends OpenAI's ``x-ratelimit-*`` headers on every answer and 429 +
+Retry-After when a request comes too early; replies are a few hundred tokens. The engine runs
+``rows`` rows of a three-step plan through ``Engine.run_many`` with 64 slots and no rate
+configured. Goals: ≥ 90 % of the limit sustained, ≤ 3 % of calls answered 429, no row failed.
+
+    python benchmarks/rate.py [--rpm 1500] [--rows 1000] [--latency 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from _common import ROOT
+
+from dworkers.engine import PlanBuilder, RunOptions
+from dworkers.events import EventLog, RateLimits, RowStatus
+from dworkers.llm import load_litellm
+from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig
+
+SERVER = ROOT / "tests" / "fake_llm_server.py"
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], log: Path) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, str(SERVER), *args, "--log", str(log)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def plan() -> BasePlan:
+    """Scope one item, then two analyses of it: three calls a row, two of them side by side."""
+    result = BasePlan("rate-bench", description="benchmark")
+    result.add_step(PlanStep(step_id="scope", name="Scope", prompt_template="Scope {item}"))
+    for sid in ("risks", "costs"):
+        result.add_step(PlanStep(step_id=sid, name=sid.title(), depends_on=["scope"],
+                                 prompt_template=f"List the {sid} of {{item}}"))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--rpm", type=float, default=1500)
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--latency", type=float, default=0.4, help="server seconds per answer")
+    parser.add_argument("--reply-tokens", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark")
+    tenant = TenantConfig(id="bench", models=ModelsConfig(default="openai/bench-model"),
+                          limits=LimitsConfig(max_concurrency=args.concurrency,
+                                              timeout_seconds=60))
+    rows = [{"item": f"product {i}"} for i in range(1, args.rows + 1)]
+    log = EventLog()
+    with tempfile.TemporaryDirectory() as tmp:
+        requests_log = Path(tmp) / "requests.jsonl"
+        server_args = ["--rpm", str(args.rpm), "--latency", str(args.latency),
+                       "--reply-tokens", str(args.reply_tokens)]
+        with server_process(server_args, requests_log) as url:
+            engine = PlanBuilder(plan(), tenant, api_base=url, options=RunOptions(),
+                                 on_event=log).build()
+
+            async def run() -> list[RowStatus]:
+                return [r.status async for r in engine.run_many(rows)]
+
+            t0 = time.monotonic()
+            load_litellm()  # its import is the same for one call or ten thousand
+            loaded = time.monotonic()
+            statuses = asyncio.run(run())
+            wall = time.monotonic() - t0
+        requests = [json.loads(line) for line in requests_log.read_text().splitlines()]
+    accepted = sorted(r["started"] for r in requests if not r["rate_limited"])
+    refused = sum(1 for r in requests if r["rate_limited"])
+    calls = len(accepted)
+    sustained = (calls - 1) / (accepted[-1] - accepted[0]) * 60
+    ideal = calls / (args.rpm / 60)
+    learned = [e for e in log.events if isinstance(e, RateLimits)]
+    failed = sum(1 for s in statuses if s is not RowStatus.SUCCEEDED)
+    print(f"limit {args.rpm:g} RPM (not told; bucket of 1 s), {args.rows} rows × 3 steps, "
+          f"{args.concurrency} slots, answers of {args.reply_tokens} tokens after "
+          f"{args.latency:g}s")
+    print(f"learned limit:       {learned[0].rpm if learned else None} RPM "
+          f"(from {learned[0].source if learned else '-'})")
+    print(f"calls answered:      {calls} (+ {refused} answered 429)")
+    print(f"share of limit:      {sustained / args.rpm:.1%} sustained "
+          f"({sustained:.0f} calls/min, first to last accepted call)")
+    print(f"429 share:           {refused / len(requests):.2%} of {len(requests)} requests")
+    print(f"rows failed:         {failed} of {len(statuses)}")
+    print(f"wall vs ideal:       {wall - (loaded - t0):.1f}s vs {ideal:.1f}s  "
+          f"({(wall - (loaded - t0)) / ideal:.3f}×; litellm's import, {loaded - t0:.1f}s, "
+          "not counted)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Pacing to a provider's limits: learned from headers, tightened on 429, never exceeded.
+
+The pacer is pure (it is handed the time), so these tests drive it against a simulated
+provider bucket on a simulated clock: thousands of calls, no waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import math
+
+import pytest
+from fake_llm_server import _Bucket
+
+from dworkers.ratelimit import (
+    LocalBudget,
+    Pacer,
+    RateLimitsInfo,
+    Slot,
+    TokenEstimator,
+)
+
+
+class SimulatedProvider:
+    """The local test server's token buckets on a simulated clock, with its headers."""
+
+    def __init__(self, rpm: float | None, tpm: float | None = None, burst: float = 1.0,
+                 say_limits: bool = True) -> None:
+        self.buckets = {kind: _Bucket(limit, burst) for kind, limit
+                        in (("requests", rpm), ("tokens", tpm)) if limit}
+        for bucket in self.buckets.values():
+            bucket.updated = 0.0
+        self.say_limits = say_limits
+        self.accepted: list[float] = []
+        self.refused = 0
+
+    def call(self, at: float, tokens: int) -> tuple[int, dict[str, str]]:
+        costs = {"requests": 1.0, "tokens": float(tokens)}
+        waits = [b.wait(costs[k], at) for k, b in self.buckets.items()]
+        refused = bool(waits) and max(waits) > 0
+        headers: dict[str, str] = {}
+        for kind, bucket in self.buckets.items():
+            if not refused:
+                bucket.take(costs[kind])
+            if self.say_limits:
+                headers.update(bucket.headers(kind))
+        if refused:
+            self.refused += 1
+            headers["retry-after-ms"] = str(math.ceil(max(waits) * 1000))
+            return 429, headers
+        self.accepted.append(at)
+        return 200, headers
+
+
+def simulate(provider: SimulatedProvider, pacer: Pacer, *, calls: int, concurrency: int,
+             latency: float = 0.5, tokens: int = 300, estimate: int | None = None,
+             model: str = "openai/m") -> float:
+    """``calls`` calls, at most ``concurrency`` at once, each retried after a 429 until it is
+    answered. Returns the simulated time the last one was answered."""
+    now = 0.0
+    waiting = calls  # calls not yet booked
+    events: list[tuple[float, int, str]] = []  # (time, seq, "book", "send" or "answer")
+    answers: dict[int, tuple[int, dict[str, str]]] = {}
+    seq = 0
+    in_flight = 0
+    done = 0
+    guess = estimate or tokens
+
+    def book(at: float) -> None:
+        nonlocal seq
+        slot = pacer.schedule(model, guess, at)
+        seq += 1
+        heapq.heappush(events, (at + slot.delay, seq, "send" if slot.booked else "book"))
+
+    while waiting and in_flight < concurrency:
+        waiting -= 1
+        in_flight += 1
+        book(now)
+    bound = calls * 500
+    while done < calls and bound:
+        bound -= 1
+        now, number, kind = heapq.heappop(events)
+        if kind == "book":
+            book(now)
+            continue
+        if kind == "send":
+            seq += 1
+            answers[seq] = status, headers = provider.call(now, tokens)
+            heapq.heappush(events, (now + (latency if status == 200 else 0.01), seq, "answer"))
+            continue
+        status, headers = answers.pop(number)
+        pacer.observe(model, status, headers, tokens if status == 200 else 0, guess, now)
+        if status == 429:
+            book(now)
+            continue
+        done += 1
+        in_flight -= 1
+        if waiting:
+            waiting -= 1
+            in_flight += 1
+            book(now)
+    assert done == calls
+    return now
+
+
+def sustained_share(provider: SimulatedProvider, rpm: float) -> float:
+    """Accepted calls per minute over the run, as a share of the limit."""
+    span = provider.accepted[-1] - provider.accepted[0]
+    return (len(provider.accepted) - 1) / span * 60 / rpm
+
+
+@pytest.mark.parametrize("rpm", [600, 1200, 3000])
+def test_an_unstated_request_limit_is_learned_and_used_to_at_least_90_percent(rpm: int) -> None:
+    provider = SimulatedProvider(rpm=rpm)
+    pacer = Pacer()
+    simulate(provider, pacer, calls=2000, concurrency=64)
+    assert sustained_share(provider, rpm) >= 0.90
+    assert provider.refused / 2000 <= 0.03
+    assert pacer.limits("openai/m").rpm == rpm
+    assert pacer.limits("openai/m").source == "headers"
+
+
+def test_the_pace_never_exceeds_the_limit_over_any_minute() -> None:
+    provider = SimulatedProvider(rpm=1200, burst=60)  # a bucket of a whole minute
+    simulate(provider, Pacer(), calls=3000, concurrency=100)
+    times = provider.accepted
+    most = max(bisect.bisect_left(times, times[i] + 60) - i for i in range(len(times)))
+    assert 1100 <= most <= 1200
+    assert provider.refused == 0
+
+
+def test_a_token_limit_paces_calls_by_their_estimated_size() -> None:
+    # 300-token calls at 60,000 TPM: at most 200 calls a minute, though requests allow 10,000.
+    provider = SimulatedProvider(rpm=10_000, tpm=60_000)
+    simulate(provider, Pacer(), calls=600, concurrency=64, tokens=300)
+    share = sustained_share(provider, 200)
+    assert 0.90 <= share <= 1.0
+    assert provider.refused / 600 <= 0.03
+
+
+def test_an_underestimate_is_settled_so_the_token_limit_still_holds() -> None:
+    provider = SimulatedProvider(rpm=10_000, tpm=60_000)
+    simulate(provider, Pacer(), calls=600, concurrency=64, tokens=300, estimate=100)
+    assert provider.refused / 600 <= 0.03
+    assert sustained_share(provider, 200) <= 1.0
+
+
+def test_a_limit_the_provider_never_states_is_found_from_its_429s() -> None:
+    provider = SimulatedProvider(rpm=1200, say_limits=False)
+    pacer = Pacer()
+    simulate(provider, pacer, calls=3000, concurrency=64)
+    limits = pacer.limits("openai/m")
+    assert limits.source == "429" and limits.rpm is not None
+    assert 0.8 * 1200 <= limits.rpm <= 1.25 * 1200  # found by trying
+    assert provider.refused / 3000 <= 0.10  # some 429s while it probes; every call answered
+    assert sustained_share(provider, 1200) >= 0.75
+
+
+def test_a_tenant_stated_limit_holds_before_any_answer() -> None:
+    # The provider would allow 3000 RPM, the tenant says 600: the tenant wins from call one.
+    provider = SimulatedProvider(rpm=3000)
+    pacer = Pacer({"openai/m": (600, None)})
+    simulate(provider, pacer, calls=600, concurrency=64)
+    assert 0.90 <= sustained_share(provider, 600) <= 1.0
+    assert pacer.limits("openai/m").source == "tenant"
+
+
+def test_a_429_pauses_the_model_for_retry_after_and_slows_the_pace() -> None:
+    pacer = Pacer({"openai/m": (600, None)})
+    assert pacer.schedule("openai/m", 10, 100.0) == Slot(True, 0.0)
+    pacer.observe("openai/m", 429, {"retry-after": "3"}, 0, 10, 100.5)
+    assert pacer.schedule("openai/m", 10, 100.5).booked is False  # 3 s away: ask again
+    first = pacer.schedule("openai/m", 10, 103.0)
+    second = pacer.schedule("openai/m", 10, 103.0)
+    assert first.booked and second.booked
+    assert first.delay == pytest.approx(0.5)  # paused until 103.5
+    assert second.delay - first.delay > 60 / 600 / 0.97  # spaced wider than before the 429
+
+
+def test_calls_are_booked_at_most_a_second_ahead_so_a_new_pace_applies_at_once() -> None:
+    pacer = Pacer({"openai/m": (120, None)}, probe=False)  # a call every ~0.52 s
+    slots = [pacer.schedule("openai/m", 10, 0.0) for _ in range(4)]
+    assert [s.booked for s in slots] == [True, True, False, False]
+    pacer.observe("openai/m", 200, {"x-ratelimit-limit-requests": "6000"}, 10, 10, 0.1)
+    # The tenant's limit still bounds the pace: headers only ever lower a stated limit.
+    assert pacer.limits("openai/m").rpm == 120
+    pacer.observe("openai/m", 200, {"x-ratelimit-limit-requests": "30"}, 10, 10, 0.2)
+    assert pacer.limits("openai/m") == RateLimitsInfo("openai/m", 30, None, "headers")
+
+
+def test_the_first_call_to_an_unknown_model_goes_alone() -> None:
+    pacer = Pacer()
+    assert pacer.schedule("openai/m", 10, 0.0) == Slot(True, 0.0)
+    assert not pacer.schedule("openai/m", 10, 0.1).booked  # waits for the first answer
+    pacer.observe("openai/m", 200, {}, 20, 10, 0.5)  # no limits said: no pacing at all
+    assert pacer.schedule("openai/m", 10, 0.5) == Slot(True, 0.0)
+    assert pacer.schedule("openai/m", 10, 0.5) == Slot(True, 0.0)
+
+
+def test_limit_changes_are_reported_once() -> None:
+    pacer = Pacer()
+    headers = {"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "90000"}
+    info = pacer.observe("openai/m", 200, headers, 0, 0, 1.0)
+    assert info is not None and (info.rpm, info.tpm) == (500, 90000)
+    assert pacer.observe("openai/m", 200, headers, 0, 0, 2.0) is None
+
+
+def test_limits_are_read_in_any_header_dialect_and_garbage_is_ignored() -> None:
+    pacer = Pacer()
+    garbage = {"x-ratelimit-limit-requests": "lots", "x-ratelimit-limit-tokens": "inf",
+               "retry-after": "soon"}
+    assert pacer.observe("openai/m", 200, garbage, 10, 10, 1.0) is None
+    said = {"LLM_PROVIDER-X-RateLimit-Limit-Requests": "1200"}  # a gateway forwarding it
+    info = pacer.observe("openai/m", 200, said, 10, 10, 2.0)
+    assert info == RateLimitsInfo("openai/m", 1200, None, "headers")
+
+
+def test_token_estimates_learn_prompt_density_and_each_steps_answer_length() -> None:
+    estimator = TokenEstimator()
+    assert estimator.estimate("m", "scope", 400) == 100 + 256
+    estimator.learn("m", "scope", 400, prompt_tokens=200, completion_tokens=900, cost_usd=0.01)
+    assert estimator.estimate("m", "scope", 400) == 200 + 900
+    assert estimator.estimate("m", "other", 400) == 200 + 256  # answer lengths are per step
+    estimator.learn("m", "scope", 400, prompt_tokens=200, completion_tokens=100, cost_usd=0.01)
+    assert estimator.estimate("m", "scope", 400) > 200 + 100  # a long answer is not forgotten
+    assert estimator.cost("m", "scope") == 0.01
+
+
+def test_the_budget_refuses_calls_once_spent_or_held_by_calls_in_flight() -> None:
+    async def scenario() -> list[str | None]:
+        budget = LocalBudget(1.0)
+        seen = [await budget.reserve(0.4), await budget.reserve(0.4)]
+        seen.append(await budget.reserve(0.4))  # 0.8 held: a third would overrun
+        seen.append(await budget.commit(0.4, 0.45))
+        seen.append(await budget.commit(0.4, 0.6))  # spent 1.05
+        seen.append(await budget.reserve(0.0))
+        return seen
+
+    first, second, third, under, over, after = asyncio.run(scenario())
+    assert first is None and second is None and under is None
+    assert third is not None and "budget of $1 reached" in third
+    assert over == after == "budget of $1 reached ($1.0500 spent)"
+    assert asyncio.run(LocalBudget(0).reserve(0)) == "budget of $0 allows no calls"
+    assert asyncio.run(LocalBudget(None).reserve(1e9)) is None
