@@ -448,3 +448,19 @@ def test_a_second_resume_of_the_same_run_is_refused_while_the_first_goes(
         assert len(history.list_runs()) == 1
     code, _, _ = invoke("run", "--resume", run_id, *common)  # once it is done, it may
     assert code == 0 and len(llm_server.requests) == calls + 2
+
+
+def test_a_resume_after_the_endpoint_moved_makes_only_the_missing_calls(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("left"), status=500, error_message="boom")
+    assert invoke("run", str(plan_file), "-i", "topic=tea", "--model", "openai/test-model",
+                  "--api-base", llm_server.url)[0] == 1
+    with FakeLLMServer() as moved:  # the server restarted on another port
+        code, stdout, _ = invoke("run", "--resume", "last", "--api-base", moved.url, "--json")
+        assert code == 0
+        assert sorted(step for r in moved.requests for step in ("left", "final")
+                      if marker(step) in r.text) == ["final", "left"]
+        assert len(moved.requests) == 2
+    assert [sid for sid, r in json.loads(stdout)["outputs"].items() if r["cached"]] == [
+        "scope", "right"]
