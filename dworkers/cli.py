@@ -257,9 +257,12 @@ def show(
 
 def show_run(ref: str, step: str | None, *, as_json: bool) -> None:
     from dworkers import view
+    from dworkers.dataset_runner import show_dataset
     from dworkers.history import History
     from dworkers.text import clean, one_line
 
+    if show_dataset(ref, step, as_json=as_json):  # a dataset run: STEP names a row
+        return
     with History() as history:
         if step is not None:
             sys.stdout.write(clean(history.step_output(ref, step)).rstrip("\n") + "\n")
@@ -372,8 +375,19 @@ def run(
                      "With --resume, the resumed run's choice unless given.",
                      show_default=False),
     ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Run the plan once per row of this .csv or .jsonl file.")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="With --data: the column naming each row [default: id, "
+                                 "else the row number].", show_default=False),
+    ] = None,
+    max_failures: Annotated[
+        int | None, typer.Option(min=1, help="With --data: start no new row after N failed.")
+    ] = None,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
+    from dworkers.dataset_runner import DatasetRequest, execute_dataset, resumes_dataset
     from dworkers.runner import RunRequest, execute
 
     request = RunRequest(
@@ -381,8 +395,12 @@ def run(
         max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
         dry_run=dry_run, out=out, json=as_json, quiet=quiet, resume=resume, no_cache=no_cache,
     )
+    dataset = DatasetRequest(data=data, key=key, max_failures=max_failures)
     try:
-        code = execute(request)
+        if dataset.given or resumes_dataset(resume):
+            code = execute_dataset(request, dataset)
+        else:
+            code = execute(request)
     except DworkersError as exc:
         _fail(exc)
     raise typer.Exit(code)

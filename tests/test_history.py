@@ -206,7 +206,8 @@ def test_migrations_run_in_order_once_and_keep_existing_runs(
     assert db_rows(hist.path, "SELECT note FROM runs") == [("v3",)]
     with History(hist.path) as third:  # already current: nothing to do
         third.open()
-    assert applied == ["1", "3"]
+    before = len(migrations) - 2
+    assert applied == [str(before), str(len(migrations))]
 
 
 def test_a_failing_migration_is_rolled_back_entirely(
@@ -218,7 +219,7 @@ def test_a_failing_migration_is_rolled_back_entirely(
         *history_schema.MIGRATIONS, ("CREATE TABLE half (x)", "THIS IS NOT SQL")])
     with pytest.raises(HistoryError, match=r"history\.db"):
         History(hist.path).open()
-    assert db_rows(hist.path, "PRAGMA user_version") == [(1,)]
+    assert db_rows(hist.path, "PRAGMA user_version") == [(len(history_schema.MIGRATIONS) - 1,)]
     assert not db_rows(hist.path, "SELECT name FROM sqlite_master WHERE name = 'half'")
     assert db_rows(hist.path, "SELECT run_id FROM runs") == [("r1",)]
 

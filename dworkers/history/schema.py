@@ -70,6 +70,59 @@ MIGRATIONS: list[tuple[str, ...]] = [
         WHERE status = 'succeeded' AND cache_key IS NOT NULL
         """,
     ),
+    # 2: dataset runs — a run's rows, and each row's steps (see history.rows)
+    (
+        """
+        CREATE TABLE rows (
+            run_id            TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            key               TEXT NOT NULL,
+            number            INTEGER NOT NULL,
+            line              INTEGER,
+            status            TEXT NOT NULL
+                              CHECK (status IN ('pending', 'running', 'succeeded', 'failed',
+                                                'skipped', 'cancelled')),
+            inputs            TEXT NOT NULL DEFAULT '{}',
+            extra             TEXT NOT NULL DEFAULT '{}',
+            error             TEXT,
+            duration_ms       REAL NOT NULL DEFAULT 0,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd          REAL NOT NULL DEFAULT 0,
+            started_at        REAL,
+            finished_at       REAL,
+            PRIMARY KEY (run_id, key)
+        )
+        """,
+        "CREATE UNIQUE INDEX rows_order ON rows (run_id, number)",
+        """
+        CREATE TABLE row_steps (
+            run_id            TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            row               TEXT NOT NULL,
+            step_id           TEXT NOT NULL,
+            position          INTEGER NOT NULL DEFAULT 0,
+            status            TEXT NOT NULL
+                              CHECK (status IN ('succeeded', 'failed', 'skipped', 'cancelled')),
+            model             TEXT,
+            output            TEXT NOT NULL DEFAULT '',
+            error             TEXT,
+            attempts          INTEGER NOT NULL DEFAULT 0,
+            duration_ms       REAL NOT NULL DEFAULT 0,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd          REAL NOT NULL DEFAULT 0,
+            cached            INTEGER NOT NULL DEFAULT 0,
+            cache_key         TEXT,
+            fingerprint       TEXT,
+            started_at        REAL,
+            finished_at       REAL,
+            PRIMARY KEY (run_id, row, step_id)
+        )
+        """,
+        """
+        CREATE INDEX row_steps_cache ON row_steps (cache_key, finished_at)
+        WHERE status = 'succeeded' AND cache_key IS NOT NULL
+        """,
+    ),
 ]
 
 

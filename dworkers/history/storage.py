@@ -537,6 +537,13 @@ class History:
                 mine[str(row[1])] = int(row[2])
                 if row[1] == "succeeded":
                     mine["cached"] = int(row[3] or 0)
+            # A dataset run counts its rows (its steps live per row, in history.rows).
+            for row in self._read(
+                    "SELECT run_id, status, count(*) FROM rows "
+                    f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, status",
+                    part):
+                mine = counts[str(row[0])]
+                mine[str(row[1])] = int(row[2])
         host = socket.gethostname()
         records = []
         for row in rows:

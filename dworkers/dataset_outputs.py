@@ -1,0 +1,208 @@
+"""The folder of a dataset run: ``results.jsonl`` (a line per row as it finishes),
+``rows/<key>.md`` (each row's report), ``report.md`` (the summary) and ``run.json``.
+
+Rows are written as they finish and forgotten: memory stays flat whatever the number of rows.
+Row files are plain writes, not fsynced (at 10,000 rows fsync alone would take minutes); a
+crash loses at most what the OS had not written yet, and the history holds every row anyway.
+``run.json`` and ``report.md`` are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from dworkers.dataset import safe_name
+from dworkers.events import (
+    DatasetFinished,
+    DatasetResult,
+    Event,
+    RowFinished,
+    RowResult,
+    RowStatus,
+    RunStarted,
+    StepStatus,
+)
+from dworkers.files import write_atomic
+from dworkers.plans.base import BasePlan
+
+RUN_JSON_INTERVAL = 2.0  # seconds between rewrites of run.json while rows finish
+FAILURES_LISTED = 1_000  # report.md lists this many failed rows; results.jsonl has them all
+
+
+class DatasetWriter:
+    """An ``on_event`` callback that keeps a dataset run's folder up to date.
+
+    A file that cannot be written does not stop the run: the first error is kept in ``error``
+    for the caller to report, and later rows are still tried.
+    """
+
+    def __init__(self, directory: Path, plan: BasePlan, *, data: dict[str, Any]) -> None:
+        self.directory = directory
+        self.plan = plan
+        self.data = data  # where the rows came from: file, key column, rows, fixed inputs
+        self.started: RunStarted | None = None
+        self.results: IO[str] | None = None
+        self.counts: dict[RowStatus, int] = dict.fromkeys(RowStatus, 0)
+        self.cost_usd = 0.0
+        self.tokens = 0
+        self.failures: list[tuple[str, str, str]] = []  # key, status, error
+        self.more_failures = 0
+        self.last_write = 0.0
+        self.error: str | None = None
+
+    def __call__(self, event: Event) -> None:
+        try:
+            self.handle(event)
+        except OSError as exc:
+            if self.error is None:
+                self.error = f"{exc.filename or self.directory}: {exc.strerror or exc}"
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.started = event
+            (self.directory / "rows").mkdir(parents=True, exist_ok=True)
+            self.results = (self.directory / "results.jsonl").open(
+                "a", encoding="utf-8", errors="replace")
+            self.write_run_json(None)
+        elif isinstance(event, RowFinished):
+            self.row(event.result)
+        elif isinstance(event, DatasetFinished):
+            self.finish(event.result)
+
+    def row(self, row: RowResult) -> None:
+        self.counts[row.status] += 1
+        self.cost_usd += row.cost_usd
+        self.tokens += row.tokens
+        if row.status is not RowStatus.SUCCEEDED:
+            if len(self.failures) < FAILURES_LISTED:
+                self.failures.append((row.key, row.status.value, row.error or ""))
+            else:
+                self.more_failures += 1
+        if self.results is not None:
+            self.results.write(json.dumps(row.record(), ensure_ascii=False) + "\n")
+            self.results.flush()  # a reader (tail -f, a crash) sees whole lines; no fsync
+        if row.outputs:
+            path = self.directory / "rows" / f"{safe_name(row.key)}.md"
+            path.write_text(row_report(self.plan, row), encoding="utf-8", errors="replace")
+        if time.monotonic() - self.last_write >= RUN_JSON_INTERVAL:
+            self.write_run_json(None)
+
+    def finish(self, result: DatasetResult) -> None:
+        if self.results is not None:
+            self.results.close()
+            self.results = None
+        self.write_run_json(result)
+        write_atomic(self.directory / "report.md", dataset_report(
+            self.plan, result, self.failures, self.more_failures, self.data))
+
+    def write_run_json(self, result: DatasetResult | None) -> None:
+        data: dict[str, Any]
+        if result is not None:
+            data = dataset_summary(result)
+        else:
+            started = self.started
+            data = {
+                "run_id": started.run_id if started else None,
+                "plan": self.plan.name,
+                "tenant": started.tenant if started else None,
+                "status": "running",
+                "counts": {s.value: n for s, n in self.counts.items()},
+                "tokens": self.tokens,
+                "cost_usd": round(self.cost_usd, 6),
+            }
+        data["data"] = self.data
+        if self.started is not None:
+            data["models"] = {s.step_id: s.model for s in self.started.steps}
+        write_atomic(self.directory / "run.json", json.dumps(data, indent=2) + "\n")
+        self.last_write = time.monotonic()
+
+    def close(self) -> None:
+        """Close results.jsonl if the run ended without ``DatasetFinished``."""
+        if self.results is not None:
+            self.results.close()
+            self.results = None
+
+
+def dataset_status(result: DatasetResult) -> str:
+    if result.interrupted:
+        return "interrupted"
+    return "succeeded" if result.success else "failed"
+
+
+def dataset_summary(result: DatasetResult) -> dict[str, Any]:
+    """The machine-readable end of a dataset run (run.json, ``--json``): totals, never rows."""
+    data = result.model_dump(mode="json")
+    data["status"] = dataset_status(result)
+    data["rows"] = result.rows
+    data["counts"] = {s.value: result.counts.get(s, 0) for s in RowStatus}
+    data["tokens"] = result.prompt_tokens + result.completion_tokens
+    data["cost_usd"] = round(result.cost_usd, 6)
+    return data
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    """Text safe inside a Markdown table cell: one line, pipes escaped, cut to ``limit``."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def dataset_report(plan: BasePlan, result: DatasetResult,
+                   failures: list[tuple[str, str, str]], more: int,
+                   data: dict[str, Any]) -> str:
+    """The summary of a dataset run as Markdown: counts, cost, the rows that did not succeed."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.started_at or time.time()))
+    lines = [
+        f"# {plan.name} — dataset run",
+        "",
+        plan.description,
+        "",
+        f"- Run: `{result.run_id}` ({dataset_status(result)}), {when}",
+        f"- Tenant: {result.tenant}",
+        f"- Data: {data.get('file', '')} ({result.rows:,} rows)",
+        f"- Calls: {result.calls:,} ({result.rate_limited:,} answered 429)",
+        f"- Tokens: {result.prompt_tokens + result.completion_tokens:,}",
+        f"- Cost: ${result.cost_usd:.4f}",
+        f"- Time: {result.total_duration_ms / 1000:.1f}s",
+    ]
+    if result.stop_reason:
+        lines.append(f"- Stopped: {result.stop_reason}")
+    lines += ["", "| status | rows |", "|---|---:|"]
+    lines += [f"| {s.value} | {result.counts.get(s, 0):,} |" for s in RowStatus]
+    if failures:
+        lines += ["", "## Rows that did not succeed", "", "| row | status | error |",
+                  "|---|---|---|"]
+        lines += [f"| {_cell(key, 80)} | {status} | {_cell(error)} |"
+                  for key, status, error in failures]
+        if more:
+            lines += ["", f"… and {more:,} more: see results.jsonl."]
+    lines += ["", "Each row's report is in `rows/`; every row's outputs in `results.jsonl`."]
+    return "\n".join(lines) + "\n"
+
+
+def row_report(plan: BasePlan, row: RowResult) -> str:
+    """One row's deliverables in plan order, as Markdown."""
+    lines = [f"# {plan.name} — {row.key}", "", f"- Status: {row.status.value}"]
+    if row.line is not None:
+        lines.append(f"- Line: {row.line}")
+    for name, value in row.inputs.items():
+        shown = " ".join(value.split())
+        lines.append(f"- {name}: {shown[:200] + '…' if len(shown) > 200 else shown}")
+    if row.error:
+        lines.append(f"- Error: {' '.join(row.error.split())}")
+    lines.append("")
+    for step in plan.steps:
+        result = row.outputs.get(step.step_id)
+        lines += [f"## {step.name}", ""]
+        if result is None or result.status is not StepStatus.SUCCEEDED:
+            status = result.status.value if result else "not run"
+            reason = result.error if result and result.error else ""
+            lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
+        else:
+            lines += [result.output.strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+__all__ = ["DatasetWriter", "dataset_report", "dataset_summary", "row_report"]

@@ -1,0 +1,281 @@
+"""``dworkers run PLAN --data FILE`` end to end: files, exit codes, history, resume, cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import FakeLLMServer, llm_server
+from typer.testing import CliRunner
+
+from dworkers.cli import app
+
+__all__ = ["llm_server"]
+
+PLAN = """\
+name: per-row
+description: A plan run once per row
+inputs:
+  topic:
+    description: what to write about
+  tone:
+    description: how to write it
+    default: plain
+steps:
+  - step_id: scope
+    name: SCOPE
+    worker_role: analyst
+    prompt_template: "Scope {topic} in a {tone} tone"
+  - step_id: write
+    name: WRITE
+    worker_role: manager
+    depends_on: [scope]
+    prompt_template: "Write up {topic}"
+"""
+
+ROWS = "id,topic,region\nalpha,Alpha topic,EU\nbeta,Beta topic,US\ngamma,Gamma topic,EU\n"
+
+
+@pytest.fixture(autouse=True)
+def workspace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DWORKERS_MOCK_LATENCY", "0")
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "per-row.yaml").write_text(PLAN)
+    (tmp_path / "rows.csv").write_text(ROWS)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def served(server: FakeLLMServer) -> tuple[str, ...]:
+    return ("--model", "openai/test-model", "--api-base", server.url)
+
+
+def results(run_dir: Path) -> dict[str, dict[str, object]]:
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    return {row["key"]: row for row in map(json.loads, lines)}
+
+
+def only_run_dir(out: Path) -> Path:
+    [run_dir] = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_a_mock_dataset_run_writes_every_row_and_a_summary(tmp_path: Path) -> None:
+    code, stdout, stderr = invoke("run", "per-row.yaml", "--data", "rows.csv", "--mock",
+                                  "--out", "runs")
+    assert code == 0, stderr
+    assert stdout == ""
+    run_dir = only_run_dir(tmp_path / "runs")
+    rows = results(run_dir)
+    assert set(rows) == {"alpha", "beta", "gamma"}
+    alpha = rows["alpha"]
+    assert alpha["status"] == "succeeded" and alpha["error"] is None
+    assert alpha["inputs"] == {"topic": "Alpha topic", "tone": "plain"}
+    assert alpha["extra"] == {"id": "alpha", "region": "EU"}
+    assert set(alpha["outputs"]) == {"scope", "write"}  # type: ignore[arg-type]
+    assert sorted(p.name for p in (run_dir / "rows").iterdir()) == [
+        "alpha.md", "beta.md", "gamma.md"]
+    assert "| succeeded | 3 |" in (run_dir / "report.md").read_text()
+    data = json.loads((run_dir / "run.json").read_text())
+    assert data["status"] == "succeeded" and data["rows"] == 3
+    assert data["data"]["key"] == "id" and data["data"]["file"].endswith("rows.csv")
+    # Off a terminal: one line per finished row, then the summary.
+    assert sum("✓ succeeded" in line for line in stderr.splitlines()) == 3
+    assert "Dataset run succeeded: 3 rows — 3 succeeded" in stderr
+    assert f"outputs: runs/{run_dir.name}" in stderr
+
+
+def test_malformed_data_is_reported_all_at_once_before_any_call(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    (tmp_path / "bad.jsonl").write_text(
+        '{"id": "a", "topic": "x"}\n{"id": "a", "topic": "y"}\n'
+        '{"id": "b", "topic": ["x"]}\n{"id": "c"}\nnot json\n')
+    code, _, stderr = invoke("run", "per-row.yaml", "--data", "bad.jsonl", *served(llm_server),
+                             "--out", "runs")
+    assert code == 2
+    lines = [line for line in stderr.splitlines() if line.startswith("bad.jsonl:")]
+    assert [line.split(":")[1] for line in lines] == ["2", "3", "4", "5"]
+    assert "Traceback" not in stderr and all(" — " in line for line in lines)
+    assert llm_server.requests == []
+    assert not (tmp_path / "runs").exists()
+    assert json.loads(invoke("runs", "--json")[1] or "[]") == []
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("-i", "topic=same for all"), "input 'topic' is given both by a column and by -i"),
+    (("--key", "name"), "--key 'name' is not a column of rows.csv"),
+    (("-i", "toen=dry"), "unknown input 'toen' — did you mean 'tone'?"),
+    (("--data", "rows.tsv"), "is neither .csv nor .jsonl"),
+])
+def test_usage_mistakes_exit_2(args: tuple[str, ...], expected: str) -> None:
+    data = () if "--data" in args else ("--data", "rows.csv")
+    code, _, stderr = invoke("run", "per-row.yaml", *data, *args, "--mock")
+    assert code == 2 and expected in stderr, stderr
+
+
+def test_dash_i_fills_what_no_column_gives(tmp_path: Path) -> None:
+    (tmp_path / "topics.jsonl").write_text('{"topic": "tea"}\n{"topic": "coffee"}\n')
+    code, stdout, stderr = invoke("run", "per-row.yaml", "--data", "topics.jsonl", "-i",
+                                  "tone=dry", "--mock", "--out", "runs", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["counts"]["succeeded"] == 2
+    rows = results(only_run_dir(tmp_path / "runs"))
+    assert rows["1"]["inputs"] == {"topic": "tea", "tone": "dry"}  # keyed by row number
+    assert rows["2"]["inputs"] == {"topic": "coffee", "tone": "dry"}
+
+
+def test_a_failing_row_fails_alone_and_max_failures_stops_new_rows(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    llm_server.add_rule("Scope Beta topic", status=400, error_message="no such topic")
+    code, stdout, stderr = invoke("run", "per-row.yaml", "--data", "rows.csv",
+                                  *served(llm_server), "--out", "runs", "--json")
+    assert code == 1
+    summary = json.loads(stdout)
+    assert summary["counts"] == {"succeeded": 2, "failed": 1, "skipped": 0, "cancelled": 0}
+    beta = results(Path(summary["out_dir"]))["beta"]
+    assert beta["status"] == "failed" and "no such topic" in str(beta["error"])
+    assert "beta" in stderr and "no such topic" in stderr
+
+    # Only one row may fail: with one slot, the rows after beta are not started.
+    (tmp_path / "many.csv").write_text("id,topic\n" + "".join(
+        f"r{n},{'Beta topic' if n == 1 else f'topic {n}'}\n" for n in range(6)))
+    code, stdout, _ = invoke("run", "per-row.yaml", "--data", "many.csv", *served(llm_server),
+                             "--max-failures", "1", "--max-concurrency", "1", "--no-cache",
+                             "--json", "--out", "runs")
+    assert code == 1
+    summary = json.loads(stdout)
+    assert summary["counts"]["failed"] == 1 and summary["counts"]["skipped"] >= 1
+    assert summary["counts"]["succeeded"] + summary["counts"]["skipped"] == 5
+
+
+def test_resume_runs_only_the_rows_and_steps_that_did_not_succeed(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    llm_server.add_rule("# Your step: WRITE (write)", status=400, error_message="refused",
+                        times=1)
+    code, stdout, _ = invoke("run", "per-row.yaml", "--data", "rows.csv", *served(llm_server),
+                             "--out", "runs", "--json", "--max-concurrency", "1")
+    assert code == 1
+    first = json.loads(stdout)
+    assert first["counts"]["failed"] == 1 and len(llm_server.requests) == 6
+    before = len(llm_server.requests)
+
+    code, stdout, stderr = invoke("run", "--resume", first["run_id"], *served(llm_server),
+                                  "--out", "runs", "--json")
+    assert code == 0, stderr
+    again = llm_server.requests[before:]
+    assert len(again) == 1 and "# Your step: WRITE (write)" in again[0].text  # one step, paid once
+    resumed = json.loads(stdout)
+    assert resumed["counts"]["succeeded"] == 3
+    rows = results(Path(resumed["out_dir"]))
+    assert all(row["status"] == "succeeded" for row in rows.values())
+
+    code, stdout, _ = invoke("runs", "--json")
+    listed = json.loads(stdout)
+    assert [r["counts"]["succeeded"] for r in listed] == [3, 2]  # rows, newest first
+    assert listed[0]["resumed_from"] == first["run_id"]
+
+
+def test_identical_row_steps_are_answered_from_history(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    assert invoke("run", "per-row.yaml", "--data", "rows.csv", *served(llm_server),
+                  "--out", "runs")[0] == 0
+    assert len(llm_server.requests) == 6
+    code, stdout, _ = invoke("run", "per-row.yaml", "--data", "rows.csv", *served(llm_server),
+                             "--out", "runs", "--json")
+    assert code == 0 and len(llm_server.requests) == 6  # nothing paid twice
+    assert json.loads(stdout)["calls"] == 0
+
+
+def test_show_summarises_a_dataset_run_and_one_row(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    llm_server.add_rule("Scope Gamma topic", status=400, error_message="bad gamma")
+    invoke("run", "per-row.yaml", "--data", "rows.csv", *served(llm_server), "--out", "runs")
+    code, stdout, _ = invoke("show", "last")
+    assert code == 0
+    assert "rows: 3 — 2 succeeded, 1 failed" in stdout
+    assert "gamma  failed: scope: " in stdout and "bad gamma" in stdout
+    code, stdout, _ = invoke("show", "last", "alpha")
+    assert code == 0 and "row alpha (succeeded)" in stdout and "## write" in stdout
+    code, stdout, _ = invoke("show", "last", "alpha", "--json")
+    row = json.loads(stdout)
+    assert row["inputs"]["topic"] == "Alpha topic" and len(row["steps"]) == 2
+    code, _, stderr = invoke("show", "last", "alpah")
+    assert code == 2 and "did you mean 'alpha'?" in stderr
+
+
+KEYS = [f"k{n:02d}" for n in range(12)]
+
+
+@pytest.mark.slow
+def test_after_kill_9_resume_pays_again_only_for_calls_in_flight(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    (tmp_path / "many.csv").write_text(
+        "id,topic\n" + "".join(f"{key},topic {key}\n" for key in KEYS))
+    # Row k05's first step hangs: the run is killed while it (and its neighbours) are in flight.
+    llm_server.add_rule("Scope topic k05", hang=True, times=1)
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dworkers.cli", "run", "per-row.yaml", "--data", "many.csv",
+         *served(llm_server), "--max-concurrency", "2", "--out", "runs", "-q"],
+        env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "home" / "history.db"
+    try:
+        for _ in range(600):  # up to about 30 s
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            done = _finished_rows(db)
+            if len(done) >= 6 and llm_server.requests_containing("Scope topic k05"):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run never got going")
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stderr:
+            proc.stderr.close()
+    # What was answered before the kill (a call answered while the process died is in flight).
+    answered = {r.text for r in llm_server.requests if r.status == 200 and r.finished}
+    llm_server.wait_idle(timeout=1)
+    before = len(llm_server.requests)
+
+    code, stdout, stderr = invoke("run", "--resume", "last", *served(llm_server), "--out", "runs",
+                                  "--json", "--no-cache")
+    assert code == 0, stderr
+    assert json.loads(stdout)["counts"]["succeeded"] == len(KEYS)
+    again = llm_server.requests[before:]
+    repaid = [r for r in again if r.text in answered]
+    # At most the calls in flight at the kill (two slots) are paid again: never a recorded one.
+    assert len(repaid) <= 2, [r.text[-80:] for r in repaid]
+    assert any("Scope topic k05" in r.text for r in again)
+
+
+def _finished_rows(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    try:
+        conn = sqlite3.connect(db, timeout=1)
+        try:
+            return [r[0] for r in conn.execute(
+                "SELECT key FROM rows WHERE status = 'succeeded'")]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []

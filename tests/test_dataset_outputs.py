@@ -1,0 +1,109 @@
+"""The folder of a dataset run: results.jsonl as rows finish, row reports, report.md, run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from support import make_plan
+
+from dworkers.dataset import safe_name
+from dworkers.dataset_outputs import DatasetWriter
+from dworkers.events import (
+    DatasetFinished,
+    DatasetResult,
+    RowFinished,
+    RowResult,
+    RowStatus,
+    RunStarted,
+    StepInfo,
+    StepResult,
+    StepStatus,
+)
+
+PLAN = make_plan({"scope": [], "write": ["scope"]})
+STEPS = tuple(StepInfo(s.step_id, s.name, "analyst", "openai/m", tuple(s.depends_on))
+              for s in PLAN.steps)
+
+
+def result(key: str, ok: bool = True) -> RowResult:
+    scope = StepResult(step_id="scope", status=StepStatus.SUCCEEDED, output=f"scope of {key}",
+                       prompt_tokens=5, completion_tokens=7, cost_usd=0.5, attempts=1)
+    write = (StepResult(step_id="write", status=StepStatus.SUCCEEDED, output=f"text for {key}",
+                        prompt_tokens=1, completion_tokens=2, cost_usd=0.25, attempts=1) if ok
+             else StepResult(step_id="write", status=StepStatus.FAILED, error="HTTP 500 | bad"))
+    return RowResult(key=key, status=RowStatus.SUCCEEDED if ok else RowStatus.FAILED,
+                     inputs={"brief": f"brief {key}"}, extra={"region": "EU"}, line=2,
+                     outputs={"scope": scope, "write": write},
+                     error=None if ok else "write: HTTP 500 | bad")
+
+
+def test_rows_are_written_as_they_finish_then_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    writer = DatasetWriter(out, PLAN, data={"file": "rows.csv", "key": "id", "rows": 3})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    writer(RowFinished(result("acme")))
+    # Readable before the run ends: a whole line per finished row.
+    [line] = (out / "results.jsonl").read_text().splitlines()
+    assert json.loads(line) == {
+        "key": "acme", "status": "succeeded", "inputs": {"brief": "brief acme"},
+        "extra": {"region": "EU"}, "line": 2,
+        "outputs": {"scope": "scope of acme", "write": "text for acme"}, "tokens": 15,
+        "cost_usd": 0.75, "error": None}
+    writer(RowFinished(result("a/b", ok=False)))
+    writer(RowFinished(RowResult(key="never", status=RowStatus.SKIPPED,
+                                 error="not started: 1 row failed (--max-failures 1)")))
+    done = DatasetResult(run_id="r1", plan=PLAN.name, tenant="acme", calls=4,
+                         prompt_tokens=12, completion_tokens=18, cost_usd=1.25,
+                         stop_reason="1 row failed (--max-failures 1)")
+    done.counts.update({RowStatus.SUCCEEDED: 1, RowStatus.FAILED: 1, RowStatus.SKIPPED: 1})
+    writer(DatasetFinished(done))
+    assert writer.error is None
+    assert [json.loads(x)["key"] for x in (out / "results.jsonl").read_text().splitlines()] == [
+        "acme", "a/b", "never"]
+    # One report per row that ran, named safely; the skipped row has nothing to show.
+    assert sorted(p.name for p in (out / "rows").iterdir()) == sorted(
+        ["acme.md", f"{safe_name('a/b')}.md"])
+    failed = (out / "rows" / f"{safe_name('a/b')}.md").read_text()
+    assert "## SCOPE\n\nscope of a/b" in failed and "> Not available: failed — HTTP 500" in failed
+    report = (out / "report.md").read_text()
+    assert "| succeeded | 1 |" in report and "| skipped | 1 |" in report
+    assert "- Cost: $1.2500" in report and "- Stopped: 1 row failed (--max-failures 1)" in report
+    assert "| a/b | failed | write: HTTP 500 \\| bad |" in report  # pipes cannot break the table
+    assert "| never | skipped | not started" in report
+    data = json.loads((out / "run.json").read_text())
+    assert data["status"] == "failed" and data["rows"] == 3
+    assert data["counts"] == {"succeeded": 1, "failed": 1, "skipped": 1, "cancelled": 0}
+    assert data["data"] == {"file": "rows.csv", "key": "id", "rows": 3}
+    assert data["models"] == {"scope": "openai/m", "write": "openai/m"}
+
+
+def test_row_files_are_not_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    writer = DatasetWriter(tmp_path / "run", PLAN, data={})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    before = len(synced)  # run.json is replaced atomically
+    for n in range(50):
+        writer(RowFinished(result(f"k{n}")))
+    assert len(list((tmp_path / "run" / "rows").iterdir())) == 50
+    assert len(synced) - before <= 1  # at most one run.json rewrite, never once per row
+    writer.close()
+
+
+def test_an_unwritable_folder_is_reported_not_raised(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    writer = DatasetWriter(blocker / "run", PLAN, data={})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    writer(RowFinished(result("acme")))
+    assert writer.error is not None and "file" in writer.error
