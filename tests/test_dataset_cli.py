@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -279,3 +280,40 @@ def _finished_rows(db: Path) -> list[str]:
             conn.close()
     except sqlite3.Error:
         return []
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_every_finished_row_and_writes_the_summary(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    (tmp_path / "many.csv").write_text(
+        "id,topic\n" + "".join(f"{key},topic {key}\n" for key in KEYS))
+    llm_server.add_rule("Scope topic k03", hang=True, times=1)
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dworkers.cli", "run", "per-row.yaml", "--data", "many.csv",
+         *served(llm_server), "--max-concurrency", "2", "--out", "runs", "--json"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "home" / "history.db"
+    for _ in range(600):  # up to about 30 s
+        assert proc.poll() is None
+        if len(_finished_rows(db)) >= 4 and llm_server.requests_containing("Scope topic k03"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["status"] == "interrupted" and summary["interrupted"] is True
+    run_dir = Path(tmp_path / summary["out_dir"])
+    rows = results(run_dir)
+    assert sum(row["status"] == "succeeded" for row in rows.values()) >= 4
+    assert rows["k03"]["status"] == "cancelled"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert "interrupted" in (run_dir / "report.md").read_text()
+    code, stdout, _ = invoke("runs", "--json")
+    assert json.loads(stdout)[0]["status"] == "interrupted"
+    code, stdout, stderr = invoke("run", "--resume", "last", *served(llm_server), "--out", "runs",
+                                  "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["counts"]["succeeded"] == len(KEYS)
