@@ -8,9 +8,6 @@ It shares the single run's helpers (inputs, resume defaults, Ctrl-C handling) in
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +19,18 @@ from dworkers.runner import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    FanOut,
     RunRequest,
     check_writable,
-    ctrl_c_restored,
+    ignore_interruptions,
     interrupt_cancels,
+    interruptions_restored,
     parse_inputs,
     recorded_options,
     resolve_tenant,
     resume_defaults,
 )
+from dworkers.text import clean, json_text, one_line
 
 if TYPE_CHECKING:
     from dworkers.dataset import Dataset
@@ -194,8 +194,8 @@ def _dry_run(request: RunRequest, prepared: _Prepared) -> int:
     first = next(prepared.rows(), None)
     if first is None:
         return EXIT_OK
-    view.console().print(f"dry run of row {first.key!r} (1 of {prepared.total:,} rows; every "
-                         "row checked)", markup=False, highlight=False)
+    view.console().print(f"dry run of row {one_line(first.key)!r} (1 of {prepared.total:,} "
+                         "rows; every row checked)", markup=False, highlight=False)
     return dry_run(prepared.engine, prepared.engine.resolve_inputs(first.inputs),
                    as_json=request.json)
 
@@ -203,8 +203,6 @@ def _dry_run(request: RunRequest, prepared: _Prepared) -> int:
 def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) -> int:
     """Run every row under the progress view (or one line per row), keeping files and history
     as rows finish."""
-    import json
-
     from dworkers import view
     from dworkers.dataset_outputs import DatasetWriter, dataset_summary
     from dworkers.engine import new_run_id
@@ -235,17 +233,7 @@ def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) 
     consumers: list[Callable[[Event], None]] = [writer, display]
     if recorder is not None:
         consumers.append(recorder)
-    consumer_errors: list[str] = []
-
-    def fan_out(event: Event) -> None:
-        # One consumer's failure must not stop the run or starve the others.
-        for consumer in consumers:
-            try:
-                consumer(event)
-            except Exception as exc:
-                if len(consumer_errors) < 5:
-                    consumer_errors.append(f"{type(consumer).__name__}: {exc!r}")
-
+    fan_out = FanOut(consumers)
     engine.on_event = fan_out
     display.prepare(describe)
 
@@ -258,14 +246,14 @@ def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) 
                 pass  # each row reaches the writer, the view and the history as an event
 
     interrupted = False
-    with ctrl_c_restored():
+    with interruptions_restored():
         try:
             asyncio.run(main())
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = True
         finally:
-            with contextlib.suppress(ValueError):  # not the main thread
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # The run has ended: a late Ctrl-C or SIGTERM must not cut off the summary.
+            ignore_interruptions()
             writer.close()
         result = engine.dataset_result
         if result is None:
@@ -274,29 +262,28 @@ def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) 
         if interrupted and not result.interrupted:
             result = result.model_copy(update={"interrupted": True})
         err.print(summary(result, str(out_dir)), soft_wrap=True)
-        problems = [f"some run files could not be written: {writer.error}"] if writer.error else []
-        problems += [f"while recording the run: {problem}" for problem in consumer_errors]
+        unsaved = [f"{writer.error} in {out_dir}"] if writer.error else []
+        unsaved += [f"while recording the run: {problem}" for problem in fan_out.errors]
         if recorder is not None and recorder.error is not None:
-            problems.append(f"run history not saved from then on: {recorder.error}")
-        for problem in problems:
-            view.print_error(err, problem)
+            unsaved.append(f"the run history, from then on: {recorder.error}")
+        for problem in unsaved:
+            view.print_error(err, f"not saved: {problem}")
         if request.json:
             document = {**dataset_summary(result), "out_dir": str(out_dir)}
-            sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    return exit_code(result, interrupted)
+            if not view.write_stdout(json_text(document) + "\n", err):
+                unsaved.append("the JSON result")
+    return exit_code(result, interrupted, unsaved)
 
 
-def exit_code(result: DatasetResult, interrupted: bool) -> int:
+def exit_code(result: DatasetResult, interrupted: bool, unsaved: list[str]) -> int:
     if interrupted or result.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if result.success else EXIT_FAILED
+    return EXIT_OK if result.success and not unsaved else EXIT_FAILED
 
 
 def show_dataset(ref: str, key: str | None, *, as_json: bool) -> bool:
     """``show RUN [KEY]`` for a dataset run: its summary and the rows that did not succeed, or
     one row with its steps and outputs. False when RUN is not a dataset run."""
-    import json
-
     from dworkers import view
     from dworkers.history import History
     from dworkers.history.rows import RowHistory
@@ -313,14 +300,14 @@ def show_dataset(ref: str, key: str | None, *, as_json: bool) -> bool:
             if as_json:
                 document = {**row.to_dict(),
                             "steps": [s.to_dict() for s in steps]}
-                sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+                view.write_stdout(json_text(document) + "\n")
                 return True
             out = view.console(stderr=False)
             out.print(row_details(row, steps), soft_wrap=True)
             for step in steps:
                 if step.output:
                     out.print(f"\n## {step.step_id}\n", style="bold", soft_wrap=True)
-                    out.print(step.output.rstrip(), markup=False, highlight=False,
+                    out.print(clean(step.output).rstrip(), markup=False, highlight=False,
                               soft_wrap=True)
             return True
         counts = rows.counts(record.run_id)
@@ -328,12 +315,13 @@ def show_dataset(ref: str, key: str | None, *, as_json: bool) -> bool:
     if as_json:
         document = {**record.to_dict(), "rows": counts,
                     "not_succeeded": [r.to_dict() for r in failures]}
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        view.write_stdout(json_text(document) + "\n")
         return True
     out = view.console(stderr=False)
     data = record.options.get("data", {})
-    out.print(f"{record.plan} for {record.tenant} · run {record.run_id} ({record.status}) · "
-              f"{data.get('file', '?')} · ${record.cost_usd:.4f} · {record.tokens:,} tokens",
+    out.print(one_line(f"{record.plan} for {record.tenant} · run {record.run_id} "
+                       f"({record.status}) · {data.get('file', '?')} · "
+                       f"${record.cost_usd:.4f} · {record.tokens:,} tokens"),
               markup=False, highlight=False, soft_wrap=True)
     out.print(recorded_rows(counts, failures, out.width), soft_wrap=True)
     more = sum(n for status, n in counts.items() if status != "succeeded") - len(failures)

@@ -19,9 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from dworkers.events import DatasetResult, Event, RowFinished, RowResult, RowStatus, RunStarted
+from dworkers.text import crop, one_line
 from dworkers.view import console
 from dworkers.view.dataset_state import DatasetState
-from dworkers.view.state import Clock, clip, fmt_cost, fmt_duration, one_line
+from dworkers.view.state import Clock, fmt_cost, fmt_duration
 
 
 class RecordedRow(Protocol):
@@ -115,7 +116,8 @@ def progress(state: DatasetState, width: int) -> RenderableType:
     if state.failures:
         lines.append(_line(("last failures:", "bold red"), width=width))
         for failure in state.failures:
-            lines.append(_line("  ", (failure.key, "bold"), " — ", failure.error, width=width))
+            lines.append(_line("  ", (one_line(failure.key), "bold"), " — ", failure.error,
+                               width=width))
     return Group(*lines)
 
 
@@ -141,7 +143,7 @@ def row_line(row: RowResult, done: int, total: int | None) -> Text:
     icon, style = ICONS[row.status]
     count = f"[{done}/{total if total is not None else '?'}]"
     text = Text.assemble((count, "dim"), " ", (f"{icon} {row.status.value:<9}", style), " ",
-                         (row.key, "bold"))
+                         (one_line(row.key), "bold"))
     if row.status is RowStatus.SUCCEEDED:
         cached = sum(1 for step in row.outputs.values() if step.cached)
         details = [f"{len(row.outputs)} steps", fmt_duration(row.duration_ms / 1000),
@@ -277,8 +279,8 @@ def recorded_rows(counts: Mapping[str, int], failures: Sequence[RecordedRow],
         text.append("\nrows that did not succeed:", style="bold")
         for row in failures:
             error = one_line(row.error or row.status)
-            line = f"\n  {row.key}  {row.status}: "
-            text.append(line + clip(error, max(width - len(line), 20)))
+            line = f"\n  {one_line(row.key)}  {row.status}: "
+            text.append(line + crop(error, max(width - len(line), 20)))
     return text
 
 
@@ -286,14 +288,14 @@ def row_details(row: RecordedRow, steps: Sequence[RecordedStep]) -> Text:
     """One recorded row: its status, inputs and each step's status (outputs printed after)."""
     known = {status.value: status for status in RowStatus}
     icon, style = ICONS[known[row.status]] if row.status in known else ("○", "dim")
-    text = Text.assemble((f"{icon} row {row.key}", style), f" ({row.status})")
+    text = Text.assemble((f"{icon} row {one_line(row.key)}", style), f" ({row.status})")
     if row.line is not None:
         text.append(f" · line {row.line}", style="dim")
     text.append(f" · {fmt_cost(row.cost_usd)}", style="dim")
     if row.error:
         text.append(f"\nerror: {one_line(row.error)}", style="red")
     for name, value in row.inputs.items():
-        text.append(f"\n{name}: {clip(one_line(value), 200)}", style="dim")
+        text.append(f"\n{one_line(name)}: {crop(one_line(value), 200)}", style="dim")
     for step in steps:
         mark = "↺ cached" if step.cached else step.status
         text.append(f"\n  {step.step_id}: {mark}")

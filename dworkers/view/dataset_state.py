@@ -24,7 +24,8 @@ from dworkers.events import (
     RunStarted,
     StepFinished,
 )
-from dworkers.view.state import Clock, one_line
+from dworkers.text import one_line
+from dworkers.view.state import Clock
 
 WINDOW_SECONDS = 60
 FAILURES_SHOWN = 5
