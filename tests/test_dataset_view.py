@@ -185,3 +185,11 @@ def test_the_finished_state_freezes_the_clock() -> None:
     state.apply(DatasetFinished(DatasetResult(run_id="r", plan="p", tenant="t"), clock.now))
     clock.now += 100
     assert state.elapsed() == 5 and state.eta() is None
+
+
+def test_an_offline_run_has_no_limits_to_learn() -> None:
+    clock = Clock()
+    state = DatasetState(total=1, now=clock)
+    state.apply(RunStarted("r", "audit", "acme", tuple(
+        StepInfo(s.step_id, s.name, s.role, "mock", s.depends_on) for s in STEPS), clock.now))
+    assert "limit" not in render(state, width=120)

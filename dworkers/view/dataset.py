@@ -127,7 +127,8 @@ def _pace_parts(
     calls, tokens = state.per_minute()
     rpm, tpm = state.limits()
     parts: list[str | tuple[str, str]] = [f"calls {_count(calls)}/min"]
-    parts.append((f" of {_count(rpm)}" if rpm else " (limit not known yet)", "dim"))
+    if rpm or not state.offline:
+        parts.append((f" of {_count(rpm)}" if rpm else " (limit not known yet)", "dim"))
     parts.append(f" · tokens {_count(tokens)}/min")
     parts.append((f" of {_count(tpm)}" if tpm else "", "dim"))
     if state.cached:

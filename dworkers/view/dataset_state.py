@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dworkers.events import (
+    MOCK_MODEL,
     DatasetFinished,
     DatasetResult,
     Event,
@@ -57,6 +58,7 @@ class DatasetState:
     plan: str = ""
     tenant: str = ""
     steps_per_row: int = 0
+    offline: bool = False  # --mock: no provider, so no limits to learn
     started_at: float | None = None  # monotonic
     finished_at: float | None = None
     counts: dict[RowStatus, int] = field(default_factory=lambda: dict.fromkeys(RowStatus, 0))
@@ -75,6 +77,7 @@ class DatasetState:
         """Know the plan before the run starts (without starting the clock)."""
         self.run_id, self.plan, self.tenant = event.run_id, event.plan, event.tenant
         self.steps_per_row = len(event.steps)
+        self.offline = bool(event.steps) and all(s.model == MOCK_MODEL for s in event.steps)
 
     def apply(self, event: Event) -> None:
         if isinstance(event, RunStarted):
