@@ -90,7 +90,10 @@ def execute_dataset(request: RunRequest, dataset: DatasetRequest) -> int:
     prepared = prepare(request, dataset)
     if request.dry_run:
         return _dry_run(request, prepared)
-    return run_rows(request, dataset, prepared)
+    if prepared.resumed_from is None or prepared.history is None:
+        return run_rows(request, dataset, prepared)
+    with prepared.history.resume_lock(prepared.resumed_from):  # one resume of a run at a time
+        return run_rows(request, dataset, prepared)
 
 
 def _usage(message: str, hint: str, code: str, file: str) -> InputError:
@@ -122,6 +125,7 @@ def prepare(request: RunRequest, dataset: DatasetRequest) -> _Prepared:
         raise _usage("--key and --max-failures need a dataset",
                      "pass --data rows.csv (or rows.jsonl)", "missing-data", "--data")
     request.mock = bool(request.mock)
+    request.fail_fast, request.no_cache = bool(request.fail_fast), bool(request.no_cache)
     if not request.plan:
         raise _usage("no plan given", "name a plan: dworkers run PLAN --data rows.csv",
                      "missing-plan", "dworkers run")
