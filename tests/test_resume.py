@@ -3,11 +3,9 @@ others run — pure, and linear in the plan's size."""
 
 from __future__ import annotations
 
-import gc
-import time
 from collections.abc import Callable
 
-from support import make_plan
+from support import LINEAR, growth, make_plan
 
 from dworkers.history.records import StepRecord
 from dworkers.history.resume import decide, reusable
@@ -62,28 +60,15 @@ def test_a_step_the_earlier_run_did_not_have_is_new() -> None:
     assert reasons(plan, steps) == {"a": "reuse: succeeded", "b": "new step"}
 
 
-def _seconds(work: Callable[[], object]) -> float:
-    best = float("inf")
-    gc.disable()  # a collection landing in one run would skew the comparison
-    try:
-        for _ in range(3):  # the best of three: other work on the machine only adds time
-            start = time.perf_counter()
-            work()
-            best = min(best, time.perf_counter() - start)
-    finally:
-        gc.enable()
-    return best
-
-
 def test_planning_a_chain_whose_first_step_changed_is_linear() -> None:
     """The case that was quadratic: every step below the change asked which changed steps it
     descends from (benchmarks/resume_planning.py has the figures)."""
-    timed = {}
-    for n in (1_000, 4_000):
+    def planning(n: int) -> Callable[[], object]:
         plan = make_plan({f"s{i}": ([f"s{i - 1}"] if i else []) for i in range(n)})
         steps = records(plan)
         plan.get_step("s0").description = "changed"  # type: ignore[union-attr]
         decisions = decide(plan, steps)
         assert decisions[-1].reason == "depends on changed s0"
-        timed[n] = _seconds(lambda p=plan, s=steps: decide(p, s))
-    assert timed[4_000] / timed[1_000] < 8  # linear: about 4; quadratic: about 16
+        return lambda: decide(plan, steps)
+
+    assert growth(planning, 1_000) < LINEAR
