@@ -385,6 +385,15 @@ def run(
     max_failures: Annotated[
         int | None, typer.Option(min=1, help="With --data: start no new row after N failed.")
     ] = None,
+    executor: Annotated[
+        str, typer.Option(help="With --data: where rows run: local (this process) or ray "
+                          "(every core, or a cluster; needs dworkers[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --executor ray: join this Ray cluster (or set "
+                                 "RAY_ADDRESS) instead of starting one here.",
+                                 show_default=False),
+    ] = None,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
     from dworkers.dataset_runner import DatasetRequest, execute_dataset, resumes_dataset
@@ -395,7 +404,8 @@ def run(
         max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
         dry_run=dry_run, out=out, json=as_json, quiet=quiet, resume=resume, no_cache=no_cache,
     )
-    dataset = DatasetRequest(data=data, key=key, max_failures=max_failures)
+    dataset = DatasetRequest(data=data, key=key, max_failures=max_failures, executor=executor,
+                             ray_address=ray_address)
     try:
         if dataset.given or resumes_dataset(resume):
             code = execute_dataset(request, dataset)

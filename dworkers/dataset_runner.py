@@ -45,10 +45,13 @@ class DatasetRequest:
     data: Path | None = None
     key: str | None = None
     max_failures: int | None = None
+    executor: str = "local"  # where rows run: this process, or "ray"
+    ray_address: str | None = None  # with "ray": an existing cluster to join
 
     @property
     def given(self) -> bool:
-        return self.data is not None or self.key is not None or self.max_failures is not None
+        return (self.data is not None or self.key is not None or self.max_failures is not None
+                or self.executor != "local" or self.ray_address is not None)
 
 
 def resumes_dataset(run_ref: str | None) -> bool:
@@ -122,7 +125,7 @@ def prepare(request: RunRequest, dataset: DatasetRequest) -> _Prepared:
                          f"{resumed.run_id}", "resume-with-data", "--resume")
         resume_defaults(request, resumed.plan, resumed.tenant, resumed.options)
     elif dataset.data is None:
-        raise _usage("--key and --max-failures need a dataset",
+        raise _usage("--key, --max-failures and --executor need a dataset",
                      "pass --data rows.csv (or rows.jsonl)", "missing-data", "--data")
     request.mock = bool(request.mock)
     request.fail_fast, request.no_cache = bool(request.fail_fast), bool(request.no_cache)
@@ -210,6 +213,7 @@ def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) 
     from dworkers import view
     from dworkers.dataset_outputs import DatasetWriter, dataset_summary
     from dworkers.engine import new_run_id
+    from dworkers.executors import executor_for
     from dworkers.history.rows import DatasetRecorder
     from dworkers.view.dataset import make_dataset_view, summary
 
@@ -222,6 +226,7 @@ def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) 
     run_id = engine.options.run_id or new_run_id()
     out_dir = (request.out or Path("dworkers-runs")) / run_id
     check_writable(out_dir)
+    executor = executor_for(dataset.executor, ray_address=dataset.ray_address)  # Ray starts now
     engine.preflight()  # a missing key or a model not allowed: before anything is recorded
     describe = engine.describe(run_id)
     err = view.console()
@@ -246,7 +251,8 @@ def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) 
         with display:
             if prefetch is not None:
                 await asyncio.to_thread(prefetch.join)
-            async for _ in engine.run_many(prepared.rows(), max_failures=dataset.max_failures):
+            rows = executor.run_many(engine, prepared.rows(), max_failures=dataset.max_failures)
+            async for _ in rows:
                 pass  # each row reaches the writer, the view and the history as an event
 
     interrupted = False
