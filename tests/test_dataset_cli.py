@@ -186,7 +186,10 @@ def test_resume_runs_only_the_rows_and_steps_that_did_not_succeed(
     code, stdout, _ = invoke("runs", "--json")
     listed = json.loads(stdout)
     assert [r["counts"]["succeeded"] for r in listed] == [3, 2]  # rows, newest first
+    assert [r["counts"]["rows"] for r in listed] == [3, 3]
     assert listed[0]["resumed_from"] == first["run_id"]
+    code, stdout, _ = invoke("runs")
+    assert code == 0 and "3/3 rows" in stdout and "2/3 rows" in stdout
 
 
 def test_identical_row_steps_are_answered_from_history(

@@ -544,6 +544,7 @@ class History:
                     part):
                 mine = counts[str(row[0])]
                 mine[str(row[1])] = int(row[2])
+                mine["rows"] = mine.get("rows", 0) + int(row[2])  # says: these count rows
         host = socket.gethostname()
         records = []
         for row in rows:
@@ -551,7 +552,7 @@ class History:
             if status == "running" and row["host"] == host and not _alive(row["pid"]):
                 status = "interrupted"
             mine = counts[str(row["run_id"])]
-            total = sum(v for k, v in mine.items() if k != "cached")
+            total = sum(v for k, v in mine.items() if k not in ("cached", "rows"))
             records.append(run_record(row, status, {"total": total, **mine}))
         return records
 

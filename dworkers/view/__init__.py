@@ -225,6 +225,8 @@ def runs_table(records: Sequence[RunSummary], width: int) -> Text:
     for record in records:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at))
         steps = f"{record.counts.get('succeeded', 0)}/{record.counts.get('total', 0)}"
+        if record.counts.get("rows"):  # a dataset run: its rows, not steps
+            steps += " rows"
         duration = f"{(record.duration_ms or 0) / 1000:.1f}s"
         inputs = " ".join(f"{k}={v}" for k, v in record.inputs.items())
         rows.append(tuple(one_line(cell) for cell in (
