@@ -86,12 +86,14 @@ def measure_cli(name: str, graph: dict[str, list[str]], latency: dict[str, float
     with tempfile.TemporaryDirectory() as tmp, server_process(latency) as url:
         plan = Path(tmp) / f"{name}.yaml"
         plan.write_text(plan_yaml(name, graph))
+        # The same tenant as in-process: no per-role caps (the built-in default has some).
+        tenant = Path(tmp) / "bench.yaml"
+        tenant.write_text("id: bench\nmodels: {default: openai/bench-model}\n"
+                          "limits: {max_concurrency: 1000, timeout_seconds: 60}\n")
         env = {**os.environ, "DWORKERS_HOME": str(Path(tmp) / "home")}
         done = subprocess.run(
-            [str(Path(sys.executable).parent / "dworkers"), "run", str(plan), "--model",
-             "openai/bench-model",
-             "--api-base", url, "--max-concurrency", "1000", "--json", "--out",
-             str(Path(tmp) / "out")],
+            [str(Path(sys.executable).parent / "dworkers"), "run", str(plan), "--tenant",
+             str(tenant), "--api-base", url, "--json", "--out", str(Path(tmp) / "out")],
             capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
             raise SystemExit(f"dworkers run failed ({done.returncode}): {done.stderr[-2000:]}")

@@ -8,6 +8,7 @@ Errors come out as ``dworkers.errors.LLMError`` subclasses, whatever the provide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -175,9 +176,20 @@ def load_litellm() -> Any:
 
 def prefetch_litellm() -> threading.Thread:
     """Start importing litellm in the background so a view can paint meanwhile."""
-    thread = threading.Thread(target=load_litellm, name="dworkers-load-litellm", daemon=True)
+    thread = threading.Thread(target=_load_and_warm, name="dworkers-load-litellm", daemon=True)
     thread.start()
     return thread
+
+
+def _load_and_warm() -> None:
+    """Import litellm, then make one offline call (litellm's own ``mock_response``: nothing
+    is sent): litellm sets up the rest of itself on its first call, close to a second here,
+    which would otherwise delay the run's first step and every step after it."""
+    litellm = load_litellm()
+    with contextlib.suppress(Exception):
+        asyncio.run(litellm.acompletion(
+            model="openai/dworkers-warm-up", messages=[{"role": "user", "content": "-"}],
+            mock_response="-", num_retries=0))
 
 
 @dataclass

@@ -68,29 +68,32 @@ class RunWriter:
         elif isinstance(event, StepFinished):
             result = event.result
             self.results[result.step_id] = result
+            # Written while other steps wait to start: no fsync (whole files even if killed;
+            # the history has every result), or each step would hold up the next by ~20 ms.
             if result.succeeded:  # a model's escape codes must not reach a reader's terminal
-                self.write(f"steps/{result.step_id}.md", clean(result.output))
+                self.write(f"steps/{result.step_id}.md", clean(result.output), durable=False)
             if time.monotonic() - self.last_write >= self.throttle:
-                self.write_run_json(status="running")
+                self.write_run_json(status="running", durable=False)
         elif isinstance(event, RunFinished):
             self.results.update(event.result.outputs)
             self.write_run_json(result=event.result)
             self.write("report.md", report(self.plan, event.result))
 
-    def write(self, name: str, text: str | None) -> None:
+    def write(self, name: str, text: str | None, *, durable: bool = True) -> None:
         """Write ``name`` (a directory when ``text`` is None), or note why it could not be."""
         path = self.directory / name
         try:
             if text is None:
                 path.mkdir(parents=True, exist_ok=True)
             else:
-                write_atomic(path, text)
+                write_atomic(path, text, durable=durable)
         except OSError as exc:
             self.unsaved[name if text is not None else f"{name}/"] = exc.strerror or str(exc)
         else:
             self.unsaved.pop(name, None)  # a later version made it (run.json is rewritten)
 
-    def write_run_json(self, *, status: str = "running", result: RunResult | None = None) -> None:
+    def write_run_json(self, *, status: str = "running", result: RunResult | None = None,
+                       durable: bool = True) -> None:
         data: dict[str, Any]
         if result is not None:
             data = result.summary()
@@ -110,7 +113,7 @@ class RunWriter:
         for step in data.get("outputs", {}).values():  # outputs live in steps/*.md
             if isinstance(step, dict):
                 step.pop("output", None)
-        self.write("run.json", json.dumps(data, indent=2) + "\n")
+        self.write("run.json", json.dumps(data, indent=2) + "\n", durable=durable)
         self.last_write = time.monotonic()
 
 

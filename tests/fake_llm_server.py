@@ -948,7 +948,8 @@ def main(argv: list[str] | None = None) -> int:
                 for r in server.requests:
                     log.write(json.dumps({"started": r.started, "finished": r.finished,
                                           "status": r.status, "stream": r.stream,
-                                          "rate_limited": r.rate_limited}) + "\n")
+                                          "rate_limited": r.rate_limited,
+                                          "reply": (r.reply or "")[:80]}) + "\n")
     return 0
 
 
