@@ -75,7 +75,7 @@ class DatasetWriter:
     def row(self, row: RowResult) -> None:
         self.counts[row.status] += 1
         self.cost_usd += row.cost_usd
-        self.tokens += row.tokens
+        self.tokens += row.total_tokens
         if row.status is not RowStatus.SUCCEEDED:
             if len(self.failures) < FAILURES_LISTED:
                 self.failures.append((row.key, row.status.value, row.error or ""))

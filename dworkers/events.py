@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -75,18 +75,11 @@ def digest_messages(messages: Sequence[Mapping[str, str]]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class RunResult(BaseModel):
-    """The outcome of a run: every step's result, in plan order, and the totals."""
+class StepTotals:
+    """Totals over a result's ``outputs`` (its steps): what a run and a dataset row both report."""
 
-    run_id: str
-    plan: str
-    tenant: str
-    inputs: dict[str, str] = Field(default_factory=dict)
-    success: bool = False
-    interrupted: bool = False
-    total_duration_ms: float = 0.0
-    started_at: float = 0.0
-    outputs: dict[str, StepResult] = Field(default_factory=dict)
+    if TYPE_CHECKING:  # a field of each model that inherits these totals
+        outputs: dict[str, StepResult]
 
     @property
     def prompt_tokens(self) -> int:
@@ -105,13 +98,6 @@ class RunResult(BaseModel):
         return sum(r.cost_usd for r in self.outputs.values())
 
     @property
-    def status(self) -> RunStatus:
-        """How the run ended."""
-        if self.interrupted:
-            return RunStatus.INTERRUPTED
-        return RunStatus.SUCCEEDED if self.success else RunStatus.FAILED
-
-    @property
     def cost_known(self) -> bool:
         """False when some call's cost could not be known: ``cost_usd`` is then a lower bound."""
         return all(r.cost_known for r in self.outputs.values())
@@ -119,6 +105,27 @@ class RunResult(BaseModel):
     @property
     def estimated(self) -> bool:
         return any(r.estimated for r in self.outputs.values())
+
+
+class RunResult(StepTotals, BaseModel):
+    """The outcome of a run: every step's result, in plan order, and the totals."""
+
+    run_id: str
+    plan: str
+    tenant: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+    success: bool = False
+    interrupted: bool = False
+    total_duration_ms: float = 0.0
+    started_at: float = 0.0
+    outputs: dict[str, StepResult] = Field(default_factory=dict)
+
+    @property
+    def status(self) -> RunStatus:
+        """How the run ended."""
+        if self.interrupted:
+            return RunStatus.INTERRUPTED
+        return RunStatus.SUCCEEDED if self.success else RunStatus.FAILED
 
     def count(self, status: StepStatus) -> int:
         return sum(1 for r in self.outputs.values() if r.status is status)
@@ -173,7 +180,7 @@ class Row:
     reuse: Mapping[str, StepResult] = field(default_factory=dict)
 
 
-class RowResult(BaseModel):
+class RowResult(StepTotals, BaseModel):
     """The outcome of one row: every step's result (none if the row never started)."""
 
     key: str
@@ -191,22 +198,6 @@ class RowResult(BaseModel):
     def succeeded(self) -> bool:
         return self.status is RowStatus.SUCCEEDED
 
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(r.prompt_tokens for r in self.outputs.values())
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(r.completion_tokens for r in self.outputs.values())
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @property
-    def cost_usd(self) -> float:
-        return sum(r.cost_usd for r in self.outputs.values())
-
     def texts(self) -> dict[str, str]:
         """Each succeeded step's output text, in plan order."""
         return {sid: r.output for sid, r in self.outputs.items() if r.succeeded}
@@ -220,7 +211,7 @@ class RowResult(BaseModel):
             "extra": self.extra,
             "line": self.line,
             "outputs": self.texts(),
-            "tokens": self.tokens,
+            "tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 6),
             "error": self.error,
         }

@@ -81,7 +81,7 @@ def test_every_row_runs_every_step_and_comes_back_once(llm_server: FakeLLMServer
     assert by_key["3"].inputs == {"item": "item-003"}
     assert list(by_key["3"].outputs) == ["a", "b", "c"]
     assert by_key["3"].texts()["a"].startswith("Reply to:")
-    assert by_key["3"].tokens > 0
+    assert by_key["3"].total_tokens > 0
     # The server saw each row's three steps exactly once, and never more than 6 at a time.
     requests = llm_server.requests
     assert len(requests) == 36
