@@ -16,12 +16,23 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_llm_server import FakeLLMServer, RequestRecord
+from typer.testing import CliRunner
 
+from dworkers.cli import app
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig, WorkerConfig
 from dworkers.types import WorkerRole
 
 TEST_MODEL = "openai/test-model"
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    """Run the command line in-process: (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(app, list(args))
+    # A user mistake never ends in a traceback: only typer's own exit is allowed through.
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        result.exception)
+    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from support import invoke
 
-from dworkers.cli import app
 from dworkers.discovery import search_path
 from dworkers.plans.registry import plan_registry
 from dworkers.tenants.registry import tenant_registry
@@ -58,15 +57,6 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty working directory: only the built-in library is found from here."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    # A user mistake never ends in a traceback: only typer's own exit is allowed through.
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        result.exception
-    )
-    return result.exit_code, result.stdout, result.stderr
 
 
 def write(path: Path, text: str) -> Path:

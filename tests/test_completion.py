@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from support import invoke
 from typer.testing import CliRunner
 
 from dworkers import __version__
@@ -70,12 +71,6 @@ def complete(line: str, shell: str = "bash") -> list[str]:
     result = CliRunner().invoke(app, [], env=env, prog_name="dworkers")
     assert result.exit_code == 0 and result.stderr == "", (result.exception, result.stderr)
     return [line for line in result.stdout.splitlines() if line]
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def mock_runs(count: int, tmp_path: Path) -> list[str]:

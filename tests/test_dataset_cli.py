@@ -12,10 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FakeLLMServer, llm_server
-from typer.testing import CliRunner
-
-from dworkers.cli import app
+from support import FakeLLMServer, invoke, llm_server
 
 __all__ = ["llm_server"]
 
@@ -50,11 +47,6 @@ def workspace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "per-row.yaml").write_text(PLAN)
     (tmp_path / "rows.csv").write_text(ROWS)
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def served(server: FakeLLMServer) -> tuple[str, ...]:

@@ -7,10 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support import FakeLLMServer, llm_server, marker
-from typer.testing import CliRunner
-
-from dworkers.cli import app
+from support import FakeLLMServer, invoke, llm_server, marker
 
 __all__ = ["llm_server"]
 
@@ -52,11 +49,6 @@ def instant_mock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DWORKERS_MOCK_LATENCY", "0")
     monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def only_run_dir(out: Path) -> Path:

@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FakeLLMServer, llm_server, make_plan, make_tenant, marker
-from typer.testing import CliRunner
+from support import FakeLLMServer, invoke, llm_server, make_plan, make_tenant, marker
 
 from dworkers import runner
-from dworkers.cli import app
 from dworkers.errors import InputError
 from dworkers.events import Event, EventLog, RunFinished
 from dworkers.history import History
@@ -48,13 +46,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DWORKERS_MOCK_LATENCY", "0")
     monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        result.exception)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def run_chain(server: FakeLLMServer, tmp_path: Path, *extra: str) -> tuple[int, str, str]:

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
-from typer.testing import CliRunner
+from support import invoke
 
 from dworkers import loader
-from dworkers.cli import app
 from dworkers.errors import ProblemsError
 from dworkers.names import SLUG
 from dworkers.schema import json_schema
@@ -46,12 +45,6 @@ def loader_accepts(kind: str, document: Any) -> bool:
     except ProblemsError:
         return False
     return True
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # --- the schema is a valid draft 2020-12 schema with an identity -------------------------------

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from support import FakeLLMServer, llm_server
-from typer.testing import CliRunner
+from support import FakeLLMServer, invoke, llm_server
 
 from dworkers import view
-from dworkers.cli import app
 from dworkers.errors import Problem
 
 __all__ = ["llm_server"]
@@ -61,13 +59,6 @@ def project(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     (tmp_path / "tenants").mkdir()
     (tmp_path / "tenants" / "evil-corp.yaml").write_text(TENANT)
     return tmp_path
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        result.exception)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def assert_inert(text: str) -> None:
