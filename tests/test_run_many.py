@@ -109,6 +109,17 @@ def test_rows_run_side_by_side_on_the_shared_slots(llm_server: FakeLLMServer) ->
     assert overlapping > 0
 
 
+def most_rows_at_once(log: EventLog) -> int:
+    """The most rows that were started and not yet finished at one time."""
+    active = most = 0
+    for event in log.events:
+        if isinstance(event, RowStarted):
+            active += 1
+            most = max(most, active)
+        elif isinstance(event, RowFinished):
+            active -= 1
+    return most
+
 def test_started_rows_finish_before_new_rows_pile_up(llm_server: FakeLLMServer) -> None:
     # Two slots, chains of three: a row's next step takes a freed slot before any new row's
     # first step, so only about two rows are ever active, whatever the window allows.
@@ -118,14 +129,7 @@ def test_started_rows_finish_before_new_rows_pile_up(llm_server: FakeLLMServer) 
                         options=RunOptions(row_window=50))
     run_all(engine, items(10))
 
-    active = most = 0
-    for event in log.events:
-        if isinstance(event, RowStarted):
-            active += 1
-            most = max(most, active)
-        elif isinstance(event, RowFinished):
-            active -= 1
-    assert most <= 3
+    assert most_rows_at_once(log) <= 3
     # Results flowed from the start: the first row finished before the last one started.
     kinds = [(type(e).__name__, getattr(e, "row", None) or getattr(getattr(e, "result", None),
                                                                       "key", None))
@@ -157,14 +161,7 @@ def test_the_active_row_window_bounds_memory(llm_server: FakeLLMServer) -> None:
     results = asyncio.run(collect())
     assert len(results) == 40
     assert results[0].extra == {"n": results[0].key[1:]}
-    active = most = 0
-    for event in log.events:
-        if isinstance(event, RowStarted):
-            active += 1
-            most = max(most, active)
-        elif isinstance(event, RowFinished):
-            active -= 1
-    assert most <= 3
+    assert most_rows_at_once(log) <= 3
     assert llm_server.max_in_flight <= 3
     assert seen_pulled[0] <= 4  # rows are read as they are needed, never all at once
 
