@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -15,7 +18,24 @@ from fake_llm_server import FakeLLMServer  # noqa: E402
 
 from dworkers.plans.base import BasePlan, PlanStep  # noqa: E402
 
-__all__ = ["ROOT", "FakeLLMServer", "layered_dag", "plan_from_graph"]
+__all__ = ["ROOT", "FakeLLMServer", "layered_dag", "local_server", "plan_from_graph"]
+
+SERVER = ROOT / "tests" / "fake_llm_server.py"
+
+
+@contextlib.contextmanager
+def local_server(*args: str) -> Iterator[str]:
+    """The local test server in its own process, as a provider would be (in this process it
+    would compete with the engine for the GIL and add its own delays to the figures), started
+    with ``args`` (see ``tests/fake_llm_server.py --help``); yields its base URL."""
+    proc = subprocess.Popen([sys.executable, str(SERVER), *args], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()  # SIGTERM: the server writes its --log before it exits
+        proc.wait(timeout=60)
 
 
 def layered_dag(steps: int, seed: int, width: int = 5) -> dict[str, list[str]]:

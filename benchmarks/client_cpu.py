@@ -11,30 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
-from _common import ROOT
+from _common import local_server
 
 from dworkers.llm import LiteLLMClient, LLMRequest
-
-SERVER = ROOT / "tests" / "fake_llm_server.py"
-
-
-@contextlib.contextmanager
-def server_process(tokens: int) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--reply-tokens", str(tokens),
-                             "--stream-chunk-tokens", "1"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def cpu_per_call(client: LiteLLMClient, url: str, *, stream: bool, calls: int,
@@ -64,7 +46,7 @@ def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark")
     client = LiteLLMClient()
     client.litellm  # noqa: B018 - import it before measuring
-    with server_process(args.tokens) as url:
+    with local_server("--reply-tokens", str(args.tokens), "--stream-chunk-tokens", "1") as url:
         print(f"client CPU per call, {args.tokens}-token answers, {args.calls} calls each:")
         figures = {}
         for stream in (True, False):

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from _common import ROOT, layered_dag, plan_from_graph
+from _common import layered_dag, local_server, plan_from_graph
 
 from dworkers import dag
 from dworkers.engine import PlanBuilder, RunOptions
@@ -43,20 +43,15 @@ def diamond() -> dict[str, list[str]]:
 
 @contextlib.contextmanager
 def server_process(latency: dict[str, float]) -> Iterator[str]:
-    """The local test server in its own process, as a provider would be: in this process it
-    would compete with the engine for the GIL and add its own delays to the figures."""
+    """The local test server (in its own process) answering each step after its latency."""
     rules = [{"contains": f"\n# Your step: {sid.upper()} ({sid})", "latency": seconds,
               "content": f"output of {sid}"} for sid, seconds in latency.items()]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(rules, handle)
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--rules", handle.name],
-                            stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
+        with local_server("--rules", handle.name) as url:
+            yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         os.unlink(handle.name)
 
 
@@ -99,9 +94,6 @@ def measure_cli(name: str, graph: dict[str, list[str]], latency: dict[str, float
             raise SystemExit(f"dworkers run failed ({done.returncode}): {done.stderr[-2000:]}")
         summary = json.loads(done.stdout)
     return float(summary["total_duration_ms"]) / 1000
-
-
-SERVER = ROOT / "tests" / "fake_llm_server.py"
 
 
 def main() -> None:

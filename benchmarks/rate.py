@@ -13,38 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from _common import ROOT
+from _common import local_server
 
 from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.events import EventLog, RateLimits, RowStatus
 from dworkers.llm import load_litellm
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig
-
-SERVER = ROOT / "tests" / "fake_llm_server.py"
-
-
-@contextlib.contextmanager
-def server_process(args: list[str], log: Path) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, str(SERVER), *args, "--log", str(log)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 def plan() -> BasePlan:
@@ -75,7 +56,7 @@ def main() -> None:
         requests_log = Path(tmp) / "requests.jsonl"
         server_args = ["--rpm", str(args.rpm), "--latency", str(args.latency),
                        "--reply-tokens", str(args.reply_tokens)]
-        with server_process(server_args, requests_log) as url:
+        with local_server(*server_args, "--log", str(requests_log)) as url:
             engine = PlanBuilder(plan(), tenant, api_base=url, options=RunOptions(),
                                  on_event=log).build()
 
