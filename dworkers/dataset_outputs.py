@@ -27,6 +27,7 @@ from dworkers.events import (
 )
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
+from dworkers.text import clean, crop, json_text, one_line
 
 RUN_JSON_INTERVAL = 2.0  # seconds between rewrites of run.json while rows finish
 FAILURES_LISTED = 1_000  # report.md lists this many failed rows; results.jsonl has them all
@@ -82,7 +83,7 @@ class DatasetWriter:
             else:
                 self.more_failures += 1
         if self.results is not None:
-            self.results.write(json.dumps(row.record(), ensure_ascii=False) + "\n")
+            self.results.write(json_text(row.record(), indent=None) + "\n")
             self.results.flush()  # a reader (tail -f, a crash) sees whole lines; no fsync
         if row.outputs:
             path = self.directory / "rows" / f"{safe_name(row.key)}.md"
@@ -145,8 +146,7 @@ def dataset_summary(result: DatasetResult) -> dict[str, Any]:
 
 def _cell(text: str, limit: int = 200) -> str:
     """Text safe inside a Markdown table cell: one line, pipes escaped, cut to ``limit``."""
-    flat = " ".join(text.split()).replace("|", "\\|")
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return crop(one_line(text), limit).replace("|", "\\|")
 
 
 def dataset_report(plan: BasePlan, result: DatasetResult,
@@ -179,7 +179,8 @@ def dataset_report(plan: BasePlan, result: DatasetResult,
         if more:
             lines += ["", f"… and {more:,} more: see results.jsonl."]
     lines += ["", "Each row's report is in `rows/`; every row's outputs in `results.jsonl`."]
-    return "\n".join(lines) + "\n"
+    # Plan files, data files and model answers are untrusted: no escape code reaches a terminal.
+    return clean("\n".join(lines)) + "\n"
 
 
 def row_report(plan: BasePlan, row: RowResult) -> str:
@@ -188,10 +189,9 @@ def row_report(plan: BasePlan, row: RowResult) -> str:
     if row.line is not None:
         lines.append(f"- Line: {row.line}")
     for name, value in row.inputs.items():
-        shown = " ".join(value.split())
-        lines.append(f"- {name}: {shown[:200] + '…' if len(shown) > 200 else shown}")
+        lines.append(f"- {name}: {crop(one_line(value), 200)}")
     if row.error:
-        lines.append(f"- Error: {' '.join(row.error.split())}")
+        lines.append(f"- Error: {one_line(row.error)}")
     lines.append("")
     for step in plan.steps:
         result = row.outputs.get(step.step_id)
@@ -202,7 +202,8 @@ def row_report(plan: BasePlan, row: RowResult) -> str:
             lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
         else:
             lines += [result.output.strip(), ""]
-    return "\n".join(lines).rstrip() + "\n"
+    # Data files and model answers are untrusted: no escape code reaches a terminal via cat.
+    return clean("\n".join(lines)).rstrip() + "\n"
 
 
 __all__ = ["DatasetWriter", "dataset_report", "dataset_summary", "row_report"]

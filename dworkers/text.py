@@ -173,10 +173,11 @@ def fit_right(text: str, width: int) -> str:
     return " " * max(width - cells(text), 0) + text
 
 
-def json_text(data: object) -> str:
-    """``data`` as indented JSON that is safe on a terminal: json escapes C0 controls itself,
-    and DEL and C1 controls (which it leaves alone) are escaped as well."""
-    text = json.dumps(data, indent=2, ensure_ascii=False)
+def json_text(data: object, indent: int | None = 2) -> str:
+    """``data`` as JSON (indented, or one line for ``indent=None``) that is safe on a terminal:
+    json escapes C0 controls itself, and DEL and C1 controls (which it leaves alone) are escaped
+    as well."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
     return _JSON_UNESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

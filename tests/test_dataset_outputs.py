@@ -107,3 +107,27 @@ def test_an_unwritable_folder_is_reported_not_raised(tmp_path: Path) -> None:
     writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
     writer(RowFinished(result("acme")))
     assert writer.error is not None and "file" in writer.error
+
+
+def test_escape_codes_from_data_and_answers_never_reach_the_files(tmp_path: Path) -> None:
+    # A row's inputs come from the data file and its outputs and errors from a model: any of
+    # them may carry codes that retitle a window or clear a screen when the file is cat'ed.
+    evil = "\x1b]0;PWNED\x07\x1b[2J\x1b[31mred\x1b[0m \x9b2J"
+    scope = StepResult(step_id="scope", status=StepStatus.SUCCEEDED, output=f"one\n{evil}\nthree")
+    write = StepResult(step_id="write", status=StepStatus.FAILED, error=f"bad {evil}")
+    row = RowResult(key="k", status=RowStatus.FAILED, inputs={"brief": f"brief {evil}"},
+                    outputs={"scope": scope, "write": write}, error=f"write: bad {evil}")
+    out = tmp_path / "run"
+    writer = DatasetWriter(out, PLAN, data={"file": "rows.csv", "key": "id", "rows": 1})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    writer(RowFinished(row))
+    done = DatasetResult(run_id="r1", plan=PLAN.name, tenant="acme")
+    done.counts[RowStatus.FAILED] = 1
+    writer(DatasetFinished(done))
+    assert writer.error is None
+    for name in ("rows/k.md", "report.md", "results.jsonl"):
+        text = (out / name).read_text()
+        assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text, (name, text)
+    assert "\none\nred \nthree\n" in (out / "rows" / "k.md").read_text()  # lines kept, codes gone
+    [line] = (out / "results.jsonl").read_text().splitlines()
+    assert json.loads(line)["outputs"]["scope"] == f"one\n{evil}\nthree"  # the data, escaped
