@@ -6,7 +6,7 @@ history each consume the same events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -178,6 +178,29 @@ class Row:
     line: int | None = None  # the row's line in its data file, 1-based
     # Resume: this row's earlier step results, reused where the step would be asked the same.
     reuse: Mapping[str, StepResult] = field(default_factory=dict)
+
+
+# What a dataset run takes: rows, or plain mappings of inputs; sync or async, read lazily.
+Rows = Iterable[Row | Mapping[str, object]] | AsyncIterable[Row | Mapping[str, object]]
+
+
+async def each_row(rows: Rows) -> AsyncGenerator[Row, None]:
+    """``rows`` as ``Row``s, one at a time; a plain mapping's key is its 1-based number."""
+    number = 0
+    if isinstance(rows, AsyncIterable):
+        async for item in rows:
+            number += 1
+            yield _as_row(item, number)
+    else:
+        for item in rows:
+            number += 1
+            yield _as_row(item, number)
+
+
+def _as_row(item: Row | Mapping[str, object], number: int) -> Row:
+    if isinstance(item, Row):
+        return item
+    return Row(key=str(number), inputs={str(k): str(v) for k, v in item.items()})
 
 
 class RowResult(StepTotals, BaseModel):

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from dworkers.errors import DworkersError
@@ -26,37 +26,19 @@ from dworkers.events import (
     Row,
     RowFinished,
     RowResult,
+    Rows,
     RowStarted,
     RowStatus,
     RunResult,
     StepStatus,
+    each_row,
 )
 
 if TYPE_CHECKING:
     from dworkers.engine.pool import Pool
     from dworkers.engine.scheduler import Engine, _Run
 
-RowSource = Iterable[Row | Mapping[str, object]] | AsyncIterable[Row | Mapping[str, object]]
 CANCEL_WAIT = 15.0  # seconds rows get to wind down after an interruption
-
-
-async def _rows(source: RowSource) -> AsyncGenerator[Row, None]:
-    """Rows from any iterable or async iterable; plain mappings get their row number as key."""
-    number = 0
-    if isinstance(source, AsyncIterable):
-        async for item in source:
-            number += 1
-            yield _as_row(item, number)
-    else:
-        for item in source:
-            number += 1
-            yield _as_row(item, number)
-
-
-def _as_row(item: Row | Mapping[str, object], number: int) -> Row:
-    if isinstance(item, Row):
-        return item
-    return Row(key=str(number), inputs={str(k): str(v) for k, v in item.items()})
 
 
 def row_result(row: Row, inputs: Mapping[str, str], run: RunResult) -> RowResult:
@@ -195,7 +177,7 @@ class _Dataset:
                     await asyncio.wait(list(self.active))
 
 
-async def run_rows(engine: Engine, rows: RowSource, *,
+async def run_rows(engine: Engine, rows: Rows, *,
                    max_failures: int | None = None) -> AsyncIterator[RowResult]:
     """``Engine.run_many``: see the module's docstring and ``Engine.run_many``."""
     if max_failures is not None and max_failures < 1:
@@ -205,7 +187,7 @@ async def run_rows(engine: Engine, rows: RowSource, *,
     t0 = time.monotonic()
     emit = state.emit
     emit(dataclasses.replace(engine.describe(state.result.run_id, t0), dataset=True))
-    source = _rows(rows)
+    source = each_row(rows)
     exhausted = False
     try:
         while True:

@@ -8,15 +8,13 @@ an optional extra (``pip install 'dworkers[ray]'``) and is imported only when it
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from dworkers.errors import InputError, Problem
-from dworkers.events import Row, RowResult
+from dworkers.events import RowResult, Rows
 
 EXECUTORS = ("local", "ray")
-
-Rows = Iterable[Row | Mapping[str, object]] | AsyncIterable[Row | Mapping[str, object]]
 
 
 class Executor(Protocol):

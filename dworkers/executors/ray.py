@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,12 @@ from dworkers.events import (
     Row,
     RowFinished,
     RowResult,
+    Rows,
     RowStarted,
     RowStatus,
     StepFinished,
+    each_row,
 )
-from dworkers.executors import Rows
 from dworkers.executors.ray_workers import Batch, Coordinator, RowWorker
 from dworkers.ratelimit import LocalBudget, LocalRateGate
 
@@ -247,7 +248,7 @@ class _ClusterRun:
                  workers: int | None) -> None:
         self.engine = engine
         self.emit = engine.on_event or (lambda event: None)
-        self.source = _rows(rows)
+        self.source = each_row(rows)
         self.source_done = False
         self.max_failures = max_failures
         self.requested_workers = workers
@@ -584,22 +585,3 @@ def _reason(error: BaseException) -> str:
 async def _quietly(ref: Any) -> None:
     with contextlib.suppress(RayError, asyncio.CancelledError):
         await ref
-
-
-async def _rows(rows: Rows) -> AsyncIterator[Row]:
-    """Rows as ``Row``s, read lazily; a plain mapping's key is its 1-based number."""
-    number = 0
-    if isinstance(rows, AsyncIterable):
-        async for item in rows:
-            number += 1
-            yield _as_row(item, number)
-    else:
-        for item in rows:
-            number += 1
-            yield _as_row(item, number)
-
-
-def _as_row(item: Row | Mapping[str, object], number: int) -> Row:
-    if isinstance(item, Row):
-        return item
-    return Row(key=str(number), inputs={str(k): str(v) for k, v in item.items()})
