@@ -6,15 +6,21 @@ Retry-After when a request comes too early; replies are a few hundred tokens. Th
 ``rows`` rows of a three-step plan through ``Engine.run_many`` with 64 slots and no rate
 configured. Goals: ≥ 90 % of the limit sustained, ≤ 3 % of calls answered 429, no row failed.
 
-    python benchmarks/rate.py [--rpm 1500] [--rows 1000] [--latency 0.4]
+    python benchmarks/rate.py [--rpm 1500] [--rows 1000] [--latency 0.4] [--cli]
+
+``--cli`` runs the same through ``dworkers run PLAN --data rows.csv --json`` in a subprocess
+(history, results.jsonl and row reports included) instead of the library.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +51,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.4, help="server seconds per answer")
     parser.add_argument("--reply-tokens", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--cli", action="store_true", help="through `dworkers run --data`")
     args = parser.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark")
     tenant = TenantConfig(id="bench", models=ModelsConfig(default="openai/bench-model"),
@@ -57,38 +64,82 @@ def main() -> None:
         server_args = ["--rpm", str(args.rpm), "--latency", str(args.latency),
                        "--reply-tokens", str(args.reply_tokens)]
         with local_server(*server_args, "--log", str(requests_log)) as url:
-            engine = PlanBuilder(plan(), tenant, api_base=url, options=RunOptions(),
-                                 on_event=log).build()
+            if args.cli:
+                statuses, wall, rpm_seen = run_cli(Path(tmp), url, args.concurrency, rows)
+                t0 = loaded = 0.0
+            else:
+                engine = PlanBuilder(plan(), tenant, api_base=url, options=RunOptions(),
+                                     on_event=log).build()
 
-            async def run() -> list[RowStatus]:
-                return [r.status async for r in engine.run_many(rows)]
+                async def run() -> list[RowStatus]:
+                    return [r.status async for r in engine.run_many(rows)]
 
-            t0 = time.monotonic()
-            load_litellm()  # its import is the same for one call or ten thousand
-            loaded = time.monotonic()
-            statuses = asyncio.run(run())
-            wall = time.monotonic() - t0
+                t0 = time.monotonic()
+                load_litellm()  # its import is the same for one call or ten thousand
+                loaded = time.monotonic()
+                statuses = asyncio.run(run())
+                wall = time.monotonic() - t0
+                learned = [e for e in log.events if isinstance(e, RateLimits)]
+                rpm_seen = (f"{learned[0].rpm} RPM (from {learned[0].source})" if learned
+                            else "none")
         requests = [json.loads(line) for line in requests_log.read_text().splitlines()]
     accepted = sorted(r["started"] for r in requests if not r["rate_limited"])
     refused = sum(1 for r in requests if r["rate_limited"])
     calls = len(accepted)
     sustained = (calls - 1) / (accepted[-1] - accepted[0]) * 60
     ideal = calls / (args.rpm / 60)
-    learned = [e for e in log.events if isinstance(e, RateLimits)]
     failed = sum(1 for s in statuses if s is not RowStatus.SUCCEEDED)
     print(f"limit {args.rpm:g} RPM (not told; bucket of 1 s), {args.rows} rows × 3 steps, "
           f"{args.concurrency} slots, answers of {args.reply_tokens} tokens after "
-          f"{args.latency:g}s")
-    print(f"learned limit:       {learned[0].rpm if learned else None} RPM "
-          f"(from {learned[0].source if learned else '-'})")
+          f"{args.latency:g}s, {'command line' if args.cli else 'Engine.run_many'}")
+    print(f"learned limit:       {rpm_seen}")
     print(f"calls answered:      {calls} (+ {refused} answered 429)")
     print(f"share of limit:      {sustained / args.rpm:.1%} sustained "
           f"({sustained:.0f} calls/min, first to last accepted call)")
     print(f"429 share:           {refused / len(requests):.2%} of {len(requests)} requests")
     print(f"rows failed:         {failed} of {len(statuses)}")
     print(f"wall vs ideal:       {wall - (loaded - t0):.1f}s vs {ideal:.1f}s  "
-          f"({(wall - (loaded - t0)) / ideal:.3f}×; litellm's import, {loaded - t0:.1f}s, "
-          "not counted)")
+          f"({(wall - (loaded - t0)) / ideal:.3f}×"
+          + ("; the run's own duration)" if args.cli else
+             f"; litellm's import, {loaded - t0:.1f}s, not counted)"))
+
+
+PLAN_YAML = """\
+name: rate-bench
+description: benchmark
+inputs:
+  item: {}
+steps:
+  - {step_id: scope, name: Scope, prompt_template: "Scope {item}"}
+  - {step_id: risks, name: Risks, depends_on: [scope], prompt_template: "List the risks of {item}"}
+  - {step_id: costs, name: Costs, depends_on: [scope], prompt_template: "List the costs of {item}"}
+"""
+
+
+def run_cli(tmp: Path, url: str, concurrency: int,
+            rows: list[dict[str, str]]) -> tuple[list[RowStatus], float, str]:
+    """``dworkers run --data``: row statuses (from results.jsonl) and the run's duration."""
+    (tmp / "plan.yaml").write_text(PLAN_YAML)
+    (tmp / "bench.yaml").write_text("id: bench\nmodels: {default: openai/bench-model}\n"
+                                    f"limits: {{max_concurrency: {concurrency}, "
+                                    "timeout_seconds: 60}\n")
+    with (tmp / "rows.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item"])
+        writer.writerows([row["item"]] for row in rows)
+    env = {**os.environ, "DWORKERS_HOME": str(tmp / "home")}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dworkers"), "run", str(tmp / "plan.yaml"), "--data",
+         str(tmp / "rows.csv"), "--tenant", str(tmp / "bench.yaml"), "--api-base", url,
+         "--json", "-q", "--out", str(tmp / "out")],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"dworkers run failed ({done.returncode}): {done.stderr[-2000:]}")
+    summary = json.loads(done.stdout)
+    results = next((tmp / "out").glob("*/results.jsonl"))
+    statuses = [RowStatus(json.loads(line)["status"])
+                for line in results.read_text().splitlines()]
+    return statuses, float(summary["total_duration_ms"]) / 1000, "shown by the progress view"
 
 
 if __name__ == "__main__":
