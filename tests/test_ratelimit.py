@@ -244,3 +244,23 @@ def test_the_budget_refuses_calls_once_spent_or_held_by_calls_in_flight() -> Non
     assert over == after == "budget of $1 reached ($1.0500 spent)"
     assert asyncio.run(LocalBudget(0).reserve(0)) == "budget of $0 allows no calls"
     assert asyncio.run(LocalBudget(None).reserve(1e9)) is None
+
+
+def test_the_test_server_enforces_its_limit_and_says_so_on_every_answer() -> None:
+    import httpx
+    from fake_llm_server import FakeLLMServer
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "two words"}]}
+    with FakeLLMServer(rpm=120, tpm=6000, reply_tokens=5) as server:  # buckets of 1 s: 2, 100
+        answers = [httpx.post(f"{server.url}/chat/completions", json=body) for _ in range(3)]
+        log = server.requests
+    first, second, third = answers
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert first.headers["x-ratelimit-limit-requests"] == "120"
+    assert first.headers["x-ratelimit-limit-tokens"] == "6000"
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["1", "0", "0"]
+    assert first.headers["x-ratelimit-remaining-tokens"] == str(100 - 7)  # 2 words + 5 reply
+    assert len(first.json()["choices"][0]["message"]["content"].split()) == 5
+    wait_ms = int(third.headers["retry-after-ms"])
+    assert 0 < wait_ms <= 500 and third.headers["retry-after"] == "1"
+    assert [r.rate_limited for r in log] == [False, False, True]
