@@ -254,7 +254,7 @@ def test_the_test_server_enforces_its_limit_and_says_so_on_every_answer() -> Non
     with FakeLLMServer(rpm=120, tpm=6000, reply_tokens=5) as server:  # buckets of 1 s: 2, 100
         answers = [httpx.post(f"{server.url}/chat/completions", json=body) for _ in range(3)]
         log = server.requests
-    first, second, third = answers
+    first, _, third = answers
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert first.headers["x-ratelimit-limit-requests"] == "120"
     assert first.headers["x-ratelimit-limit-tokens"] == "6000"
