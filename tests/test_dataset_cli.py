@@ -312,3 +312,22 @@ def test_ctrl_c_keeps_every_finished_row_and_writes_the_summary(
                                   "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["counts"]["succeeded"] == len(KEYS)
+
+
+def test_a_dry_run_checks_every_row_and_renders_the_first(tmp_path: Path) -> None:
+    code, stdout, stderr = invoke("run", "per-row.yaml", "--data", "rows.csv", "--dry-run")
+    assert code == 0, stderr
+    assert "dry run of row 'alpha' (1 of 3 rows; every row checked)" in stderr
+    assert "Scope Alpha topic in a plain tone" in stdout and "Beta" not in stdout
+    assert not (tmp_path / "dworkers-runs").exists()
+    (tmp_path / "bad.csv").write_text("id,topic\na,x\na,y\n")
+    code, _, stderr = invoke("run", "per-row.yaml", "--data", "bad.csv", "--dry-run")
+    assert code == 2 and "bad.csv:3: key 'a' repeats the key of line 2" in stderr
+
+
+def test_show_json_of_a_dataset_run_counts_rows(tmp_path: Path) -> None:
+    assert invoke("run", "per-row.yaml", "--data", "rows.csv", "--mock")[0] == 0
+    code, stdout, _ = invoke("show", "last", "--json")
+    document = json.loads(stdout)
+    assert code == 0 and document["rows"]["succeeded"] == 3
+    assert document["not_succeeded"] == [] and document["options"]["data"]["rows"] == 3
