@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dworkers import provider_headers
+from dworkers.events import RateLimits
 
 SAFETY = 0.97  # share of a known limit we aim for: jitter in send times must not cross it
 TIGHTEN = 0.85  # pace multiplier after a 429
@@ -38,16 +39,6 @@ HORIZON = 1.0  # calls are booked at most this far ahead, so a new pace applies 
 PROBE_SECONDS = 2.0  # how long the first call to an unknown model goes alone, at most
 DEFAULT_OUTPUT_TOKENS = 256  # a step's expected answer length before one has been seen
 CHARS_PER_TOKEN = 4.0  # a prompt's length in tokens, before the provider has counted one
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitsInfo:
-    """The limits a model is paced to (per minute; ``None`` when unknown)."""
-
-    model: str
-    rpm: float | None
-    tpm: float | None
-    source: str  # "tenant", "headers" or "429"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +59,7 @@ class RateGate(Protocol):
         ...
 
     async def observe(self, model: str, status: int, headers: dict[str, str], tokens: int,
-                      estimated: int) -> RateLimitsInfo | None:
+                      estimated: int) -> RateLimits | None:
         """Report an answer: its HTTP status, the provider's headers (lower-case names),
         the tokens it really used (0 if unknown) and the estimate ``acquire`` was given.
         Returns the model's limits when they changed, else ``None``."""
@@ -145,7 +136,7 @@ class Pacer:
             pace = self._models[model] = _ModelPace()
         return pace
 
-    def limits(self, model: str) -> RateLimitsInfo:
+    def limits(self, model: str) -> RateLimits:
         pace = self._pace(model)
         source = ("tenant" if pace.stated_rpm or pace.stated_tpm else
                   "headers" if pace.header_rpm or pace.header_tpm else
@@ -154,7 +145,7 @@ class Pacer:
                 (pace.header_rpm or math.inf) < (pace.stated_rpm or math.inf)
                 or (pace.header_tpm or math.inf) < (pace.stated_tpm or math.inf)):
             source = "headers"
-        return RateLimitsInfo(model, pace.rpm, pace.tpm, source)
+        return RateLimits(model, pace.rpm, pace.tpm, source)
 
     def schedule(self, model: str, tokens: int, now: float) -> Slot:
         """Book a call to ``model`` estimated at ``tokens``: how long to wait before sending
@@ -187,7 +178,7 @@ class Pacer:
         return Slot(True, at - now)
 
     def observe(self, model: str, status: int, headers: Mapping[str, str], tokens: int,
-                estimated: int, now: float) -> RateLimitsInfo | None:
+                estimated: int, now: float) -> RateLimits | None:
         """Learn from an answer; the model's limits when they changed, else ``None``."""
         pace = self._pace(model)
         pace.answered = True
@@ -281,10 +272,10 @@ class LocalRateGate:
                 return
 
     async def observe(self, model: str, status: int, headers: dict[str, str], tokens: int,
-                      estimated: int) -> RateLimitsInfo | None:
+                      estimated: int) -> RateLimits | None:
         return self.pacer.observe(model, status, headers, tokens, estimated, time.monotonic())
 
-    def limits(self, model: str) -> RateLimitsInfo:
+    def limits(self, model: str) -> RateLimits:
         return self.pacer.limits(model)
 
 

@@ -14,10 +14,10 @@ import math
 import pytest
 from fake_llm_server import _Bucket
 
+from dworkers.events import RateLimits
 from dworkers.ratelimit import (
     LocalBudget,
     Pacer,
-    RateLimitsInfo,
     Slot,
     TokenEstimator,
 )
@@ -187,7 +187,7 @@ def test_calls_are_booked_at_most_a_second_ahead_so_a_new_pace_applies_at_once()
     # The tenant's limit still bounds the pace: headers only ever lower a stated limit.
     assert pacer.limits("openai/m").rpm == 120
     pacer.observe("openai/m", 200, {"x-ratelimit-limit-requests": "30"}, 10, 10, 0.2)
-    assert pacer.limits("openai/m") == RateLimitsInfo("openai/m", 30, None, "headers")
+    assert pacer.limits("openai/m") == RateLimits("openai/m", 30, None, "headers")
 
 
 def test_the_first_call_to_an_unknown_model_goes_alone() -> None:
@@ -214,7 +214,7 @@ def test_limits_are_read_in_any_header_dialect_and_garbage_is_ignored() -> None:
     assert pacer.observe("openai/m", 200, garbage, 10, 10, 1.0) is None
     said = {"LLM_PROVIDER-X-RateLimit-Limit-Requests": "1200"}  # a gateway forwarding it
     info = pacer.observe("openai/m", 200, said, 10, 10, 2.0)
-    assert info == RateLimitsInfo("openai/m", 1200, None, "headers")
+    assert info == RateLimits("openai/m", 1200, None, "headers")
 
 
 def test_token_estimates_learn_prompt_density_and_each_steps_answer_length() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -44,7 +45,6 @@ from dworkers.events import (
     MOCK_MODEL,
     DatasetResult,
     Event,
-    RateLimits,
     Row,
     RowResult,
     RunFinished,
@@ -846,8 +846,7 @@ class _Run:
         """Tell the rate gate how a call went; the view hears when a model's limits change."""
         changed = await gate.observe(model, status, dict(headers), tokens, estimate)
         if changed is not None:
-            self.emit(RateLimits(changed.model, changed.rpm, changed.tpm, changed.source,
-                                 time.monotonic()))
+            self.emit(dataclasses.replace(changed, at=time.monotonic()))
 
     def backoff(self, failures: int) -> float:
         base = self.options.retry_base_delay * 2.0 ** (failures - 1)
