@@ -206,6 +206,16 @@ class _Received:
     def text(self) -> str:
         return "".join(self.pieces)
 
+    def add(self, text: object, on_delta: DeltaCallback) -> bool:
+        """Keep a piece of the answer (any string the provider sent, made valid text) and pass
+        it on; ``False`` for anything else."""
+        if not text or not isinstance(text, str):
+            return False
+        text = valid_text(text)
+        self.pieces.append(text)
+        on_delta(text)
+        return True
+
 
 class LiteLLMClient:
     """Calls any provider through ``litellm.acompletion`` with streaming and usage."""
@@ -337,11 +347,7 @@ class LiteLLMClient:
             got.finish_reason = str(reason)
         delta = getattr(choices[0], "delta", None)
         text = getattr(delta, "content", None) if delta is not None else None
-        if text and isinstance(text, str):
-            text = valid_text(text)
-            got.pieces.append(text)
-            on_delta(text)
-        else:
+        if not got.add(text, on_delta):
             on_delta("")
 
     @staticmethod
@@ -353,11 +359,7 @@ class LiteLLMClient:
         reason = getattr(choices[0], "finish_reason", None)
         got.finish_reason = str(reason) if reason else None
         message = getattr(choices[0], "message", None)
-        text = getattr(message, "content", None) if message is not None else None
-        if text and isinstance(text, str):
-            text = valid_text(text)
-            got.pieces.append(text)
-            on_delta(text)
+        got.add(getattr(message, "content", None) if message is not None else None, on_delta)
 
     def _usage(self, request: LLMRequest, got: _Received, *, estimated: bool) -> Usage:
         """Tokens and cost of an attempt: as reported, else estimated from what was sent and
@@ -540,11 +542,7 @@ def _read_json_answer(body: bytes, got: _Received, on_delta: DeltaCallback) -> N
     reason = choices[0].get("finish_reason")
     got.finish_reason = reason if isinstance(reason, str) else None
     message = choices[0].get("message")
-    text = message.get("content") if isinstance(message, dict) else None
-    if isinstance(text, str) and text:
-        text = valid_text(text)
-        got.pieces.append(text)
-        on_delta(text)
+    got.add(message.get("content") if isinstance(message, dict) else None, on_delta)
 
 
 def _unparseable_answer(exc: BaseException, message: str) -> bool:
