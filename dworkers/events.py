@@ -1,4 +1,4 @@
-"""What a run reports while it goes: results, and the events the engine emits.
+"""What a run takes and reports: a dataset's rows, results, and the events the engine emits.
 
 The engine emits events to a callback and never prints; the view, the output writer and the
 history each consume the same events.
