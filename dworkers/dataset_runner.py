@@ -86,10 +86,6 @@ class _Prepared:
 def execute_dataset(request: RunRequest, dataset: DatasetRequest) -> int:
     """Run a plan over every row of a dataset; returns the exit code. User mistakes (a bad
     file, a missing input, an unknown key column) raise ``DworkersError`` before any call."""
-    import warnings
-
-    warnings.filterwarnings("ignore", module=r"litellm(\.|$)")
-    warnings.filterwarnings("ignore", message=r".*ReadOnly. qualifier", category=UserWarning)
     prepared = prepare(request, dataset)
     if request.dry_run:
         return _dry_run(request, prepared)

@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -159,6 +160,10 @@ _import_lock = threading.Lock()
 def load_litellm() -> Any:
     """Import and configure litellm (seconds); safe to call from a background thread."""
     with _import_lock:
+        # litellm's own modules warn (on import, and a provider module on first use); those
+        # warnings are not the user's business, whoever calls: the command line or a script.
+        warnings.filterwarnings("ignore", module=r"litellm(\.|$)")
+        warnings.filterwarnings("ignore", message=r".*ReadOnly. qualifier", category=UserWarning)
         # Use the cost map shipped with litellm instead of fetching one at import time.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         litellm: Any = importlib.import_module("litellm")

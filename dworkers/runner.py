@@ -12,7 +12,6 @@ import signal
 import stat
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,9 +222,6 @@ class _Prepared:
 
 def execute(request: RunRequest) -> int:
     """Run a plan for the CLI; returns the exit code. User mistakes raise ``DworkersError``."""
-    # litellm's own modules warn on import; those warnings are not the user's business.
-    warnings.filterwarnings("ignore", module=r"litellm(\.|$)")
-    warnings.filterwarnings("ignore", message=r".*ReadOnly. qualifier", category=UserWarning)
     prepared = prepare(request)
     resumed, history = prepared.resumed_from, prepared.history
     reused = prepared.engine.reused_steps(prepared.inputs) if resumed is not None else None
