@@ -145,6 +145,8 @@ def report(plan: BasePlan, result: RunResult) -> str:
             reason = step_result.error if step_result and step_result.error else ""
             lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
         else:
+            if step_result.truncated:
+                lines += ["> Truncated: the answer was cut off at the model's token limit.", ""]
             lines += [step_result.output.strip(), ""]
     # Plan files and model answers are untrusted: no escape code reaches a terminal via cat.
     return clean("\n".join(lines)).rstrip() + "\n"

@@ -195,7 +195,7 @@ def _root_label(state: RunState, width: int, now: float) -> Text:
         end = state.finished_at if state.finished_at is not None else now
         elapsed = max(0.0, end - state.started_at)
         stats = " · ".join([f"{state.done}/{state.total} done", fmt_duration(elapsed),
-                            fmt_tokens(state.tokens), fmt_cost(state.cost_usd)])
+                            fmt_tokens(state.tokens), state.cost])
     else:
         stats = "starting…"
     name = one_line(state.plan) or "run"
@@ -265,9 +265,12 @@ def _step_lines(state: RunState, step: StepState, layout: _Layout, now: float) -
     elif phase is Phase.SUCCEEDED:
         detail.append(fmt_tokens(step.total_tokens).rjust(10), style="dim")
         detail.append("  ")
-        detail.append(fmt_cost(step.cost_usd), style="dim")
+        detail.append(step.cost, style="dim")
         if step.attempt > 1:
             detail.append(f"  {step.attempt} tries", style="yellow")
+        if step.result is not None and step.result.truncated:
+            detail.append("  truncated", style="yellow")
+            second = ("cut off at the model's token limit", "yellow")
     elif phase is Phase.CACHED:
         detail.append("cached", style="blue")
         detail.append(" (reused earlier result)", style="dim")
@@ -334,8 +337,10 @@ def summary(
     head.append(one_line(result.plan), style="bold")
     head.append(f" {verb}", style=style)
     head.append(f": {counts}")
-    facts = [fmt_duration(result.total_duration_ms / 1000), f"{result.total_tokens:,} tokens",
-             fmt_cost(result.cost_usd)]
+    tokens = f"{result.total_tokens:,} tokens" + (" (some estimated)" if result.estimated
+                                                   else "")
+    facts = [fmt_duration(result.total_duration_ms / 1000), tokens,
+             fmt_cost(result.cost_usd, result.cost_known, result.estimated)]
     parts: list[RenderableType] = [head, Text("  " + " · ".join(facts), style="dim")]
     for step in result.outputs.values():
         if step.status is StepStatus.FAILED:
@@ -343,12 +348,20 @@ def summary(
                 Text.assemble("  ", ("✗ ", "red"), (one_line(step.step_id) + ": ", "bold")),
                 Text(one_line(step.error or "failed")),
             ))
+        elif step.truncated:
+            parts.append(_Hanging(
+                Text.assemble("  ", ("⚠ ", "yellow"), (one_line(step.step_id) + ": ", "bold")),
+                Text("truncated: the answer was cut off at the model's token limit"),
+            ))
     for what in unsaved:
         parts.append(_Hanging(Text.assemble("  ", ("✗ ", "red"), ("not saved: ", "bold red")),
                               Text(one_line(what))))
     if out_dir:
         label = "  outputs (incomplete): " if unsaved else "  outputs: "
         parts.append(_Whole(Text.assemble((label, "dim"), (clean(out_dir), "bold"))))
+    if result.interrupted or not result.success:
+        parts.append(_Whole(Text.assemble(("  finish it: ", "dim"),
+                                          (f"dworkers run --resume {result.run_id}", "bold"))))
     return Group(*parts)
 
 

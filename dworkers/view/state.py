@@ -122,6 +122,14 @@ class StepState:
     def cost_usd(self) -> float:
         return self.result.cost_usd if self.result is not None else 0.0
 
+    @property
+    def cost(self) -> str:
+        """The finished step's cost as shown (unknown and estimated costs say so)."""
+        result = self.result
+        if result is None:
+            return fmt_cost(0.0)
+        return fmt_cost(result.cost_usd, result.cost_known, result.estimated)
+
     def elapsed(self, now: float) -> float | None:
         """Seconds since the first attempt started (the final duration once finished)."""
         if self.phase.finished:
@@ -157,6 +165,7 @@ class RunState:
     _counts: dict[Phase, int] = field(default_factory=dict, repr=False)
     _tokens: int = field(default=0, repr=False)  # finished steps' tokens + streaming tokens
     _cost: float = field(default=0.0, repr=False)
+    _unknown_cost: int = field(default=0, repr=False)  # finished steps whose cost is unknown
     _order: tuple[dict[str, StepState], list[str]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -261,6 +270,7 @@ class RunState:
         if step.result is not None:  # already counted: take the newer result
             self._tokens -= step.result.total_tokens
             self._cost -= step.result.cost_usd
+            self._unknown_cost -= not step.result.cost_known
         self._stream(step, 0, "")
         self._move(step, Phase.CACHED if result.cached else _FINAL_PHASE[result.status])
         step.result = result
@@ -270,6 +280,7 @@ class RunState:
         step.retry_until = None
         self._tokens += result.total_tokens
         self._cost += result.cost_usd
+        self._unknown_cost += not result.cost_known
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -321,6 +332,11 @@ class RunState:
         return self._cost
 
     @property
+    def cost(self) -> str:
+        """``cost_usd`` as shown: "cost unknown" rather than $0 when a step's cost is."""
+        return fmt_cost(self._cost, self._unknown_cost == 0)
+
+    @property
     def elapsed(self) -> float:
         if self.started_at is None:
             return 0.0
@@ -364,8 +380,13 @@ def fmt_tokens(tokens: int) -> str:
     return f"{tokens:,} tok"
 
 
-def fmt_cost(cost: float) -> str:
-    return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
+def fmt_cost(cost: float, known: bool = True, estimated: bool = False) -> str:
+    """``$0.0123``; an unknown cost is never shown as $0: "cost unknown", or what is known of
+    it "+ unknown"; a cost that includes estimates says so."""
+    text = f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
+    if not known:
+        return "cost unknown" if cost == 0 else f"{text} + unknown"
+    return f"~{text} (estimate)" if estimated else text
 
 
 def plural(n: int, word: str) -> str:
@@ -406,9 +427,11 @@ def line_for(state: RunState, event: Event) -> str | None:
             return _line(f"{count} {'CACHED':<6} {result.step_id}", " (reused an earlier result)")
         if result.status is StepStatus.SUCCEEDED:
             parts = [fmt_duration(result.duration_ms / 1000), fmt_tokens(result.total_tokens),
-                     fmt_cost(result.cost_usd)]
+                     fmt_cost(result.cost_usd, result.cost_known, result.estimated)]
             if result.attempts > 1:
                 parts.append(f"after {result.attempts} attempts")
+            if result.truncated:
+                parts.append("TRUNCATED at the token limit")
             return _line(f"{count} {'OK':<6} {result.step_id} ", " ".join(parts))
         if result.status is StepStatus.FAILED:
             after = f" after {plural(result.attempts, 'attempt')}" if result.attempts else ""

@@ -1,0 +1,423 @@
+"""What comes back from a provider or gateway is checked before it counts: empty and odd answers,
+cut-off answers, silence, reported and declared costs, and every dialect of "wait, then retry".
+
+Every test talks HTTP to the local server through litellm, as production does. Waits between
+attempts go through an injected sleep that records them, so a 60-second Retry-After is checked
+for its real value without a test waiting a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import FakeLLMServer, llm_server, make_plan, make_tenant, marker, request_for
+from typer.testing import CliRunner
+
+from dworkers.cli import app
+from dworkers.engine import PlanBuilder, RunOptions
+from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
+from dworkers.tenants.config import LimitsConfig, ModelPrice, TenantConfig
+
+__all__ = ["llm_server"]
+
+
+class Waits:
+    """A sleep for the engine that records each wait and returns at once."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+        await asyncio.sleep(0)
+
+
+def run_plan(
+    server: FakeLLMServer,
+    graph: dict[str, list[str]],
+    *,
+    tenant: TenantConfig | None = None,
+    waits: Waits | None = None,
+    log: EventLog | None = None,
+    options: RunOptions | None = None,
+    **step_options: object,
+) -> RunResult:
+    options = options or RunOptions()
+    options.sleep = waits or Waits()
+    engine = PlanBuilder(make_plan(graph, **step_options), tenant or make_tenant(),
+                         api_base=server.url, options=options, on_event=log).build()
+    return asyncio.run(engine.run({}))
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.yaml").write_text(
+        "name: two\ndescription: Two steps\nsteps:\n"
+        "  - {step_id: a, name: A, description: first}\n"
+        "  - {step_id: b, name: B, description: second, depends_on: [a]}\n")
+    return tmp_path
+
+
+def tenant_file(directory: Path, body: str = "") -> str:
+    path = directory / "gw.yaml"
+    path.write_text("id: gw\nmodels:\n  default: openai/test-model\n" + body)
+    return str(path)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def run_cli(server: FakeLLMServer, *args: str) -> tuple[int, str, str]:
+    return invoke("run", "plan.yaml", "--api-base", server.url, "--out", "runs", *args)
+
+
+# --- an answer is only a success if it is an answer -----------------------------------------
+
+EMPTY_ANSWERS = {
+    "empty body": {"raw_body": ""},
+    "unparseable body": {"raw_body": "<html>502 Bad Gateway</html>"},
+    "only [DONE]": {"answer": "done-only"},
+    "empty text": {"content": ""},
+    "only whitespace": {"content": "  \n "},
+}
+
+
+@pytest.mark.parametrize("fault", EMPTY_ANSWERS.values(), ids=EMPTY_ANSWERS.keys())
+def test_an_empty_answer_is_a_failed_attempt_and_retried(
+    llm_server: FakeLLMServer, fault: dict[str, Any]
+) -> None:
+    llm_server.add_rule(marker("a"), times=1, **fault)
+    llm_server.add_rule(marker("a"), content="the real deliverable")
+    log = EventLog()
+    result = run_plan(llm_server, {"a": []}, log=log, retry_max=1)
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.SUCCEEDED and step.attempts == 2
+    assert step.output == "the real deliverable"
+    [retry] = [e for e in log.events if isinstance(e, StepRetrying)]
+    assert "answered 200" in retry.reason or "not valid JSON" in retry.reason
+
+
+def test_an_empty_answer_is_never_cached(llm_server: FakeLLMServer, cli: Path) -> None:
+    tenant = tenant_file(cli, "limits:\n  retry_max: 0\n")
+    llm_server.add_rule(content="")
+    code, _, stderr = run_cli(llm_server, "--tenant", tenant)
+    assert code == 1 and "no text" in stderr
+    calls = len(llm_server.requests)
+
+    llm_server.clear_rules()
+    code, stdout, stderr = run_cli(llm_server, "--tenant", tenant, "--json")
+    assert code == 0, stderr
+    assert len(llm_server.requests) == calls + 2  # both steps asked again, none from cache
+    assert not any(step["cached"] for step in json.loads(stdout)["outputs"].values())
+
+
+def test_a_plain_json_answer_to_a_stream_request_is_read(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(answer="json", content="text sent without streaming")
+    result = run_plan(llm_server, {"a": []})
+
+    step = result.outputs["a"]
+    assert llm_server.requests[0].stream  # asked for a stream, got plain JSON
+    assert step.succeeded and step.attempts == 1
+    assert step.output == "text sent without streaming"
+    assert step.completion_tokens == 4  # the body's own usage
+
+
+def test_a_cut_off_answer_is_marked_truncated_everywhere(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    llm_server.add_rule(marker("a"), content="half of a", finish_reason="length")
+    code, stdout, stderr = run_cli(llm_server, "--tenant", tenant_file(cli), "--json")
+
+    assert code == 0, stderr  # kept, as the tenant's default says
+    data = json.loads(stdout)
+    assert data["truncated"] == ["a"]
+    assert data["outputs"]["a"]["truncated"] is True and data["outputs"]["b"]["truncated"] is False
+    [run_dir] = (cli / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["outputs"]["a"]["truncated"] is True
+    assert "> Truncated: the answer was cut off" in (run_dir / "report.md").read_text()
+    assert "truncated" in stderr  # the summary says so
+
+
+def test_a_tenant_can_make_a_cut_off_answer_a_failure(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    llm_server.add_rule(marker("a"), content="half of a", finish_reason="length")
+    tenant = tenant_file(cli, "limits:\n  on_truncation: fail\n")
+    code, stdout, _ = run_cli(llm_server, "--tenant", tenant, "--json")
+
+    assert code == 1
+    step = json.loads(stdout)["outputs"]["a"]
+    assert step["status"] == "failed" and "token limit" in step["error"]
+    assert step["attempts"] == 1  # the same prompt would be cut off again: not retried
+    assert len(llm_server.requests) == 1  # b never ran
+
+
+def test_a_long_answer_that_keeps_streaming_is_not_cut_off(llm_server: FakeLLMServer) -> None:
+    # 8 pieces 0.25 s apart: 2 s in all, never 0.6 s without a chunk.
+    llm_server.add_rule(content="one two three four five six seven eight", pieces=8,
+                        chunk_delay=0.25)
+    result = run_plan(llm_server, {"a": []}, tenant=make_tenant(timeout=0.6))
+
+    step = result.outputs["a"]
+    assert step.succeeded and step.attempts == 1, step.error
+    assert step.output == "one two three four five six seven eight"
+    [request] = llm_server.requests
+    assert request.duration is not None and request.duration > 0.6 * 2  # longer than the timeout
+
+
+def test_silence_times_out_and_what_was_sent_is_counted_as_an_estimate(
+    llm_server: FakeLLMServer,
+) -> None:
+    llm_server.add_rule(hang=True)
+    tenant = make_tenant(timeout=0.3)
+    tenant.prices = {"openai/test-model": ModelPrice(input_per_million=1e6,
+                                                     output_per_million=1e6)}
+    result = run_plan(llm_server, {"a": []}, tenant=tenant)
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED
+    assert step.error == "timed out: no answer within 0.3s"
+    # The provider may bill the prompt it was sent: counted, priced, and said to be estimated.
+    assert step.prompt_tokens > 0 and step.completion_tokens == 0 and step.estimated
+    assert step.cost_usd == pytest.approx(step.prompt_tokens)  # $1 a token
+    assert result.summary()["estimated"] is True
+
+
+def test_the_whole_answer_has_a_bound_of_its_own(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(content="one two three four five six seven eight", pieces=8,
+                        chunk_delay=0.25)
+    tenant = make_tenant(timeout=0.6, answer_timeout_seconds=0.9)
+    result = run_plan(llm_server, {"a": []}, tenant=tenant)
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED
+    assert step.error == ("timed out: the answer took longer than 0.9s in all "
+                          "(limits.answer_timeout_seconds)")
+    assert step.completion_tokens > 0 and step.estimated  # the pieces received are counted
+
+
+def test_legitimately_repetitive_output_is_not_an_error(llm_server: FakeLLMServer) -> None:
+    table = "| --- " * 150  # the same 6-character chunk 150 times in a row
+    llm_server.add_rule(content=table, pieces=150)
+    result = run_plan(llm_server, {"a": []})
+
+    step = result.outputs["a"]
+    assert step.succeeded, step.error
+    assert step.output == table
+
+
+# --- costs ------------------------------------------------------------------------------------
+
+
+def test_the_cost_the_endpoint_reports_is_used(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), usage_cost=0.25)
+    llm_server.add_rule(marker("b"), headers={"x-litellm-response-cost": "0.125"})
+    llm_server.add_rule(marker("c"), headers={"llm_provider-x-litellm-response-cost": "0.5"})
+    result = run_plan(llm_server, {"a": [], "b": [], "c": []})
+
+    costs = {sid: (r.cost_usd, r.cost_known) for sid, r in result.outputs.items()}
+    assert costs == {"a": (0.25, True), "b": (0.125, True), "c": (0.5, True)}
+
+
+def test_a_tenant_declares_prices_for_models_litellm_does_not_know(
+    llm_server: FakeLLMServer,
+) -> None:
+    tenant = make_tenant()
+    tenant.prices = {"openai/test-*": ModelPrice(input_per_million=2, output_per_million=4)}
+    step = run_plan(llm_server, {"a": []}, tenant=tenant).outputs["a"]
+
+    assert step.cost_known
+    assert step.cost_usd == pytest.approx((step.prompt_tokens * 2 + step.completion_tokens * 4)
+                                          / 1e6)
+
+
+def test_an_unknown_cost_is_shown_as_unknown_never_as_zero(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    code, stdout, stderr = run_cli(llm_server, "--tenant", tenant_file(cli), "--json")
+
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert data["cost_known"] is False
+    assert all(step["cost_known"] is False for step in data["outputs"].values())
+    assert "cost unknown" in stderr and "$0.0000" not in stderr
+
+
+def test_a_budget_with_a_model_of_unknown_price_is_refused_before_any_call(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    code, _, stderr = run_cli(llm_server, "--tenant", tenant_file(cli), "--max-cost", "0.0001")
+
+    assert code == 2
+    assert "'openai/test-model' has no known price" in stderr
+    assert "prices:" in stderr and "--max-cost" in stderr  # both ways out
+    assert llm_server.requests == []
+    assert not (cli / "runs").exists()
+
+
+def test_a_budget_with_declared_prices_stops_at_the_budget(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    # Every call costs $1 by the gateway's word; the budget allows one.
+    llm_server.add_rule(usage_cost=1.0)
+    tenant = tenant_file(cli, "prices:\n  openai/test-model: {input_per_million: 1, "
+                              "output_per_million: 1}\n")
+    code, stdout, _ = run_cli(llm_server, "--tenant", tenant, "--max-cost", "0.5", "--json")
+
+    assert code == 1
+    data = json.loads(stdout)
+    assert data["outputs"]["a"]["status"] == "succeeded"
+    assert data["outputs"]["b"]["status"] == "skipped"
+    assert "budget" in data["outputs"]["b"]["error"]
+    assert len(llm_server.requests) == 1
+
+
+def test_no_retry_once_the_budget_is_spent(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("paid"), usage_cost=1.0)
+    llm_server.add_rule(marker("flaky"), latency=0.5, status=500)
+    tenant = make_tenant(max_cost_usd=0.5)
+    tenant.prices = {"*": ModelPrice(input_per_million=1, output_per_million=1)}
+    result = run_plan(llm_server, {"paid": [], "flaky": []}, tenant=tenant, retry_max=3)
+
+    flaky = result.outputs["flaky"]
+    assert result.outputs["paid"].succeeded
+    assert flaky.status is StepStatus.FAILED and flaky.attempts == 1
+    assert "not retried: budget of $0.5 reached" in (flaky.error or "")
+    assert len(request_for(llm_server, "flaky")) == 1
+
+
+# --- rate limits and retries ------------------------------------------------------------------
+
+
+GATEWAY_429S = {
+    "litellm proxy": ({"llm_provider-retry-after": "60"}, 60.0),
+    "milliseconds": ({"retry-after-ms": "1500"}, 1.5),
+    "forwarded milliseconds": ({"llm_provider-retry-after-ms": "250"}, 0.25),
+    "reset of the exhausted limit": ({"x-ratelimit-remaining-requests": "0",
+                                      "x-ratelimit-reset-requests": "6m0s",
+                                      "x-ratelimit-remaining-tokens": "100",
+                                      "x-ratelimit-reset-tokens": "120ms"}, 360.0),
+}
+
+
+@pytest.mark.parametrize(("headers", "wait"), GATEWAY_429S.values(), ids=GATEWAY_429S.keys())
+def test_a_429_is_waited_out_as_the_endpoint_asks(
+    llm_server: FakeLLMServer, headers: dict[str, str], wait: float
+) -> None:
+    llm_server.add_rule(status=429, headers=headers, times=1)
+    waits = Waits()
+    result = run_plan(llm_server, {"a": []}, waits=waits)  # retry_max 0: 429s are not failures
+
+    assert result.outputs["a"].succeeded and result.outputs["a"].attempts == 2
+    assert waits.seconds == [pytest.approx(wait)]
+
+
+def test_retry_after_as_an_http_date(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(status=429, times=1,
+                        headers={"Retry-After": formatdate(time.time() + 120, usegmt=True)})
+    waits = Waits()
+    assert run_plan(llm_server, {"a": []}, waits=waits).success
+    [wait] = waits.seconds
+    assert 110 < wait <= 120
+
+
+def test_a_huge_retry_after_is_capped_and_the_user_told(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(status=429, headers={"Retry-After": "99999"}, times=1)
+    waits, log = Waits(), EventLog()
+    result = run_plan(llm_server, {"a": []}, waits=waits, log=log)
+
+    assert result.success
+    assert waits.seconds == [600]  # the tenant's default limit, not 27 hours
+    [retry] = [e for e in log.events if isinstance(e, StepRetrying)]
+    assert "asked to wait 27h 46m 39s" in retry.reason
+    assert "limits.rate_limit_wait_seconds" in retry.reason
+
+
+def test_429_waiting_is_bounded_by_time_per_step(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(status=429, headers={"llm_provider-retry-after": "60"})
+    waits = Waits()
+    tenant = make_tenant(rate_limit_wait_seconds=150)
+    result = run_plan(llm_server, {"a": []}, tenant=tenant, waits=waits, retry_max=5)
+
+    step = result.outputs["a"]
+    assert waits.seconds == [60, 60, 30]  # 150 s in all, then no more
+    assert step.status is StepStatus.FAILED and step.attempts == 4
+    assert "still rate limited after waiting 2m 30s" in (step.error or "")
+
+
+def test_steps_without_their_own_retry_max_use_the_tenants(llm_server: FakeLLMServer) -> None:
+    assert LimitsConfig().retry_max == 2
+    llm_server.add_rule(status=500, times=2)
+    waits = Waits()
+    result = run_plan(llm_server, {"a": []}, tenant=make_tenant(retry_max=2), waits=waits)
+    assert result.outputs["a"].succeeded and result.outputs["a"].attempts == 3
+
+    llm_server.add_rule(status=500, times=1)
+    result = run_plan(llm_server, {"a": []}, tenant=make_tenant(retry_max=2), retry_max=0)
+    assert result.outputs["a"].status is StepStatus.FAILED  # the step's own 0 wins
+    assert result.outputs["a"].attempts == 1
+
+
+# --- client-side mistakes are caught before any call ------------------------------------------
+
+
+def test_credentials_in_the_api_base_are_a_usage_error_before_any_call(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    secret = "hunter2-not-a-real-password"
+    url = llm_server.url.replace("http://", f"http://user:{secret}@")
+    code, _, stderr = invoke("run", "plan.yaml", "--api-base", url, "--out", "runs")
+
+    assert code == 2
+    assert "holds credentials" in stderr and secret not in stderr
+    assert llm_server.requests == []
+    assert not (cli / "runs").exists()
+    history = cli / "home" / "history.db"
+    assert not history.exists() or secret.encode() not in history.read_bytes()
+
+
+def test_a_secret_in_the_api_base_query_is_never_stored(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    secret = "sk-query-secret-0123456789abcdef"
+    code, _, _ = invoke("run", "plan.yaml", "--api-base", f"{llm_server.url}?api-key={secret}",
+                        "--out", "runs")
+    assert code == 1  # the endpoint has no such path; the run is recorded all the same
+    stored = [p for p in (cli / "home").rglob("*") if p.is_file()]
+    stored += [p for p in (cli / "runs").rglob("*") if p.is_file()]
+    assert stored and all(secret.encode() not in p.read_bytes() for p in stored)
+
+
+def test_a_model_without_a_provider_is_caught_in_preflight(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    code, _, stderr = run_cli(llm_server, "--model", "gpt-mini")
+
+    assert code == 2
+    assert "'gpt-mini' names no provider" in stderr and "openai/gpt-mini" in stderr
+    assert "LLM Provider NOT provided" not in stderr
+    assert llm_server.requests == []
+
+
+def test_a_failed_run_ends_with_the_command_that_finishes_it(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    llm_server.add_rule(marker("b"), status=400)
+    code, stdout, stderr = run_cli(llm_server, "--tenant", tenant_file(cli), "--json")
+
+    assert code == 1
+    run_id = json.loads(stdout)["run_id"]
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.strip().endswith(f"dworkers run --resume {run_id}")
