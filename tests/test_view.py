@@ -336,6 +336,7 @@ def test_summary_of_a_failed_run_lists_each_failure_in_full() -> None:
   12.3s · 1,234 tokens · $0.0123
   ✗ plan: provider error (500): the upstream said no the upstream said no the
           upstream said no the upstream said no the upstream said no
+  finish it: dworkers run --resume r1
 """
 
 
@@ -347,6 +348,7 @@ def test_summary_of_an_interrupted_run() -> None:
         "⊘ compliance-audit interrupted: 2 succeeded, 1 cancelled (1 cached)\n"
         "  12.3s · 1,234 tokens · $0.0123\n"
         "  outputs: out\n"
+        "  finish it: dworkers run --resume r1\n"  # the command that finishes it comes last
     )
 
 
@@ -364,6 +366,7 @@ def test_print_summary_never_breaks_the_outputs_path() -> None:
           upstream said no the upstream said no the upstream
           said no
   outputs: {path}
+  finish it: dworkers run --resume r1
 """
 
 
