@@ -170,8 +170,15 @@ def _number(text: str | None) -> float | None:
 
 
 def _count(text: str | None) -> int | None:
-    value = _number(text)
-    return int(value) if value is not None else None
+    """A whole count; a negative one (a LiteLLM Proxy says ``-1`` once a soft limit is
+    exceeded) means none left."""
+    if text is None or len(text) > _MAX_HEADER_CHARS:
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return max(0, int(value)) if math.isfinite(value) else None
 
 
 def _is_normalised(headers: Headers) -> bool:

@@ -104,6 +104,13 @@ def test_rate_limits_of_an_answer() -> None:
     assert rate_limits({}).requests == Limit() and not Limit().stated
 
 
+def test_a_negative_remaining_count_means_none_left() -> None:
+    # A LiteLLM Proxy with a soft rpm limit answers past it with "remaining: -1".
+    limits = rate_limits({"x-ratelimit-remaining-requests": "-1",
+                          "x-ratelimit-limit-requests": "1"})
+    assert limits.requests == Limit(1, 0, None)
+
+
 def test_cost_from_the_gateways_header() -> None:
     assert cost_from_headers(normalise({"llm_provider-x-litellm-response-cost": "0.0042"})) == (
         pytest.approx(0.0042))
