@@ -148,6 +148,8 @@ def test_a_cut_off_answer_is_marked_truncated_everywhere(
     assert json.loads((run_dir / "run.json").read_text())["outputs"]["a"]["truncated"] is True
     assert "> Truncated: the answer was cut off" in (run_dir / "report.md").read_text()
     assert "truncated" in stderr  # the summary says so
+    code, stdout, _ = invoke("show", "last")  # and the history keeps it
+    assert code == 0 and "truncated" in stdout
 
 
 def test_a_tenant_can_make_a_cut_off_answer_a_failure(
@@ -253,6 +255,11 @@ def test_an_unknown_cost_is_shown_as_unknown_never_as_zero(
     assert data["cost_known"] is False
     assert all(step["cost_known"] is False for step in data["outputs"].values())
     assert "cost unknown" in stderr and "$0.0000" not in stderr
+    # ... and so does the history, later.
+    code, stdout, _ = invoke("runs")
+    assert code == 0 and "cost unknown" in stdout and "$0.0000" not in stdout
+    code, stdout, _ = invoke("show", "last")
+    assert code == 0 and "cost unknown" in stdout and "$0.0000" not in stdout
 
 
 def test_a_budget_with_a_model_of_unknown_price_is_refused_before_any_call(

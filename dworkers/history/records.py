@@ -37,6 +37,7 @@ class RunRecord:
     completion_tokens: int
     cost_usd: float
     resumed_from: str | None
+    cost_known: bool = True  # False: some call's cost could not be known (cost_usd is a floor)
     options: dict[str, Any] = field(default_factory=dict)  # what the CLI ran it with
     counts: dict[str, int] = field(default_factory=dict)  # step status → number of steps
 
@@ -82,6 +83,9 @@ class StepRecord:
     fingerprint: str | None
     started_at: float | None
     finished_at: float | None
+    cost_known: bool = True
+    estimated: bool = False
+    truncated: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -145,7 +149,8 @@ def decode(column: str, value: Any) -> Any:
 def step_record(row: sqlite3.Row) -> StepRecord:
     """A ``steps`` row (selected with ``STEP_COLUMNS``) as a record."""
     values = {name: decode(name, row[name]) for name in STEP_COLUMNS}
-    values["cached"] = bool(values["cached"])
+    for flag in ("cached", "cost_known", "estimated", "truncated"):
+        values[flag] = bool(values[flag])
     return StepRecord(**values)
 
 
@@ -154,6 +159,7 @@ def run_record(row: sqlite3.Row, status: str, counts: dict[str, int]) -> RunReco
     run reads as interrupted) and its step counts."""
     values = {f.name: decode(f.name, row[f.name]) for f in fields(RunRecord)
               if f.name not in ("status", "counts")}
+    values["cost_known"] = bool(values["cost_known"])
     return RunRecord(**values, status=RunStatus(status), counts=counts)
 
 
@@ -165,7 +171,8 @@ def new_run_row(run_id: str, plan: str, tenant: str, *, inputs: Mapping[str, str
         "run_id": run_id, "plan": plan, "tenant": tenant, "inputs": json.dumps(dict(inputs)),
         "status": "running", "started_at": started_at if started_at is not None else time.time(),
         "finished_at": None, "duration_ms": None, "prompt_tokens": 0, "completion_tokens": 0,
-        "cost_usd": 0.0, "resumed_from": resumed_from, "options": json.dumps(dict(options or {})),
+        "cost_usd": 0.0, "cost_known": 1, "resumed_from": resumed_from,
+        "options": json.dumps(dict(options or {})),
         "pid": os.getpid(), "host": socket.gethostname(),
     }
 
@@ -183,5 +190,6 @@ def step_row(run_id: str, result: StepResult, *, position: int, info: StepInfo |
         "name": info.name if info else "", "role": info.role if info else "",
         "depends_on": json.dumps(list(info.depends_on)) if info else "[]",
         "status": result.status.value, "error": result.error, "messages": messages,
-        "cached": int(result.cached),
+        "cached": int(result.cached), "cost_known": int(result.cost_known),
+        "estimated": int(result.estimated), "truncated": int(result.truncated),
     }

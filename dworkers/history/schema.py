@@ -123,6 +123,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
         WHERE status = 'succeeded' AND cache_key IS NOT NULL
         """,
     ),
+    # 3: whether a cost was known, estimated, or an answer cut off
+    (
+        # An unknown cost is not $0, counts that include estimates say so, and a cut-off
+        # answer stays marked when the run is shown again.
+        "ALTER TABLE steps ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE steps ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE steps ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1",
+    ),
 ]
 
 

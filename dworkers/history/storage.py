@@ -343,10 +343,10 @@ class History:
         status = result.status.value
         conn.execute(
             "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?, "
-            "completion_tokens = ?, cost_usd = ?, inputs = ? WHERE run_id = ?",
+            "completion_tokens = ?, cost_usd = ?, cost_known = ?, inputs = ? WHERE run_id = ?",
             (status, time.time(), result.total_duration_ms, result.prompt_tokens,
-             result.completion_tokens, result.cost_usd, json.dumps(result.inputs),
-             result.run_id))
+             result.completion_tokens, result.cost_usd, int(result.cost_known),
+             json.dumps(result.inputs), result.run_id))
 
     # --- queries ------------------------------------------------------------------------------
 

@@ -221,6 +221,8 @@ def is_interactive(out: Console) -> bool:
 
 def runs_table(records: Sequence[RunSummary], width: int) -> Text:
     """Recent runs, newest first, one line each; the inputs column takes what is left."""
+    from dworkers.view.state import fmt_cost
+
     rows = []
     for record in records:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at))
@@ -231,7 +233,7 @@ def runs_table(records: Sequence[RunSummary], width: int) -> Text:
         inputs = " ".join(f"{k}={v}" for k, v in record.inputs.items())
         rows.append(tuple(one_line(cell) for cell in (
             record.run_id, record.plan, record.status.value, steps, when, duration,
-            f"${record.cost_usd:.4f}", inputs)))
+            fmt_cost(record.cost_usd, record.cost_known), inputs)))
     header = ("RUN", "PLAN", "STATUS", "OK", "STARTED", "TIME", "COST", "INPUTS")
     widths = [max(cells(row[i]) for row in [header, *rows]) for i in range(7)]
     text = Text(no_wrap=True, overflow="ellipsis")
