@@ -475,7 +475,7 @@ def dry_run(engine: Engine, inputs: dict[str, str], *, as_json: bool,
             "role": step.worker_role.value,
             "model": engine.model_for(step),
             "timeout_seconds": engine.timeout_for(step),
-            "retry_max": step.retry_max,
+            "retry_max": engine.retries_for(step),
             "messages": engine.messages_for(step, inputs, placeholders),
         })
         if reused is not None:

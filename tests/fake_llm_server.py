@@ -137,6 +137,7 @@ class Rule:
     finish_reason: str = "stop"
     usage_cost: float | None = None
     pieces: int | None = None
+    drop_after: int | None = None
     matched: int = 0
 
     def matches(self, text: str) -> bool:
@@ -578,6 +579,7 @@ class FakeLLMServer:
         finish_reason: str = "stop",
         usage_cost: float | None = None,
         pieces: int | None = None,
+        drop_after: int | None = None,
     ) -> Rule:
         """Add a behaviour rule; rules are tried in the order added.
 
@@ -604,6 +606,8 @@ class FakeLLMServer:
             finish_reason: the answer's ``finish_reason`` (``"length"``: cut off).
             usage_cost: report this cost in USD as ``usage.cost`` (as gateways do).
             pieces: stream the reply in this many pieces (default: 4 to 8).
+            drop_after: close the connection after streaming this many pieces (an answer
+                that breaks off half-way).
         """
         rule = Rule(
             contains=contains,
@@ -621,6 +625,7 @@ class FakeLLMServer:
             finish_reason=finish_reason,
             usage_cost=usage_cost,
             pieces=pieces,
+            drop_after=drop_after,
         )
         with self._cond:
             self._rules.append(rule)
@@ -876,7 +881,9 @@ class FakeLLMServer:
         else:
             pieces = (split_pieces(reply, rule.pieces, min(4, rule.pieces)) if rule.pieces
                       else split_pieces(reply))
-        for piece in pieces:
+        for sent, piece in enumerate(pieces):
+            if rule.drop_after is not None and sent >= rule.drop_after:
+                raise _Abandon  # the connection closes with the answer half-sent
             if delay > 0:
                 self._wait(delay, conn)
             handler._send_sse(chunk({"content": piece}))

@@ -93,14 +93,23 @@ EMPTY_ANSWERS = {
 }
 
 
-@pytest.mark.parametrize("fault", EMPTY_ANSWERS.values(), ids=EMPTY_ANSWERS.keys())
+# Each fault asked for as a stream and as one whole answer (a stream of only [DONE] is a
+# stream's fault alone).
+EMPTY_CASES = [pytest.param(fault, stream, id=f"{name}-{'streamed' if stream else 'whole'}")
+               for name, fault in EMPTY_ANSWERS.items() for stream in (True, False)
+               if stream or fault.get("answer") != "done-only"]
+
+
+@pytest.mark.parametrize(("fault", "stream"), EMPTY_CASES)
 def test_an_empty_answer_is_a_failed_attempt_and_retried(
-    llm_server: FakeLLMServer, fault: dict[str, Any]
+    llm_server: FakeLLMServer, fault: dict[str, Any], stream: bool
 ) -> None:
     llm_server.add_rule(marker("a"), times=1, **fault)
     llm_server.add_rule(marker("a"), content="the real deliverable")
     log = EventLog()
-    result = run_plan(llm_server, {"a": []}, log=log, retry_max=1)
+    result = run_plan(llm_server, {"a": []}, log=log, retry_max=1,
+                      options=RunOptions(stream=stream))
+    assert llm_server.requests[0].stream is stream
 
     step = result.outputs["a"]
     assert step.status is StepStatus.SUCCEEDED and step.attempts == 2
@@ -166,6 +175,22 @@ def test_a_tenant_can_make_a_cut_off_answer_a_failure(
     assert len(llm_server.requests) == 1  # b never ran
 
 
+@pytest.mark.parametrize(("plan_says", "tenant_says", "fails"), [
+    ("fail", "", True), ("keep", "limits:\n  on_truncation: fail\n", False),
+    ("", "limits:\n  on_truncation: fail\n", True), ("", "", False)])
+def test_a_plan_can_make_a_cut_off_answer_a_failure_or_keep_it(
+    llm_server: FakeLLMServer, cli: Path, plan_says: str, tenant_says: str, fails: bool
+) -> None:
+    llm_server.add_rule(content="half of it", finish_reason="length")
+    plan = (cli / "plan.yaml").read_text()
+    if plan_says:
+        (cli / "plan.yaml").write_text(f"on_truncation: {plan_says}\n" + plan)
+    code, stdout, stderr = run_cli(llm_server, "--tenant", tenant_file(cli, tenant_says),
+                                   "--json")
+    assert code == (1 if fails else 0), stderr
+    assert json.loads(stdout)["outputs"]["a"]["status"] == ("failed" if fails else "succeeded")
+
+
 def test_a_long_answer_that_keeps_streaming_is_not_cut_off(llm_server: FakeLLMServer) -> None:
     # 8 pieces 0.25 s apart: 2 s in all, never 0.6 s without a chunk.
     llm_server.add_rule(content="one two three four five six seven eight", pieces=8,
@@ -208,6 +233,45 @@ def test_the_whole_answer_has_a_bound_of_its_own(llm_server: FakeLLMServer) -> N
     assert step.error == ("timed out: the answer took longer than 0.9s in all "
                           "(limits.answer_timeout_seconds)")
     assert step.completion_tokens > 0 and step.estimated  # the pieces received are counted
+
+
+def test_an_answer_that_breaks_off_counts_what_was_received(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(content="one two three four five six seven eight", pieces=8,
+                        drop_after=3)
+    result = run_plan(llm_server, {"a": []}, options=RunOptions(stream=True))
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED
+    assert step.error is not None and step.error.startswith("connection failed (http://")
+    # "one two three " arrived before the connection dropped: counted, as an estimate.
+    assert step.completion_tokens == 4 and step.prompt_tokens > 0 and step.estimated
+    assert not step.cost_known  # the test model has no price
+
+
+def test_answers_and_errors_carry_their_response_headers(llm_server: FakeLLMServer) -> None:
+    from dworkers.errors import RateLimitError
+    from dworkers.llm import LiteLLMClient, LLMRequest
+
+    llm_server.add_rule("limited", status=429, headers={"llm_provider-retry-after": "7",
+                                                        "X-RateLimit-Remaining-Requests": "0"})
+    llm_server.add_rule(headers={"x-ratelimit-remaining-requests": "41",
+                                 "x-ratelimit-reset-tokens": "6m0s"})
+    client = LiteLLMClient()
+
+    def ask(text: str, stream: bool) -> Any:
+        request = LLMRequest("openai/test-model", [{"role": "user", "content": text}], 10,
+                             api_base=llm_server.url, stream=stream)
+        return asyncio.run(client.complete(request, lambda piece: None))
+
+    for stream in (True, False):
+        answer = ask("hello", stream)
+        assert answer.headers["x-ratelimit-remaining-requests"] == "41"
+        assert answer.headers["x-ratelimit-reset-tokens"] == "6m0s"
+        with pytest.raises(RateLimitError) as caught:
+            ask("limited", stream)
+        assert caught.value.headers["retry-after"] == "7"
+        assert caught.value.headers["x-ratelimit-remaining-requests"] == "0"
+        assert caught.value.retry_after == 7 and caught.value.status == 429
 
 
 def test_legitimately_repetitive_output_is_not_an_error(llm_server: FakeLLMServer) -> None:

@@ -248,6 +248,12 @@ class Engine:
         return self.tenant.limits.retry_max
 
     @property
+    def truncation_fails(self) -> bool:
+        """Whether an answer cut off at the token limit fails its step: the plan's
+        ``on_truncation`` if it sets one, else the tenant's ``limits.on_truncation``."""
+        return (self.plan.on_truncation or self.tenant.limits.on_truncation) == "fail"
+
+    @property
     def rate_limit_wait(self) -> float:
         """How long one step may wait in all for rate limits to lift."""
         if self.options.rate_limit_wait is not None:
@@ -712,12 +718,13 @@ class _Run:
             await self.spend(cost, reserved=expected_cost)
             if isinstance(outcome, StepResult):
                 result = spent.add_to(outcome)
-                if result.truncated and engine.tenant.limits.on_truncation == "fail":
+                if result.truncated and engine.truncation_fails:
                     return result.model_copy(update={
                         "status": StepStatus.FAILED, "output": "", "cache_key": None,
                         "error": "the answer was cut off at the model's token limit "
-                                 "(finish_reason 'length') — shorten the task, or set the "
-                                 "tenant's limits.on_truncation: keep"})
+                                 "(finish_reason 'length') — shorten the task, or set "
+                                 "on_truncation: keep (plan) or limits.on_truncation: keep "
+                                 "(tenant)"})
                 return result
             error = last_error = outcome
             if error.usage is not None:

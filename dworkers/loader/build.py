@@ -44,6 +44,9 @@ class _PlanDocument(BaseModel):
         json_schema_extra={"propertyNames": json_schema_pattern(IDENTIFIER)})
     steps: list[Any] = Field(description="The steps; depends_on makes them a DAG, and each "
                              "starts as soon as its dependencies have succeeded.")
+    on_truncation: Literal["keep", "fail"] | None = Field(
+        default=None, description="An answer cut off at the model's token limit: 'keep' it "
+        "(marked truncated) or 'fail' the step (default: the tenant's limits.on_truncation).")
 
 
 FileKind = Literal["plan", "tenant"]
@@ -87,7 +90,8 @@ def plan_from_data(data: Any, source: SourceMap) -> BasePlan:
     inputs = None
     if document.inputs is not None:
         inputs = {name: spec or InputSpec() for name, spec in document.inputs.items()}
-    plan = BasePlan(document.name, document.description, inputs=inputs, source=source)
+    plan = BasePlan(document.name, document.description, inputs=inputs, source=source,
+                    on_truncation=document.on_truncation)
     for i, raw in enumerate(raw_steps):
         plan.add_step(_step(raw, i, source, problems))
     checked = plan.check()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,11 +113,15 @@ class BasePlan:
         *,
         inputs: dict[str, InputSpec] | None = None,
         source: SourceMap | None = None,
+        on_truncation: Literal["keep", "fail"] | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self.inputs = inputs
         self.source = source
+        # An answer cut off at the model's token limit: kept (marked) or a failure; None: as the
+        # tenant says.
+        self.on_truncation = on_truncation
         self._steps: list[PlanStep] = []
         self._by_id: dict[str, PlanStep] = {}
         for step in steps or ():
