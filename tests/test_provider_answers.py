@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from dworkers.cli import app
 from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
+from dworkers.llm import load_litellm
 from dworkers.tenants.config import LimitsConfig, ModelPrice, TenantConfig
 
 __all__ = ["llm_server"]
@@ -38,6 +39,18 @@ class Waits:
         await asyncio.sleep(0)
 
 
+class NoGate:
+    """A rate gate that never holds a call: the engine's own waits are what these tests check
+    (the gate's pacing has its own tests)."""
+
+    async def acquire(self, model: str, tokens: int) -> None:
+        return None
+
+    async def observe(self, model: str, status: int, headers: dict[str, str], tokens: int,
+                      estimated: int) -> None:
+        return None
+
+
 def run_plan(
     server: FakeLLMServer,
     graph: dict[str, list[str]],
@@ -52,6 +65,7 @@ def run_plan(
     options.sleep = waits or Waits()
     engine = PlanBuilder(make_plan(graph, **step_options), tenant or make_tenant(),
                          api_base=server.url, options=options, on_event=log).build()
+    engine.rate_gate = NoGate()
     return asyncio.run(engine.run({}))
 
 
@@ -220,6 +234,19 @@ def test_silence_times_out_and_what_was_sent_is_counted_as_an_estimate(
     assert step.prompt_tokens > 0 and step.completion_tokens == 0 and step.estimated
     assert step.cost_usd == pytest.approx(step.prompt_tokens)  # $1 a token
     assert result.summary()["estimated"] is True
+
+
+def test_waiting_at_the_rate_gate_is_not_silence(llm_server: FakeLLMServer) -> None:
+    class SlowGate(NoGate):
+        async def acquire(self, model: str, tokens: int) -> None:
+            await asyncio.sleep(1.5)  # held back by the model's rate limit
+
+    load_litellm()  # as a run does before it starts: importing it is not the endpoint's silence
+    plan = make_plan({"a": []})
+    engine = PlanBuilder(plan, make_tenant(timeout=1.0), api_base=llm_server.url).build()
+    engine.rate_gate = SlowGate()
+    step = asyncio.run(engine.run({})).outputs["a"]
+    assert step.succeeded and step.attempts == 1, step.error
 
 
 def test_the_whole_answer_has_a_bound_of_its_own(llm_server: FakeLLMServer) -> None:

@@ -774,7 +774,6 @@ class _Run:
         # a little later, hold for clients that do not.
         silence = request.timeout * 1.1 + 0.05
         total = (request.total_timeout or request.timeout) * 1.1 + 0.05
-        quiet = asyncio.timeout(silence)
 
         def on_delta(piece: str) -> None:
             nonlocal tokens, tail
@@ -793,7 +792,9 @@ class _Run:
         if gate is not None:
             await gate.acquire(model, estimate)
         pool.calls += 1
+        # The bounds start when the call is sent, not while it waited its turn at the gate.
         whole = asyncio.timeout(total)
+        quiet = asyncio.timeout(silence)
         try:
             async with whole, quiet:
                 completion = await self.engine.client.complete(request, on_delta)
