@@ -18,7 +18,8 @@ from fake_llm_server import FakeLLMServer  # noqa: E402
 
 from dworkers.plans.base import BasePlan, PlanStep  # noqa: E402
 
-__all__ = ["ROOT", "FakeLLMServer", "layered_dag", "local_server", "plan_from_graph"]
+__all__ = ["ROOT", "FakeLLMServer", "chain_plan_yaml", "layered_dag", "local_server",
+           "plan_from_graph"]
 
 SERVER = ROOT / "tests" / "fake_llm_server.py"
 
@@ -60,3 +61,16 @@ def plan_from_graph(name: str, graph: dict[str, list[str]]) -> BasePlan:
         plan.add_step(PlanStep(step_id=sid, name=sid.upper(), description=f"Do {sid}",
                                depends_on=deps))
     return plan
+
+
+def chain_plan_yaml(name: str, description: str, steps: int, prompt: str) -> str:
+    """A plan file: ``steps`` analyst steps in a chain (s0 → s1 → …), one input ``topic``;
+    ``prompt`` is each step's template, ``{n}`` its number."""
+    lines = [f"name: {name}", f"description: {description}", "inputs:",
+             "  topic:", "    description: what to write about", "steps:"]
+    for n in range(steps):
+        lines += [f"  - step_id: s{n}", f"    name: Step {n}", "    worker_role: analyst",
+                  f'    prompt_template: "{prompt.replace("{n}", str(n))}"']
+        if n:
+            lines.append(f"    depends_on: [s{n - 1}]")
+    return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _common import ROOT
+from _common import ROOT, chain_plan_yaml
 
 SERVER = ROOT / "tests" / "fake_llm_server.py"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -59,14 +59,8 @@ def write_inputs(folder: Path, rows: int, steps: int) -> tuple[Path, Path, Path]
                       "workers:\n  analyst:\n    max_concurrent_tasks: 16\n"
                       "limits:\n  max_concurrency: 16\n", encoding="utf-8")
     plan = folder / "bench-plan.yaml"
-    lines = ["name: bench-plan", "description: Many short calls", "inputs:",
-             "  topic:", "    description: what to write about", "steps:"]
-    for i in range(steps):
-        lines += [f"  - step_id: s{i}", f"    name: Step {i}", "    worker_role: analyst",
-                  f'    prompt_template: "Step {i}: one line about {{topic}}"']
-        if i:
-            lines.append(f"    depends_on: [s{i - 1}]")
-    plan.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plan.write_text(chain_plan_yaml("bench-plan", "Many short calls", steps,
+                                    "Step {n}: one line about {topic}"), encoding="utf-8")
     data = folder / "rows.csv"
     with data.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -18,19 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import chain_plan_yaml
+
 WALL_GOAL_S = 120.0
 RSS_GOAL_MB = 400.0
-
-
-def plan_yaml(steps: int) -> str:
-    lines = ["name: scale", "description: A chain of steps run once per row", "inputs:",
-             "  topic:", "    description: what the row is about", "steps:"]
-    for n in range(steps):
-        lines += [f"  - step_id: s{n}", f"    name: Step {n}", "    worker_role: analyst",
-                  f'    prompt_template: "Step {n} on {{topic}}"']
-        if n:
-            lines.append(f"    depends_on: [s{n - 1}]")
-    return "\n".join(lines) + "\n"
 
 
 def run_once(rows: int, steps: int, workdir: Path) -> tuple[float, float, int]:
@@ -41,7 +32,8 @@ def run_once(rows: int, steps: int, workdir: Path) -> tuple[float, float, int]:
         for n in range(rows):
             handle.write(f"row-{n:06d},topic number {n},kept but not an input\n")
     plan = workdir / "scale.yaml"
-    plan.write_text(plan_yaml(steps))
+    plan.write_text(chain_plan_yaml("scale", "A chain of steps run once per row", steps,
+                                    "Step {n} on {topic}"))
     env = {**os.environ, "DWORKERS_MOCK_LATENCY": "0", "DWORKERS_HOME": str(workdir / "home"),
            "NO_COLOR": "1"}
     command = [sys.executable, "-m", "dworkers.cli", "run", str(plan), "--data", str(data),
