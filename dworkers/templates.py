@@ -123,7 +123,9 @@ _UNSUPPORTED = (  # (mark, what the placeholder does, how to fix it)
 
 
 def _field_issue(field: str, offset: int) -> TemplateIssue | None:
-    text = "{" + crop(field, 40) + "}"
+    # Escaped, so a newline or control character inside the braces stays visible and the
+    # message stays on one line.
+    text = "{" + crop(repr(field)[1:-1], 40) + "}"
     if not field.strip():
         return TemplateIssue(
             "empty placeholder '{}' in prompt_template",

@@ -500,3 +500,10 @@ def test_problems_error_renders_one_line_per_problem() -> None:
         load_plan("p.yaml", "name: p\nsteps:\n  - {step_id: a, name: A, depends_on: [a, b]}\n")
     assert str(caught.value).splitlines() == [p.render() for p in caught.value.problems]
     assert len(caught.value.problems) == 2
+
+
+@pytest.mark.parametrize("field", ["a\nb", "a:\n", "a!\n", "a[\n]", "a\x1b[31m"])
+def test_a_placeholder_with_a_newline_or_escape_is_shown_on_one_line(field: str) -> None:
+    (issue,) = templates.parse("{" + field + "}").issues
+    assert "\n" not in issue.message and "\x1b" not in issue.message
+    assert "\\n" in issue.message or "\\x1b" in issue.message
