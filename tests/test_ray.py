@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from dworkers.cli import app
 from dworkers.engine import PlanBuilder
 from dworkers.events import DatasetFinished, EventLog, Row, RowFinished, RowResult, RowStatus
+from dworkers.executors.local import LocalExecutor
 from dworkers.executors.ray import RayExecutor, local_cluster, worker_environment
 from dworkers.tenants.config import ModelsConfig
 from dworkers.types import WorkerRole
@@ -201,6 +202,37 @@ def test_max_failures_stops_the_whole_cluster(cluster: Path,
     skipped = {r.error for r in results if r.status is RowStatus.SKIPPED}
     assert skipped == {"stopped after 3 failed rows (--max-failures 3)"}
     assert len(server.requests) == 40 - statuses[RowStatus.SKIPPED]  # skipped rows never called
+
+
+def test_the_budget_is_shared_by_every_worker(cluster: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tenant's budget covers the whole cluster: two workers together stop at it (each
+    with a budget of its own would spend about twice as much)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    with FakeLLMServer(latency=0.3) as server:  # slow enough that both workers are calling
+        # gpt-4o-mini has a price in litellm's cost map: the local server's usage costs money.
+        plan = make_plan({"a": []}, name="ray-plan", prompt_template="Work on {brief}.")
+        probe = PlanBuilder(plan, make_tenant(model="openai/gpt-4o-mini"),
+                            api_base=server.url).build()
+
+        async def one() -> list[RowResult]:
+            return [r async for r in LocalExecutor().run_many(probe, rows(1))]
+
+        per_call = asyncio.run(one())[0].cost_usd
+        assert per_call > 0
+        budget = 16 * per_call
+        tenant = make_tenant(model="openai/gpt-4o-mini", max_concurrency=2, max_cost_usd=budget)
+        engine = PlanBuilder(plan, tenant, api_base=server.url).build()
+        results = asyncio.run(collect(RayExecutor(), engine, rows(40)))
+
+    assert sorted(r.key for r in results) == sorted(r.key for r in rows(40))
+    spent = sum(r.cost_usd for r in results)
+    # Calls start while spent + held back + expected ≤ budget; a worker's first calls do not
+    # know their cost yet (2 workers × 2 at once): at most 4 more. A budget per worker would
+    # let both spend it.
+    assert budget - 2 * per_call <= spent <= budget + 4 * per_call
+    skipped = [r for r in results if r.status is RowStatus.SKIPPED]
+    assert skipped and all("budget of $" in (r.error or "") for r in skipped)
 
 
 def test_secrets_reach_workers_but_not_rays_files(cluster: Path,
