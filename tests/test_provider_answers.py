@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FakeLLMServer, llm_server, make_plan, make_tenant, marker
-from typer.testing import CliRunner
+from support import FakeLLMServer, invoke, llm_server, make_plan, make_tenant, marker
 
-from dworkers.cli import app
 from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
 from dworkers.llm import load_litellm
@@ -84,12 +82,6 @@ def tenant_file(directory: Path, body: str = "") -> str:
     path = directory / "gw.yaml"
     path.write_text("id: gw\nmodels:\n  default: openai/test-model\n" + body)
     return str(path)
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def run_cli(server: FakeLLMServer, *args: str) -> tuple[int, str, str]:
