@@ -203,6 +203,7 @@ class RowWorker:
         self.received = 0  # rows fed so far
         self.expected: int | None = None  # rows the driver says it fed, once it closes
         self.stopped = False
+        self.cancelled = False
         self.events: list[Any] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -248,7 +249,9 @@ class RowWorker:
         return keys
 
     async def cancel(self) -> None:
-        """Ctrl-C on the driver: calls in flight are cancelled, started rows end cancelled."""
+        """Ctrl-C on the driver: calls in flight are cancelled, started rows end cancelled.
+        Calls may arrive out of order: a worker cancelled before it ran starts nothing."""
+        self.cancelled = True
         if self.task is not None:
             self.task.cancel()
 
@@ -262,6 +265,8 @@ class RowWorker:
 
     async def run(self) -> AsyncIterator[Batch]:
         """Stream batches of events until the rows are done (or cancelled)."""
+        if self.cancelled:
+            return
         task = self.task = asyncio.create_task(self._drive())
         while True:
             if not self.events and not task.done():
