@@ -1,8 +1,8 @@
 """What tab completion offers: plan and tenant names, a plan's inputs, run ids and step ids.
 
 Each function is a Typer ``autocompletion`` callback, called on every <TAB>. They import what
-they need inside, so the command line loads nothing for them until a shell asks, and they never
-import litellm: plan names come from the cached plan catalog (no YAML while nothing changed),
+they need inside, so the command line loads nothing for them until a shell asks, and litellm is
+never loaded: plan names come from the cached plan catalog (no YAML while nothing changed),
 runs and steps from the history database. A completion never fails loudly: whatever goes wrong
 (a broken plan file, a locked or missing history) offers nothing, and the shell falls back to
 completing file names.
