@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from dworkers import deliverables
 from dworkers.dataset import safe_name
 from dworkers.events import (
     DatasetFinished,
@@ -23,7 +24,6 @@ from dworkers.events import (
     RowResult,
     RowStatus,
     RunStarted,
-    StepStatus,
 )
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
@@ -193,15 +193,7 @@ def row_report(plan: BasePlan, row: RowResult) -> str:
     if row.error:
         lines.append(f"- Error: {one_line(row.error)}")
     lines.append("")
-    for step in plan.steps:
-        result = row.outputs.get(step.step_id)
-        lines += [f"## {step.name}", ""]
-        if result is None or result.status is not StepStatus.SUCCEEDED:
-            status = result.status.value if result else "not run"
-            reason = result.error if result and result.error else ""
-            lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
-        else:
-            lines += [result.output.strip(), ""]
+    lines += deliverables.sections(plan, row.outputs)
     # Data files and model answers are untrusted: no escape code reaches a terminal via cat.
     return clean("\n".join(lines)).rstrip() + "\n"
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dworkers import deliverables
 from dworkers.events import (
     Event,
     RunFinished,
@@ -19,7 +20,6 @@ from dworkers.events import (
     RunStarted,
     StepFinished,
     StepResult,
-    StepStatus,
 )
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
@@ -137,16 +137,6 @@ def report(plan: BasePlan, result: RunResult) -> str:
     for name, value in result.inputs.items():
         lines.append(f"- {name}: {crop(one_line(value), 200)}")
     lines.append("")
-    for step in plan.steps:
-        step_result = result.outputs.get(step.step_id)
-        lines += [f"## {step.name}", ""]
-        if step_result is None or step_result.status is not StepStatus.SUCCEEDED:
-            status = step_result.status.value if step_result else "not run"
-            reason = step_result.error if step_result and step_result.error else ""
-            lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
-        else:
-            if step_result.truncated:
-                lines += ["> Truncated: the answer was cut off at the model's token limit.", ""]
-            lines += [step_result.output.strip(), ""]
+    lines += deliverables.sections(plan, result.outputs)
     # Plan files and model answers are untrusted: no escape code reaches a terminal via cat.
     return clean("\n".join(lines)).rstrip() + "\n"

@@ -10,7 +10,7 @@ import pytest
 from support import make_plan
 
 from dworkers.dataset import safe_name
-from dworkers.dataset_outputs import DatasetWriter
+from dworkers.dataset_outputs import DatasetWriter, row_report
 from dworkers.events import (
     DatasetFinished,
     DatasetResult,
@@ -131,3 +131,11 @@ def test_escape_codes_from_data_and_answers_never_reach_the_files(tmp_path: Path
     assert "\none\nred \nthree\n" in (out / "rows" / "k.md").read_text()  # lines kept, codes gone
     [line] = (out / "results.jsonl").read_text().splitlines()
     assert json.loads(line)["outputs"]["scope"] == f"one\n{evil}\nthree"  # the data, escaped
+
+
+def test_a_row_report_marks_a_cut_off_answer_as_a_run_report_does() -> None:
+    row = result("acme")
+    row.outputs["write"] = row.outputs["write"].model_copy(update={"truncated": True})
+    report = row_report(PLAN, row)
+    assert "## WRITE\n\n> Truncated: the answer was cut off" in report
+    assert "text for acme" in report

@@ -14,7 +14,8 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"runner", "dataset_runner", "completion", "schema"},  # what the command line calls
     {"view", "engine", "executors", "history", "outputs", "dataset_outputs", "targets"},
-    {"llm", "loader", "prompts", "catalog", "dataset", "ratelimit", "endpoints"},
+    {"llm", "loader", "prompts", "catalog", "dataset", "ratelimit", "endpoints",
+     "deliverables"},
     {"plans", "tenants"},
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.

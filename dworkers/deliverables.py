@@ -1,0 +1,26 @@
+"""Each step's deliverable in plan order, as Markdown sections: the body shared by a run's
+``report.md`` and a dataset row's report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dworkers.events import StepResult, StepStatus
+from dworkers.plans.base import BasePlan
+
+
+def sections(plan: BasePlan, outputs: Mapping[str, StepResult]) -> list[str]:
+    """One ``## step name`` section per step: its output, or why there is none."""
+    lines: list[str] = []
+    for step in plan.steps:
+        result = outputs.get(step.step_id)
+        lines += [f"## {step.name}", ""]
+        if result is None or result.status is not StepStatus.SUCCEEDED:
+            status = result.status.value if result else "not run"
+            reason = result.error if result and result.error else ""
+            lines += [f"> Not available: {status}{' — ' + reason if reason else ''}.", ""]
+            continue
+        if result.truncated:
+            lines += ["> Truncated: the answer was cut off at the model's token limit.", ""]
+        lines += [result.output.strip(), ""]
+    return lines
