@@ -3,18 +3,19 @@
     DworkersError                  anything dworkers reports to a user (exit code 2 by default)
     ├── ProblemsError              one or more located ``Problem``s (file:line:col: message — fix)
     │   ├── LoadError              a plan or tenant file that cannot be read or parsed
-    │   ├── PlanValidationError    a plan whose graph, steps or templates are wrong
+    │   ├── PlanValidationError    a plan whose graph, steps or templates are wrong (also a
+    │   │                          PlanError, as the seed project has it)
     │   ├── TenantValidationError  a tenant whose models, limits or security settings are wrong
     │   ├── InputError             run inputs missing, unknown or unreadable
     │   └── PreflightError         a model that is not allowed, or a key that is not set
     ├── NotFoundError              a plan, tenant or run name that is not registered
-    ├── PlanError                  a plan used wrongly from Python
+    ├── PlanError                  anything wrong with a plan (the seed project's name)
+    │   ├── PlanValidationError    (see above: a ProblemsError too)
     │   └── PlanNotFoundError      ``BasePlan.get_step`` with an id the plan does not have
     ├── HistoryError               the run history database cannot be used
     └── LLMError                   a provider call failed (carried by the step, not raised by a run)
         ├── RateLimitError         429; waited out as the endpoint asks, within a time limit
-        ├── ProviderTimeoutError   silent for longer than the step's timeout, or the whole answer
-        │                          took longer than its bound; retried
+        ├── ProviderTimeoutError   no whole answer within the step's timeout_seconds; retried
         ├── ProviderUnavailableError  5xx or a connection error; retried
         ├── InvalidAnswerError     a 200 that is not an answer (empty, unparseable); retried
         ├── AuthenticationError    401/403; not retried
@@ -76,8 +77,6 @@ class LoadError(ProblemsError):
     """A file could not be read or parsed."""
 
 
-class PlanValidationError(ProblemsError):
-    """A plan is invalid (graph, steps, templates)."""
 
 
 class TenantValidationError(ProblemsError):
@@ -107,7 +106,12 @@ class NotFoundError(DworkersError):
 
 
 class PlanError(DworkersError):
-    """A plan was used wrongly from Python (the seed project's name for plan errors)."""
+    """Anything wrong with a plan: invalid, or used wrongly from Python (the seed project's
+    name for plan errors: ``pytest.raises(PlanError)`` catches a failed ``validate()``)."""
+
+
+class PlanValidationError(ProblemsError, PlanError):
+    """A plan is invalid (graph, steps, templates): located problems, and a ``PlanError``."""
 
 
 class PlanNotFoundError(PlanError):

@@ -1,4 +1,4 @@
-"""Rate control: pace each model's calls to its provider's limits, and share a budget.
+"""Rate control: pace each model's calls to its provider's limits.
 
 Providers say their limits on every answer (``x-ratelimit-limit-requests`` etc., as OpenAI,
 Azure, Groq and most gateways do) and answer 429 with ``Retry-After`` when a client goes over.
@@ -9,8 +9,9 @@ coming. It never sends faster than the known limits, so a long dataset run uses 
 fully with almost no 429s and without being told the limit.
 
 ``Pacer`` is pure (the caller passes the time) so a cluster can keep one in a shared actor;
-``LocalRateGate`` and ``LocalBudget`` are the in-process implementations of the ``RateGate`` and
-``Budget`` protocols the engine calls. Standard library only: no I/O, no litellm.
+``LocalRateGate`` is the in-process implementation of the ``RateGate`` protocol the engine
+calls. The budget lives in ``dworkers.budget``, token estimates in ``dworkers.estimates``.
+Standard library only: no I/O, no litellm.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dworkers import provider_headers
+from dworkers.budget import LocalBudget
 from dworkers.events import RateLimits
+
+# Where executors written before the budget had its own module still look for it.
+__all__ = ["LocalBudget", "LocalRateGate", "Pacer", "RateGate", "Slot"]
 
 SAFETY = 0.97  # share of a known limit we aim for: jitter in send times must not cross it
 TIGHTEN = 0.85  # pace multiplier after a 429
@@ -37,8 +42,6 @@ PROBE_GROWTH_NEAR, PROBE_GROWTH, PROBE_GROWTH_GUESS = 0.005, 0.03, 1.0
 CUT_INTERVAL = 1.0  # 429s within this many seconds of a cut are one signal, not many
 HORIZON = 1.0  # calls are booked at most this far ahead, so a new pace applies at once
 PROBE_SECONDS = 2.0  # how long the first call to an unknown model goes alone, at most
-DEFAULT_OUTPUT_TOKENS = 256  # a step's expected answer length before one has been seen
-CHARS_PER_TOKEN = 4.0  # a prompt's length in tokens, before the provider has counted one
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +66,6 @@ class RateGate(Protocol):
         """Report an answer: its HTTP status, the provider's headers (lower-case names),
         the tokens it really used (0 if unknown) and the estimate ``acquire`` was given.
         Returns the model's limits when they changed, else ``None``."""
-        ...
-
-
-class Budget(Protocol):
-    """The spending limit of a run, shared by every row (and every process) of it."""
-
-    async def reserve(self, usd: float) -> str | None:
-        """Before a call expected to cost ``usd``: ``None`` to go ahead (``usd`` is held until
-        ``commit``), else why no more calls may start."""
-        ...
-
-    async def commit(self, reserved: float, spent: float) -> str | None:
-        """After a call: release the reservation and add what the call really cost. Returns
-        why no more calls may start, if the budget is now spent, else ``None``."""
         ...
 
 
@@ -277,71 +266,3 @@ class LocalRateGate:
 
     def limits(self, model: str) -> RateLimits:
         return self.pacer.limits(model)
-
-
-class LocalBudget:
-    """``Budget`` for one process. ``limit=None`` never refuses."""
-
-    def __init__(self, limit: float | None) -> None:
-        self.limit = limit
-        self.spent = 0.0
-        self.reserved = 0.0
-
-    def refusal(self, usd: float = 0.0) -> str | None:
-        limit = self.limit
-        if limit is None:
-            return None
-        if limit == 0:
-            return "budget of $0 allows no calls"
-        if self.spent >= limit or (usd > 0 and self.spent + self.reserved + usd > limit):
-            return f"budget of ${limit:g} reached (${self.spent:.4f} spent)"
-        return None
-
-    async def reserve(self, usd: float) -> str | None:
-        refused = self.refusal(max(0.0, usd))
-        if refused is None:
-            self.reserved += max(0.0, usd)
-        return refused
-
-    async def commit(self, reserved: float, spent: float) -> str | None:
-        self.reserved = max(0.0, self.reserved - max(0.0, reserved))
-        self.spent += max(0.0, spent)
-        return self.refusal()
-
-
-# --- estimates ------------------------------------------------------------------------------
-
-
-class TokenEstimator:
-    """A call's tokens before it is sent: its prompt (characters, scaled by what the provider
-    counted for earlier prompts of the same model) plus the answer length seen for that step
-    (the longest of its recent answers, so a token limit is not overrun by a long one)."""
-
-    def __init__(self) -> None:
-        self._chars_per_token: dict[str, float] = {}
-        self._output: dict[tuple[str, str], float] = {}
-        self._cost: dict[tuple[str, str], float] = {}
-
-    def estimate(self, model: str, step: str, prompt_chars: int) -> int:
-        ratio = self._chars_per_token.get(model, CHARS_PER_TOKEN)
-        output = self._output.get((model, step), DEFAULT_OUTPUT_TOKENS)
-        return max(1, math.ceil(prompt_chars / ratio + output))
-
-    def cost(self, model: str, step: str) -> float:
-        """The cost of the step's latest answer: what reserving the next call holds back."""
-        return self._cost.get((model, step), 0.0)
-
-    def learn(self, model: str, step: str, prompt_chars: int, prompt_tokens: int,
-              completion_tokens: int, cost_usd: float) -> None:
-        if prompt_tokens > 0 and prompt_chars > 0:
-            seen = prompt_chars / prompt_tokens
-            old = self._chars_per_token.get(model)
-            self._chars_per_token[model] = seen if old is None else 0.8 * old + 0.2 * seen
-        if completion_tokens > 0:
-            old = self._output.get((model, step))
-            # Decays towards typical lengths, jumps to a longer answer at once.
-            self._output[(model, step)] = (completion_tokens if old is None
-                                           else max(completion_tokens, 0.9 * old
-                                                    + 0.1 * completion_tokens))
-        if cost_usd > 0:
-            self._cost[(model, step)] = cost_usd

@@ -26,6 +26,7 @@ from dworkers.events import (
     EventLog,
     RunResult,
     RunStarted,
+    StepFinished,
     StepRetrying,
     StepStarted,
     StepStatus,
@@ -189,15 +190,32 @@ def test_rate_limits_wait_for_retry_after_even_without_retries(llm_server: FakeL
     assert retry.wait_seconds == pytest.approx(1.0) and "429" in retry.reason
 
 
-def test_retry_after_is_bounded(llm_server: FakeLLMServer) -> None:
+def test_a_retry_after_longer_than_the_steps_wait_fails_at_once(
+    llm_server: FakeLLMServer,
+) -> None:
     llm_server.add_rule(marker("a"), status=429, retry_after=3600, times=1)
     log = EventLog()
     result = run_plan(llm_server, {"a": []}, log=log,
-                      options=RunOptions(rate_limit_wait=0.2))
+                      options=RunOptions(rate_limit_wait=600))
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED and step.attempts == 1
+    assert step.error is not None and step.error.endswith(
+        "— asked to wait 1h, more than the 10m limits.rate_limit_wait_seconds leaves this step")
+    assert not [e for e in log.events if isinstance(e, StepRetrying)]  # no wait sat out
+    assert len(llm_server.requests) == 1
+
+
+def test_a_wait_without_retry_after_is_bounded_by_the_steps_wait(
+    llm_server: FakeLLMServer,
+) -> None:
+    llm_server.add_rule(marker("a"), status=429, times=1)  # no Retry-After: backoff
+    log = EventLog()
+    result = run_plan(llm_server, {"a": []}, log=log,
+                      options=RunOptions(rate_limit_wait=0.2, retry_base_delay=30))
     assert result.success
     [retry] = [e for e in log.events if isinstance(e, StepRetrying)]
-    assert retry.wait_seconds == 0.2  # capped, and the user is told so
-    assert "asked to wait 1h" in retry.reason and "limits.rate_limit_wait_seconds" in retry.reason
+    assert retry.wait_seconds == 0.2  # the backoff would be 15-30 s: capped
 
 
 def test_a_hung_call_times_out_and_is_retried(llm_server: FakeLLMServer) -> None:
@@ -244,7 +262,7 @@ def test_fail_fast_cancels_running_steps(llm_server: FakeLLMServer) -> None:
     assert "fail-fast" in (result.outputs["slow"].error or "")
     assert result.outputs["later"].status is StepStatus.SKIPPED
     # The slow call was dropped, not waited for: the server saw its client go away.
-    assert llm_server.wait_idle(timeout=60)
+    llm_server.wait_idle(timeout=None)  # the server sees the client go away
     (slow,) = llm_server.requests_containing(marker("slow"))
     assert slow.abandoned and slow.status is None
 
@@ -254,17 +272,20 @@ def test_cancelling_a_run_stops_in_flight_calls_and_reports_them(
 ) -> None:
     llm_server.add_rule(marker("hang"), hang=True)
     plan = make_plan({"quick": [], "hang": [], "after": ["hang"]})
-    log = EventLog()
-    engine = PlanBuilder(plan, make_tenant(), api_base=llm_server.url, on_event=log).build()
+    quick_done = asyncio.Event()
+
+    def on_event(event: object) -> None:
+        if isinstance(event, StepFinished) and event.result.step_id == "quick":
+            quick_done.set()
+
+    engine = PlanBuilder(plan, make_tenant(), api_base=llm_server.url,
+                         on_event=on_event).build()
 
     async def scenario() -> None:
         task = asyncio.create_task(engine.run())
-        for _ in range(200):  # bounded wait until the hung request reached the server
-            if request_for(llm_server, "hang") and engine.result and "quick" in {
-                getattr(getattr(e, "result", None), "step_id", None) for e in log.events
-            }:
-                break
-            await asyncio.sleep(0.05)
+        # The hung request reached the server, and the quick step has finished.
+        await asyncio.to_thread(llm_server.wait_for_requests, 2, None)
+        await quick_done.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -276,24 +297,9 @@ def test_cancelling_a_run_stops_in_flight_calls_and_reports_them(
     assert result.outputs["hang"].status is StepStatus.CANCELLED
     assert result.outputs["after"].status is StepStatus.SKIPPED
     assert result.outputs["after"].error == "hang was cancelled"
-    assert llm_server.wait_idle(timeout=60)  # the server saw the connection go away
+    llm_server.wait_idle(timeout=None)  # the server sees the connection go away
     [hung] = request_for(llm_server, "hang")
     assert hung.abandoned
-
-
-def test_the_budget_stops_new_steps_once_spent(llm_server: FakeLLMServer) -> None:
-    # gpt-4o-mini has a price in litellm's cost map, so the local server's usage costs money.
-    tenant = make_tenant(model="openai/gpt-4o-mini", max_cost_usd=1e-9, max_concurrency=1)
-    result = run_plan(llm_server, {"first": [], "second": ["first"], "third": []},
-                      tenant=tenant)
-
-    first = result.outputs["first"]
-    assert first.status is StepStatus.SUCCEEDED and first.cost_usd > 0
-    assert result.cost_usd == first.cost_usd
-    for sid in ("second", "third"):
-        assert result.outputs[sid].status is StepStatus.SKIPPED
-        assert "budget of $1e-09 reached" in (result.outputs[sid].error or "")
-    assert len(llm_server.requests) == 1
 
 
 def test_inputs_are_checked_before_any_call(llm_server: FakeLLMServer) -> None:
@@ -443,10 +449,7 @@ def test_fail_fast_finishes_when_it_cancels_steps_that_never_started() -> None:
     engine = PlanBuilder(make_plan({"a": [], "d": [], "b": ["a"]}), make_tenant(),
                          client=client, options=RunOptions(fail_fast=True)).build()
 
-    async def bounded() -> RunResult:
-        return await asyncio.wait_for(engine.run(), timeout=10)
-
-    result = asyncio.run(bounded())
+    result = asyncio.run(engine.run())  # finishes: nothing waits for the cancelled task
     assert result.outputs["d"].status is StepStatus.FAILED
     assert result.outputs["b"].status is StepStatus.SKIPPED
     assert result.outputs["b"].error == "stopped because d failed (--fail-fast)"
@@ -462,7 +465,7 @@ def test_an_interrupted_run_starts_nothing_new() -> None:
     async def scenario() -> None:
         holder["run"] = asyncio.create_task(engine.run())
         with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(holder["run"], timeout=10)
+            await holder["run"]
 
     asyncio.run(scenario())
     assert client.calls == ["a"]

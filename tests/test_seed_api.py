@@ -177,6 +177,21 @@ def test_design_rules_are_enforced() -> None:
         plan.validate()
 
 
+def test_a_missing_dependency_is_a_plan_error_as_the_seed_project_raises_it() -> None:
+    plan = compliance_audit_plan()
+    plan.add_step(PlanStep(step_id="appendix", name="Appendix", depends_on=["nowhere"]))
+    with pytest.raises(PlanError, match="depends on unknown step 'nowhere'") as caught:
+        plan.validate()
+    # ... and still our located kind: one problem per mistake, each with its fix.
+    assert isinstance(caught.value, PlanValidationError)
+    assert isinstance(caught.value, ProblemsError)
+    [problem] = caught.value.problems
+    assert problem.code == "unknown-dependency" and problem.hint
+    # The builder refuses it the same way.
+    with pytest.raises(PlanError, match="unknown step 'nowhere'"):
+        PlanBuilder(plan, make_tenant()).build()
+
+
 def test_step_fields_are_validated_in_python_too() -> None:
     with pytest.raises(ValueError, match="retry_max"):
         PlanStep(step_id="a", name="A", retry_max=-1)

@@ -6,7 +6,10 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from dworkers.engine.scheduler import Engine, EventCallback, RunOptions, StepCache
+from dworkers.engine.calls import EventCallback
+from dworkers.engine.engine import Engine
+from dworkers.engine.reuse import StepCache
+from dworkers.engine.settings import RunOptions
 from dworkers.events import StepResult
 from dworkers.llm import LiteLLMClient, LLMClient, MockClient
 from dworkers.plans.base import BasePlan

@@ -13,7 +13,9 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator, Callable
 
-from dworkers.ratelimit import Budget, LocalBudget, LocalRateGate, RateGate, TokenEstimator
+from dworkers.budget import Budget, LocalBudget, Reservations
+from dworkers.estimates import TokenEstimator
+from dworkers.ratelimit import LocalRateGate, RateGate
 from dworkers.tenants.config import TenantConfig
 from dworkers.types import WorkerRole
 
@@ -76,6 +78,7 @@ class Pool:
         rate_gate: RateGate | None,
         budget: Budget | None,
         max_cost_usd: float | None,
+        spent_before_usd: float = 0.0,
         stated_limits: dict[str, tuple[float | None, float | None]],
         probe: bool,
         stream: bool,
@@ -88,10 +91,13 @@ class Pool:
             if limit:
                 self.role_slots[role] = PrioritySlots(limit)
         self.rate_gate: RateGate = rate_gate or LocalRateGate(stated_limits, probe=probe)
-        self.budget: Budget = budget or LocalBudget(max_cost_usd)
+        local = LocalBudget(max_cost_usd, spent=spent_before_usd)
+        self.budget: Budget = budget or local
+        self.reservations = Reservations(self.budget, max_cost_usd)
         self.estimator = TokenEstimator()
         self.stream = stream
-        self.stop_reason: str | None = None  # set once the budget allows no more calls
+        # Set once the budget allows no more calls: at once when it is $0, or was spent before.
+        self.stop_reason: str | None = local.refusal()
         self.demand = 0
         self.on_idle: Callable[[], None] | None = None
         self.calls = 0

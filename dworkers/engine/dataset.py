@@ -1,6 +1,6 @@
 """Dataset runs: one plan over many rows, on one scheduler, yielding each row as it finishes.
 
-Every row is a run of the plan (``_Run``) and all rows share one ``Pool``: the global and
+Every row is a run of the plan (a ``PlanInstance``) and all rows share one ``Pool``: the global and
 per-role slots, the rate gate and the budget. A new row starts only while a slot would
 otherwise idle, and at most ``window`` rows are active, so memory stays flat however long the
 dataset; the steps of rows started earlier take freed slots first, so started rows finish
@@ -17,8 +17,13 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING
 
+from dworkers.engine.calls import EventCallback
+from dworkers.engine.instance import PlanInstance
+from dworkers.engine.pool import Pool
+from dworkers.engine.preflight import preflight, resolve_inputs
+from dworkers.engine.reuse import StepCache
+from dworkers.engine.settings import Policy
 from dworkers.errors import DworkersError
 from dworkers.events import (
     DatasetFinished,
@@ -33,10 +38,6 @@ from dworkers.events import (
     StepStatus,
     each_row,
 )
-
-if TYPE_CHECKING:
-    from dworkers.engine.pool import Pool
-    from dworkers.engine.scheduler import Engine, _Run
 
 CANCEL_WAIT = 15.0  # seconds rows get to wind down after an interruption
 
@@ -75,24 +76,22 @@ def unstarted(row: Row, status: RowStatus, reason: str) -> RowResult:
                      line=row.line, error=reason)
 
 
-class _Dataset:
+class DatasetRun:
     """The state of one dataset run: active rows, finished rows not yet yielded, totals."""
 
-    def __init__(self, engine: Engine, max_failures: int | None) -> None:
-        from dworkers.engine.scheduler import new_run_id
-
-        self.engine = engine
-        self.emit = engine.on_event or (lambda event: None)
+    def __init__(self, policy: Policy, pool: Pool, result: DatasetResult, *,
+                 emit: EventCallback | None, cache: StepCache | None,
+                 max_failures: int | None) -> None:
+        self.policy = policy
+        self.emit: EventCallback = emit or (lambda event: None)
+        self.cache = cache
         self.max_failures = max_failures
-        self.pool: Pool = engine.pool(stream=False, probe=True)
+        self.pool = pool
         self.pool.on_idle = self.wake
-        slots = engine.max_concurrency
-        self.window = max(1, engine.options.row_window or 2 * slots + 8)
-        self.result = DatasetResult(run_id=engine.options.run_id or new_run_id(),
-                                    plan=engine.plan.name, tenant=engine.tenant.id,
-                                    started_at=time.time())
-        engine.dataset_result = self.result
-        self.active: dict[asyncio.Task[RowResult], _Run] = {}
+        slots = policy.max_concurrency
+        self.window = max(1, policy.options.row_window or 2 * slots + 8)
+        self.result = result
+        self.active: dict[asyncio.Task[RowResult], PlanInstance] = {}
         self.done: deque[RowResult] = deque()
         self.woken = asyncio.Event()
         self.started = 0
@@ -109,14 +108,13 @@ class _Dataset:
 
     def start(self, row: Row) -> None:
         """Start ``row``, or account for it at once when its inputs are wrong."""
-        from dworkers.engine.scheduler import _Run
-
         try:
-            inputs = self.engine.resolve_inputs(row.inputs)
+            inputs = resolve_inputs(self.policy.plan, row.inputs)
         except DworkersError as exc:
             self.finished(unstarted(row, RowStatus.FAILED, f"bad inputs: {exc}"))
             return
-        run = _Run(self.engine, inputs, self.pool, row=row, priority=self.started)
+        run = PlanInstance(self.policy, inputs, self.pool, emit=self.emit, cache=self.cache,
+                           row=row, priority=self.started)
         run.result.run_id = self.result.run_id
         self.started += 1
         self.emit(RowStarted(row.key, row.line, time.monotonic()))
@@ -125,7 +123,7 @@ class _Dataset:
         self.active[task] = run
         task.add_done_callback(self.row_done)
 
-    async def run_row(self, run: _Run, row: Row, inputs: Mapping[str, str]) -> RowResult:
+    async def run_row(self, run: PlanInstance, row: Row, inputs: Mapping[str, str]) -> RowResult:
         self.pool.step_ended()  # ``execute`` launches the first steps before it waits
         return row_result(row, inputs, await run.execute())
 
@@ -177,16 +175,18 @@ class _Dataset:
                     await asyncio.wait(list(self.active))
 
 
-async def run_rows(engine: Engine, rows: Rows, *,
+async def run_rows(policy: Policy, rows: Rows, pool: Pool, result: DatasetResult, *,
+                   emit: EventCallback | None = None, cache: StepCache | None = None,
                    max_failures: int | None = None) -> AsyncIterator[RowResult]:
-    """``Engine.run_many``: see the module's docstring and ``Engine.run_many``."""
+    """``Engine.run_many``: see the module's docstring and ``Engine.run_many``. ``result``
+    gathers the totals as rows finish (the engine keeps it, even if interrupted)."""
     if max_failures is not None and max_failures < 1:
         raise ValueError("max_failures must be at least 1")
-    engine.preflight()
-    state = _Dataset(engine, max_failures)
+    preflight(policy)
+    state = DatasetRun(policy, pool, result, emit=emit, cache=cache, max_failures=max_failures)
     t0 = time.monotonic()
     emit = state.emit
-    emit(dataclasses.replace(engine.describe(state.result.run_id, t0), dataset=True))
+    emit(dataclasses.replace(policy.describe(state.result.run_id, t0), dataset=True))
     source = each_row(rows)
     exhausted = False
     try:

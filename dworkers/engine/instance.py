@@ -1,0 +1,275 @@
+"""``PlanInstance``: one plan over one set of inputs, its steps scheduled as early as possible.
+
+Every step starts the moment its own dependencies have succeeded (no level barriers), capped
+by the pool's slots (the run's concurrency, each role's ``max_concurrent_tasks``), on one event
+loop. A step that fails for good skips its descendants and leaves every independent branch
+running; a step whose earlier answer still applies (a resume, the cache) is not called. A
+single run is one instance; a dataset run is one instance per row, all sharing one pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dworkers.engine.calls import EventCallback, StepCalls, StepRecords
+from dworkers.engine.pool import Pool
+from dworkers.engine.reuse import StepCache, as_reused, cache_key, still_applies
+from dworkers.engine.settings import Policy, new_run_id
+from dworkers.events import (
+    Row,
+    RunFinished,
+    RunResult,
+    StepFinished,
+    StepResult,
+    StepStatus,
+    digest_messages,
+)
+from dworkers.llm import LLMRequest
+from dworkers.plans.base import PlanStep
+
+STEP_CANCEL_WAIT = 10.0  # seconds in-flight calls get to wind down after an interruption
+
+
+class PlanInstance:
+    """The mutable state of one run of a plan (one row of a dataset), kept apart from the
+    engine so an engine can run again. ``execute`` runs it; ``result`` holds what it came to,
+    even when interrupted."""
+
+    def __init__(self, policy: Policy, inputs: dict[str, str], pool: Pool, *,
+                 emit: EventCallback | None = None,
+                 reuse: Mapping[str, StepResult] | None = None,
+                 cache: StepCache | None = None,
+                 row: Row | None = None, priority: int = 0) -> None:
+        self.policy = policy
+        self.plan = policy.plan
+        self.options = policy.options
+        self.inputs = inputs
+        self.pool = pool
+        self.row = row
+        self.row_key = row.key if row is not None else None
+        self.priority = priority  # lower is served first: rows in the order they started
+        self.reuse = row.reuse if row is not None else (reuse or {})
+        self.cache = cache
+        self.emit: EventCallback = emit or (lambda event: None)
+        self.graph = self.plan.graph
+        self.dependents: dict[str, list[str]] = {sid: [] for sid in self.graph}
+        for sid, deps in self.graph.items():
+            for dep in deps:
+                self.dependents[dep].append(sid)
+        self.waiting_on = {sid: set(deps) for sid, deps in self.graph.items()}
+        self.decided: dict[str, StepResult] = {}
+        self.outputs: dict[str, str] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.records = StepRecords(self.plan, policy)
+        self.calls = StepCalls(policy, pool, self.records, self.emit, self.row_key,
+                               lambda: self.stop_reason)
+        self.asked: dict[str, str] = {}  # step → digest of the messages it was sent
+        self.finished: asyncio.Queue[StepResult] = asyncio.Queue()
+        self._stop_reason: str | None = None
+        self.failed_fast = False
+        self.interrupted = False
+        self.work: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self.draining = False
+        self.cancel_reason = "cancelled while running"
+        self.result = RunResult(
+            run_id=self.options.run_id or new_run_id(),
+            plan=self.plan.name,
+            tenant=policy.tenant.id,
+            inputs=inputs,
+            started_at=time.time(),
+        )
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why no new step starts: this run's fail-fast, or the budget every row shares."""
+        return self._stop_reason or self.pool.stop_reason
+
+    async def execute(self) -> RunResult:
+        """Run every step. On cancellation every step is accounted for in ``result`` (and a
+        ``RunFinished`` event, outside dataset runs) before ``CancelledError`` propagates."""
+        t0 = time.monotonic()
+        if self.row is None:
+            self.emit(self.policy.describe(self.result.run_id, t0))
+        try:
+            for sid in self.graph:
+                if not self.waiting_on[sid]:
+                    self.launch(sid)
+            while self.tasks:
+                self.settle(await self.finished.get())
+        except asyncio.CancelledError:
+            # Nothing new starts while in-flight calls wind down: a success settled now must
+            # not launch its dependents.
+            self.interrupted = True
+            try:
+                await self.cancel_all("cancelled while running (run interrupted)")
+            finally:  # even if a second Ctrl-C cuts the wait short, account for every step
+                self.finish(t0, interrupted=True)
+            raise
+        except BaseException:  # an event consumer failed: leave no call running behind
+            for task in self.tasks.values():
+                task.cancel()
+            raise
+        self.finish(t0, interrupted=False)
+        return self.result
+
+    # Settling a result may start or skip its dependents, which settle in turn: the work goes
+    # through a queue rather than recursion, so a 100,000-step chain cannot overflow the stack.
+
+    def launch(self, sid: str) -> None:
+        self.work.append((self._launch, sid))
+        self._drain()
+
+    def settle(self, result: StepResult) -> None:
+        """Record a final result, then start or skip what depended on it."""
+        self.work.append((self._settle, result))
+        self._drain()
+
+    def _drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        try:
+            while self.work:
+                handle, item = self.work.popleft()
+                handle(item)
+        finally:
+            self.draining = False
+
+    def _launch(self, sid: str) -> None:
+        if sid in self.decided or sid in self.tasks:
+            return
+        step = self.plan.get_step(sid)
+        reused = self.reuse.get(sid)
+        if reused is not None and still_applies(self.policy, step, reused, self.inputs,
+                                                self.outputs):
+            self.work.append((self._settle, as_reused(reused)))
+            return
+        if self.stop_reason or self.interrupted:
+            self.work.append((self._settle, self.not_started(step)))
+            return
+        task = asyncio.create_task(self.guarded(step), name=f"step:{sid}")
+        self.pool.step_started()
+        task.add_done_callback(lambda done: self.never_started(done, step))
+        self.tasks[sid] = task
+
+    def never_started(self, task: asyncio.Task[None], step: PlanStep) -> None:
+        """A task cancelled before its first step ran never reaches ``guarded``'s handler:
+        report it here, or the run would wait for it forever."""
+        self.pool.step_ended()
+        if task.cancelled():
+            self.finished.put_nowait(self.not_started(step))
+
+    def not_started(self, step: PlanStep) -> StepResult:
+        """A step the run will not start: cancelled by an interruption, or skipped by a stop
+        (budget spent, fail-fast)."""
+        if self.interrupted or not self.stop_reason:
+            return self.records.ended(step, StepStatus.CANCELLED,
+                                      "cancelled before it started (run interrupted)")
+        return self.records.skipped(step.step_id, self.stop_reason)
+
+    async def guarded(self, step: PlanStep) -> None:
+        try:
+            result = await self.attempt_all(step)
+        except asyncio.CancelledError:
+            if self.records.attempts.get(step.step_id, 0) == 0:  # still waiting for a slot
+                result = self.not_started(step)
+            else:
+                result = self.records.ended(step, StepStatus.CANCELLED, self.cancel_reason)
+        except Exception as exc:  # a bug must not hang the run: fail this step visibly
+            result = self.records.ended(step, StepStatus.FAILED, f"internal error: {exc!r}")
+        self.finished.put_nowait(result)
+
+    def _settle(self, result: StepResult) -> None:
+        sid = result.step_id
+        self.tasks.pop(sid, None)
+        if sid in self.decided:
+            return
+        if sid in self.asked and result.messages_digest is None:
+            result = result.model_copy(update={"messages_digest": self.asked[sid]})
+        self.decided[sid] = result
+        self.emit(StepFinished(result, time.monotonic(), self.row_key))
+        if result.succeeded:
+            self.outputs[sid] = result.output
+            for child in self.dependents[sid]:
+                self.waiting_on[child].discard(sid)
+                if not self.waiting_on[child]:
+                    self.work.append((self._launch, child))
+            return
+        if result.status is StepStatus.FAILED and self.options.fail_fast and not self.failed_fast:
+            self.failed_fast = True
+            self._stop_reason = f"stopped because {sid} failed (--fail-fast)"
+            self.cancel_reason = self._stop_reason
+            for task in self.tasks.values():
+                task.cancel()
+        verb = {StepStatus.FAILED: "failed", StepStatus.SKIPPED: "was skipped",
+                StepStatus.CANCELLED: "was cancelled"}[result.status]
+        reason = result.error if result.status is StepStatus.SKIPPED else f"{sid} {verb}"
+        for child in self.dependents[sid]:
+            if child not in self.decided and child not in self.tasks:
+                self.work.append((self._settle, self.records.skipped(
+                    child, reason or f"{sid} {verb}")))
+
+    async def cancel_all(self, reason: str) -> None:
+        self.cancel_reason = reason
+        for task in self.tasks.values():
+            task.cancel()
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(STEP_CANCEL_WAIT):
+                while self.tasks:
+                    self.settle(await self.finished.get())
+
+    def finish(self, t0: float, *, interrupted: bool) -> None:
+        for sid in self.graph:  # anything left was interrupted or blocked by a stop
+            if sid in self.decided:
+                continue
+            if sid in self.tasks:
+                self.tasks[sid].cancel()
+                result = self.records.ended_id(sid, StepStatus.CANCELLED, self.cancel_reason)
+            elif interrupted:
+                result = self.records.ended_id(sid, StepStatus.CANCELLED,
+                                               "cancelled before it started (run interrupted)")
+            else:
+                result = self.records.skipped(sid, self.stop_reason or "not reached")
+            self.settle(result)
+        ordered = {step.step_id: self.decided[step.step_id] for step in self.plan.steps
+                   if step.step_id in self.decided}
+        self.result.outputs = ordered
+        self.result.interrupted = interrupted
+        self.result.success = not interrupted and all(r.succeeded for r in ordered.values())
+        self.result.total_duration_ms = (time.monotonic() - t0) * 1000
+        if self.row is None:
+            self.emit(RunFinished(self.result, time.monotonic()))
+
+    # --- one step -----------------------------------------------------------------------------
+
+    async def attempt_all(self, step: PlanStep) -> StepResult:
+        """Wait for a slot, then take the step from the cache or call for it."""
+        async with self.pool.slots(step.worker_role, self.priority):
+            if self.stop_reason:
+                return self.records.skipped(step.step_id, self.stop_reason)
+            policy = self.policy
+            model = policy.model_for(step)
+            messages = policy.messages_for(step, self.inputs, self.outputs)
+            self.asked[step.step_id] = digest_messages(messages)
+            key = cache_key(model, messages, policy.endpoint_for(model))
+            if self.cache is not None:
+                hit = self.cache.lookup(key)
+                if hit is not None:
+                    now = time.time()
+                    return as_reused(hit, step_id=step.step_id, cache_key=key,
+                                     fingerprint=step.fingerprint(), started_at=now,
+                                     finished_at=now)
+            self.records.started[step.step_id] = (time.monotonic(), time.time())
+            api_key_env = policy.tenant.api_key_env_for(model)
+            api_key = (os.environ.get(api_key_env) or None) if api_key_env else None
+            limit = policy.timeout_for(step)
+            request = LLMRequest(model, messages, limit, step.step_id, step.worker_role.value,
+                                 policy.api_base, api_key, total_timeout=limit,
+                                 price=policy.price_for(model), stream=self.pool.stream)
+            return await self.calls.attempts_of(step, request, key)

@@ -1,0 +1,246 @@
+"""Budgets that hold: every call reserves its estimated cost before it starts.
+
+Runs talk HTTP to the local server through litellm; overlap is read from the server's own
+timestamps. Prices are declared in the tenant (``prices:``) so a reservation's size is known:
+prompt tokens free, $0.001 a completion token, so a step's first call reserves
+256 × $0.001 = $0.256 (the answer length assumed before one was seen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support import FakeLLMServer, llm_server, make_plan, make_tenant
+
+from dworkers.budget import LocalBudget, Reservations
+from dworkers.engine import Engine, PlanBuilder, RunOptions
+from dworkers.estimates import DEFAULT_OUTPUT_TOKENS, TokenEstimator
+from dworkers.events import RunResult, StepStatus
+from dworkers.llm import Completion, LLMRequest
+from dworkers.tenants.config import ModelPrice, TenantConfig
+
+__all__ = ["llm_server"]
+
+FIRST_CALL = DEFAULT_OUTPUT_TOKENS / 1000  # $0.256: what a step's first call reserves
+
+
+def priced_tenant(budget: float | None, *, max_concurrency: int = 2) -> TenantConfig:
+    tenant = make_tenant(max_cost_usd=budget, max_concurrency=max_concurrency)
+    tenant.prices = {"openai/test-model": ModelPrice(input_per_million=0,
+                                                     output_per_million=1000)}
+    return tenant
+
+
+def run(server: FakeLLMServer, graph: dict[str, list[str]], tenant: TenantConfig,
+        options: RunOptions | None = None) -> RunResult:
+    engine = PlanBuilder(make_plan(graph), tenant, api_base=server.url,
+                         options=options or RunOptions()).build()
+    return asyncio.run(engine.run())
+
+
+def overlapped(server: FakeLLMServer) -> bool:
+    first, second = sorted(server.requests, key=lambda r: r.started)
+    assert first.finished is not None
+    return second.started < first.finished
+
+
+def test_two_steps_starting_together_never_hold_more_than_the_budget(
+    llm_server: FakeLLMServer,
+) -> None:
+    # $0.4 holds one first call ($0.256), not two: the second waits for the first to be paid
+    # (it cost $0.012 or so), then fits.
+    llm_server.latency = 0.3
+    result = run(llm_server, {"a": [], "b": []}, priced_tenant(0.4))
+
+    assert result.success and len(llm_server.requests) == 2
+    assert not overlapped(llm_server)
+    assert result.cost_usd <= 0.4
+
+
+def test_the_budget_stops_new_calls_once_what_is_spent_leaves_no_room(
+    llm_server: FakeLLMServer,
+) -> None:
+    llm_server.add_rule(usage_cost=0.3)  # the gateway's word on each call's cost
+    result = run(llm_server, {"a": [], "b": []}, priced_tenant(0.4))
+
+    statuses = sorted(step.status for step in result.outputs.values())
+    assert statuses == [StepStatus.SKIPPED, StepStatus.SUCCEEDED]
+    [skipped] = [s for s in result.outputs.values() if s.status is StepStatus.SKIPPED]
+    assert skipped.error == ("budget of $0.4 reached: the next call may cost $0.2560 "
+                             "($0.3000 spent)")
+    assert len(llm_server.requests) == 1 and result.cost_usd == pytest.approx(0.3)
+
+
+def test_a_call_whose_estimate_alone_passes_the_budget_never_starts(
+    llm_server: FakeLLMServer,
+) -> None:
+    # Prompt tokens are free here: only the expected answer makes the estimate pass $0.2.
+    result = run(llm_server, {"a": []}, priced_tenant(0.2))
+
+    assert result.outputs["a"].status is StepStatus.SKIPPED
+    assert "the next call may cost $0.2560" in (result.outputs["a"].error or "")
+    assert llm_server.requests == []
+
+
+@pytest.mark.parametrize(("before", "error"), [
+    (0.3, "budget of $0.4 reached: the next call may cost $0.2560 ($0.3000 spent)"),
+    (0.5, "budget of $0.4 reached ($0.5000 spent)"),
+])
+def test_a_resumed_run_counts_what_it_spent_before(
+    llm_server: FakeLLMServer, before: float, error: str,
+) -> None:
+    result = run(llm_server, {"a": []}, priced_tenant(0.4),
+                 RunOptions(spent_before_usd=before))
+
+    assert result.outputs["a"].status is StepStatus.SKIPPED
+    assert result.outputs["a"].error == error
+    assert llm_server.requests == []
+
+
+def test_a_model_priced_only_by_its_endpoint_goes_alone_once_then_in_parallel(
+    llm_server: FakeLLMServer,
+) -> None:
+    # litellm has no price for openai/test-model and the tenant declares none: the gateway's
+    # reported cost prices the calls after the first.
+    llm_server.latency = 0.3
+    llm_server.add_rule(usage_cost=0.001)
+    tenant = make_tenant(max_cost_usd=1.0, max_concurrency=3)
+    result = run(llm_server, {"a": [], "b": [], "c": []}, tenant)
+
+    assert result.success and result.cost_known
+    assert result.cost_usd == pytest.approx(0.003)
+    first, second, third = sorted(llm_server.requests, key=lambda r: r.started)
+    assert first.finished is not None and second.finished is not None
+    assert second.started >= first.finished and third.started >= first.finished
+    assert third.started < second.finished  # the rest ran side by side
+
+
+def test_a_model_nobody_can_price_stops_a_budgeted_run_after_one_call(
+    llm_server: FakeLLMServer,
+) -> None:
+    tenant = make_tenant(max_cost_usd=1.0, max_concurrency=2)
+    result = run(llm_server, {"a": [], "b": []}, tenant)
+
+    assert len(llm_server.requests) == 1
+    ran, refused = sorted(result.outputs.values(), key=lambda s: s.status != "succeeded")
+    assert ran.succeeded and not ran.cost_known
+    assert refused.status is StepStatus.SKIPPED
+    error = refused.error or ""
+    assert error.startswith("model 'openai/test-model' has no known price and its endpoint "
+                            "reports no cost, so the budget of $1 cannot be kept")
+    # The shape of a prices: entry, with placeholders no one could take for a real price.
+    assert ("prices: {'openai/test-model': {input_per_million: X.XX, output_per_million: "
+            "Y.YY}}") in error
+    assert "--max-cost" in error
+
+
+class _Broken:
+    """A client whose call raises something other than a provider error, or never ends; it
+    notes what the budget held while the call was out."""
+
+    offline = False
+
+    def __init__(self, budget: LocalBudget, *, hang: bool) -> None:
+        self.budget = budget
+        self.hang = hang
+        self.held_during_call: float | None = None
+        self.called = asyncio.Event()
+
+    async def complete(self, request: LLMRequest, on_delta: object) -> Completion:
+        self.held_during_call = self.budget.reserved
+        self.called.set()
+        if self.hang:
+            await asyncio.Event().wait()
+        raise RuntimeError("a bug in the client")
+
+    def preflight(self, models: object, keyed: object) -> list[object]:
+        return []
+
+
+def broken_engine(*, hang: bool) -> tuple[Engine, _Broken, LocalBudget]:
+    budget = LocalBudget(0.4)
+    client = _Broken(budget, hang=hang)
+    engine = PlanBuilder(make_plan({"a": []}), priced_tenant(0.4), client=client).build()
+    engine.budget = budget
+    return engine, client, budget
+
+
+def test_a_reservation_is_released_when_the_call_raises_something_unexpected() -> None:
+    engine, client, budget = broken_engine(hang=False)
+    result = asyncio.run(engine.run())
+
+    assert result.outputs["a"].status is StepStatus.FAILED
+    assert "internal error" in (result.outputs["a"].error or "")
+    assert client.held_during_call == pytest.approx(FIRST_CALL)
+    assert budget.reserved == 0
+
+
+def test_a_reservation_is_released_when_the_call_is_cancelled() -> None:
+    engine, client, budget = broken_engine(hang=True)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        await client.called.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert engine.result is not None and engine.result.interrupted
+    assert client.held_during_call == pytest.approx(FIRST_CALL)
+    assert budget.reserved == 0
+
+
+def test_the_budget_refuses_calls_once_spent_or_held_by_calls_in_flight() -> None:
+    async def scenario() -> list[str | None]:
+        budget = LocalBudget(1.0)
+        seen = [await budget.reserve(0.4), await budget.reserve(0.4)]
+        seen.append(await budget.reserve(0.4))  # 0.8 held: a third would overrun
+        seen.append(await budget.commit(0.4, 0.45))
+        seen.append(await budget.commit(0.4, 0.6))  # spent 1.05
+        seen.append(await budget.reserve(0.0))
+        return seen
+
+    first, second, third, under, over, after = asyncio.run(scenario())
+    assert first is None and second is None and under is None
+    assert third == ("budget of $1 reached: the next call may cost $0.4000 ($0.0000 spent, "
+                     "$0.8000 held by calls under way)")
+    assert over == after == "budget of $1 reached ($1.0500 spent)"
+    assert asyncio.run(LocalBudget(0).reserve(0)) == "budget of $0 allows no calls"
+    assert asyncio.run(LocalBudget(None).reserve(1e9)) is None
+
+
+def test_a_call_that_does_not_fit_waits_for_the_calls_under_way_to_be_paid() -> None:
+    async def scenario() -> list[object]:
+        reservations = Reservations(LocalBudget(1.0), 1.0)
+        first = await reservations.hold("m", lambda: 0.6)
+        waiting = asyncio.create_task(reservations.hold("m", lambda: 0.6))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # 1.2 would be held: it waits, it is not refused
+        assert not isinstance(first, str)
+        await reservations.pay(first, 0.1, answered=True)
+        second = await waiting  # 0.1 spent + 0.6 fits
+        assert not isinstance(second, str)
+        await reservations.pay(second, 0.5, answered=True)
+        # Spent 0.6, nothing under way: a call that does not fit is refused at once.
+        return [await reservations.hold("m", lambda: 0.6), reservations.holding]
+
+    refused, holding = asyncio.run(scenario())
+    assert isinstance(refused, str) and refused.startswith("budget of $1 reached")
+    assert holding == 0
+
+
+def test_token_estimates_learn_prompt_density_and_each_steps_answer_length() -> None:
+    estimator = TokenEstimator()
+    assert estimator.split("m", "scope", 400) == (100, DEFAULT_OUTPUT_TOKENS)
+    assert estimator.estimate("m", "scope", 400) == 100 + DEFAULT_OUTPUT_TOKENS
+    estimator.learn("m", "scope", 400, prompt_tokens=200, completion_tokens=900, cost_usd=0.011)
+    assert estimator.split("m", "scope", 400) == (200, 900)
+    assert estimator.split("m", "other", 400) == (200, DEFAULT_OUTPUT_TOKENS)  # per step
+    estimator.learn("m", "scope", 400, prompt_tokens=200, completion_tokens=100, cost_usd=0.003)
+    assert estimator.estimate("m", "scope", 400) > 200 + 100  # a long answer is not forgotten
+    # The dearest rate lately: 0.011 / 1100 tokens, barely moved by a cheaper answer.
+    rate = estimator.usd_per_token("m")
+    assert rate is not None and 0.00001 * 0.95 < rate <= 0.00001
+    assert estimator.usd_per_token("other-model") is None
