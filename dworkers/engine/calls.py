@@ -107,7 +107,7 @@ class _Progress:
     sent: bool = False
     pieces: list[str] = field(default_factory=list)
 
-    def usage(self, request: LLMRequest, policy: Policy) -> Usage:
+    def billed(self, request: LLMRequest, policy: Policy) -> Usage:
         """Estimated from the characters sent and received (nobody counted them)."""
         if not self.sent:
             return Usage()
@@ -221,7 +221,7 @@ class StepCalls:
             outcome = await self.one_attempt(step, request, key, longest_pause, progress)
         except BaseException:
             await pool.reservations.pay(
-                hold, progress.usage(request, self.policy).cost_usd, answered=False)
+                hold, progress.billed(request, self.policy).cost_usd, answered=False)
             raise
         if isinstance(outcome, StepResult):
             cost = outcome.cost_usd if outcome.cost_known else None
@@ -275,7 +275,7 @@ class StepCalls:
                            "(timeout_seconds)")
             else:
                 message = f"timed out: no answer within {request.timeout:g}s"
-            return ProviderTimeoutError(message, usage=progress.usage(request, self.policy))
+            return ProviderTimeoutError(message, usage=progress.billed(request, self.policy))
         except LLMError as exc:
             status = 429 if isinstance(exc, RateLimitError) else exc.status or 0
             pool.rate_limited += status == 429

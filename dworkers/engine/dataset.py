@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dworkers.engine.calls import EventCallback
 from dworkers.engine.instance import PlanInstance
 from dworkers.engine.pool import Pool
-from dworkers.engine.preflight import preflight, resolve_inputs
+from dworkers.engine.preflight import check_before_calls, inputs_with_defaults
 from dworkers.engine.reuse import StepCache
 from dworkers.engine.settings import Policy
 from dworkers.errors import DworkersError
@@ -109,7 +109,7 @@ class DatasetRun:
     def start(self, row: Row) -> None:
         """Start ``row``, or account for it at once when its inputs are wrong."""
         try:
-            inputs = resolve_inputs(self.policy.plan, row.inputs)
+            inputs = inputs_with_defaults(self.policy.plan, row.inputs)
         except DworkersError as exc:
             self.finished(unstarted(row, RowStatus.FAILED, f"bad inputs: {exc}"))
             return
@@ -175,14 +175,14 @@ class DatasetRun:
                     await asyncio.wait(list(self.active))
 
 
-async def run_rows(policy: Policy, rows: Rows, pool: Pool, result: DatasetResult, *,
+async def schedule_rows(policy: Policy, rows: Rows, pool: Pool, result: DatasetResult, *,
                    emit: EventCallback | None = None, cache: StepCache | None = None,
                    max_failures: int | None = None) -> AsyncIterator[RowResult]:
     """``Engine.run_many``: see the module's docstring and ``Engine.run_many``. ``result``
     gathers the totals as rows finish (the engine keeps it, even if interrupted)."""
     if max_failures is not None and max_failures < 1:
         raise ValueError("max_failures must be at least 1")
-    preflight(policy)
+    check_before_calls(policy)
     state = DatasetRun(policy, pool, result, emit=emit, cache=cache, max_failures=max_failures)
     t0 = time.monotonic()
     emit = state.emit

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 
 from dworkers.budget import Budget
 from dworkers.engine.calls import EventCallback
-from dworkers.engine.dataset import run_rows
+from dworkers.engine.dataset import schedule_rows
 from dworkers.engine.instance import PlanInstance
 from dworkers.engine.pool import Pool
-from dworkers.engine.preflight import preflight, resolve_inputs
-from dworkers.engine.reuse import StepCache, reused_steps, still_applies
+from dworkers.engine.preflight import check_before_calls, inputs_with_defaults
+from dworkers.engine.reuse import StepCache, applies_again, reusable_steps
 from dworkers.engine.settings import Policy, RunOptions, new_run_id
 from dworkers.events import DatasetResult, Row, RowResult, RunResult, StepResult
 from dworkers.llm import LLMClient
@@ -54,21 +54,21 @@ class Engine(Policy):
 
     def resolve_inputs(self, inputs: Mapping[str, object] | None) -> dict[str, str]:
         """Inputs with defaults applied; every missing or unknown name reported at once."""
-        return resolve_inputs(self.plan, inputs)
+        return inputs_with_defaults(self.plan, inputs)
 
     def preflight(self) -> None:
         """Fail before any call if a model is not allowed or its key is not set (see
         ``dworkers.engine.preflight``)."""
-        preflight(self)
+        check_before_calls(self)
 
     def still_applies(self, step: PlanStep, reused: StepResult, inputs: Mapping[str, str],
                       outputs: Mapping[str, str]) -> bool:
         """Whether an earlier result answers ``step`` now (see ``dworkers.engine.reuse``)."""
-        return still_applies(self, step, reused, inputs, outputs)
+        return applies_again(self, step, reused, inputs, outputs)
 
     def reused_steps(self, inputs: Mapping[str, str]) -> dict[str, bool]:
         """For each step: whether a run would take it from ``reuse`` rather than call."""
-        return reused_steps(self, self.reuse, inputs)
+        return reusable_steps(self, self.reuse, inputs)
 
     async def run(self, inputs: Mapping[str, object] | None = None) -> RunResult:
         """Run the plan. On cancellation every step is accounted for in ``self.result`` and a
@@ -91,7 +91,7 @@ class Engine(Policy):
         self.dataset_result = DatasetResult(
             run_id=self.options.run_id or new_run_id(), plan=self.plan.name,
             tenant=self.tenant.id, started_at=time.time())
-        return run_rows(self, rows, self.pool(stream=False, probe=True), self.dataset_result,
+        return schedule_rows(self, rows, self.pool(stream=False, probe=True), self.dataset_result,
                         emit=self.on_event, cache=self.cache, max_failures=max_failures)
 
     def pool(self, *, stream: bool, probe: bool) -> Pool:

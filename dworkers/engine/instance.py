@@ -19,7 +19,7 @@ from typing import Any
 
 from dworkers.engine.calls import EventCallback, StepCalls, StepRecords
 from dworkers.engine.pool import Pool
-from dworkers.engine.reuse import StepCache, as_reused, cache_key, still_applies
+from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key
 from dworkers.engine.settings import Policy, new_run_id
 from dworkers.events import (
     Row,
@@ -146,7 +146,7 @@ class PlanInstance:
             return
         step = self.plan.get_step(sid)
         reused = self.reuse.get(sid)
-        if reused is not None and still_applies(self.policy, step, reused, self.inputs,
+        if reused is not None and applies_again(self.policy, step, reused, self.inputs,
                                                 self.outputs):
             self.work.append((self._settle, as_reused(reused)))
             return

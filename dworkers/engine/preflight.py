@@ -17,7 +17,7 @@ from dworkers.tenants.config import check_api_base, check_model_name
 from dworkers.text import crop, one_line
 
 
-def resolve_inputs(plan: BasePlan, inputs: Mapping[str, object] | None) -> dict[str, str]:
+def inputs_with_defaults(plan: BasePlan, inputs: Mapping[str, object] | None) -> dict[str, str]:
     """Inputs with defaults applied; every missing or unknown name reported at once."""
     given = {str(k): str(v) for k, v in (inputs or {}).items()}
     required = plan.required_inputs()
@@ -51,7 +51,7 @@ def resolve_inputs(plan: BasePlan, inputs: Mapping[str, object] | None) -> dict[
     return {**optional, **given}
 
 
-def preflight(policy: Policy) -> None:
+def check_before_calls(policy: Policy) -> None:
     """Fail before any call if a model is not allowed, its key is not set, an option is
     malformed or the budget is not a number of dollars.
 

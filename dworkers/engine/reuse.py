@@ -42,7 +42,7 @@ def as_reused(result: StepResult, **update: Any) -> StepResult:
         **update})
 
 
-def still_applies(policy: Policy, step: PlanStep, reused: StepResult,
+def applies_again(policy: Policy, step: PlanStep, reused: StepResult,
                   inputs: Mapping[str, str], outputs: Mapping[str, str]) -> bool:
     """Whether an earlier run's result answers ``step`` now: it succeeded and the step would
     be asked exactly the same thing (other inputs or upstream outputs run it again), whatever
@@ -56,7 +56,7 @@ def still_applies(policy: Policy, step: PlanStep, reused: StepResult,
     return reused.messages_digest == digest_messages(asked)
 
 
-def reused_steps(policy: Policy, reuse: Mapping[str, StepResult],
+def reusable_steps(policy: Policy, reuse: Mapping[str, StepResult],
                  inputs: Mapping[str, str]) -> dict[str, bool]:
     """For each step, in plan order: whether a run would take it from ``reuse`` (True) or call
     for it. A step below one that is called counts as called (its answer could only be reused
@@ -67,6 +67,6 @@ def reused_steps(policy: Policy, reuse: Mapping[str, StepResult],
         step, earlier = policy.plan.get_step(sid), reuse.get(sid)
         if (step is not None and earlier is not None
                 and all(dep in outputs for dep in graph[sid])
-                and still_applies(policy, step, earlier, inputs, outputs)):
+                and applies_again(policy, step, earlier, inputs, outputs)):
             outputs[sid] = earlier.output
     return {sid: sid in outputs for sid in graph}

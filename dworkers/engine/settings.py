@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from dworkers import dag, prompts
-from dworkers.budget import LocalBudget
 from dworkers.endpoints import endpoint_for
 from dworkers.events import MOCK_MODEL, RunStarted, StepInfo
 from dworkers.llm import LLMClient, Message, Price
@@ -100,10 +99,6 @@ class Policy:
         if self.options.max_cost_usd is not None:
             return self.options.max_cost_usd
         return self.tenant.limits.max_cost_usd
-
-    def new_budget(self) -> LocalBudget:
-        """The run's budget, with what the run spent before (a resume) already counted."""
-        return LocalBudget(self.max_cost_usd, spent=self.options.spent_before_usd)
 
     def timeout_for(self, step: PlanStep) -> float:
         """The longest one attempt of ``step`` may take, from sending the request to the last
