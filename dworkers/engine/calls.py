@@ -144,17 +144,15 @@ class StepCalls:
         outs, 5xx, empty answers) are retried ``retries_for(step)`` times with backoff; 429s
         are waited out as the endpoint asks, within ``rate_limit_wait`` seconds per step.
         Every attempt's tokens and cost count, failed ones included."""
-        policy, pool, records, model = self.policy, self.pool, self.records, request.model
+        policy, records, model = self.policy, self.records, request.model
         failures = rate_limits = 0
         waited_for_limits = 0.0
         spent = Spent()
         last_error: LLMError | None = None
         prompt_chars = sum(len(m.get("content", "")) for m in request.messages)
         while True:
-            hold = await pool.reservations.hold(
-                model, lambda: self.expected_cost(step, model, prompt_chars))
-            if isinstance(hold, str):  # the budget is spent (by this row or any other)
-                pool.stop_reason = pool.stop_reason or hold
+            hold = await self.reserve(step, model, prompt_chars)
+            if isinstance(hold, str):
                 if last_error is None:
                     return records.skipped(step.step_id, hold)
                 return spent.add_to(records.ended(step, StepStatus.FAILED,
@@ -210,6 +208,21 @@ class StepCalls:
                                                   model=model))
             self.emit(StepRetrying(step.step_id, attempt, str(error), wait, self.row_key))
             await policy.options.sleep(wait)
+
+    async def reserve(self, step: PlanStep, model: str, prompt_chars: int) -> Hold | str:
+        """A hold on the budget for the next attempt, or why it may not start: the budget is
+        spent (by this row or any other), or the run stopped while it waited for room."""
+        pool = self.pool
+        hold = await pool.reservations.hold(
+            model, lambda: self.expected_cost(step, model, prompt_chars))
+        if isinstance(hold, str):
+            pool.stop_reason = pool.stop_reason or hold
+            return hold
+        stop = self.stop_reason()
+        if stop:
+            await pool.reservations.pay(hold, 0.0, answered=False)
+            return stop
+        return hold
 
     async def paid_attempt(self, step: PlanStep, request: LLMRequest, key: str, hold: Hold,
                            longest_pause: float) -> Attempt:
