@@ -75,7 +75,8 @@ class PlanStep(BaseModel):
         default=0, ge=0, le=100, strict=True, description="Retries after a timeout, a "
         "connection error or a 5xx answer (rate limits, 429, always wait and never count).")
     timeout_seconds: float = Field(
-        default=0, ge=0, le=86_400, allow_inf_nan=False, description="Seconds per attempt; 0 "
+        default=0, ge=0, le=86_400, allow_inf_nan=False, description="Seconds one attempt "
+        "may take, from sending the request to the end of the whole answer, streamed or not; 0 "
         "means the tenant's limits.timeout_seconds.")
 
     def fingerprint(self) -> str:
