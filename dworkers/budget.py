@@ -2,11 +2,11 @@
 
 How far a budget holds (the README quotes this): **a call starts only if its estimate — price ×
 (estimated prompt tokens + the step's longest recent answer, 256 tokens before one is seen) —
-fits beside what is already spent and what the calls under way hold, so a run passes its
-budget only by what calls under way spend beyond their estimates: at most one answer per
-concurrent call running longer than estimated (up to the model's output limit), plus, for a
-model whose price only its endpoint reports (``usage.cost``, ``x-litellm-response-cost``), its
-first call, which goes alone.** A resumed run starts with what it spent before.
+fits beside what is already spent and what the calls under way hold. A run can pass its budget
+only by what the calls under way at the end spend beyond their estimates — at most, for each,
+an answer longer than expected, up to the model's output limit — plus, for a model whose price
+only its endpoint reports (``usage.cost``, ``x-litellm-response-cost``), its first call (one
+per process), which goes alone to learn it.** A resumed run starts with what it spent before.
 
 ``Budget`` is the protocol a cluster shares (an actor holds a ``LocalBudget``); ``Reservations``
 is what one process's calls go through: it holds and releases their estimates, never leaking

@@ -107,14 +107,14 @@ class _Progress:
     sent: bool = False
     pieces: list[str] = field(default_factory=list)
 
-    def billed(self, request: LLMRequest, policy: Policy) -> Usage:
+    def billed(self, request: LLMRequest,
+               cost_of: Callable[[str, int, int], float | None]) -> Usage:
         """Estimated from the characters sent and received (nobody counted them)."""
         if not self.sent:
             return Usage()
         prompt = estimate_tokens("".join(m.get("content", "") for m in request.messages))
         answer = estimate_tokens("".join(self.pieces))
-        price = request.price or policy.known_price(request.model)
-        return Usage(prompt, answer, price.cost(prompt, answer) if price else None, True)
+        return Usage(prompt, answer, cost_of(request.model, prompt, answer), True)
 
 
 class StepCalls:
@@ -129,15 +129,19 @@ class StepCalls:
         self.row_key = row_key
         self.stop_reason = stop_reason  # why no new attempt starts (budget, fail-fast)
 
-    def expected_cost(self, step: PlanStep, model: str, prompt_chars: int) -> float | None:
-        """What the next call of ``step`` is expected to cost: its price × its estimated prompt
-        and completion tokens, or ``None`` while the model's price is not known."""
-        prompt, completion = self.pool.estimator.split(model, step.step_id, prompt_chars)
+    def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """What these tokens of ``model`` cost: by its known price, else by what its endpoint
+        reported a token costs lately, else ``None`` (not known yet)."""
         price = self.policy.known_price(model)
         if price is not None:
-            return price.cost(prompt, completion)
+            return price.cost(prompt_tokens, completion_tokens)
         rate = self.pool.estimator.usd_per_token(model)
-        return None if rate is None else rate * (prompt + completion)
+        return None if rate is None else rate * (prompt_tokens + completion_tokens)
+
+    def expected_cost(self, step: PlanStep, model: str, prompt_chars: int) -> float | None:
+        """What the next call of ``step`` is expected to cost: its estimated prompt and
+        completion tokens, priced (``cost_of``)."""
+        return self.cost_of(model, *self.pool.estimator.split(model, step.step_id, prompt_chars))
 
     async def attempts_of(self, step: PlanStep, request: LLMRequest, key: str) -> StepResult:
         """Attempt ``step`` until it succeeds or may not try again. Retryable failures (time-
@@ -151,7 +155,7 @@ class StepCalls:
         last_error: LLMError | None = None
         prompt_chars = sum(len(m.get("content", "")) for m in request.messages)
         while True:
-            hold = await self.reserve(step, model, prompt_chars)
+            hold = await self.hold_for_attempt(step, model, prompt_chars)
             if isinstance(hold, str):
                 if last_error is None:
                     return records.skipped(step.step_id, hold)
@@ -209,7 +213,8 @@ class StepCalls:
             self.emit(StepRetrying(step.step_id, attempt, str(error), wait, self.row_key))
             await policy.options.sleep(wait)
 
-    async def reserve(self, step: PlanStep, model: str, prompt_chars: int) -> Hold | str:
+    async def hold_for_attempt(self, step: PlanStep, model: str,
+                               prompt_chars: int) -> Hold | str:
         """A hold on the budget for the next attempt, or why it may not start: the budget is
         spent (by this row or any other), or the run stopped while it waited for room."""
         pool = self.pool
@@ -234,7 +239,7 @@ class StepCalls:
             outcome = await self.one_attempt(step, request, key, longest_pause, progress)
         except BaseException:
             await pool.reservations.pay(
-                hold, progress.billed(request, self.policy).cost_usd, answered=False)
+                hold, progress.billed(request, self.cost_of).cost_usd, answered=False)
             raise
         if isinstance(outcome, StepResult):
             cost = outcome.cost_usd if outcome.cost_known else None
@@ -288,7 +293,7 @@ class StepCalls:
                            "(timeout_seconds)")
             else:
                 message = f"timed out: no answer within {request.timeout:g}s"
-            return ProviderTimeoutError(message, usage=progress.billed(request, self.policy))
+            return ProviderTimeoutError(message, usage=progress.billed(request, self.cost_of))
         except LLMError as exc:
             status = 429 if isinstance(exc, RateLimitError) else exc.status or 0
             pool.rate_limited += status == 429
