@@ -28,7 +28,8 @@ from dworkers import provider_headers
 from dworkers.budget import LocalBudget
 from dworkers.events import RateLimits
 
-# Where executors written before the budget had its own module still look for it.
+# ``LocalBudget`` is re-exported for code that still imports it from here (the Ray executor,
+# benchmarks); its home is ``dworkers.budget``.
 __all__ = ["LocalBudget", "LocalRateGate", "Pacer", "RateGate", "Slot"]
 
 SAFETY = 0.97  # share of a known limit we aim for: jitter in send times must not cross it

@@ -130,13 +130,15 @@ class StepCalls:
         self.stop_reason = stop_reason  # why no new attempt starts (budget, fail-fast)
 
     def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """What these tokens of ``model`` cost: by its known price, else by what its endpoint
-        reported a token costs lately, else ``None`` (not known yet)."""
+        """What these tokens of ``model`` cost: by its known price or by what its endpoint
+        reported a token costs lately, whichever is dearer (a gateway's word on the cost wins
+        over a declared price), else ``None`` (not known yet)."""
         price = self.policy.known_price(model)
-        if price is not None:
-            return price.cost(prompt_tokens, completion_tokens)
         rate = self.pool.estimator.usd_per_token(model)
-        return None if rate is None else rate * (prompt_tokens + completion_tokens)
+        costs = [price.cost(prompt_tokens, completion_tokens)] if price is not None else []
+        if rate is not None:
+            costs.append(rate * (prompt_tokens + completion_tokens))
+        return max(costs) if costs else None
 
     def expected_cost(self, step: PlanStep, model: str, prompt_chars: int) -> float | None:
         """What the next call of ``step`` is expected to cost: its estimated prompt and
