@@ -131,7 +131,7 @@ def test_a_model_priced_only_by_its_endpoint_goes_alone_once_then_in_parallel(
 ) -> None:
     # litellm has no price for openai/test-model and the tenant declares none: the gateway's
     # reported cost prices the calls after the first.
-    llm_server.latency = 0.3
+    llm_server.latency = 0.5
     llm_server.add_rule(usage_cost=0.001)
     tenant = make_tenant(max_cost_usd=1.0, max_concurrency=3)
     result = run(llm_server, {"a": [], "b": [], "c": []}, tenant)
