@@ -605,7 +605,7 @@ def _watch_http_answers(litellm: Any) -> None:
     try:
         from litellm.llms.openai.common_utils import BaseOpenAILLM
 
-        session = BaseOpenAILLM._get_async_http_client()
+        session: Any = BaseOpenAILLM._get_async_http_client()
         hooks = session.event_hooks
         session.event_hooks = {**hooks, "response": [*hooks.get("response", []), _watch_answer]}
     except Exception:  # another litellm: no hook, the text bound still holds
