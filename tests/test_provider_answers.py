@@ -9,6 +9,7 @@ for its real value without a test waiting a minute.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -275,6 +276,32 @@ def test_a_cut_off_answer_is_marked_truncated_everywhere(
     assert "truncated" in stderr  # the summary says so
     code, stdout, _ = invoke("show", "last")  # and the history keeps it
     assert code == 0 and "truncated" in stdout
+
+
+def test_a_streamed_cut_off_answer_is_marked_in_the_live_tree(llm_server: FakeLLMServer) -> None:
+    from rich.console import Console
+
+    from dworkers.view import LiveView
+
+    llm_server.add_rule(marker("a"), content="half of a", finish_reason="length", pieces=3)
+    console = Console(width=100, height=30, record=True, color_system=None,
+                      file=io.StringIO())
+    live = LiveView(console)  # fed events as a run on a terminal feeds it, painted once below
+    options = RunOptions(stream=True)
+    options.sleep = Waits()
+    engine = PlanBuilder(make_plan({"a": [], "b": []}), make_tenant(), api_base=llm_server.url,
+                         options=options, on_event=live).build()
+    engine.rate_gate = NoGate()
+    result = asyncio.run(engine.run({}))
+    assert all(request.stream for request in llm_server.requests)
+    assert result.outputs["a"].truncated and not result.outputs["b"].truncated
+
+    console.print(live.render())
+    tree = console.export_text()
+    [a_line] = [line for line in tree.splitlines() if "✓ a " in line]
+    [b_line] = [line for line in tree.splitlines() if "✓ b " in line]
+    assert a_line.endswith("  truncated") and "truncated" not in b_line
+    assert "cut off at the model's token limit" in tree
 
 
 def test_a_tenant_can_make_a_cut_off_answer_a_failure(
