@@ -405,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
                      pieces: int, delay: float, wait: Callable[[float], None],
                      sent: Callable[[int], None]) -> None:
         """Send ``payload`` as JSON in ``pieces`` writes, ``wait(delay)`` before each and
-        ``sent(bytes so far)`` after each but the last."""
+        ``sent(bytes so far)`` after each."""
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -422,7 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.wfile.write(data[start:start + size])
                 self.wfile.flush()
-                sent(start + size)
+            sent(min(start + size, len(data)))
 
     def _last_write(self, data: bytes) -> None:
         if self.before_last_write is not None:
@@ -740,12 +740,14 @@ class FakeLLMServer:
             record.body_sent = count
             self._cond.notify_all()
 
-    def wait_for_in_flight(self, n: int, timeout: float = 5.0) -> bool:
-        """Wait up to ``timeout`` seconds until ``n`` requests are in flight."""
+    def wait_for_in_flight(self, n: int, timeout: float | None = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) until ``n`` requests
+        are in flight."""
         return self._wait_until(lambda: self._in_flight >= n, timeout)
 
-    def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Wait up to ``timeout`` seconds until no request is in flight."""
+    def wait_idle(self, timeout: float | None = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) until no request is
+        in flight."""
         return self._wait_until(lambda: self._in_flight == 0, timeout)
 
     def _wait_until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
