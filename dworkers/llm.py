@@ -588,9 +588,6 @@ def excerpt(text: str, limit: int = ERROR_EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
 
 
-_watched_session: Any = None
-
-
 def _watch_http_answers(litellm: Any) -> None:
     """Let every answer from an OpenAI-compatible endpoint pass ``_watch_answer`` first.
 
@@ -599,7 +596,6 @@ def _watch_http_answers(litellm: Any) -> None:
     for a custom client). Nothing is changed when a caller set a session of their own, or where
     litellm builds its clients otherwise: answers are then bounded by their text only.
     """
-    global _watched_session
     if litellm.aclient_session is not None:
         return  # ours, already watched; or the caller's own client, theirs to configure
     try:
@@ -610,7 +606,7 @@ def _watch_http_answers(litellm: Any) -> None:
         session.event_hooks = {**hooks, "response": [*hooks.get("response", []), _watch_answer]}
     except Exception:  # another litellm: no hook, the text bound still holds
         return
-    _watched_session = litellm.aclient_session = session
+    litellm.aclient_session = session
 
 
 async def _watch_answer(response: Any) -> None:
@@ -623,7 +619,9 @@ async def _watch_answer(response: Any) -> None:
     if length.isdigit() and int(length) > got.limit:
         got.too_large = True
         raise AnswerTooLarge(got.limit)
-    if _is_event_stream(response.headers) and not _asks_stream(response.request):
+    kind = response.headers.get("content-type", "").lower()
+    if response.status_code == 200 and "event-stream" in kind and not _asks_stream(
+            response.request):
         got.event_stream = []
         got.headers = provider_headers.normalise(dict(response.headers))
     response.stream = _bounded_body(response.stream, got)
