@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import hashlib
 import importlib
 import logging
@@ -640,24 +641,32 @@ def _asks_stream(request: Any) -> bool:
 def _bounded_body(stream: Any, got: _Received) -> Any:
     """``stream`` (an httpx body stream) counting its bytes: ``AnswerTooLarge`` past the bound;
     an event stream sent to a request for a whole answer is also kept in ``got``."""
-    import httpx
+    return _bounded_body_type()(stream, got)
+
+
+@functools.cache
+def _bounded_body_type() -> type:
+    import httpx  # litellm's own HTTP library, loaded with it
 
     class BoundedBody(httpx.AsyncByteStream):
+        def __init__(self, stream: Any, got: _Received) -> None:
+            self.stream, self.got = stream, got
+
         async def __aiter__(self) -> Any:
             received = 0
-            async for part in stream:
+            async for part in self.stream:
                 received += len(part)
-                if received > got.limit:
-                    got.too_large = True
-                    raise AnswerTooLarge(got.limit)
-                if got.event_stream is not None:
-                    got.event_stream.append(part)
+                if received > self.got.limit:
+                    self.got.too_large = True
+                    raise AnswerTooLarge(self.got.limit)
+                if self.got.event_stream is not None:
+                    self.got.event_stream.append(part)
                 yield part
 
         async def aclose(self) -> None:
-            await stream.aclose()
+            await self.stream.aclose()
 
-    return BoundedBody()
+    return BoundedBody
 
 
 def _read_event_stream(got: _Received, on_delta: DeltaCallback) -> bool:
