@@ -512,9 +512,9 @@ class _Checker:
                                  "missing-key", file=self.file, line=line))
                 return
             if len(key) > MAX_KEY_CHARS or _CONTROL.search(key):
-                what = (f"longer than {MAX_KEY_CHARS} characters" if len(key) > MAX_KEY_CHARS
+                what = (f"is longer than {MAX_KEY_CHARS} characters" if len(key) > MAX_KEY_CHARS
                         else "holds control characters (line breaks, tabs, ...)")
-                self.add(Problem(f"key {shown(key)} is {what}", "keys name rows in results and "
+                self.add(Problem(f"key {shown(key)} {what}", "keys name rows in results and "
                                  "files: use short plain text, or choose another --key column",
                                  "bad-key", file=self.file, line=line))
                 return

@@ -3,12 +3,19 @@
 ``LLMClient`` is the seam: ``LiteLLMClient`` talks to every provider through litellm,
 ``MockClient`` answers offline for ``--mock`` and for tests of the engine itself.
 Errors come out as ``dworkers.errors.LLMError`` subclasses, whatever the provider said.
+
+An answer is untrusted input: it holds at most ``MAX_ANSWER_BYTES`` (the body of a whole answer
+from an OpenAI-compatible endpoint, refused as it arrives; the text of any answer), a whole
+answer sent as a stream is read as the stream it is, and an error shows at most
+``ERROR_EXCERPT_CHARS`` of what the endpoint said, escape codes removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import hashlib
 import importlib
 import logging
@@ -36,12 +43,18 @@ from dworkers.errors import (
 )
 from dworkers.events import MOCK_MODEL
 from dworkers.redact import redact, redact_url
+from dworkers.text import ELLIPSIS, one_line
 
 Message = dict[str, str]
 DeltaCallback = Callable[[str], None]
 Headers = Mapping[str, str]
 
 CHARS_PER_TOKEN = 4  # for estimates where a provider reports no counts (English prose)
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""The most one answer may hold. Generous: a model writes at most a few hundred thousand tokens
+(128,000 tokens are about 0.5 MB of text; streamed, with each chunk's wrapping, about 25 MB),
+and an answer past it is refused as it arrives instead of filling memory."""
+ERROR_EXCERPT_CHARS = 200  # of an endpoint's own words, in an error message
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +219,10 @@ class _Received:
     finish_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     started: bool = False  # the endpoint accepted the request and began answering
+    limit: int = MAX_ANSWER_BYTES  # bytes of a body, characters of the text
+    size: int = 0  # characters of text kept so far
+    too_large: bool = False  # the answer passed ``limit`` and was refused
+    event_stream: list[bytes] | None = None  # a stream sent to a request for a whole answer
 
     @property
     def text(self) -> str:
@@ -213,13 +230,34 @@ class _Received:
 
     def add(self, text: object, on_delta: DeltaCallback) -> bool:
         """Keep a piece of the answer (any string the provider sent, made valid text) and pass
-        it on; ``False`` for anything else."""
+        it on; ``False`` for anything else. Raises ``AnswerTooLarge`` past ``limit``."""
         if not text or not isinstance(text, str):
             return False
+        self.size += len(text)
+        if self.size > self.limit:
+            self.too_large = True
+            raise AnswerTooLarge(self.limit)
         text = valid_text(text)
         self.pieces.append(text)
         on_delta(text)
         return True
+
+
+class AnswerTooLarge(Exception):
+    """An answer passed its size bound: raised where it is read, while it arrives."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than {_size(limit)}")
+        self.limit = limit
+
+
+def _size(count: int) -> str:
+    return f"{count / (1 << 20):g} MiB" if count >= 1 << 20 else f"{count:,} bytes"
+
+
+# The attempt being made in this task, for the HTTP answer hook below: bound and keep its body.
+_ATTEMPT: contextvars.ContextVar[_Received | None] = contextvars.ContextVar(
+    "dworkers_attempt", default=None)
 
 
 class LiteLLMClient:
@@ -227,8 +265,9 @@ class LiteLLMClient:
 
     offline = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self._litellm: Any = None
+        self.max_answer_bytes = max_answer_bytes
 
     @property
     def litellm(self) -> Any:
@@ -284,7 +323,9 @@ class LiteLLMClient:
             options["api_key"] = request.api_key
         if request.stream:
             options["stream_options"] = {"include_usage": True}
-        got = _Received()
+        got = _Received(limit=self.max_answer_bytes)
+        watching = _ATTEMPT.set(got)
+        _watch_http_answers(litellm)
         loop = asyncio.get_running_loop()
         silence = request.timeout
         total = request.total_timeout
@@ -320,8 +361,15 @@ class LiteLLMClient:
         except TimeoutError:
             raise self._timed_out(request, got, whole.expired()) from None
         except Exception as exc:
-            error = self._translate(exc, (request.api_key,), request.api_base)
-            raise self._with_usage(error, request, got) from None
+            if got.too_large:
+                raise self._too_large(request, got) from None
+            # An endpoint that answers a request for a whole answer with a stream: litellm
+            # cannot parse it, the hook kept it, and it is read as the stream it is.
+            if got.event_stream is None or not _read_event_stream(got, on_delta):
+                error = self._translate(exc, (request.api_key,), request.api_base)
+                raise self._with_usage(error, request, got) from None
+        finally:
+            _ATTEMPT.reset(watching)
         if not got.text.strip():
             reason = ("its answer held no text" if got.finish_reason or got.usage is not None
                       else "it sent nothing readable")
@@ -409,6 +457,15 @@ class LiteLLMClient:
         return ProviderTimeoutError(message, headers=got.headers,
                                     usage=self._usage(request, got, estimated=True))
 
+    def _too_large(self, request: LLMRequest, got: _Received) -> LLMError:
+        error = InvalidAnswerError(
+            f"the answer is larger than {_size(got.limit)}, the most dworkers reads of one "
+            "answer: refused, not retried (ask for a shorter answer, or lower the model's "
+            "max_tokens)", headers=got.headers, status=200,
+            usage=self._usage(request, got, estimated=True))
+        error.retryable = False  # the same prompt would be answered at the same length
+        return error
+
     def _with_usage(self, error: LLMError, request: LLMRequest, got: _Received) -> LLMError:
         """``error`` carrying what its attempt consumed: an answer cut off half-way, or a
         timeout after the request was sent, is billed by the provider."""
@@ -434,9 +491,7 @@ class LiteLLMClient:
         ex = self.litellm.exceptions
         status = getattr(exc, "status_code", None)
         status = status if isinstance(status, int) else None
-        message = _clean_message(exc)
-        message = redact(message, secrets)
-        message = message if len(message) <= 500 else message[:499] + "…"
+        message = excerpt(redact(_clean_message(exc), secrets))
         network = _network_failure(exc) if status in (None, 408, 500) else None
         answered = bool(headers)  # an HTTP answer came: not a network failure
         where = f" ({endpoint_of(api_base)})" if api_base else ""
@@ -527,27 +582,143 @@ async def _raw_body(answer: Any) -> bytes:
     return body if isinstance(body, bytes) else b""
 
 
+def excerpt(text: str, limit: int = ERROR_EXCERPT_CHARS) -> str:
+    """At most ``limit`` characters of ``text``, on one line and without escape codes: what an
+    error shows of an endpoint's own words (which can be a whole answer body)."""
+    text = one_line(text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def _watch_http_answers(litellm: Any) -> None:
+    """Let every answer from an OpenAI-compatible endpoint pass ``_watch_answer`` first.
+
+    litellm sends those through the httpx client it builds for the OpenAI SDK; the same client,
+    with the hook added, is handed back as ``litellm.aclient_session`` (its documented setting
+    for a custom client). Nothing is changed when a caller set a session of their own, or where
+    litellm builds its clients otherwise: answers are then bounded by their text only.
+    """
+    if litellm.aclient_session is not None:
+        return  # ours, already watched; or the caller's own client, theirs to configure
+    try:
+        from litellm.llms.openai.common_utils import BaseOpenAILLM
+
+        session: Any = BaseOpenAILLM._get_async_http_client()
+        hooks = session.event_hooks
+        session.event_hooks = {**hooks, "response": [*hooks.get("response", []), _watch_answer]}
+    except Exception:  # another litellm: no hook, the text bound still holds
+        return
+    litellm.aclient_session = session
+
+
+async def _watch_answer(response: Any) -> None:
+    """httpx response hook, before the body is read: refuse a body announced or found larger
+    than the attempt's bound, and keep a stream sent to a request for a whole answer."""
+    got = _ATTEMPT.get()
+    if got is None:
+        return  # not one of our calls
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > got.limit:
+        got.too_large = True
+        raise AnswerTooLarge(got.limit)
+    kind = response.headers.get("content-type", "").lower()
+    if response.status_code == 200 and "event-stream" in kind and not _asks_stream(
+            response.request):
+        got.event_stream = []
+        got.headers = provider_headers.normalise(dict(response.headers))
+    response.stream = _bounded_body(response.stream, got)
+
+
+def _asks_stream(request: Any) -> bool:
+    import json
+
+    try:
+        body = json.loads(request.content or b"null")
+    except (ValueError, RuntimeError):  # not JSON, or a body not read into memory
+        return True
+    return not isinstance(body, dict) or bool(body.get("stream"))
+
+
+def _bounded_body(stream: Any, got: _Received) -> Any:
+    """``stream`` (an httpx body stream) counting its bytes: ``AnswerTooLarge`` past the bound;
+    an event stream sent to a request for a whole answer is also kept in ``got``."""
+    return _bounded_body_type()(stream, got)
+
+
+@functools.cache
+def _bounded_body_type() -> type:
+    import httpx  # litellm's own HTTP library, loaded with it
+
+    class BoundedBody(httpx.AsyncByteStream):
+        def __init__(self, stream: Any, got: _Received) -> None:
+            self.stream, self.got = stream, got
+
+        async def __aiter__(self) -> Any:
+            received = 0
+            async for part in self.stream:
+                received += len(part)
+                if received > self.got.limit:
+                    self.got.too_large = True
+                    raise AnswerTooLarge(self.got.limit)
+                if self.got.event_stream is not None:
+                    self.got.event_stream.append(part)
+                yield part
+
+        async def aclose(self) -> None:
+            await self.stream.aclose()
+
+    return BoundedBody
+
+
+def _read_event_stream(got: _Received, on_delta: DeltaCallback) -> bool:
+    """Read the kept event stream (``data: {chunk}`` lines) into ``got``: whether it held an
+    answer."""
+    import json
+
+    body = b"".join(got.event_stream or ())
+    read = False
+    for line in body.decode("utf-8", "replace").splitlines():
+        data = line[5:].strip() if line.startswith("data:") else ""
+        if not data or data == "[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(chunk, dict):
+            read = _read_answer_dict(chunk, "delta", got, on_delta) or read
+    return read
+
+
 def _read_json_answer(body: bytes, got: _Received, on_delta: DeltaCallback) -> None:
     """Read a non-stream chat completion body into ``got``; nothing if it is not one."""
     import json
-    from types import SimpleNamespace
 
     try:
         data = json.loads(body)
     except ValueError:
         return
-    if not isinstance(data, dict):
-        return
+    if isinstance(data, dict):
+        _read_answer_dict(data, "message", got, on_delta)
+
+
+def _read_answer_dict(data: dict[str, Any], part: str, got: _Received,
+                      on_delta: DeltaCallback) -> bool:
+    """Read one decoded chat completion (``part`` "message") or stream chunk ("delta") into
+    ``got``: whether it was one."""
+    from types import SimpleNamespace
+
     usage = data.get("usage")
     if isinstance(usage, dict):
         got.usage = SimpleNamespace(**{k: v for k, v in usage.items() if isinstance(k, str)})
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return
+        return isinstance(usage, dict)
     reason = choices[0].get("finish_reason")
-    got.finish_reason = reason if isinstance(reason, str) else None
-    message = choices[0].get("message")
+    if isinstance(reason, str) or part == "message":
+        got.finish_reason = reason if isinstance(reason, str) else None
+    message = choices[0].get(part)
     got.add(message.get("content") if isinstance(message, dict) else None, on_delta)
+    return True
 
 
 def _unparseable_answer(exc: BaseException, message: str) -> bool:

@@ -137,25 +137,25 @@ class Limit:
 
 
 @dataclass(frozen=True, slots=True)
-class RateLimits:
+class HeaderLimits:
     """The ``x-ratelimit-*`` headers of one answer: requests and tokens per window."""
 
     requests: Limit
     tokens: Limit
 
 
-def rate_limits(headers: Headers) -> RateLimits:
+def rate_limits(headers: Headers) -> HeaderLimits:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` of one answer."""
     values = headers if _is_normalised(headers) else normalise(headers)
 
     def limit(kind: str) -> Limit:
         return Limit(
-            limit=_count(values.get(f"x-ratelimit-limit-{kind}")),
-            remaining=_count(values.get(f"x-ratelimit-remaining-{kind}")),
+            limit=_whole_count(values.get(f"x-ratelimit-limit-{kind}")),
+            remaining=_whole_count(values.get(f"x-ratelimit-remaining-{kind}")),
             reset_seconds=parse_duration(values.get(f"x-ratelimit-reset-{kind}")),
         )
 
-    return RateLimits(requests=limit("requests"), tokens=limit("tokens"))
+    return HeaderLimits(requests=limit("requests"), tokens=limit("tokens"))
 
 
 def _number(text: str | None) -> float | None:
@@ -169,7 +169,7 @@ def _number(text: str | None) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def _count(text: str | None) -> int | None:
+def _whole_count(text: str | None) -> int | None:
     """A whole count; a negative one (a LiteLLM Proxy says ``-1`` once a soft limit is
     exceeded) means none left."""
     if text is None or len(text) > _MAX_HEADER_CHARS:

@@ -138,6 +138,7 @@ class Rule:
     usage_cost: float | None = None
     pieces: int | None = None
     drop_after: int | None = None
+    body_delay: float = 0.0
     matched: int = 0
 
     def matches(self, text: str) -> bool:
@@ -174,6 +175,7 @@ class RequestRecord:
     reply: str | None = None
     abandoned: bool = False
     rate_limited: bool = False
+    body_sent: int = 0  # bytes of a slowly sent whole answer's body written so far
 
     @property
     def text(self) -> str:
@@ -399,6 +401,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._last_write(data)
 
+    def _send_slowly(self, status: int, payload: Any, extra_headers: dict[str, str],
+                     pieces: int, delay: float, wait: Callable[[float], None],
+                     sent: Callable[[int], None]) -> None:
+        """Send ``payload`` as JSON in ``pieces`` writes, ``wait(delay)`` before each and
+        ``sent(bytes so far)`` after each."""
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in extra_headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        size = -(-len(data) // max(1, pieces))
+        for start in range(0, len(data), size):
+            wait(delay)
+            if start + size >= len(data):
+                self._last_write(data[start:])
+            else:
+                self.wfile.write(data[start:start + size])
+                self.wfile.flush()
+            sent(min(start + size, len(data)))
+
     def _last_write(self, data: bytes) -> None:
         if self.before_last_write is not None:
             self.before_last_write()
@@ -580,6 +605,7 @@ class FakeLLMServer:
         usage_cost: float | None = None,
         pieces: int | None = None,
         drop_after: int | None = None,
+        body_delay: float = 0.0,
     ) -> Rule:
         """Add a behaviour rule; rules are tried in the order added.
 
@@ -602,12 +628,15 @@ class FakeLLMServer:
             raw_body: send exactly this body with status ``status`` and Content-Type
                 ``application/json`` (an empty or unparseable answer), stream or not.
             answer: ``"normal"``; ``"done-only"`` (a stream holding only ``data: [DONE]``);
-                ``"json"`` (a plain JSON answer even when a stream was asked for).
+                ``"json"`` (a plain JSON answer even when a stream was asked for);
+                ``"stream"`` (server-sent events even when a whole answer was asked for).
             finish_reason: the answer's ``finish_reason`` (``"length"``: cut off).
             usage_cost: report this cost in USD as ``usage.cost`` (as gateways do).
             pieces: stream the reply in this many pieces (default: 4 to 8).
             drop_after: close the connection after streaming this many pieces (an answer
                 that breaks off half-way).
+            body_delay: send a whole (not streamed) answer's body in ``pieces`` writes (default
+                8), this many seconds apart: a slow download of a large answer.
         """
         rule = Rule(
             contains=contains,
@@ -626,6 +655,7 @@ class FakeLLMServer:
             usage_cost=usage_cost,
             pieces=pieces,
             drop_after=drop_after,
+            body_delay=body_delay,
         )
         with self._cond:
             self._rules.append(rule)
@@ -694,19 +724,33 @@ class FakeLLMServer:
         """Recorded requests whose messages' text contains ``text``."""
         return [r for r in self.requests if text in r.text]
 
-    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
-        """Wait up to ``timeout`` seconds until ``n`` requests have arrived."""
+    def wait_for_requests(self, n: int, timeout: float | None = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) until ``n`` requests
+        have arrived."""
         return self._wait_until(lambda: len(self._records) >= n, timeout)
 
-    def wait_for_in_flight(self, n: int, timeout: float = 5.0) -> bool:
-        """Wait up to ``timeout`` seconds until ``n`` requests are in flight."""
+    def wait_for_body_sent(self, count: int, timeout: float | None = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) until a slowly sent
+        whole answer (``body_delay``) has written ``count`` bytes of its body."""
+        return self._wait_until(lambda: any(r.body_sent >= count for r in self._records),
+                                timeout)
+
+    def _body_sent(self, record: RequestRecord, count: int) -> None:
+        with self._cond:
+            record.body_sent = count
+            self._cond.notify_all()
+
+    def wait_for_in_flight(self, n: int, timeout: float | None = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) until ``n`` requests
+        are in flight."""
         return self._wait_until(lambda: self._in_flight >= n, timeout)
 
-    def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Wait up to ``timeout`` seconds until no request is in flight."""
+    def wait_idle(self, timeout: float | None = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) until no request is
+        in flight."""
         return self._wait_until(lambda: self._in_flight == 0, timeout)
 
-    def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+    def _wait_until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         with self._cond:
             return self._cond.wait_for(predicate, timeout)
 
@@ -838,26 +882,28 @@ class FakeLLMServer:
             handler._start_sse(extra)
             handler._end_sse("[DONE]")
             return
-        if not record.stream or rule.answer == "json":
+        if (not record.stream and rule.answer != "stream") or rule.answer == "json":
             record.status = 200
-            handler._send_json(
-                200,
-                {
-                    "id": completion_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": reply},
-                            "finish_reason": rule.finish_reason,
-                        }
-                    ],
-                    "usage": usage,
-                },
-                extra,
-            )
+            whole = {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply},
+                        "finish_reason": rule.finish_reason,
+                    }
+                ],
+                "usage": usage,
+            }
+            if rule.body_delay > 0:
+                handler._send_slowly(200, whole, extra, rule.pieces or 8, rule.body_delay,
+                                     lambda seconds: self._wait(seconds, conn),
+                                     lambda count: self._body_sent(record, count))
+            else:
+                handler._send_json(200, whole, extra)
             return
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:

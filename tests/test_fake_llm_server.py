@@ -108,6 +108,28 @@ def test_json_response_with_usage_and_record() -> None:
         assert srv.max_in_flight == 1
 
 
+def test_a_whole_answer_can_be_sent_as_a_stream() -> None:
+    with FakeLLMServer() as srv:
+        srv.add_rule(answer="stream", content="streamed all the same", finish_reason="length")
+        response, events = sse_events(srv, chat_body("hi", stream=False))
+        assert response.headers["content-type"] == "text/event-stream"
+        chunks = [json.loads(e) for e in events if e and e != "[DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert text == "streamed all the same" and events[-1] == "[DONE]"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert srv.requests[0].stream is False
+
+
+def test_a_whole_answer_can_be_sent_slowly_and_its_progress_waited_for() -> None:
+    with FakeLLMServer() as srv:
+        srv.add_rule(content="slow " * 50, body_delay=0.01, pieces=5)
+        response = post(srv, "hi")
+        assert response.json()["choices"][0]["message"]["content"] == "slow " * 50
+        assert srv.wait_for_body_sent(len(response.content), timeout=None)
+        [record] = srv.requests
+        assert record.body_sent == len(response.content) and not record.abandoned
+
+
 def test_path_without_v1_models_and_unknown_path() -> None:
     with FakeLLMServer() as srv:
         response = httpx.post(

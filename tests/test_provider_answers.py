@@ -9,7 +9,12 @@ for its real value without a test waiting a minute.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -19,8 +24,16 @@ import pytest
 from support import FakeLLMServer, invoke, llm_server, make_plan, make_tenant, marker
 
 from dworkers.engine import PlanBuilder, RunOptions
+from dworkers.errors import InvalidAnswerError
 from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
-from dworkers.llm import load_litellm
+from dworkers.llm import (
+    ERROR_EXCERPT_CHARS,
+    MAX_ANSWER_BYTES,
+    Completion,
+    LiteLLMClient,
+    LLMRequest,
+    load_litellm,
+)
 from dworkers.tenants.config import LimitsConfig, ModelPrice, TenantConfig
 
 __all__ = ["llm_server"]
@@ -88,6 +101,15 @@ def run_cli(server: FakeLLMServer, *args: str) -> tuple[int, str, str]:
     return invoke("run", "plan.yaml", "--api-base", server.url, "--out", "runs", *args)
 
 
+def ask(server: FakeLLMServer, text: str, *, stream: bool, client: LiteLLMClient | None = None,
+        pieces: list[str] | None = None) -> Completion:
+    """One call through ``LiteLLMClient`` (``pieces`` collects what it passes on)."""
+    request = LLMRequest("openai/test-model", [{"role": "user", "content": text}], 30,
+                         api_base=server.url, stream=stream)
+    sink = pieces if pieces is not None else []
+    return asyncio.run((client or LiteLLMClient()).complete(request, sink.append))
+
+
 # --- an answer is only a success if it is an answer -----------------------------------------
 
 EMPTY_ANSWERS = {
@@ -149,6 +171,95 @@ def test_a_plain_json_answer_to_a_stream_request_is_read(llm_server: FakeLLMServ
     assert step.completion_tokens == 4  # the body's own usage
 
 
+def test_a_whole_answer_sent_as_a_stream_is_read(llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(answer="stream", content="text streamed although not asked",
+                        finish_reason="length", headers={"x-ratelimit-remaining-requests": "9"})
+    log = EventLog()
+    result = run_plan(llm_server, {"a": []}, log=log, options=RunOptions(stream=False))
+
+    step = result.outputs["a"]
+    assert not llm_server.requests[0].stream  # asked for a whole answer, got a stream
+    assert step.succeeded and step.attempts == 1, step.error
+    assert step.output == "text streamed although not asked"
+    assert step.truncated  # the stream's own finish_reason, "length"
+    answer = ask(llm_server, "again", stream=False)
+    assert answer.headers["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_an_error_shows_a_short_excerpt_of_what_the_endpoint_said(
+    llm_server: FakeLLMServer,
+) -> None:
+    said = "\x1b[2J\x1b]0;owned\x07\x1b[31mbad request " + "and a long body " * 300
+    llm_server.add_rule(status=400, error_message=said)
+    step = run_plan(llm_server, {"a": []}).outputs["a"]
+
+    assert step.status is StepStatus.FAILED and step.error is not None
+    prefix, _, words = step.error.partition(": ")
+    assert prefix == "request refused (400)"
+    assert words.startswith("bad request and a long body")  # escape codes gone
+    assert len(words) <= ERROR_EXCERPT_CHARS and words.endswith("…")
+    assert "\x1b" not in step.error and "\x07" not in step.error
+
+
+# An answer of 200,000 bytes sent in 400 writes; the bound below is passed a tenth of the way in.
+HUGE = "word " * 40_000
+BOUND = 20_000
+
+
+@pytest.mark.parametrize("shape", ["whole", "stream to a whole request", "stream"])
+def test_an_answer_past_the_size_bound_is_refused_as_it_arrives(
+    llm_server: FakeLLMServer, shape: str
+) -> None:
+    if shape == "whole":  # its length announced: refused before its body is read
+        llm_server.add_rule(content=HUGE, body_delay=0.05, pieces=400)
+    else:
+        llm_server.add_rule(content=HUGE, chunk_delay=0.05, pieces=400,
+                            answer="stream" if shape != "stream" else "normal")
+    pieces: list[str] = []
+    with pytest.raises(InvalidAnswerError) as caught:
+        ask(llm_server, "hello", stream=shape == "stream",
+            client=LiteLLMClient(max_answer_bytes=BOUND), pieces=pieces)
+
+    assert str(caught.value).startswith("the answer is larger than 20,000 bytes")
+    assert not caught.value.retryable  # the same prompt would be answered as long again
+    assert sum(map(len, pieces)) <= BOUND
+    llm_server.wait_idle(timeout=None)
+    [request] = llm_server.requests
+    assert request.abandoned  # dworkers hung up long before the endpoint finished sending
+
+
+def test_the_size_bound_is_generous() -> None:
+    # 128,000 tokens (the largest answers models write) are about 0.5 MB of text and, streamed
+    # one token a chunk with ~200 bytes of wrapping each, about 25 MB.
+    assert MAX_ANSWER_BYTES >= 32 * 1024 * 1024
+    assert LiteLLMClient().max_answer_bytes == MAX_ANSWER_BYTES
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_long_answer_arrives_ends_the_run(
+    llm_server: FakeLLMServer, cli: Path
+) -> None:
+    # A whole answer that takes a minute to arrive: a run told to stop does not wait for it.
+    llm_server.add_rule(content=HUGE, body_delay=0.5, pieces=120)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dworkers.cli", "run", "plan.yaml", "--api-base", llm_server.url,
+         "--tenant", tenant_file(cli), "--out", "runs"],
+        cwd=cli, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert llm_server.wait_for_body_sent(1, timeout=None)  # the answer is on its way
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (130, 143), stderr
+    assert "interrupted" in stderr
+    llm_server.wait_idle(timeout=None)
+    [request] = llm_server.requests
+    assert request.abandoned  # the process left before the answer was all there
+
+
 def test_a_cut_off_answer_is_marked_truncated_everywhere(
     llm_server: FakeLLMServer, cli: Path
 ) -> None:
@@ -165,6 +276,32 @@ def test_a_cut_off_answer_is_marked_truncated_everywhere(
     assert "truncated" in stderr  # the summary says so
     code, stdout, _ = invoke("show", "last")  # and the history keeps it
     assert code == 0 and "truncated" in stdout
+
+
+def test_a_streamed_cut_off_answer_is_marked_in_the_live_tree(llm_server: FakeLLMServer) -> None:
+    from rich.console import Console
+
+    from dworkers.view import LiveView
+
+    llm_server.add_rule(marker("a"), content="half of a", finish_reason="length", pieces=3)
+    console = Console(width=100, height=30, record=True, color_system=None,
+                      file=io.StringIO())
+    live = LiveView(console)  # fed events as a run on a terminal feeds it, painted once below
+    options = RunOptions(stream=True)
+    options.sleep = Waits()
+    engine = PlanBuilder(make_plan({"a": [], "b": []}), make_tenant(), api_base=llm_server.url,
+                         options=options, on_event=live).build()
+    engine.rate_gate = NoGate()
+    result = asyncio.run(engine.run({}))
+    assert all(request.stream for request in llm_server.requests)
+    assert result.outputs["a"].truncated and not result.outputs["b"].truncated
+
+    console.print(live.render())
+    tree = console.export_text()
+    [a_line] = [line for line in tree.splitlines() if "✓ a " in line]
+    [b_line] = [line for line in tree.splitlines() if "✓ b " in line]
+    assert a_line.endswith("  truncated") and "truncated" not in b_line
+    assert "cut off at the model's token limit" in tree
 
 
 def test_a_tenant_can_make_a_cut_off_answer_a_failure(
@@ -244,11 +381,11 @@ def test_silence_times_out_and_what_was_sent_is_counted_as_an_estimate(
 def test_waiting_at_the_rate_gate_is_not_silence(llm_server: FakeLLMServer) -> None:
     class SlowGate(NoGate):
         async def acquire(self, model: str, tokens: int) -> None:
-            await asyncio.sleep(1.5)  # held back by the model's rate limit
+            await asyncio.sleep(3.0)  # held back by the model's rate limit
 
     load_litellm()  # as a run does before it starts: importing it is not the endpoint's silence
     plan = make_plan({"a": []})
-    engine = PlanBuilder(plan, make_tenant(timeout=1.0), api_base=llm_server.url).build()
+    engine = PlanBuilder(plan, make_tenant(timeout=2.0), api_base=llm_server.url).build()
     engine.rate_gate = SlowGate()
     step = asyncio.run(engine.run({})).outputs["a"]
     assert step.succeeded and step.attempts == 1, step.error
@@ -269,25 +406,17 @@ def test_an_answer_that_breaks_off_counts_what_was_received(llm_server: FakeLLMS
 
 def test_answers_and_errors_carry_their_response_headers(llm_server: FakeLLMServer) -> None:
     from dworkers.errors import RateLimitError
-    from dworkers.llm import LiteLLMClient, LLMRequest
 
     llm_server.add_rule("limited", status=429, headers={"llm_provider-retry-after": "7",
                                                         "X-RateLimit-Remaining-Requests": "0"})
     llm_server.add_rule(headers={"x-ratelimit-remaining-requests": "41",
                                  "x-ratelimit-reset-tokens": "6m0s"})
-    client = LiteLLMClient()
-
-    def ask(text: str, stream: bool) -> Any:
-        request = LLMRequest("openai/test-model", [{"role": "user", "content": text}], 10,
-                             api_base=llm_server.url, stream=stream)
-        return asyncio.run(client.complete(request, lambda piece: None))
-
     for stream in (True, False):
-        answer = ask("hello", stream)
+        answer = ask(llm_server, "hello", stream=stream)
         assert answer.headers["x-ratelimit-remaining-requests"] == "41"
         assert answer.headers["x-ratelimit-reset-tokens"] == "6m0s"
         with pytest.raises(RateLimitError) as caught:
-            ask("limited", stream)
+            ask(llm_server, "limited", stream=stream)
         assert caught.value.headers["retry-after"] == "7"
         assert caught.value.headers["x-ratelimit-remaining-requests"] == "0"
         assert caught.value.retry_after == 7 and caught.value.status == 429
@@ -301,6 +430,54 @@ def test_legitimately_repetitive_output_is_not_an_error(llm_server: FakeLLMServe
     step = result.outputs["a"]
     assert step.succeeded, step.error
     assert step.output == table
+
+
+# --- litellm details dworkers reads ----------------------------------------------------------
+# Each is private to litellm and could vanish in any release: these fail loudly, naming it, where
+# the behaviour built on it would otherwise degrade quietly (headers lost, answers unread).
+
+
+def test_litellm_still_has_the_private_details_dworkers_reads(llm_server: FakeLLMServer) -> None:
+    litellm = load_litellm()
+    options: dict[str, Any] = {"model": "openai/test-model", "api_base": llm_server.url,
+                               "messages": [{"role": "user", "content": "hi"}],
+                               "num_retries": 0, "max_retries": 0}
+
+    async def answers() -> tuple[Any, Any, Any]:
+        whole = await litellm.acompletion(stream=False, **options)
+        stream = await litellm.acompletion(stream=True, **options)
+        response = getattr(getattr(stream, "completion_stream", None), "response", None)
+        async for _ in stream:
+            pass
+        return whole, stream, response
+
+    whole, stream, response = asyncio.run(answers())
+    for answer in (whole, stream):
+        hidden = getattr(answer, "_hidden_params", None)
+        assert isinstance(hidden, dict), "litellm answers lost _hidden_params (headers)"
+        assert "llm_provider-x-request-id" in hidden.get("additional_headers", {}), (
+            "_hidden_params['additional_headers'] no longer holds the response headers")
+    assert callable(getattr(response, "aread", None)) and hasattr(
+        response, "is_stream_consumed"), (
+        "a litellm stream's completion_stream.response (its HTTP response) is gone: plain "
+        "JSON sent to a stream request can no longer be read")
+    import litellm.litellm_core_utils.streaming_handler as streaming
+
+    assert "litellm.REPEATED_STREAMING_CHUNK_LIMIT" in Path(streaming.__file__).read_text(), (
+        "litellm reads its repeated-chunk limit elsewhere now: load_litellm must set it there")
+
+
+def test_answers_from_openai_compatible_endpoints_pass_the_size_hook(
+    llm_server: FakeLLMServer,
+) -> None:
+    ask(llm_server, "hello", stream=False)
+    session = load_litellm().aclient_session
+    from litellm.llms.openai.common_utils import BaseOpenAILLM
+
+    assert callable(BaseOpenAILLM._get_async_http_client), "litellm renamed its client builder"
+    assert session is not None and any(
+        hook.__name__ == "_watch_answer" for hook in session.event_hooks["response"]), (
+        "litellm's OpenAI client no longer goes through dworkers' answer hook")
 
 
 # --- costs ------------------------------------------------------------------------------------

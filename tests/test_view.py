@@ -193,6 +193,19 @@ def test_succeeded_after_retries_and_running_again_say_so() -> None:
     assert "└── ⠋ research  researcher    8.0s       0 tok  attempt 2\n" in text
 
 
+def test_a_cut_off_answer_is_marked_in_the_tree() -> None:
+    state = RunState(now=FakeClock(10.0))
+    state.apply(RunStarted("r1", "p", "t", STEPS[:2], 0.0))
+    state.apply(StepFinished(result("scope", attempts=1, duration_ms=1000, prompt_tokens=5,
+                                    truncated=True), 1))
+    state.apply(StepFinished(result("context", attempts=1, duration_ms=1000, prompt_tokens=5),
+                             1))
+    text = render(view.run_tree(state, 80))
+    assert text.endswith("├── ✓ scope     analyst    1.0s       5 tok  $0.0000  truncated\n"
+                         "│     cut off at the model's token limit\n"
+                         "└── ✓ context   analyst    1.0s       5 tok  $0.0000\n")
+
+
 LONG = "a-very-long-step-identifier-that-goes-on-and-on-" * 3
 
 
@@ -381,7 +394,7 @@ def script() -> list[Event]:
         StepStarted("scope", 1, MINI, 0.5),
         StepProgress("scope", 3, "abc"),
         StepFinished(result("scope", attempts=1, duration_ms=2100, prompt_tokens=700,
-                            completion_tokens=112, cost_usd=0.0012)),
+                            completion_tokens=112, cost_usd=0.0012, truncated=True)),
         StepStarted("research", 1, "openai/gpt-4o", 2.6),
         StepStarted("gaps", 1, MINI, 2.6),
         StepRetrying("research", 1, "rate limited (429)", 2.0),
@@ -407,7 +420,7 @@ def test_line_view_prints_one_plain_line_per_change() -> None:
     assert line_view_output(quiet=False) == """\
 [-/4] RUN    audit for acme: 4 steps, run r1
 [-/4] START  scope (analyst, openai/gpt-4o-mini)
-[1/4] OK     scope 2.1s 812 tok $0.0012
+[1/4] OK     scope 2.1s 812 tok $0.0012 TRUNCATED at the token limit
 [-/4] START  research (researcher, openai/gpt-4o)
 [-/4] START  gaps (data_analyst, openai/gpt-4o-mini)
 [-/4] RETRY  research attempt 1 failed: rate limited (429); waiting 2.0s

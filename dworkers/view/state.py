@@ -406,14 +406,14 @@ def line_for(state: RunState, event: Event) -> str | None:
     total = state.total
     if isinstance(event, RunStarted):
         head = f"[-/{total}] {'RUN':<6} {event.plan} for {event.tenant}"
-        return _line(head, f": {plural(total, 'step')}, run {event.run_id}")
+        return _cropped(head, f": {plural(total, 'step')}, run {event.run_id}")
     if isinstance(event, StepStarted):
         step = state.steps.get(event.step_id)
         role = step.role if step is not None else ""
         again = f" attempt {event.attempt}" if event.attempt > 1 else ""
         what = ", ".join(x for x in (role, event.model) if x)
         head = f"[-/{total}] {'START':<6} {event.step_id}{again}"
-        return _line(head, f" ({what})" if what else "")
+        return _cropped(head, f" ({what})" if what else "")
     if isinstance(event, StepRetrying):
         head = f"[-/{total}] {'RETRY':<6} {event.step_id} attempt {event.attempt} failed: "
         tail = f"; waiting {fmt_duration(event.wait_seconds)}"
@@ -424,7 +424,8 @@ def line_for(state: RunState, event: Event) -> str | None:
         count = f"[{state.done}/{total}]"
         reason = one_line(result.error or "")
         if result.cached:
-            return _line(f"{count} {'CACHED':<6} {result.step_id}", " (reused an earlier result)")
+            return _cropped(f"{count} {'CACHED':<6} {result.step_id}",
+                            " (reused an earlier result)")
         if result.status is StepStatus.SUCCEEDED:
             parts = [fmt_duration(result.duration_ms / 1000), fmt_tokens(result.total_tokens),
                      fmt_cost(result.cost_usd, result.cost_known, result.estimated)]
@@ -432,15 +433,17 @@ def line_for(state: RunState, event: Event) -> str | None:
                 parts.append(f"after {result.attempts} attempts")
             if result.truncated:
                 parts.append("TRUNCATED at the token limit")
-            return _line(f"{count} {'OK':<6} {result.step_id} ", " ".join(parts))
+            return _cropped(f"{count} {'OK':<6} {result.step_id} ", " ".join(parts))
         if result.status is StepStatus.FAILED:
             after = f" after {plural(result.attempts, 'attempt')}" if result.attempts else ""
-            return _line(f"{count} {'FAIL':<6} {result.step_id}{after}", f": {reason or 'failed'}")
+            return _cropped(f"{count} {'FAIL':<6} {result.step_id}{after}",
+                            f": {reason or 'failed'}")
         if result.status is StepStatus.SKIPPED:
-            return _line(f"{count} {'SKIP':<6} {result.step_id}", f": {reason or 'skipped'}")
-        return _line(f"{count} {'CANCEL':<6} {result.step_id}", f": {reason or 'cancelled'}")
+            return _cropped(f"{count} {'SKIP':<6} {result.step_id}",
+                            f": {reason or 'skipped'}")
+        return _cropped(f"{count} {'CANCEL':<6} {result.step_id}", f": {reason or 'cancelled'}")
     return None
 
 
-def _line(head: str, tail: str) -> str:
+def _cropped(head: str, tail: str) -> str:
     return crop(head + tail, LINE_WIDTH)
