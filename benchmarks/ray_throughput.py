@@ -174,7 +174,7 @@ def coordinator_pairs_per_second(seconds: float = 5.0) -> tuple[float, float]:
     import ray
 
     from dworkers.executors.ray import local_cluster
-    from dworkers.executors.ray_workers import Coordinator, SharedRateGate
+    from dworkers.executors.ray_coordinator import Coordinator, SharedRateGate
     from dworkers.ratelimit import LocalBudget, LocalRateGate
 
     class Caller:
