@@ -27,7 +27,16 @@ from typer.testing import CliRunner
 
 from dworkers.cli import app
 from dworkers.engine import PlanBuilder
-from dworkers.events import DatasetFinished, EventLog, Row, RowFinished, RowResult, RowStatus
+from dworkers.events import (
+    DatasetFinished,
+    EventLog,
+    ExecutorNotice,
+    Row,
+    RowFinished,
+    RowResult,
+    RowStarted,
+    RowStatus,
+)
 from dworkers.executors.local import LocalExecutor
 from dworkers.executors.ray import (
     RayExecutor,
@@ -102,6 +111,10 @@ def test_workers_share_one_rate_limit(cluster: Path, monkeypatch: pytest.MonkeyP
     finished = [e for e in events.events if isinstance(e, DatasetFinished)]
     assert len(finished) == 1 and finished[0].result.calls == len(server.requests)
     assert finished[0].result.rate_limited == len(limited)
+    # While Ray starts its workers the view has something to say, until the first row starts.
+    seen = [e.text if isinstance(e, ExecutorNotice) else type(e).__name__
+            for e in events.events if isinstance(e, ExecutorNotice | RowStarted)]
+    assert seen[:3] == ["starting Ray: 2 workers…", "", "RowStarted"]
 
 
 PLAN = """\

@@ -254,7 +254,7 @@ class RayExecutor:
                        max_failures: int | None = None) -> AsyncIterator[RowResult]:
         engine.preflight()  # missing keys fail here, before a cluster starts
         try:
-            if not self._connected and engine.on_event is not None:
+            if not ray.is_initialized() and engine.on_event is not None:
                 engine.on_event(ExecutorNotice("starting Ray…", time.monotonic()))
             self.connect()
             self.run = _ClusterRun(engine, rows, max_failures, self.workers, self.keys)
