@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -44,6 +45,8 @@ from dworkers.executors.ray import (
     runtime_env_for,
     worker_environment,
 )
+from dworkers.executors.ray_coordinator import SharedBudget, start_coordinator
+from dworkers.ratelimit import LocalBudget, LocalRateGate
 from dworkers.tenants.config import ModelsConfig
 from dworkers.types import WorkerRole
 
@@ -140,17 +143,22 @@ def write_dataset(folder: Path, count: int) -> tuple[Path, Path]:
     return plan, data
 
 
-def kill_a_worker_after(server: FakeLLMServer, calls: int) -> None:
-    """SIGKILL one of the run's worker processes once the server has seen ``calls`` calls."""
+def kill_after(server: FakeLLMServer, calls: int, name_part: str,
+               kill: Callable[[Any], None]) -> None:
+    """``kill`` the run's first actor whose name holds ``name_part`` once the server has seen
+    ``calls`` calls."""
     if not server.wait_for_requests(calls, timeout=120):
         return
-    for _ in range(200):  # bounded: the workers are named once the run starts them
-        names = sorted(n for n in ray.util.list_named_actors() if "-worker-" in n)
+    for _ in range(200):  # bounded: the actors are named once the run starts them
+        names = sorted(n for n in ray.util.list_named_actors() if name_part in n)
         if names:
-            worker = ray.get_actor(names[0])
-            os.kill(ray.get(worker.pid.remote()), signal.SIGKILL)
+            kill(ray.get_actor(names[0]))
             return
         time.sleep(0.05)
+
+
+def sigkill(actor: Any) -> None:
+    os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
 
 
 def test_a_killed_worker_loses_no_row(cluster: Path, tmp_path: Path,
@@ -162,7 +170,8 @@ def test_a_killed_worker_loses_no_row(cluster: Path, tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     plan, data = write_dataset(tmp_path, 24)
     with FakeLLMServer(latency=0.2) as server:
-        killer = threading.Thread(target=kill_a_worker_after, args=(server, 12), daemon=True)
+        killer = threading.Thread(target=kill_after, args=(server, 12, "-worker-", sigkill),
+                                  daemon=True)
         killer.start()
         result = CliRunner().invoke(app, [
             "run", str(plan), "--data", str(data), "--executor", "ray", "--model", TEST_MODEL,
@@ -183,18 +192,6 @@ def test_a_killed_worker_loses_no_row(cluster: Path, tmp_path: Path,
     assert 1 <= repeated <= 6, f"{repeated} calls repeated"
 
 
-def kill_the_coordinator_after(server: FakeLLMServer, calls: int) -> None:
-    """``ray.kill`` the run's coordinator once the server has seen ``calls`` calls."""
-    if not server.wait_for_requests(calls, timeout=120):
-        return
-    for _ in range(200):  # bounded: the coordinator is named once the run starts it
-        names = [n for n in ray.util.list_named_actors() if n.endswith("-coordinator")]
-        if names:
-            ray.kill(ray.get_actor(names[0]))
-            return
-        time.sleep(0.05)
-
-
 def test_a_killed_coordinator_interrupts_the_run_and_fails_no_row(
         cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The coordinator killed mid-run: the run ends interrupted (exit 130) saying why, no row
@@ -205,8 +202,8 @@ def test_a_killed_coordinator_interrupts_the_run_and_fails_no_row(
     plan, data = write_dataset(tmp_path, 40)
     common = ["--model", TEST_MODEL, "--max-concurrency", "3", "--out", "out", "--json", "-q"]
     with FakeLLMServer(latency=0.2) as server:
-        killer = threading.Thread(target=kill_the_coordinator_after, args=(server, 12),
-                                  daemon=True)
+        killer = threading.Thread(target=kill_after,
+                                  args=(server, 12, "-coordinator", ray.kill), daemon=True)
         killer.start()
         first = CliRunner().invoke(app, ["run", str(plan), "--data", str(data), "--executor",
                                          "ray", "--api-base", server.url, *common])
@@ -309,6 +306,22 @@ def test_the_budget_is_shared_by_every_worker(cluster: Path,
     assert budget - 2 * per_call <= spent <= budget + 4 * per_call
     skipped = [r for r in results if r.status is RowStatus.SKIPPED]
     assert skipped and all("budget of $" in (r.error or "") for r in skipped)
+
+
+def test_the_shared_budget_says_when_a_commit_spends_it(cluster: Path) -> None:
+    """A worker's budget answers ``commit`` as the Budget protocol says: once what was spent
+    reaches the limit, why no more calls may start (the engine stops starting steps then)."""
+    coordinator = start_coordinator(LocalRateGate(), LocalBudget(1.0), name="budget-probe")
+    budget = SharedBudget(coordinator, unlimited=False)
+
+    async def spend() -> list[str | None]:
+        return [await budget.reserve(0.4), await budget.commit(0.4, 0.5),
+                await budget.commit(0.0, 0.6)]
+
+    try:
+        assert asyncio.run(spend()) == [None, None, "budget of $1 reached ($1.1000 spent)"]
+    finally:
+        ray.kill(coordinator)
 
 
 def test_secrets_reach_workers_but_not_rays_files(cluster: Path,

@@ -332,7 +332,7 @@ class _ClusterRun:
         self.unlimited = engine.budget is None and engine.max_cost_usd is None
         self.coordinator = start_coordinator(
             gate, budget, name=f"dworkers-{self.result.run_id}-coordinator")
-        self.watcher = asyncio.create_task(self.watch(), name="ray-coordinator-watch")
+        self.watcher = asyncio.create_task(self.watch_coordinator(), name="ray-coordinator-watch")
         shipped = copy.copy(engine)
         shipped.on_event = None
         shipped.cache = None
@@ -376,7 +376,7 @@ class _ClusterRun:
             return
         self.inbox.put_nowait((slot, _END))
 
-    async def watch(self) -> None:
+    async def watch_coordinator(self) -> None:
         """Tell the loop when the coordinator dies (its ``watch`` never returns otherwise)."""
         try:
             await self.coordinator.watch.remote()
