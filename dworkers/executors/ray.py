@@ -389,7 +389,7 @@ class _ClusterRun:
         try:
             self.start()
             await self.dispatch()
-            while any(not slot.ended for slot in self.slots) and not self.coordinator_lost:
+            while any(not slot.ended for slot in self.slots):
                 slot, item = await self.inbox.get()
                 if slot is None or (isinstance(item, Batch) and item.coordinator_lost):
                     await self.lose_coordinator()
