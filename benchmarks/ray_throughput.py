@@ -174,7 +174,7 @@ def coordinator_pairs_per_second(seconds: float = 5.0) -> tuple[float, float]:
     import ray
 
     from dworkers.executors.ray import local_cluster
-    from dworkers.executors.ray_workers import Coordinator, SharedRateGate
+    from dworkers.executors.ray_coordinator import SharedRateGate, start_coordinator
     from dworkers.ratelimit import LocalBudget, LocalRateGate
 
     class Caller:
@@ -195,8 +195,7 @@ def coordinator_pairs_per_second(seconds: float = 5.0) -> tuple[float, float]:
 
     with local_cluster(num_cpus=2):
         gate = LocalRateGate({"m": (1e9, 1e12)}, probe=False)
-        coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=100_000)\
-            .remote(gate, LocalBudget(None))
+        coordinator = start_coordinator(gate, LocalBudget(None), name="bench-coordinator")
         callers = [ray.remote(Caller).options(num_cpus=1).remote() for _ in range(2)]
         ray.get([c.hammer.remote(coordinator, 1, time.time() + 0.5) for c in callers])  # warm
         until = time.time() + seconds

@@ -383,3 +383,12 @@ class EventLog:
 
     def __call__(self, event: Event) -> None:
         self.events.append(event)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorNotice:
+    """What the executor is doing that no row shows (Ray starting its workers, its coordinator
+    lost). A progress view shows ``text`` until the next notice; an empty ``text`` clears it."""
+
+    text: str
+    at: float = 0.0  # monotonic

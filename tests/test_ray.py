@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -27,19 +28,44 @@ from typer.testing import CliRunner
 
 from dworkers.cli import app
 from dworkers.engine import PlanBuilder
-from dworkers.events import DatasetFinished, EventLog, Row, RowFinished, RowResult, RowStatus
+from dworkers.events import (
+    DatasetFinished,
+    EventLog,
+    ExecutorNotice,
+    Row,
+    RowFinished,
+    RowResult,
+    RowStarted,
+    RowStatus,
+)
 from dworkers.executors.local import LocalExecutor
-from dworkers.executors.ray import RayExecutor, local_cluster, worker_environment
+from dworkers.executors.ray import (
+    RayExecutor,
+    local_cluster,
+    runtime_env_for,
+    worker_environment,
+)
+from dworkers.executors.ray_coordinator import SharedBudget, start_coordinator
+from dworkers.ratelimit import LocalBudget, LocalRateGate
 from dworkers.tenants.config import ModelsConfig
 from dworkers.types import WorkerRole
 
 pytestmark = pytest.mark.slow
 
 
+# The key every node of the module's cluster has in its own environment (as `ray start` on a
+# node with the key set would): workers use it when the driver sends none.
+NODE_KEY = "sk-test-node-" + secrets.token_hex(12)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Path]:
-    with local_cluster(num_cpus=2) as files:
-        yield files
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENAI_API_KEY", NODE_KEY)
+        patch.delenv("DWORKERS_RAY_KEYS", raising=False)
+        with local_cluster(num_cpus=2) as files:
+            patch.undo()  # the cluster keeps the key; this process does not
+            yield files
 
 
 def engine_for(server: FakeLLMServer, graph: dict[str, list[str]], *,
@@ -88,6 +114,10 @@ def test_workers_share_one_rate_limit(cluster: Path, monkeypatch: pytest.MonkeyP
     finished = [e for e in events.events if isinstance(e, DatasetFinished)]
     assert len(finished) == 1 and finished[0].result.calls == len(server.requests)
     assert finished[0].result.rate_limited == len(limited)
+    # While Ray starts its workers the view has something to say, until the first row starts.
+    seen = [e.text if isinstance(e, ExecutorNotice) else type(e).__name__
+            for e in events.events if isinstance(e, ExecutorNotice | RowStarted)]
+    assert seen[:3] == ["starting Ray: 2 workers…", "", "RowStarted"]
 
 
 PLAN = """\
@@ -113,17 +143,22 @@ def write_dataset(folder: Path, count: int) -> tuple[Path, Path]:
     return plan, data
 
 
-def kill_a_worker_after(server: FakeLLMServer, calls: int) -> None:
-    """SIGKILL one of the run's worker processes once the server has seen ``calls`` calls."""
+def kill_after(server: FakeLLMServer, calls: int, name_part: str,
+               kill: Callable[[Any], None]) -> None:
+    """``kill`` the run's first actor whose name holds ``name_part`` once the server has seen
+    ``calls`` calls."""
     if not server.wait_for_requests(calls, timeout=120):
         return
-    for _ in range(200):  # bounded: the workers are named once the run starts them
-        names = sorted(n for n in ray.util.list_named_actors() if "-worker-" in n)
+    for _ in range(200):  # bounded: the actors are named once the run starts them
+        names = sorted(n for n in ray.util.list_named_actors() if name_part in n)
         if names:
-            worker = ray.get_actor(names[0])
-            os.kill(ray.get(worker.pid.remote()), signal.SIGKILL)
+            kill(ray.get_actor(names[0]))
             return
         time.sleep(0.05)
+
+
+def sigkill(actor: Any) -> None:
+    os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
 
 
 def test_a_killed_worker_loses_no_row(cluster: Path, tmp_path: Path,
@@ -135,7 +170,8 @@ def test_a_killed_worker_loses_no_row(cluster: Path, tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     plan, data = write_dataset(tmp_path, 24)
     with FakeLLMServer(latency=0.2) as server:
-        killer = threading.Thread(target=kill_a_worker_after, args=(server, 12), daemon=True)
+        killer = threading.Thread(target=kill_after, args=(server, 12, "-worker-", sigkill),
+                                  daemon=True)
         killer.start()
         result = CliRunner().invoke(app, [
             "run", str(plan), "--data", str(data), "--executor", "ray", "--model", TEST_MODEL,
@@ -154,6 +190,43 @@ def test_a_killed_worker_loses_no_row(cluster: Path, tmp_path: Path,
     # The dead worker had at most 3 calls in flight (its max concurrency), plus answers it had
     # not reported yet; re-running its rows from scratch would repeat many more.
     assert 1 <= repeated <= 6, f"{repeated} calls repeated"
+
+
+def test_a_killed_coordinator_interrupts_the_run_and_fails_no_row(
+        cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator killed mid-run: the run ends interrupted (exit 130) saying why, no row
+    is failed for it (rows in flight end cancelled, rows not started are not reported), and
+    --resume runs exactly the rows that did not succeed, reusing the rest."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.chdir(tmp_path)
+    plan, data = write_dataset(tmp_path, 40)
+    common = ["--model", TEST_MODEL, "--max-concurrency", "3", "--out", "out", "--json", "-q"]
+    with FakeLLMServer(latency=0.2) as server:
+        killer = threading.Thread(target=kill_after,
+                                  args=(server, 12, "-coordinator", ray.kill), daemon=True)
+        killer.start()
+        first = CliRunner().invoke(app, ["run", str(plan), "--data", str(data), "--executor",
+                                         "ray", "--api-base", server.url, *common])
+        killer.join(timeout=130)
+        before = len(server.requests)
+        resumed = CliRunner().invoke(app, ["run", "--resume", "last", "--api-base", server.url,
+                                           *common])
+        again = {asked(r.text)[0] for r in server.requests[before:]}
+
+    assert first.exit_code == 130, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["interrupted"] and "coordinator died" in summary["stop_reason"]
+    lines = [json.loads(line) for line in
+             (Path(summary["out_dir"]) / "results.jsonl").read_text().splitlines()]
+    assert {line["status"] for line in lines} <= {"succeeded", "cancelled"}
+    assert "internal error" not in first.stderr + json.dumps(lines)
+    done = {line["key"] for line in lines if line["status"] == "succeeded"}
+    assert 0 < len(done) < 40 and len(lines) < 40  # rows not started are left for --resume
+    assert resumed.exit_code == 0, resumed.stderr
+    final = json.loads(resumed.stdout)
+    assert final["counts"]["succeeded"] == 40
+    assert again == {key.removeprefix("row-") for key in
+                     {f"row-{i}" for i in range(40)} - done}  # finished rows are not paid again
 
 
 def test_resume_on_the_cluster_runs_only_what_did_not_succeed(
@@ -235,6 +308,22 @@ def test_the_budget_is_shared_by_every_worker(cluster: Path,
     assert skipped and all("budget of $" in (r.error or "") for r in skipped)
 
 
+def test_the_shared_budget_says_when_a_commit_spends_it(cluster: Path) -> None:
+    """A worker's budget answers ``commit`` as the Budget protocol says: once what was spent
+    reaches the limit, why no more calls may start (the engine stops starting steps then)."""
+    coordinator = start_coordinator(LocalRateGate(), LocalBudget(1.0), name="budget-probe")
+    budget = SharedBudget(coordinator, unlimited=False)
+
+    async def spend() -> list[str | None]:
+        return [await budget.reserve(0.4), await budget.commit(0.4, 0.5),
+                await budget.commit(0.0, 0.6)]
+
+    try:
+        assert asyncio.run(spend()) == [None, None, "budget of $1 reached ($1.1000 spent)"]
+    finally:
+        ray.kill(coordinator)
+
+
 def test_secrets_reach_workers_but_not_rays_files(cluster: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The key is set after the cluster started: workers get it from their Ray environment,
@@ -256,6 +345,40 @@ def test_secrets_reach_workers_but_not_rays_files(cluster: Path,
                 continue
     assert leaks == []
 
+
+
+def test_worker_env_keys_never_leave_the_driver(cluster: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """DWORKERS_RAY_KEYS=worker-env: the driver's key is in no worker's Ray environment (which
+    the cluster's metadata shows to anyone who can read it) nor in any file Ray writes; the
+    workers call with the key their node was started with."""
+    driver_key = "sk-test-driver-" + secrets.token_hex(12)
+    monkeypatch.setenv("OPENAI_API_KEY", driver_key)
+    monkeypatch.setenv("DWORKERS_RAY_KEYS", "worker-env")
+    with FakeLLMServer() as server:
+        engine, _ = engine_for(server, {"a": []})
+        executor = RayExecutor()
+        results = asyncio.run(collect(executor, engine, rows(4)))
+    assert {r.status for r in results} == {RowStatus.SUCCEEDED}
+    assert {r.headers.get("authorization") for r in server.requests} == {f"Bearer {NODE_KEY}"}
+    assert executor.run is not None
+    assert driver_key in json.dumps(runtime_env_for(engine, "send"))  # what the default sends
+    assert driver_key not in json.dumps(executor.run.runtime_env)
+    leaks = [str(path) for path in cluster.rglob("*") if path.is_file()
+             and not path.is_socket() and driver_key.encode() in path.read_bytes()]
+    assert leaks == []
+
+
+def test_an_unknown_keys_mode_is_a_usage_error(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DWORKERS_RAY_KEYS", "worker_env")
+    write_dataset(tmp_path, 2)
+    result = CliRunner().invoke(app, ["run", "plan.yaml", "--data", "rows.csv", "--mock",
+                                      "--executor", "ray"])
+    assert result.exit_code == 2, result.stderr
+    assert "DWORKERS_RAY_KEYS='worker_env'" in result.stderr and "worker-env" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_interrupting_cancels_cluster_work_and_keeps_finished_rows(

@@ -1,12 +1,23 @@
 """The Ray executor: a dataset's rows run on a Ray cluster, its decisions and files stay here.
 
 The driver (this process) starts one ``RowWorker`` actor per CPU of the cluster and one
-``Coordinator`` that holds the run's rate gate and budget, streams rows (whole plan instances) to
-the workers and gets their events back. It alone paints the view, writes results.jsonl, the row
-reports and the history, exactly as a local run does from the same events. A worker that dies
-has its unfinished rows run again elsewhere, reusing the steps it had finished, and every row
-is reported exactly once. Secrets reach the workers through their Ray environment
-(``runtime_env``), never as arguments.
+``Coordinator`` (``ray_coordinator``) that holds the run's rate gate and budget, streams rows
+(whole plan instances) to the workers and gets their events back. It alone paints the view,
+writes results.jsonl, the row reports and the history, exactly as a local run does from the
+same events. A worker that dies has its unfinished rows run again elsewhere, reusing the steps
+it had finished, and every row is reported exactly once. The coordinator lives on this machine;
+if it dies the run stops as interrupted: rows in flight end cancelled, rows not finished are
+left for ``--resume``, none is failed for it.
+
+Keys (``DWORKERS_RAY_KEYS``). By default (``send``) the workers get the providers' variables
+the plan needs (keys, endpoints — see ``worker_environment``) from this process, through their
+Ray environment (``runtime_env``), never as arguments. A cluster keeps an actor's
+``runtime_env`` in its metadata: whoever can read that — ``ray list actors --detail``, the
+dashboard, the state API, any job on the cluster — can read those values. With
+``DWORKERS_RAY_KEYS=worker-env`` this process sends no variable at all: each worker uses the
+environment its node's Ray was started with (``OPENAI_API_KEY=… ray start …``), so keys never
+leave the machines that hold them. This process still checks that its own environment has the
+keys the plan needs; a worker without them reports which are missing and the run stops.
 
 Without an address this starts a private Ray instance sized to the machine: its files live in a
 temporary directory removed afterwards, it is protected by a random token, its logs are kept
@@ -37,10 +48,11 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from dworkers import __version__
-from dworkers.errors import DworkersError, PreflightError
+from dworkers.errors import DworkersError, InputError, PreflightError, Problem
 from dworkers.events import (
     DatasetFinished,
     DatasetResult,
+    ExecutorNotice,
     Row,
     RowFinished,
     RowResult,
@@ -50,9 +62,14 @@ from dworkers.events import (
     StepFinished,
     each_row,
 )
-from dworkers.executors.ray_workers import Batch, Coordinator, RowWorker
+from dworkers.executors.ray_coordinator import start_coordinator
+from dworkers.executors.ray_workers import Batch, RowWorker
 from dworkers.ratelimit import LocalBudget, LocalRateGate
 
+KEYS_VARIABLE = "DWORKERS_RAY_KEYS"
+KEY_MODES = ("send", "worker-env")  # see the module's docstring
+COORDINATOR_LOST = ("the Ray coordinator died (killed, or out of memory?): no call could be "
+                    "paced or paid for — `dworkers run --resume` runs the rows left")
 MAX_ROW_DEATHS = 3  # a row whose worker died this often fails instead of killing more
 CANCEL_WAIT_SECONDS = 10.0  # how long Ctrl-C waits for workers to report their rows
 
@@ -87,6 +104,27 @@ def worker_environment(engine: Any, environ: Mapping[str, str] | None = None) ->
     names |= {key for model in models if (key := engine.tenant.api_key_env_for(model))}
     names.discard("DWORKERS_HOME")  # workers keep no history
     return {name: environ[name] for name in sorted(names) if name in environ}
+
+
+def keys_mode(environ: Mapping[str, str] | None = None) -> str:
+    """How workers get the providers' keys: ``DWORKERS_RAY_KEYS`` (see the module's docstring)."""
+    environ = os.environ if environ is None else environ
+    mode = environ.get(KEYS_VARIABLE, "").strip().lower() or "send"
+    if mode not in KEY_MODES:
+        raise InputError([Problem(f"{KEYS_VARIABLE}={environ[KEYS_VARIABLE]!r} is not a way to "
+                                  "pass keys to Ray workers",
+                                  f"set it to one of: {', '.join(KEY_MODES)}", "invalid-option",
+                                  file=KEYS_VARIABLE)])
+    return mode
+
+
+def runtime_env_for(engine: Any, mode: str,
+                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Ray environment workers start with: the providers' variables (``send``), or
+    nothing at all (``worker-env``: workers use their node's own environment)."""
+    if mode == "worker-env":
+        return {}
+    return {"env_vars": worker_environment(engine, environ)}
 
 
 # --- the cluster ----------------------------------------------------------------------------
@@ -184,11 +222,14 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, *,
-                 connect: bool = False) -> None:
+                 connect: bool = False, keys: str | None = None) -> None:
         """``connect``: join or start the cluster now rather than when the run starts (the
-        command line does, so that Ray starts while the run is being prepared)."""
+        command line does, so that Ray starts while the run is being prepared). ``keys``:
+        ``send`` or ``worker-env`` (default: ``DWORKERS_RAY_KEYS``; see the module's
+        docstring)."""
         self.address = address
         self.workers = workers  # default: one per CPU of the cluster
+        self.keys = keys_mode({KEYS_VARIABLE: keys} if keys is not None else None)
         self.run: _ClusterRun | None = None  # the current run (tests reach its workers here)
         self._cluster = contextlib.ExitStack()
         self._connected = False
@@ -213,8 +254,10 @@ class RayExecutor:
                        max_failures: int | None = None) -> AsyncIterator[RowResult]:
         engine.preflight()  # missing keys fail here, before a cluster starts
         try:
+            if not ray.is_initialized() and engine.on_event is not None:
+                engine.on_event(ExecutorNotice("starting Ray…", time.monotonic()))
             self.connect()
-            self.run = _ClusterRun(engine, rows, max_failures, self.workers)
+            self.run = _ClusterRun(engine, rows, max_failures, self.workers, self.keys)
             async for result in self.run.results():
                 yield result
         finally:
@@ -245,7 +288,7 @@ class _ClusterRun:
     """The driver's side of one dataset run on a cluster."""
 
     def __init__(self, engine: Any, rows: Rows, max_failures: int | None,
-                 workers: int | None) -> None:
+                 workers: int | None, keys: str) -> None:
         self.engine = engine
         self.emit = engine.on_event or (lambda event: None)
         self.source = each_row(rows)
@@ -255,21 +298,28 @@ class _ClusterRun:
         self.retry: deque[Row] = deque()
         self.deaths: dict[str, int] = {}
         self.slots: list[_Slot] = []
-        self.inbox: asyncio.Queue[tuple[_Slot, Any]] = asyncio.Queue()
+        # What workers send, and (slot None) the coordinator's death.
+        self.inbox: asyncio.Queue[tuple[_Slot | None, Any]] = asyncio.Queue()
         self.failed = 0
         self.restarts = 0
         self.max_restarts = 0
         self.initial_workers = 0
         self.stop_reason: str | None = None
         self.coordinator: Any = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.coordinator_lost = False
+        self.ready = False  # a worker has reported: Ray's start-up is over
         self.shipped: Any = None
-        self.env: dict[str, str] = {}
+        self.keys = keys
+        self.runtime_env: dict[str, Any] = {}
         self.capacity = 2 * int(getattr(engine, "max_concurrency", 8)) + 8
         self.result = DatasetResult(run_id=engine.options.run_id or "", plan=engine.plan.name,
                                     tenant=engine.tenant.id, started_at=time.time())
         self.pending_feeds: set[asyncio.Task[None]] = set()
         self.unlimited = False
         self.actor_calls = 0  # calls the coordinator served (a benchmark figure)
+        self.late_results: list[RowResult] = []  # rows that ended while the workers stopped
+        self.calls_seen = 0  # calls the workers reported: the count if the coordinator is lost
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -280,19 +330,22 @@ class _ClusterRun:
         gate = engine.rate_gate or LocalRateGate(engine.stated_limits(), probe=True)
         budget = engine.budget or LocalBudget(engine.max_cost_usd)
         self.unlimited = engine.budget is None and engine.max_cost_usd is None
-        self.coordinator = ray.remote(Coordinator).options(
-            num_cpus=0, max_concurrency=100_000).remote(gate, budget)
+        self.coordinator = start_coordinator(
+            gate, budget, name=f"dworkers-{self.result.run_id}-coordinator")
+        self.watcher = asyncio.create_task(self.watch_coordinator(), name="ray-coordinator-watch")
         shipped = copy.copy(engine)
         shipped.on_event = None
         shipped.cache = None
         shipped.rate_gate = None
         shipped.budget = None
         self.shipped = ray.put(shipped)
-        self.env = worker_environment(engine)
+        self.runtime_env = runtime_env_for(engine, self.keys)
         count = self.requested_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.max_restarts = 2 * count
         self.initial_workers = count
         self.emit(dataclasses.replace(engine.describe(self.result.run_id), dataset=True))
+        self.emit(ExecutorNotice(f"starting Ray: {count} worker{'s' if count != 1 else ''}…",
+                                 time.monotonic()))
         for _ in range(count):
             self.add_worker()
 
@@ -301,7 +354,7 @@ class _ClusterRun:
         handle = ray.remote(RowWorker).options(
             name=f"dworkers-{self.result.run_id}-worker-{index}",  # findable: `ray list actors`
             num_cpus=1, max_concurrency=100_000, scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": self.env},
+            runtime_env=self.runtime_env,
         ).remote(self.shipped, self.coordinator, unlimited_budget=self.unlimited,
                  version=__version__)
         slot = _Slot(handle, index, self.capacity)
@@ -323,6 +376,13 @@ class _ClusterRun:
             return
         self.inbox.put_nowait((slot, _END))
 
+    async def watch_coordinator(self) -> None:
+        """Tell the loop when the coordinator dies (its ``watch`` never returns otherwise)."""
+        try:
+            await self.coordinator.watch.remote()
+        except RayActorError:
+            self.inbox.put_nowait((None, RayActorError))
+
     # --- the loop --------------------------------------------------------------------------
 
     async def results(self) -> AsyncIterator[RowResult]:
@@ -331,11 +391,18 @@ class _ClusterRun:
             await self.dispatch()
             while any(not slot.ended for slot in self.slots):
                 slot, item = await self.inbox.get()
+                if slot is None or (isinstance(item, Batch) and item.coordinator_lost):
+                    await self.lose_coordinator()
+                    break
                 for result in await self.handle(slot, item):
                     yield result
                 await self.dispatch()
-            async for result in self.leftovers():
-                yield result
+            if self.coordinator_lost:
+                for result in self.late_results:
+                    yield result
+            else:
+                async for result in self.leftovers():
+                    yield result
         except asyncio.CancelledError:
             self.result.interrupted = True
             try:
@@ -356,6 +423,9 @@ class _ClusterRun:
         """Take in what a worker sent; the rows it finished."""
         if isinstance(item, Batch):
             slot.heard = True
+            if not self.ready:
+                self.ready = True
+                self.emit(ExecutorNotice("", time.monotonic()))
             if item.problems:
                 raise PreflightError([dataclasses.replace(p, message=f"on a Ray worker: "
                                                           f"{p.message}")
@@ -391,6 +461,8 @@ class _ClusterRun:
             elif isinstance(event, StepFinished) and event.row is not None:
                 if event.row not in slot.assigned:
                     continue
+                if not event.result.cached:
+                    self.calls_seen += event.result.attempts
                 if event.result.succeeded:
                     slot.done_steps.setdefault(event.row, {})[event.result.step_id] = \
                         event.result
@@ -535,24 +607,39 @@ class _ClusterRun:
                     row, RowStatus.SKIPPED if reason else RowStatus.FAILED,
                     reason or "no Ray worker left to run this row (every worker died)")
 
+    async def lose_coordinator(self) -> None:
+        """The coordinator is gone: no call can be paced or paid for. Every worker stops as on
+        Ctrl-C and the run ends interrupted; rows not finished are left for ``--resume``."""
+        self.coordinator_lost = True
+        self.result.interrupted = True
+        self.stop_reason = self.result.stop_reason = COORDINATOR_LOST
+        self.emit(ExecutorNotice("the Ray coordinator died: stopping the run",
+                                 time.monotonic()))
+        await self.cancel_all()
+
     async def cancel_all(self) -> None:
-        """Ctrl-C: workers cancel their calls and report the rows they had started."""
+        """Ctrl-C: workers cancel their calls and report the rows they had started (kept in
+        ``late_results``); rows fed and not started stay unreported, for ``--resume``."""
         for slot in self.slots:
             if not slot.ended:
+                slot.closed = True
                 self.send(slot.handle.cancel.remote())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CANCEL_WAIT_SECONDS):
                 while any(not slot.ended for slot in self.slots):
-                    slot, item = await self.inbox.get()
+                    sender, item = await self.inbox.get()
+                    if sender is None:
+                        continue  # the coordinator's death: the workers are stopping anyway
                     if isinstance(item, Batch) and not item.problems:
-                        await self.take(slot, item)
+                        self.late_results += await self.take(sender, item)
                     elif not isinstance(item, Batch):
-                        slot.ended = True
+                        sender.ended = True
 
     def finish(self) -> None:
         result = self.result
         result.total_duration_ms = (time.time() - result.started_at) * 1000
-        if self.coordinator is not None:
+        result.calls = self.calls_seen  # unless the coordinator, which counts 429s too, says
+        if self.coordinator is not None and not self.coordinator_lost:
             with contextlib.suppress(Exception):
                 result.calls, result.rate_limited, self.actor_calls = ray.get(
                     self.coordinator.totals.remote(), timeout=5)
@@ -561,6 +648,8 @@ class _ClusterRun:
         self.emit(DatasetFinished(result, time.monotonic()))
 
     def teardown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
         for slot in self.slots:
             if slot.consumer is not None:
                 slot.consumer.cancel()
