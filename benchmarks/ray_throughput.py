@@ -173,9 +173,10 @@ def coordinator_pairs_per_second(seconds: float = 5.0) -> tuple[float, float]:
     the actor calls that took."""
     import ray
 
+    from dworkers.budget import LocalBudget
     from dworkers.executors.ray import local_cluster
     from dworkers.executors.ray_coordinator import SharedRateGate, start_coordinator
-    from dworkers.ratelimit import LocalBudget, LocalRateGate
+    from dworkers.ratelimit import LocalRateGate
 
     class Caller:
         async def hammer(self, coordinator: object, concurrency: int, until: float) -> int:

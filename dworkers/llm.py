@@ -133,12 +133,10 @@ class LLMClient(Protocol):
         """
         ...
 
-
-def knows_price(client: object, model: str) -> bool:
-    """Whether ``client`` can tell what a call to ``model`` costs without the endpoint saying
-    so. Clients that do not say are trusted to know (tests' and users' own clients)."""
-    check = getattr(client, "knows_price", None)
-    return bool(check(model)) if callable(check) else True
+    def price_of(self, model: str) -> Price | None:
+        """What a call to ``model`` costs per million tokens, from the client's own price
+        list, or ``None`` when the client cannot tell before the endpoint answers."""
+        ...
 
 
 def estimate_tokens(text: str) -> int:
@@ -306,13 +304,14 @@ class LiteLLMClient:
                 )
         return problems
 
-    def knows_price(self, model: str) -> bool:
-        """Whether litellm's price list has ``model``."""
+    def price_of(self, model: str) -> Price | None:
+        """litellm's price list for ``model``, or ``None`` for a model it cannot price."""
         try:
-            self.litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=1)
-        except Exception:
-            return False
-        return True
+            prompt_cost, completion_cost = self.litellm.cost_per_token(
+                model=model, prompt_tokens=1_000_000, completion_tokens=1_000_000)
+        except Exception:  # a local or custom model: litellm raises for any it does not know
+            return None
+        return Price(float(prompt_cost), float(completion_cost))
 
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         litellm = self.litellm
@@ -826,6 +825,9 @@ class MockClient:
 
     def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> list[Problem]:
         return []
+
+    def price_of(self, model: str) -> Price | None:
+        return Price(0.0, 0.0)  # offline answers cost nothing
 
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         digest = hashlib.sha256(

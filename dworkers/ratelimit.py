@@ -25,12 +25,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dworkers import provider_headers
-from dworkers.budget import LocalBudget
 from dworkers.events import RateLimits
 
-# ``LocalBudget`` is re-exported for code that still imports it from here (the Ray executor,
-# benchmarks); its home is ``dworkers.budget``.
-__all__ = ["LocalBudget", "LocalRateGate", "Pacer", "RateGate", "Slot"]
+__all__ = ["LocalRateGate", "Pacer", "RateGate", "Slot"]
 
 SAFETY = 0.97  # share of a known limit we aim for: jitter in send times must not cross it
 TIGHTEN = 0.85  # pace multiplier after a 429

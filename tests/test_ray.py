@@ -26,6 +26,7 @@ import ray
 from support import TEST_MODEL, FakeLLMServer, make_plan, make_tenant
 from typer.testing import CliRunner
 
+from dworkers.budget import LocalBudget
 from dworkers.cli import app
 from dworkers.engine import PlanBuilder
 from dworkers.events import (
@@ -46,7 +47,7 @@ from dworkers.executors.ray import (
     worker_environment,
 )
 from dworkers.executors.ray_coordinator import SharedBudget, start_coordinator
-from dworkers.ratelimit import LocalBudget, LocalRateGate
+from dworkers.ratelimit import LocalRateGate
 from dworkers.tenants.config import ModelsConfig
 from dworkers.types import WorkerRole
 

@@ -230,15 +230,22 @@ def test_max_failures_stops_starting_rows_and_accounts_for_the_rest(
 
 
 def test_the_budget_covers_the_whole_dataset(llm_server: FakeLLMServer) -> None:
-    # gpt-4o-mini has a price in litellm's cost map, so the local server's usage costs money.
-    tenant = make_tenant(model="openai/gpt-4o-mini", max_cost_usd=1e-9, max_concurrency=1)
+    # gpt-4o-mini has a price in litellm's cost map ($0.15/$0.60 per million), so the local
+    # server's usage costs money: a row about $0.00002, the first call's estimate (256
+    # completion tokens, before an answer is seen) about $0.0002. $0.0005 covers some rows
+    # of sixty, never all, and never more than the budget.
+    budget = 0.0005
+    tenant = make_tenant(model="openai/gpt-4o-mini", max_cost_usd=budget, max_concurrency=1)
     engine = engine_for(llm_server, {"a": []}, tenant=tenant)
-    results = run_all(engine, items(5))
+    results = run_all(engine, items(60))
 
-    assert results[0].succeeded and results[0].cost_usd > 0
-    assert [r.status for r in results[1:]] == [RowStatus.SKIPPED] * 4
-    assert all("budget of $1e-09 reached" in (r.error or "") for r in results[1:])
-    assert len(llm_server.requests) == 1
+    succeeded = [r for r in results if r.succeeded]
+    skipped = [r for r in results if r.status is RowStatus.SKIPPED]
+    assert succeeded and skipped and len(succeeded) + len(skipped) == 60
+    assert all(r.cost_usd > 0 for r in succeeded)
+    assert all("budget of $0.0005 reached" in (r.error or "") for r in skipped)
+    assert sum(r.cost_usd for r in results) <= budget  # every call reserved before it started
+    assert len(llm_server.requests) == len(succeeded)
 
 
 def test_a_row_with_wrong_inputs_fails_alone(llm_server: FakeLLMServer) -> None:

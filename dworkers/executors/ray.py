@@ -48,6 +48,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from dworkers import __version__
+from dworkers.budget import LocalBudget
 from dworkers.errors import DworkersError, InputError, PreflightError, Problem
 from dworkers.events import (
     DatasetFinished,
@@ -64,7 +65,7 @@ from dworkers.events import (
 )
 from dworkers.executors.ray_coordinator import start_coordinator
 from dworkers.executors.ray_workers import Batch, RowWorker
-from dworkers.ratelimit import LocalBudget, LocalRateGate
+from dworkers.ratelimit import LocalRateGate
 
 KEYS_VARIABLE = "DWORKERS_RAY_KEYS"
 KEY_MODES = ("send", "worker-env")  # see the module's docstring
@@ -328,7 +329,8 @@ class _ClusterRun:
         # The cluster's one gate and budget: the engine's own kind (or the ones it would make
         # for a run in this process), held by the coordinator.
         gate = engine.rate_gate or LocalRateGate(engine.stated_limits(), probe=True)
-        budget = engine.budget or LocalBudget(engine.max_cost_usd)
+        budget = engine.budget or LocalBudget(engine.max_cost_usd,
+                                               spent=engine.options.spent_before_usd)
         self.unlimited = engine.budget is None and engine.max_cost_usd is None
         self.coordinator = start_coordinator(
             gate, budget, name=f"dworkers-{self.result.run_id}-coordinator")
