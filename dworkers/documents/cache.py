@@ -6,6 +6,7 @@ read or written is no error: the document is converted again."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -31,7 +32,6 @@ class ConversionCache:
             return None
 
     def put(self, digest: str, kind: str, version: str, markdown: str) -> None:
-        try:
+        # A read-only or full disk costs a conversion next time, nothing more.
+        with contextlib.suppress(OSError):
             write_atomic(self._entry(digest, kind, version), markdown, durable=False)
-        except OSError:
-            pass  # a read-only or full disk costs a conversion next time, nothing more

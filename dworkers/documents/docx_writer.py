@@ -6,6 +6,7 @@ footer instead (its sample text is removed)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,10 +218,8 @@ class _DocxWriter:
             return
         target = container if container is not None else self.document
         table = target.add_table(rows=len(rows), cols=len(rows[0]))
-        try:
+        with contextlib.suppress(KeyError, ValueError):  # a template without the style
             table.style = "Table Grid"
-        except (KeyError, ValueError):
-            pass
         for index, (row, cells) in enumerate(zip(table.rows, rows, strict=True)):
             for cell, spans in zip(row.cells, cells, strict=True):
                 paragraph = cell.paragraphs[0]
