@@ -46,12 +46,16 @@ class MarkdownWriter:
             if cells:
                 self.charge(sum(len(cell) + 3 for cell in cells) + 2)
                 kept.append(cells)
-        if not kept:
+        # Columns empty in every row are left out: a sheet's one far-off cell must not
+        # make every row thousands of cells wide.
+        used = sorted({index for cells in kept for index, cell in enumerate(cells) if cell})
+        if not used:
             return
-        width = max(len(cells) for cells in kept)
+        kept = [[cells[index] if index < len(cells) else "" for index in used]
+                for cells in kept]
+        width = len(used)
         lines = []
         for index, cells in enumerate(kept):
-            cells = cells + [""] * (width - len(cells))
             lines.append("| " + " | ".join(cells) + " |")
             if index == 0:
                 lines.append("|" + " --- |" * width)

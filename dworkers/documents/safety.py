@@ -56,13 +56,14 @@ def read_document(path: Path, limits: DocumentLimits) -> bytes:
                          f"{size_text(limits.max_file_bytes)} a document may have",
                          "split it, or pass only the part the plan needs", "document-too-large")
         try:
-            data = handle.read(limits.max_file_bytes + 1)
+            data = handle.read(info.st_size)  # read(n) sets aside n bytes: never the limit
+            grew = handle.read(1)
         except OSError as exc:
             raise refuse(path, f"cannot be read: {exc.strerror}", "check the file",
                          "unreadable-document") from None
-    if len(data) > limits.max_file_bytes:  # it grew while being read
-        raise refuse(path, f"is over the {size_text(limits.max_file_bytes)} a document may have",
-                     "split it, or pass only the part the plan needs", "document-too-large")
+    if grew:
+        raise refuse(path, "changed while it was being read",
+                     "pass it again once it is fully written", "unreadable-document")
     return data
 
 
