@@ -98,13 +98,21 @@ def _brand_header(document: Any, look: Look) -> None:
     header = section.header.paragraphs[0]
     header.alignment = WD_ALIGN_PARAGRAPH.RIGHT
     if look.logo is not None:
-        header.add_run().add_picture(io.BytesIO(look.logo), height=Cm(0.8))
+        _add_logo(header.add_run(), look, height=Cm(0.8))
         header.add_run("  ")
     run = header.add_run(look.company or look.title)
     run.font.size = Pt(9)
     footer = section.footer.paragraphs[0]
     footer.alignment = WD_ALIGN_PARAGRAPH.CENTER
     footer.add_run(look.title).font.size = Pt(8)
+
+
+def _add_logo(run: Any, look: Look, **size: Any) -> None:
+    try:
+        run.add_picture(io.BytesIO(look.logo or b""), **size)
+    except Exception as exc:  # python-docx parses the image itself: a broken one is the file's
+        raise refuse(look.logo_path or "logo", f"cannot be read as an image ({exc!r})",
+                     "use a .png or .jpg file", "broken-logo") from None
 
 
 class _DocxWriter:
@@ -129,11 +137,7 @@ class _DocxWriter:
 
         look = self.look
         if look.logo is not None:
-            try:
-                self.paragraph().add_run().add_picture(io.BytesIO(look.logo), width=Cm(5))
-            except Exception as exc:  # python-docx reads the image's header itself
-                raise refuse(look.logo_path or "logo", f"cannot be read as an image ({exc})",
-                             "use a .png or .jpg file", "broken-logo") from None
+            _add_logo(self.paragraph().add_run(), look, width=Cm(5))
         if look.company:
             run = self.paragraph().add_run(look.company)
             run.bold = True

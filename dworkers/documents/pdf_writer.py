@@ -42,6 +42,7 @@ from dworkers.tenants.config import BrandingConfig
 _FONTS = Path(__file__).resolve().parent / "fonts"
 _SANS, _MONO = "DworkersSans", "DworkersMono"
 _QUOTE_INDENT = 18
+_LONGEST_HEADING = 400  # characters of markup
 
 
 @lru_cache(maxsize=1)
@@ -195,6 +196,10 @@ class _PdfBuilder:
         from reportlab.platypus import Paragraph as PdfParagraph
 
         level = min(max(level, 1), len(self.headings))
+        if len(markup) > _LONGEST_HEADING:
+            # A heading kept with the next block may not be taller than a page; text this
+            # long is a paragraph that happens to start with '#'.
+            return PdfParagraph(f"<b>{markup}</b>", self.body)
         paragraph = PdfParagraph(markup, self.headings[level - 1])
         paragraph.outline_level = level  # read by _OutlinedDocument.afterFlowable
         return paragraph
