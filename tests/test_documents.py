@@ -377,3 +377,12 @@ def test_without_the_extra_text_formats_still_convert(tmp_path: Path,
     (tmp_path / "b.html").write_text("<h1>T</h1>")
     assert "| 1 | 2 |" in to_markdown(tmp_path / "a.csv").markdown
     assert to_markdown(tmp_path / "b.html").markdown == "# T\n"
+
+
+def test_a_cached_document_needs_no_library(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_xlsx(tmp_path / "matrix.xlsx")
+    first = to_markdown(path)
+    monkeypatch.setitem(sys.modules, "openpyxl", None)  # any import of it would now fail
+    again = to_markdown(path)
+    assert (again.from_cache, again.markdown) == (True, first.markdown)

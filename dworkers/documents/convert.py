@@ -151,8 +151,11 @@ def to_markdown(path: Path | str, *, limits: DocumentLimits = DEFAULT_LIMITS,
     reader, distribution, module = _FORMATS[suffix]
     version = CONVERTER_REVISION
     if distribution is not None:
-        require(module, f"reading {suffix} files", path)
-        version += f"-{distribution}-{metadata.version(distribution)}"
+        try:  # the version, not the module: a cached document needs no library at all
+            version += f"-{distribution}-{metadata.version(distribution)}"
+        except metadata.PackageNotFoundError:
+            require(module, f"reading {suffix} files", path)
+            raise  # installed without its metadata: not an install dworkers supports
     data = read_document(path, limits)
     digest = hashlib.sha256(data).hexdigest()
     cache = cache if cache is not None else ConversionCache()
