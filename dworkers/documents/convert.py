@@ -163,6 +163,8 @@ def to_markdown(path: Path | str, *, limits: DocumentLimits = DEFAULT_LIMITS,
     cached = cache.get(digest, suffix, version)
     if cached is not None and len(cached) <= limits.max_markdown_chars:
         return ConvertedDocument(document_name, path, len(data), digest, cached, True)
+    if distribution is not None:
+        require(module, f"reading {suffix} files", path)
     if suffix in _ZIPPED:
         check_office_package(data, path, limits)
     writer = MarkdownWriter(path, limits.max_markdown_chars)
