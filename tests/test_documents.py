@@ -37,9 +37,9 @@ from dworkers.documents import (
 from dworkers.errors import DworkersError, InputError
 
 
-def refusal(path: Path, **limits: int) -> DocumentError:
+def refusal(path: Path, **limits: float) -> DocumentError:
     with pytest.raises(DocumentError) as caught:
-        convert_path(path, limits=DocumentLimits(**limits))
+        convert_path(path, limits=DocumentLimits(**limits))  # type: ignore[arg-type]
     return caught.value
 
 
@@ -386,3 +386,10 @@ def test_a_cached_document_needs_no_library(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "openpyxl", None)  # any import of it would now fail
     again = to_markdown(path)
     assert (again.from_cache, again.markdown) == (True, first.markdown)
+
+
+def test_a_conversion_that_runs_out_of_time_is_refused(tmp_path: Path) -> None:
+    path = make_pdf(tmp_path / "policy.pdf", [["page one"], ["page two"]])
+    error = refusal(path, max_seconds=0)
+    assert error.problems[0].code == "document-too-slow"
+    assert "took more than 0 s to convert" in str(error)

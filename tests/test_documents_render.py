@@ -304,3 +304,12 @@ def test_a_logo_that_is_not_an_image_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(DocumentError, match="cannot be read as an image"):
             render("T", REPORT, brand, tmp_path / name)
         assert not (tmp_path / name).exists()
+
+
+def test_the_title_page_carries_the_date_given(tmp_path: Path) -> None:
+    from datetime import date
+
+    path = render_pdf("Audit", REPORT, None, tmp_path / "r.pdf", dated=date(2026, 3, 9))
+    assert "9 March 2026" in read_pdf(path).pages[0].extract_text()
+    path = render_docx("Audit", REPORT, None, tmp_path / "r.docx", dated=date(2026, 3, 9))
+    assert "9 March 2026" in [p.text for p in read_docx(path).paragraphs[:5]]

@@ -167,7 +167,7 @@ def to_markdown(path: Path | str, *, limits: DocumentLimits = DEFAULT_LIMITS,
         require(module, f"reading {suffix} files", path)
     if suffix in _ZIPPED:
         check_office_package(data, path, limits)
-    writer = MarkdownWriter(path, limits.max_markdown_chars)
+    writer = MarkdownWriter(path, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # libraries warn about files, not to users

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,14 @@ _MONO = "Courier New"
 
 
 def render_docx(title: str, sections: Sequence[Section], branding: BrandingConfig | None,
-                path: Path | str) -> Path:
+                path: Path | str, *, dated: date | None = None) -> Path:
     """Write ``sections`` ((heading, Markdown) pairs) as the Word document ``path``, titled
     ``title`` and branded with ``branding`` (resolved, see
-    ``TenantConfig.resolved_branding``). Returns the path."""
+    ``TenantConfig.resolved_branding``); ``dated`` is the date on the title page (the run's;
+    default today). Returns the path."""
     path = Path(path)
     docx = require("docx", f"writing {path.name}")
-    look = deliverable_look(title, branding)
+    look = deliverable_look(title, branding, dated)
     if look.template is not None:
         data = read_document(look.template, DEFAULT_LIMITS)
         check_office_package(data, look.template, DEFAULT_LIMITS)

@@ -31,6 +31,10 @@ class DocumentLimits:
     max_packing_ratio: int = 200
     """A part that unpacks to more than this many times its packed size (and over 1 MiB) is a
     zip bomb: real Office XML packs 5 to 30 times."""
+    max_seconds: float = 120.0
+    """A document still converting after this long is refused (checked between its blocks):
+    a small file can hide a huge amount of work, such as PDF streams that unpack a
+    thousandfold."""
     max_pdf_pages: int = 5_000
     max_sheet_rows: int = 1_100_000
     """Rows an .xlsx may walk through, blank ones included (Excel's own limit is 1,048,576)."""

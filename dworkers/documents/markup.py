@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Iterable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,13 +18,20 @@ class MarkdownWriter:
     """A document's Markdown, one block at a time; refuses the document as soon as its text
     passes ``limit`` characters, before the rest is converted."""
 
-    def __init__(self, path: Path, limit: int) -> None:
-        self._path, self._limit = path, limit
+    def __init__(self, path: Path, limits: DocumentLimits) -> None:
+        self._path, self._limit = path, limits.max_markdown_chars
+        self._seconds = limits.max_seconds
+        self._deadline = time.monotonic() + limits.max_seconds
         self._blocks: list[str] = []
         self._size = 0
 
     def charge(self, characters: int) -> None:
-        """Count ``characters`` more towards the limit (before they are built)."""
+        """Count ``characters`` more towards the limit (before they are built), and stop a
+        conversion that has run out of time."""
+        if time.monotonic() > self._deadline:
+            raise refuse(self._path, f"took more than {self._seconds:g} s to convert",
+                         "pass a smaller or simpler file (is it a decompression bomb?)",
+                         "document-too-slow")
         self._size += characters
         if self._size > self._limit:
             raise refuse(self._path, f"converts to more than {self._limit:,} characters of text",
@@ -31,8 +39,8 @@ class MarkdownWriter:
 
     def add(self, block: str) -> None:
         block = block.strip("\n")
+        self.charge(len(block) + 2 if block.strip() else 0)
         if block.strip():
-            self.charge(len(block) + 2)
             self._blocks.append(block)
 
     def add_table(self, rows: Iterable[Sequence[object]]) -> None:

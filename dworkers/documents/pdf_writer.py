@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -64,16 +65,17 @@ def _register_fonts() -> None:
 
 
 def render_pdf(title: str, sections: Sequence[Section], branding: BrandingConfig | None,
-               path: Path | str) -> Path:
+               path: Path | str, *, dated: date | None = None) -> Path:
     """Write ``sections`` ((heading, Markdown) pairs) as the PDF ``path``, titled ``title``
-    and branded with ``branding`` (resolved, see ``TenantConfig.resolved_branding``). A
-    tenant's Word template does not apply to PDFs. Returns the path."""
+    and branded with ``branding`` (resolved, see ``TenantConfig.resolved_branding``);
+    ``dated`` is the date on the title page (the run's; default today). A tenant's Word
+    template does not apply to PDFs. Returns the path."""
     path = Path(path)
     require("reportlab", f"writing {path.name}")
     from reportlab.platypus.doctemplate import LayoutError
 
     _register_fonts()
-    look = deliverable_look(title, branding)
+    look = deliverable_look(title, branding, dated)
     headings = section_headings(sections)
     bodies = [parse_blocks(markdown) for _, markdown in sections]
 

@@ -8,7 +8,9 @@ The libraries are imported when a file of their kind is read, never before."""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ def read_pdf(data: bytes, path: Path, writer: MarkdownWriter, limits: DocumentLi
     has no headings or tables of its own, only positioned text: a table's cells arrive in
     reading order."""
     pypdf = require("pypdf", "reading .pdf files", path)
+    _quiet_pypdf()
     reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
     if reader.is_encrypted:
         try:
@@ -43,6 +46,13 @@ def read_pdf(data: bytes, path: Path, writer: MarkdownWriter, limits: DocumentLi
     if not found_text:
         raise refuse(path, "has no text to read (a scan, or only images)",
                      "run text recognition (OCR) on it first", "no-text")
+
+
+@lru_cache(maxsize=1)
+def _quiet_pypdf() -> None:
+    """pypdf logs what it repairs in a damaged file; without a handler of its own, Python
+    would print that on the terminal, in the middle of dworkers' output."""
+    logging.getLogger("pypdf").addHandler(logging.NullHandler())
 
 
 def read_docx(data: bytes, path: Path, writer: MarkdownWriter, limits: DocumentLimits) -> None:

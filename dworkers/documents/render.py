@@ -40,7 +40,8 @@ class Look:
         return self.color.lstrip("#").upper()
 
 
-def deliverable_look(title: str, branding: BrandingConfig | None) -> Look:
+def deliverable_look(title: str, branding: BrandingConfig | None,
+                     dated: date | None = None) -> Look:
     """The look of a deliverable titled ``title`` for ``branding`` (resolved: absolute paths,
     see ``TenantConfig.resolved_branding``). The logo is read here, bounded, so a logo that
     disappeared since the tenant was checked is a clear error."""
@@ -59,7 +60,7 @@ def deliverable_look(title: str, branding: BrandingConfig | None) -> Look:
         logo=logo,
         logo_path=Path(branding.logo) if branding and branding.logo else None,
         template=Path(branding.template) if branding and branding.template else None,
-        dated=date.today().strftime("%d %B %Y").lstrip("0"),
+        dated=(dated or date.today()).strftime("%d %B %Y").lstrip("0"),
     )
 
 
