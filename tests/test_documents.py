@@ -393,3 +393,15 @@ def test_a_conversion_that_runs_out_of_time_is_refused(tmp_path: Path) -> None:
     error = refusal(path, max_seconds=0)
     assert error.problems[0].code == "document-too-slow"
     assert "took more than 0 s to convert" in str(error)
+
+
+def test_importing_the_package_loads_no_document_library() -> None:
+    import subprocess
+
+    libraries = ("pypdf", "docx", "openpyxl", "pptx", "reportlab", "markdown_it", "PIL", "lxml")
+    code = ("import sys, dworkers.documents; "
+            f"print([m for m in {libraries!r} if m in sys.modules])")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONPATH": str(
+                                Path(__file__).resolve().parent.parent)}).stdout
+    assert output.strip() == "[]"
