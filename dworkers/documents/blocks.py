@@ -184,7 +184,7 @@ def _read_spans(inline: Token) -> Spans:
     links: list[str] = []
     spans: list[Span] = []
 
-    def add(text: str, code: bool = False) -> None:
+    def append_text(text: str, code: bool = False) -> None:
         span = Span(text, bold > 0, italic > 0, code, links[-1] if links else "")
         last = spans[-1] if spans else None
         if last is not None and (last.bold, last.italic, last.code, last.link) == (
@@ -196,13 +196,13 @@ def _read_spans(inline: Token) -> Spans:
     for child in inline.children or []:
         kind = child.type
         if kind in ("text", "html_inline"):
-            add(child.content)
+            append_text(child.content)
         elif kind == "code_inline":
-            add(child.content, code=True)
+            append_text(child.content, code=True)
         elif kind == "softbreak":
-            add(" ")
+            append_text(" ")
         elif kind == "hardbreak":
-            add("\n")
+            append_text("\n")
         elif kind in ("strong_open", "strong_close"):
             bold += 1 if kind == "strong_open" else -1
         elif kind in ("em_open", "em_close"):
@@ -212,7 +212,7 @@ def _read_spans(inline: Token) -> Spans:
         elif kind == "link_close" and links:
             links.pop()
         elif kind == "image":
-            add(child.content)
+            append_text(child.content)
     return tuple(span for span in spans if span.text)
 
 

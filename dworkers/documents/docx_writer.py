@@ -65,7 +65,7 @@ def render_docx(title: str, sections: Sequence[Section], branding: BrandingConfi
     document.core_properties.title = look.title
     document.core_properties.author = look.company or "dworkers"
     writer = _DocxWriter(document, look)
-    writer.title_page()
+    writer.write_title_page()
     for heading, (_, markdown) in zip(section_headings(sections), sections, strict=True):
         writer.heading(heading, 1)
         for block in parse_blocks(markdown):
@@ -133,7 +133,7 @@ class _DocxWriter:
                 pass  # a template without this style: plain text still reads well
         return target.add_paragraph()
 
-    def title_page(self) -> None:
+    def write_title_page(self) -> None:
         from docx.enum.text import WD_BREAK
         from docx.shared import Cm, Pt, RGBColor
 
@@ -196,7 +196,7 @@ class _DocxWriter:
                 if first and isinstance(inner, Paragraph):
                     paragraph = self.paragraph(style, container)
                     if numbering is not None:
-                        _number(paragraph, numbering)
+                        _use_numbering(paragraph, numbering)
                     self.spans(paragraph, inner.spans)
                     first = False
                 elif isinstance(inner, ListBlock):
@@ -249,7 +249,7 @@ class _DocxWriter:
             run.font.size = Pt(9)
 
 
-def _number(paragraph: Any, num_id: str) -> None:
+def _use_numbering(paragraph: Any, num_id: str) -> None:
     numbering = paragraph._p.get_or_add_pPr().get_or_add_numPr()
     numbering.get_or_add_ilvl().val = 0
     numbering.get_or_add_numId().val = int(num_id)

@@ -79,7 +79,7 @@ def render_pdf(title: str, sections: Sequence[Section], branding: BrandingConfig
     headings = section_headings(sections)
     bodies = [parse_blocks(markdown) for _, markdown in sections]
 
-    def build(target: Path) -> None:
+    def write_pdf(target: Path) -> None:
         try:
             _PdfBuilder(look, tables_as_text=False).build(target, headings, bodies)
         except LayoutError:
@@ -87,7 +87,7 @@ def render_pdf(title: str, sections: Sequence[Section], branding: BrandingConfig
             # of failing the deliverable.
             _PdfBuilder(look, tables_as_text=True).build(target, headings, bodies)
 
-    return replace_file(path, build)
+    return replace_file(path, write_pdf)
 
 
 class _PdfBuilder:
@@ -130,7 +130,7 @@ class _PdfBuilder:
                                      author=self.look.company or "dworkers",
                                      creator="dworkers")
         self.width = document.width
-        story = self.title_page()
+        story = self.title_story()
         for heading, blocks in zip(headings, bodies, strict=True):
             story.append(self.heading_paragraph(escape(heading), 1))
             for block in blocks:
@@ -138,7 +138,7 @@ class _PdfBuilder:
         document.build(story, onFirstPage=lambda canvas, _: None,
                        onLaterPages=self.decorate)
 
-    def title_page(self) -> list[Any]:
+    def title_story(self) -> list[Any]:
         from reportlab.platypus import PageBreak, Paragraph as PdfParagraph, Spacer
 
         look = self.look
