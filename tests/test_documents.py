@@ -23,6 +23,7 @@ from document_samples import (
     rewrite_part,
     visible,
 )
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dworkers.documents import (
     ConversionCache,
@@ -405,3 +406,46 @@ def test_importing_the_package_loads_no_document_library() -> None:
                             check=True, env={**os.environ, "PYTHONPATH": str(
                                 Path(__file__).resolve().parent.parent)}).stdout
     assert output.strip() == "[]"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".html", ".csv", ".txt", ".md"]))
+def test_any_bytes_in_a_text_format_convert_or_are_refused(tmp_path: Path, data: bytes,
+                                                           suffix: str) -> None:
+    path = tmp_path / f"any{suffix}"
+    path.write_bytes(data)
+    try:
+        markdown = to_markdown(path, cache=ConversionCache(tmp_path / "cache")).markdown
+    except DocumentError:
+        return
+    assert visible(markdown)
+
+
+@pytest.mark.parametrize("maker", [make_docx, make_xlsx, make_pptx])
+def test_damaged_office_files_convert_or_are_refused(tmp_path: Path, maker: object) -> None:
+    import random
+
+    suffix = {make_docx: ".docx", make_xlsx: ".xlsx", make_pptx: ".pptx"}[maker]
+    original = maker(tmp_path / f"whole{suffix}").read_bytes()  # type: ignore[operator]
+    import zipfile
+
+    generator = random.Random(19)
+    parts = zipfile.ZipFile(tmp_path / f"whole{suffix}").namelist()
+    for attempt in range(40):
+        path = tmp_path / f"damaged-{attempt}{suffix}"
+        if attempt % 2:  # damage the package itself
+            damaged = bytearray(original)
+            for _ in range(8):
+                damaged[generator.randrange(len(damaged))] = generator.randrange(256)
+            path.write_bytes(bytes(damaged))
+        else:  # a valid package with one damaged part
+            part = generator.choice(parts)
+            text = bytearray(zipfile.ZipFile(tmp_path / f"whole{suffix}").read(part))
+            for _ in range(4):
+                text[generator.randrange(len(text))] = generator.randrange(256)
+            rewrite_part(tmp_path / f"whole{suffix}", path, part, bytes(text))
+        try:
+            to_markdown(path)
+        except DocumentError as error:
+            assert error.problems[0].file == str(path)

@@ -13,10 +13,9 @@ import io
 import os
 import stat
 import zipfile
-import zlib
 from pathlib import Path
 
-from dworkers.documents.limits import DocumentLimits, refuse
+from dworkers.documents.limits import DocumentError, DocumentLimits, refuse
 
 _MIB = 1024 * 1024
 _DTD_MARKERS = tuple(marker.encode(encoding) for marker in ("<!DOCTYPE", "<!ENTITY")
@@ -76,7 +75,7 @@ def check_office_package(data: bytes, path: Path, limits: DocumentLimits) -> Non
                      f"save an unprotected copy as {kind}", "encrypted-document")
     try:
         package = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, EOFError):
+    except Exception:  # BadZipFile, NotImplementedError, struct.error...: damaged either way
         raise refuse(path, f"is not a {kind} file (not a zip package)",
                      f"open it and save it again as {kind}", "broken-document") from None
     with package:
@@ -113,7 +112,8 @@ def _refuse_dtd(package: zipfile.ZipFile, part: zipfile.ZipInfo, path: Path) -> 
                                  "entities, which Office files never do (an entity bomb?)",
                                  "do not use this file", "xml-entities")
                 tail = window[-_LONGEST_MARKER:]
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        # RuntimeError: an encrypted part; NotImplementedError: an unknown compression method.
+    except DocumentError:
+        raise
+    except Exception as exc:  # a bad checksum, an encrypted part, an unknown compression...
         raise refuse(path, f"is damaged: part {part.filename[:80]!r} cannot be unpacked "
                      f"({exc})", "open it and save it again", "broken-document") from None
