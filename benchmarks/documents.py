@@ -23,7 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from document_samples import make_pdf, make_xlsx  # noqa: E402
+from document_samples import (  # noqa: E402
+    make_encrypted_pdf,
+    make_entity_bomb_docx,
+    make_lying_zip,
+    make_pdf,
+    make_xlsx,
+    make_zip_bomb,
+)
 
 DOCS_EXTRA = ["pypdf", "python-docx", "openpyxl", "python-pptx", "reportlab", "markdown-it-py"]
 BASE = ["typer", "rich", "pyyaml", "pydantic", "litellm"]
@@ -73,6 +80,35 @@ def conversion(label: str, path: Path, runs: int) -> None:
           f"{max(r['traced_mb'] for r in results):.1f} MB")
     print(f"  second conversion {second:7.4f} s   converted 0 files (the cache answered; "
           f"{first / second:,.0f}x faster)")
+
+
+def hostile(folder: Path) -> None:
+    """How long each hostile file takes to be refused."""
+    from dworkers.documents import DocumentError, to_markdown
+
+    huge = folder / "huge.pdf"
+    with huge.open("wb") as handle:
+        handle.truncate(1 << 30)
+    loop = folder / "loop"
+    (loop / "sub").mkdir(parents=True)
+    (loop / "a.txt").write_text("a")
+    (loop / "sub" / "back").symlink_to(loop, target_is_directory=True)
+    cases = {"zip bomb (.xlsx, 40 MB of one byte)": make_zip_bomb(folder / "bomb.xlsx"),
+             "zip declaring 4 GB (.docx)": make_lying_zip(folder / "lying.docx"),
+             "XML entity bomb (.docx)": make_entity_bomb_docx(folder / "lol.docx"),
+             "encrypted PDF": make_encrypted_pdf(folder / "locked.pdf"),
+             "1 GB file (sparse)": huge, "symlink loop in a folder": loop}
+    from dworkers.documents import convert_path
+
+    for label, path in cases.items():
+        start = time.perf_counter()
+        try:
+            convert_path(path) if path.is_dir() else to_markdown(path)
+        except DocumentError as error:
+            code = error.problems[0].code
+        else:
+            raise AssertionError(f"{label} was not refused")
+        print(f"  {label:38} refused ({code}) in {(time.perf_counter() - start) * 1000:6.1f} ms")
 
 
 def requirement_names(distribution: str) -> list[str]:
@@ -165,12 +201,15 @@ def main() -> None:
         measure_once(args.measure)
         return
     with tempfile.TemporaryDirectory() as folder:
+        os.environ["DWORKERS_HOME"] = str(Path(folder) / "home")  # never the user's cache
         lines = [f"Line {n}: control AC-{n} is owned by the CISO and reviewed quarterly."
                  for n in range(45)]
         pdf = make_pdf(Path(folder) / "policy.pdf", [lines] * args.pages)
         xlsx = make_xlsx(Path(folder) / "matrix.xlsx", rows=args.rows)
         conversion(f"{args.pages}-page PDF", pdf, args.runs)
         conversion(f"{args.rows:,}-row spreadsheet", xlsx, args.runs)
+        print("hostile files:")
+        hostile(Path(folder))
     rendering(args.runs)
     extra_size()
 
