@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +18,8 @@ from dworkers.types import ROLE_NAMES, SourceMap, SourcePath, WorkerRole
 # litellm model strings: "provider/model", "model", "bedrock/anthropic.claude-3:0", ...
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9._:@+-]+)*\Z")
 API_BASE = re.compile(r"https?://[^\s]+\Z")
+COLOR = re.compile(r"#[0-9A-Fa-f]{6}\Z")
+LOGO_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def check_model_name(model: str) -> str | None:
@@ -146,6 +149,21 @@ class SecurityConfig(_Strict):
         "use, e.g. 'openai/*'; any other model is refused before the first call.")
 
 
+class BrandingConfig(_Strict):
+    """How the tenant's deliverables (.docx, .pdf) look: its name and logo on the title page
+    and in the header of every page, its colour on headings and table headers."""
+
+    company_name: str = Field(default="", description="The name on the title page and in the "
+                              "header of every page (default: the tenant's name).")
+    logo: str | None = Field(default=None, description="A .png or .jpg file, relative to the "
+                             "tenant file, on the title page and in the header.")
+    primary_color: str | None = Field(default=None, description="The colour of headings and "
+                                      "table headers, as '#RRGGBB'.",
+                                      json_schema_extra=json_schema_pattern(COLOR))
+    template: str | None = Field(default=None, description="A .docx, relative to the tenant "
+                                 "file, whose styles, header and footer Word deliverables use.")
+
+
 class TenantConfig(_Strict):
     """Everything a run needs to know about the company it works for. Never holds secrets:
     ``api_key_env`` names the environment variable that holds the key for the provider of
@@ -170,6 +188,9 @@ class TenantConfig(_Strict):
         default_factory=dict, description="Prices of models litellm has none for (self-hosted, "
         "behind a gateway), by model string or glob: {'openai/gpt-mini': {input_per_million: "
         "0.15, output_per_million: 0.6}}.")
+    branding: BrandingConfig | None = Field(
+        default=None, description="The company name, logo, colour and Word template of every "
+        "deliverable (.docx, .pdf).")
     api_key_env: str | None = Field(
         default=None,
         description=(
@@ -189,6 +210,25 @@ class TenantConfig(_Strict):
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    def resolved_branding(self) -> BrandingConfig | None:
+        """``branding`` ready for the document writers: the company name filled in (the
+        tenant's name by default) and the logo and template as absolute paths, resolved
+        against the tenant file's folder; ``None`` when the tenant sets no branding."""
+        if self.branding is None:
+            return None
+        brand = self.branding
+        return brand.model_copy(update={
+            "company_name": brand.company_name or self.display_name,
+            "logo": str(self._branding_file(brand.logo)) if brand.logo else None,
+            "template": str(self._branding_file(brand.template)) if brand.template else None,
+        })
+
+    def _branding_file(self, name: str) -> Path:
+        path = Path(name).expanduser()
+        if self._source is not None and not path.is_absolute():
+            path = Path(self._source.file).parent / path
+        return path.absolute()
 
     def model_for(self, role: WorkerRole) -> str:
         override: str | None = getattr(self.models, role.value)
@@ -272,4 +312,29 @@ class TenantConfig(_Strict):
         error = check_api_base(self.api_base) if self.api_base is not None else None
         if error:
             problem(("api_base",), error, "write it as http://host:port/v1", "invalid-url")
+        if self.branding is not None:
+            for path, message, hint, code in self._branding_problems(self.branding):
+                problem(path, message, hint, code)
+        return found
+
+    def _branding_problems(self, brand: BrandingConfig,
+                           ) -> list[tuple[SourcePath, str, str, str]]:
+        found: list[tuple[SourcePath, str, str, str]] = []
+        if brand.primary_color is not None and not COLOR.match(brand.primary_color):
+            found.append((("branding", "primary_color"), f"primary_color "
+                          f"{shown(brand.primary_color)} is not a colour",
+                          "write it as '#RRGGBB', e.g. '#1F4E79'", "invalid-color"))
+        for key, name, suffixes in (("logo", brand.logo, LOGO_SUFFIXES),
+                                    ("template", brand.template, (".docx",))):
+            if name is None:
+                continue
+            at: SourcePath = ("branding", key)
+            if not name.lower().endswith(suffixes):
+                found.append((at, f"{key} {shown(name)} is not a {' or '.join(suffixes)} file",
+                              f"name a {' or '.join(suffixes)} file", f"invalid-{key}"))
+            elif not self._branding_file(name).is_file():
+                found.append((at, f"{key} file {shown(name)} does not exist "
+                              f"(looked for {shown(str(self._branding_file(name)), 120)})",
+                              "fix the path (relative to the tenant file) or add the file",
+                              f"missing-{key}"))
         return found
