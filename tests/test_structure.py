@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.
     {"templates", "dag", "errors", "events", "types", "names", "files", "redact", "text",
-     "provider_headers"},
+     "provider_headers", "conditions", "output_schema"},
 ]
 # Deliberate upward imports, each with its reason.
 EXCEPTIONS = {
