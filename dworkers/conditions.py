@@ -470,9 +470,10 @@ def _literal_info(value: Any) -> FieldInfo:
     return FieldInfo(json_types(value), (value,), value is None)
 
 
-def describe_field(info: FieldInfo) -> str:
-    """'one of low, medium, high', 'true or false', 'text' ..."""
-    if info.enum is not None and len(info.enum) <= 12:
+def describe_field(info: FieldInfo, with_values: bool = True) -> str:
+    """'one of "low", "medium", "high"', 'true or false', 'text' ... (``with_values``: name
+    the allowed values rather than their kind)."""
+    if with_values and info.enum is not None and len(info.enum) <= 12:
         return "one of " + ", ".join(shown_value(v, 30) for v in info.enum)
     names = {"string": "text", "number": "a number", "boolean": "true or false",
              "array": "a list", "object": "an object", "null": "null"}
@@ -515,7 +516,8 @@ class _Checker:
         fallback = _literal_info(node.fallback.value)
         if node.fallback.value is not None and info is not ANY and \
                 not (_kinds(fallback) & _kinds(info)):
-            self.add(f"the value used instead of {node.ref.text} is {describe_field(fallback)}"
+            self.add(f"the value used instead of {node.ref.text} is "
+                     f"{describe_field(fallback, False)}"
                      f", but {node.ref.text} is {describe_field(info)}",
                      "use a value of the same kind", node.fallback.offset)
         enum = None if info.enum is None or fallback.enum is None else \
@@ -558,8 +560,9 @@ class _Checker:
             hint = "compare values of the same kind"
             if "boolean" in _kinds(left) and "string" in _kinds(right):
                 hint = f"write {_name_of(left_node)} == true (or false)"
-            self.add(f"{_name_of(left_node)} is {describe_field(left)} but "
-                     f"{_name_of(right_node)} is {describe_field(right)}: they are never equal",
+            self.add(f"{_name_of(left_node)} is {_describe(left_node, left)} but "
+                     f"{_name_of(right_node)} is {_describe(right_node, right)}: they are never "
+                     "equal",
                      hint, offset)
             return
         for field_node, field, literal_node in ((left_node, left, right_node),
@@ -582,7 +585,7 @@ class _Checker:
             for item in node.right.value:
                 item_info = _literal_info(item)
                 if not (_kinds(left) & _kinds(item_info)):
-                    self.add(f"{shown_value(item)} is {describe_field(item_info)} but "
+                    self.add(f"{shown_value(item)} is {describe_field(item_info, False)} but "
                              f"{_name_of(node.left)} is {describe_field(left)}",
                              "list values of the same kind", node.right.offset)
                     return
@@ -594,6 +597,10 @@ class _Checker:
             return  # text in text
         self.add(f"'{node.op}' needs a list or text on its right, not {describe_field(right)}",
                  "write e.g. x in ['a', 'b']", node.offset)
+
+
+def _describe(node: Node, info: FieldInfo) -> str:
+    return describe_field(info, not isinstance(node, Lit))
 
 
 def _name_of(node: Node) -> str:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -100,7 +101,7 @@ _TYPE_WORDS = {
     "integer": "integer", "float": "number", "number": "number", "bool": "boolean",
     "boolean": "boolean",
 }
-_RANGE = re.compile(r"(\w+)\((-?[0-9.eE+-]*)\.\.(-?[0-9.eE+-]*)\)\Z")
+_RANGE = re.compile(r"(\w+)\s*\((.*)\)\Z")
 
 
 class SchemaProblem(NamedTuple):
@@ -269,8 +270,14 @@ def _concise_word(word: str, path: SourcePath, problems: list[SchemaProblem]) ->
         return {"type": _TYPE_WORDS[word]}
     ranged = _RANGE.match(word)
     if ranged and _TYPE_WORDS.get(ranged.group(1)) in ("integer", "number", "string"):
-        return _concise_range(_TYPE_WORDS[ranged.group(1)], ranged.group(2), ranged.group(3),
-                              path, problems)
+        bounds = ranged.group(2).split("..")
+        if len(bounds) == 2:
+            return _concise_range(_TYPE_WORDS[ranged.group(1)], bounds[0].strip(),
+                                  bounds[1].strip(), path, problems)
+        problems.append(SchemaProblem(path, f"range {crop(ranged.group(2), 40)!r} has no "
+                                      "'..' between its bounds",
+                                      "write a range as int(1..5), number(0..1) or str(..200)"))
+        return {}
     guess = did_you_mean(word.lower(), list(_TYPE_WORDS))
     problems.append(SchemaProblem(
         path, f"unknown field type {crop(word, 40)!r}",
@@ -454,6 +461,11 @@ class _SchemaChecker:
             if not isinstance(options, list) or not options:
                 self.add((*path, "anyOf"), "'anyOf' must be a non-empty list of schemas",
                          "write e.g. anyOf: [{type: string}, {type: 'null'}]")
+            beside = sorted(k for k in node if k in KEYWORDS and k not in ("anyOf", "$defs",
+                                                                         "definitions"))
+            if beside:
+                self.add((*path, beside[0]), f"'{beside[0]}' beside 'anyOf' is not supported",
+                         "move it into each option of 'anyOf'")
 
     def bounds(self, node: Mapping[str, Any], path: SourcePath) -> None:
         for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
@@ -489,7 +501,8 @@ class _SchemaChecker:
             if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
                 self.add((*path, "required"), "'required' must be a list of field names",
                          "write e.g. required: [severity]")
-            elif properties is not None:
+            else:
+                properties = properties or {}
                 known = list(properties)
                 for i, name in enumerate(required):
                     if name not in properties:
@@ -782,11 +795,10 @@ class _Validator:
         """``value`` checked against ``schema``; returns it with integral floats made ints
         where the schema asks for an integer."""
         options = schema.get("anyOf")
-        if isinstance(options, list):
-            rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        if isinstance(options, list):  # check_schema allows only annotations beside it
             for option in options:
                 trial = _Validator()
-                result = trial.check(value, {**rest, **option}, path)
+                result = trial.check(value, option, path)
                 if not trial.errors:
                     return result
             self.fail(path, describe(schema), shown_value(value))
@@ -826,9 +838,9 @@ class _Validator:
                       f"{shown_value(value, 40)} ({len(value)} {unit})")
 
     def number(self, value: float, schema: Mapping[str, Any], path: SourcePath) -> None:
-        tests = (("minimum", value.__ge__), ("maximum", value.__le__),
-                 ("exclusiveMinimum", value.__gt__), ("exclusiveMaximum", value.__lt__))
-        if any(key in schema and not test(schema[key]) for key, test in tests):
+        tests = (("minimum", operator.ge), ("maximum", operator.le),
+                 ("exclusiveMinimum", operator.gt), ("exclusiveMaximum", operator.lt))
+        if any(key in schema and not test(value, schema[key]) for key, test in tests):
             self.fail(path, describe(schema), shown_value(value))
 
     def object(self, value: dict[str, Any], schema: Mapping[str, Any],
@@ -891,6 +903,8 @@ def parse_answer(text: str) -> tuple[Any, AnswerError | None]:
     if len(text) > MAX_ANSWER_CHARS:
         return None, AnswerError("$", f"JSON of at most {MAX_ANSWER_CHARS} characters",
                                  f"{len(text)} characters")
+    if not text.strip():
+        return None, AnswerError("$", "a JSON object", "an empty answer")
     decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
     candidates = [text.strip()]
     fences = _FENCE.findall(text)
@@ -992,8 +1006,8 @@ def _mock(schema: Mapping[str, Any], rng: Random, label: str, budget: list[int])
     budget[0] -= 1
     if budget[0] < 0:
         return None
-    branches = _branches(schema)
-    if len(branches) > 1:
+    if isinstance(schema.get("anyOf"), list):
+        branches = _branches(schema)
         order = list(range(len(branches)))
         rng.shuffle(order)
         order.sort(key=lambda i: "null" in (_declared_types(branches[i]) or ()))  # real first
@@ -1008,8 +1022,17 @@ def _mock(schema: Mapping[str, Any], rng: Random, label: str, budget: list[int])
         fitting = [v for v in schema["enum"] if _fits_rest(v, schema)]
         return rng.choice(fitting) if fitting else schema["enum"][0]
     kinds = [k for k in JSON_TYPES if k in (_declared_types(schema) or ("object",))]
-    real = [k for k in kinds if k != "null"]
-    kind = rng.choice(real) if real else "null"
+    rng.shuffle(kinds)
+    kinds.sort(key=lambda k: k == "null")  # a real value when there is a choice
+    for kind in kinds:
+        candidate = _mock_of_type(kind, schema, rng, label, budget)
+        if len(kinds) == 1 or not validate_value(candidate, schema)[1]:
+            return candidate
+    return None
+
+
+def _mock_of_type(kind: str, schema: Mapping[str, Any], rng: Random, label: str,
+                  budget: list[int]) -> Any:
     if kind == "object":
         properties: Mapping[str, Any] = schema.get("properties") or {}
         value = {name: _mock(sub, rng, name, budget) for name, sub in properties.items()}
