@@ -281,11 +281,12 @@ class _Parser:
         if not isinstance(node, Ref):
             raise self.fail("'??' follows a reference such as triage.severity",
                             "write step.field ?? 'value'", at)
-        fallback = self.primary()
-        if not isinstance(fallback, Lit):
+        if self.token.kind not in ("string", "number", "true", "false", "null") and \
+                not self.at("["):
             raise self.fail("after '??' comes the value to use instead: text, a number, "
-                            "true, false, null or a list", "write e.g. triage.severity ?? 'low'",
-                            self.tokens[self.index - 1])
+                            "true, false, null or a list", "write e.g. triage.severity ?? 'low'")
+        fallback = self.primary()
+        assert isinstance(fallback, Lit)  # a literal's first token starts only a literal
         return Default(node, fallback, at.offset)
 
     def primary(self) -> Node:
@@ -460,8 +461,10 @@ def _resolve_step(root: str, rest: tuple[str, ...], scope: Scope, has_default: b
 
 
 def _kinds(info: FieldInfo) -> frozenset[str]:
-    """Types as comparisons see them: integers are numbers."""
-    return frozenset("number" if t == "integer" else t for t in info.types)
+    """Types as comparisons see them: integers are numbers, and a field that may be absent
+    may be null."""
+    kinds = frozenset("number" if t == "integer" else t for t in info.types)
+    return kinds | {"null"} if info.optional else kinds
 
 
 def _literal_info(value: Any) -> FieldInfo:

@@ -12,8 +12,7 @@ from typing import Any
 import jsonschema
 import pydantic
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dworkers import output_schema
 from dworkers.output_schema import (
