@@ -349,7 +349,10 @@ def parse(text: str) -> Node:
 
 
 def parse_reference(text: str) -> Ref | Default:
-    """A template placeholder's content: ``step.field`` or ``step.field ?? literal``."""
+    """A template placeholder's content: ``step.field`` or ``step.field ?? literal``; raises
+    ``ConditionSyntaxError``."""
+    if _NAME.fullmatch(text) and not _NUMBER.fullmatch(text) and text not in KEYWORDS:
+        return Ref(tuple(text.split(".")), 0)  # the common case, without a tokenizer
     parser = _Parser(text)
     node = parser.defaulted()
     if not isinstance(node, Ref | Default) or parser.token.kind != "end":
@@ -616,11 +619,15 @@ def _name_of(node: Node) -> str:
     return "this part"
 
 
-def check(text: str, scope: Scope) -> list[Issue]:
+def check(text: object, scope: Scope) -> list[Issue]:
     """Every problem with a ``when:`` expression: syntax, references (unknown, not upstream,
     a field that does not exist, a skippable step without ``??``), types (a boolean compared
     with text, a value outside an enum, ordering of non-numbers), and a result that is not
-    true or false."""
+    true or false. ``text`` is what the plan holds (YAML may give ``when: true`` a bool)."""
+    if not isinstance(text, str) or not text.strip():
+        return [Issue(f"when: must be a condition written as text, not {crop(repr(text), 30)}",
+                      "write e.g. when: \"triage.in_scope and triage.severity == 'high'\"", 0,
+                      "condition-syntax")]
     try:
         node = parse(text)
     except ConditionSyntaxError as exc:

@@ -357,7 +357,11 @@ def check_schema(schema: object) -> list[SchemaProblem]:
             for name, sub in defs.items():
                 checker.node(sub, (key, name), 1)
     if not checker.problems:
-        root = resolve_refs(dict(schema))
+        try:
+            root = resolve_refs(dict(schema))
+        except _TooBig:
+            return [SchemaProblem((), f"output_schema expands to more than {MAX_SCHEMA_NODES} "
+                                  "parts through its $refs", "simplify it")]
         if root.get("type") != "object":
             checker.add((), "the top level of output_schema must be an object",
                         "wrap the value in a field: {type: object, properties: {value: ...}, "
@@ -617,12 +621,22 @@ def _ref_is_recursive(root: Mapping[str, Any], start: str) -> bool:
     return False
 
 
+class _TooBig(Exception):
+    """A schema whose ``$ref``s expand beyond ``MAX_SCHEMA_NODES`` parts."""
+
+
 def resolve_refs(schema: Mapping[str, Any]) -> Schema:
     """``schema`` with every local ``$ref`` replaced by its target and ``$defs`` dropped.
-    Call it on a schema ``check_schema`` passed (so refs exist and are not recursive)."""
+    Call it on a schema ``check_schema`` passed (so refs exist, are not recursive, and do not
+    expand beyond ``MAX_SCHEMA_NODES`` parts: raises ``_TooBig`` otherwise)."""
+    budget = [MAX_SCHEMA_NODES]
+
     def inline(node: Any, depth: int) -> Any:
         if depth > MAX_SCHEMA_DEPTH * 2 or not isinstance(node, Mapping):
             return node
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooBig
         if "$ref" in node:
             rest = {k: v for k, v in node.items() if k != "$ref"}
             return {**inline(_ref_target(schema, node["$ref"]), depth + 1),
@@ -684,7 +698,7 @@ def field_info(schema: Mapping[str, Any], optional: bool = False) -> FieldInfo:
 
 def _collect_fields(schema: Mapping[str, Any], prefix: str, optional: bool,
                     found: dict[str, FieldInfo], depth: int) -> None:
-    if depth > MAX_SCHEMA_DEPTH:
+    if depth > MAX_SCHEMA_DEPTH or len(found) > MAX_SCHEMA_NODES:
         return
     branches = _branches(schema)
     nullable = len(branches) > 1 and any("null" in (_declared_types(b) or ()) for b in branches)
@@ -783,36 +797,49 @@ def describe(schema: Mapping[str, Any]) -> str:
     return text + (" " + " and ".join(limits) if limits else "")
 
 
+MAX_CHECK_STEPS = 1_000_000
+"""Schema-and-value pairs checked per answer: nested ``anyOf`` could otherwise make checking
+one answer take exponential time."""
+
+
 class _Validator:
-    def __init__(self) -> None:
+    def __init__(self, steps: list[int] | None = None, quiet: bool = False) -> None:
         self.errors: list[AnswerError] = []
+        self.steps = steps if steps is not None else [MAX_CHECK_STEPS]
+        self.quiet = quiet  # an anyOf option's trial: only whether it failed matters
 
     def fail(self, path: SourcePath, expected: str, got: str) -> None:
-        if len(self.errors) < MAX_ERRORS:
+        if self.quiet:
+            self.errors.append(_FAILED)
+        elif len(self.errors) < MAX_ERRORS:
             self.errors.append(AnswerError(json_path(path), expected, got))
 
     def check(self, value: Any, schema: Mapping[str, Any], path: SourcePath) -> Any:
         """``value`` checked against ``schema``; returns it with integral floats made ints
         where the schema asks for an integer."""
+        self.steps[0] -= 1
+        if self.steps[0] < 0:  # out of steps: fail everywhere; validate_value says why
+            self.fail(path, "", "")
+            return value
         options = schema.get("anyOf")
         if isinstance(options, list):  # check_schema allows only annotations beside it
             for option in options:
-                trial = _Validator()
+                trial = _Validator(self.steps, quiet=True)
                 result = trial.check(value, option, path)
                 if not trial.errors:
                     return result
-            self.fail(path, describe(schema), shown_value(value))
+            self.fail(path, self.expected(schema), self.shown(value))
             return value
         if "const" in schema and not json_equal(value, schema["const"]):
-            self.fail(path, describe(schema), shown_value(value))
+            self.fail(path, self.expected(schema), self.shown(value))
             return value
         if "enum" in schema and not any(json_equal(value, v) for v in schema["enum"]):
-            self.fail(path, describe(schema), shown_value(value))
+            self.fail(path, self.expected(schema), self.shown(value))
             return value
         declared = _declared_types(schema)
         have = json_types(value)
         if declared is not None and not (have & declared):
-            self.fail(path, describe(schema), shown_value(value))
+            self.fail(path, self.expected(schema), self.shown(value))
             return value
         if isinstance(value, float) and declared and "integer" in declared and \
                 "number" not in declared:
@@ -830,25 +857,31 @@ class _Validator:
             value = self.object(value, schema, path)
         return value
 
+    def expected(self, schema: Mapping[str, Any]) -> str:
+        return "" if self.quiet else describe(schema)
+
+    def shown(self, value: Any) -> str:
+        return "" if self.quiet else shown_value(value)
+
     def length(self, value: str | list[Any], schema: Mapping[str, Any], path: SourcePath,
                suffix: str, unit: str) -> None:
         low, high = schema.get("min" + suffix), schema.get("max" + suffix)
         if (low is not None and len(value) < low) or (high is not None and len(value) > high):
-            self.fail(path, describe(schema),
-                      f"{shown_value(value, 40)} ({len(value)} {unit})")
+            self.fail(path, self.expected(schema),
+                      "" if self.quiet else f"{shown_value(value, 40)} ({len(value)} {unit})")
 
     def number(self, value: float, schema: Mapping[str, Any], path: SourcePath) -> None:
         tests = (("minimum", operator.ge), ("maximum", operator.le),
                  ("exclusiveMinimum", operator.gt), ("exclusiveMaximum", operator.lt))
         if any(key in schema and not test(value, schema[key]) for key, test in tests):
-            self.fail(path, describe(schema), shown_value(value))
+            self.fail(path, self.expected(schema), self.shown(value))
 
     def object(self, value: dict[str, Any], schema: Mapping[str, Any],
                path: SourcePath) -> dict[str, Any]:
         properties: Mapping[str, Any] = schema.get("properties") or {}
         for name in schema.get("required") or ():
             if name not in value:
-                self.fail((*path, name), describe(properties.get(name, {})),
+                self.fail((*path, name), self.expected(properties.get(name, {})),
                           "nothing (the field is missing)")
         extra = schema.get("additionalProperties", True)
         result: dict[str, Any] = {}
@@ -858,7 +891,7 @@ class _Validator:
             elif extra is False:
                 allowed = ", ".join(list(properties)[:12]) or "none"
                 self.fail((*path, name), f"no field {name!r} (allowed: {allowed})",
-                          shown_value(item))
+                          self.shown(item))
                 result[name] = item
             elif isinstance(extra, Mapping):
                 result[name] = self.check(item, extra, (*path, name))
@@ -866,6 +899,9 @@ class _Validator:
                 result[name] = item
         return result
 
+
+_FAILED = AnswerError("", "", "")
+"""What a quiet validator records: a failure nobody will read."""
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?[ \t]*```", re.DOTALL)
 
@@ -956,6 +992,9 @@ def validate_value(value: Any, schema: Mapping[str, Any]) -> tuple[Any, list[Ans
                                   "deeper nesting")]
     validator = _Validator()
     checked = validator.check(value, schema, ())
+    if validator.steps[0] < 0:
+        return None, [AnswerError("$", "an answer simple enough to check",
+                                  f"more than {MAX_CHECK_STEPS} checks")]
     return (None, validator.errors) if validator.errors else (checked, [])
 
 

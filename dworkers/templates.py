@@ -103,12 +103,14 @@ def parse(template: str, typed: bool = False) -> ParsedTemplate:
             literal.append(token)
         else:
             field = token[1:-1]
-            issue = _field_issue(field, start, typed)
-            if issue is None:
+            found = _placeholder(field, start, typed)
+            if isinstance(found, Placeholder):
                 if literal:
                     parts.append("".join(literal))
                     literal = []
-                parts.append(_placeholder(field, start) if typed else Placeholder(field, start))
+                parts.append(found)
+            else:
+                issue = found
         if issue is not None:
             if len(issues) == MAX_ISSUES:
                 # Enough to act on; stop here so a hostile template costs no more.
@@ -140,7 +142,8 @@ _UNSUPPORTED = (  # (mark, what the placeholder does, how to fix it)
 )
 
 
-def _field_issue(field: str, offset: int, typed: bool) -> TemplateIssue | None:
+def _placeholder(field: str, offset: int, typed: bool) -> Placeholder | TemplateIssue:
+    """The placeholder ``{field}`` at ``offset``, or what is wrong with it."""
     # Escaped, so a newline or control character inside the braces stays visible and the
     # message stays on one line.
     text = "{" + crop(repr(field)[1:-1], 40) + "}"
@@ -161,25 +164,20 @@ def _field_issue(field: str, offset: int, typed: bool) -> TemplateIssue | None:
             )
     if typed:
         try:
-            conditions.parse_reference(field)
+            node = conditions.parse_reference(field)
         except conditions.ConditionSyntaxError as exc:
             return TemplateIssue(f"placeholder {text}: {exc.issue.message}", exc.issue.hint,
                                  offset, _SYNTAX)
-        return None
+        if isinstance(node, conditions.Default):
+            return Placeholder(node.ref.text, offset, True, node.fallback.value)
+        return Placeholder(node.text, offset)
     if not IDENTIFIER.match(field):
         return TemplateIssue(
             f"placeholder {text} is not a valid input name",
             "input names are letters, digits and '_', not starting with a digit",
             offset, _SYNTAX,
         )
-    return None
-
-
-def _placeholder(field: str, offset: int) -> Placeholder:
-    node = conditions.parse_reference(field)
-    if isinstance(node, conditions.Default):
-        return Placeholder(node.ref.text, offset, True, node.fallback.value)
-    return Placeholder(node.text, offset)
+    return Placeholder(field, offset)
 
 
 def _base_name(field: str, mark: str) -> str:

@@ -163,6 +163,12 @@ def test_a_step_that_may_be_skipped_must_say_what_to_use_instead() -> None:
     assert problems("triage.severity ?? 'none' == 'nnoe'", SKIPPABLE)[0][1] == "not-in-enum"
 
 
+@pytest.mark.parametrize("value", [True, None, 3, "", "  ", ["a"]])
+def test_a_when_that_is_not_text_is_one_problem(value: object) -> None:
+    (issue,) = check(value, SCOPE)
+    assert issue.message.startswith("when: must be a condition written as text, not ")
+
+
 def test_several_problems_are_all_reported_in_order() -> None:
     found = problems("triage.sevrity == 'high' and briefing.x == 1 and triage.risk == 'a'")
     assert [(column, code) for column, code, _, _ in found] == [

@@ -153,6 +153,31 @@ def test_a_deep_or_huge_schema_is_one_problem_not_a_crash() -> None:
     assert schema is None and len(problems) == 1
 
 
+def test_refs_that_expand_exponentially_are_refused() -> None:
+    defs: dict[str, Any] = {"D0": {"type": "string"}}
+    for i in range(1, 40):
+        defs[f"D{i}"] = {"type": "object", "properties": {
+            "a": {"$ref": f"#/$defs/D{i - 1}"}, "b": {"$ref": f"#/$defs/D{i - 1}"}}}
+    schema = {"type": "object", "properties": {"x": {"$ref": "#/$defs/D39"}}, "$defs": defs}
+    (problem,) = check_schema(schema)
+    assert problem.message == "output_schema expands to more than 2000 parts through its $refs"
+
+
+def test_nested_choices_cannot_make_checking_an_answer_exponential() -> None:
+    node: dict[str, Any] = {"type": "integer"}
+    for _ in range(7):  # each level: a list of this, or a list of this
+        node = {"anyOf": [{"type": "array", "items": node}, {"type": "array", "items": node,
+                                                               "minItems": 0}]}
+    schema = {"type": "object", "properties": {"v": node}}
+    assert check_schema(schema) == []
+    value: Any = "x"
+    for _ in range(7):
+        value = [value] * 5
+    _, errors = validate_answer(json.dumps({"v": value}), schema)
+    assert errors == [AnswerError("$", "an answer simple enough to check",
+                                  "more than 1000000 checks")]
+
+
 def test_strings_and_other_values_are_not_schemas() -> None:
     assert output_schema.is_schema_file("schemas/triage.yaml")
     assert output_schema.is_schema_file("t.JSON")

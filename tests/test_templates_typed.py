@@ -10,6 +10,7 @@ from dworkers import templates
 from dworkers.conditions import Scope
 from dworkers.output_schema import fields, normalise
 from dworkers.templates import Placeholder, check_references, parse, render, render_value
+from tests.support import LINEAR, growth
 
 
 def triage_fields() -> Any:
@@ -191,3 +192,9 @@ def test_deep_values_render_without_recursion_errors() -> None:
     compact = lines[-1].strip()
     assert compact.endswith('"end"' + "]" * compact.count("["))
     assert compact.count("[") + len(lines) - 2 == 200  # bullets, then the rest as JSON
+
+
+@pytest.mark.parametrize("piece", ["{triage.severity}", "{a ?? 'x'}", "{a.b", "{0}"])
+def test_typed_parsing_is_linear(piece: str) -> None:
+    texts = {n: piece * n for n in (5_000, 20_000)}
+    assert growth(lambda n: lambda: parse(texts[n], typed=True), 5_000) < LINEAR
