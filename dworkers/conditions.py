@@ -67,6 +67,26 @@ class Scope(NamedTuple):
     step_id: str = ""
 
 
+def scope_for(step_id: str, graph: Mapping[str, Collection[str]],
+              inputs: Collection[str] | None,
+              step_fields: Mapping[str, Mapping[str, FieldInfo] | None],
+              conditional: Collection[str]) -> Scope:
+    """The ``Scope`` of one step of a plan: ``graph`` maps each step to its ``depends_on``,
+    ``step_fields`` each typed step to ``output_schema.fields(...)``, ``conditional`` names the
+    steps that have a ``when:``."""
+    upstream: dict[str, None] = {}
+    stack = list(graph.get(step_id, ()))
+    while stack:  # iterative: a long chain of steps needs no recursion
+        dependency = stack.pop()
+        if dependency not in upstream and dependency in graph:
+            upstream[dependency] = None
+            stack += graph[dependency]
+    ordered = [s for s in graph if s in upstream]
+    return Scope(inputs, {s: step_fields.get(s) for s in ordered},
+                 [s for s in graph if s not in upstream], [s for s in ordered if s in conditional],
+                 step_id)
+
+
 # --- syntax tree --------------------------------------------------------------------------------
 
 
@@ -334,7 +354,7 @@ class _Parser:
         return Lit(items, start.offset)
 
 
-def parse(text: str) -> Node:
+def parse_condition(text: str) -> Node:
     """The syntax tree of a condition; raises ``ConditionSyntaxError``."""
     if len(text) > MAX_CONDITION_CHARS:
         raise ConditionSyntaxError(Issue(
@@ -407,6 +427,9 @@ def resolve(path: tuple[str, ...], scope: Scope, has_default: bool, offset: int,
         return TEXT, None
     if root in scope.steps:
         return _resolve_step(root, rest, scope, has_default, offset, written)
+    if root == scope.step_id:
+        return ANY, Issue(f"step {root!r} cannot read its own answer: it has none yet",
+                          "name an upstream step or an input", offset, "not-upstream")
     if root in scope.others:
         where = f"step {scope.step_id!r}" if scope.step_id else "this step"
         return ANY, Issue(f"step {root!r} is not upstream of {where}, so {text} has no value "
@@ -486,7 +509,7 @@ def describe_field(info: FieldInfo, with_values: bool = True) -> str:
     return " or ".join(names[k] for k in sorted(_kinds(info), key=JSON_TYPES.index))
 
 
-class _Checker:
+class _TypeChecker:
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.issues: list[Issue] = []
@@ -619,7 +642,7 @@ def _name_of(node: Node) -> str:
     return "this part"
 
 
-def check(text: object, scope: Scope) -> list[Issue]:
+def check_condition(text: object, scope: Scope) -> list[Issue]:
     """Every problem with a ``when:`` expression: syntax, references (unknown, not upstream,
     a field that does not exist, a skippable step without ``??``), types (a boolean compared
     with text, a value outside an enum, ordering of non-numbers), and a result that is not
@@ -629,10 +652,10 @@ def check(text: object, scope: Scope) -> list[Issue]:
                       "write e.g. when: \"triage.in_scope and triage.severity == 'high'\"", 0,
                       "condition-syntax")]
     try:
-        node = parse(text)
+        node = parse_condition(text)
     except ConditionSyntaxError as exc:
         return [Issue(exc.issue.message, exc.issue.hint, exc.issue.offset, "condition-syntax")]
-    checker = _Checker(scope)
+    checker = _TypeChecker(scope)
     result = checker.infer(node)
     if result is not ANY and "boolean" not in result.types:
         checker.add(f"when: must be true or false, but {_name_of(node)} is "
@@ -705,14 +728,14 @@ def _compare(op: str, left: Any, right: Any) -> bool:
 def evaluate(condition: str | Node, values: Mapping[str, Any]) -> bool:
     """Whether a condition holds. Only ``true`` counts as true; a missing value compares as
     null. Raises ``ConditionSyntaxError`` for text that does not parse (``check`` first)."""
-    node = parse(condition) if isinstance(condition, str) else condition
+    node = parse_condition(condition) if isinstance(condition, str) else condition
     return _value(node, values) is True
 
 
 def explain(condition: str, values: Mapping[str, Any]) -> str:
     """Why a condition came out as it did, for the tree, ``run.json`` and the report:
     ``when: triage.severity == 'high' is false (triage.severity = "low")``."""
-    node = parse(condition)
+    node = parse_condition(condition)
     outcome = "true" if evaluate(node, values) else "false"
     shown = []
     for ref in dict.fromkeys(references(node)):

@@ -167,7 +167,7 @@ def looks_like_json_schema(raw: Mapping[str, Any]) -> bool:
                                   and all(k in JSON_TYPES for k in kind))
 
 
-def normalise(raw: object) -> tuple[Schema | None, list[SchemaProblem]]:
+def normalise_schema(raw: object) -> tuple[Schema | None, list[SchemaProblem]]:
     """Any accepted form (already loaded from its file) → a self-contained JSON Schema with no
     ``$ref``; or ``None`` and every problem found, located in what the user wrote."""
     if isinstance(raw, type) and hasattr(raw, "model_json_schema"):
@@ -763,12 +763,12 @@ def shown_value(value: object, width: int = 60) -> str:
     return crop(text.replace("\n", "\\n"), width)
 
 
-def describe(schema: Mapping[str, Any]) -> str:
+def describe_schema(schema: Mapping[str, Any]) -> str:
     """What a schema expects, for people and models: 'one of "low", "medium"',
     'integer ≥ 1 and ≤ 5', 'list of at least 1 item'."""
     branches = _branches(schema)
     if len(branches) > 1:
-        return " or ".join(dict.fromkeys(describe(b) for b in branches))
+        return " or ".join(dict.fromkeys(describe_schema(b) for b in branches))
     if "const" in schema:
         return shown_value(schema["const"])
     if "enum" in schema:
@@ -778,8 +778,8 @@ def describe(schema: Mapping[str, Any]) -> str:
              "number": "number", "boolean": "true or false", "null": "null"}
     text = " or ".join(names[k] for k in kinds) or "any value"
     if kinds == ["array"] and isinstance(schema.get("items"), Mapping):
-        text = f"list of ({describe(schema['items'])})" if "anyOf" in schema["items"] else \
-            f"list of {describe(schema['items'])}"
+        text = f"list of ({describe_schema(schema['items'])})" if "anyOf" in schema["items"] else \
+            f"list of {describe_schema(schema['items'])}"
     elif kinds == ["object"] and isinstance(schema.get("properties"), Mapping):
         field_names = list(schema["properties"])
         more = " ..." if len(field_names) > 8 else ""
@@ -858,7 +858,7 @@ class _Validator:
         return value
 
     def expected(self, schema: Mapping[str, Any]) -> str:
-        return "" if self.quiet else describe(schema)
+        return "" if self.quiet else describe_schema(schema)
 
     def shown(self, value: Any) -> str:
         return "" if self.quiet else shown_value(value)

@@ -222,10 +222,10 @@ def render_value(value: Any) -> str:
         return "(none)"
     if isinstance(value, dict | list):
         return "\n".join(_lines(value, "", 0))
-    return _scalar(value)
+    return _scalar_text(value)
 
 
-def _scalar(value: Any) -> str:
+def _scalar_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
@@ -251,7 +251,7 @@ def _lines(value: dict[str, Any] | list[Any], pad: str, depth: int) -> list[str]
             else:
                 lines += [pad + label, *nested]
         else:
-            text = _scalar(item).replace("\n", "\n" + pad + "  ")
+            text = _scalar_text(item).replace("\n", "\n" + pad + "  ")
             lines.append(f"{pad}{label} {text}")
     return lines
 

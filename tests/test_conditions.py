@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dworkers import conditions
-from dworkers.conditions import ConditionSyntaxError, Scope, check, evaluate, explain
-from dworkers.output_schema import fields, normalise
+from dworkers.conditions import ConditionSyntaxError, Scope, check_condition, evaluate, explain
+from dworkers.output_schema import fields, normalise_schema
 
 
 def triage_fields() -> Any:
-    schema, _ = normalise({
+    schema, _ = normalise_schema({
         "severity": "low|medium|high", "in_scope": "bool", "risk": "int(1..5)",
         "findings": [{"control": "str"}], "summary": "str", "owner?": {"email": "str"},
         "extra?": {"type": "str"},
@@ -28,7 +28,7 @@ SKIPPABLE = SCOPE._replace(may_skip=["triage"])
 
 
 def problems(expr: str, scope: Scope = SCOPE) -> list[tuple[int, str, str, str]]:
-    return [(i.column, i.code, i.message, i.hint) for i in check(expr, scope)]
+    return [(i.column, i.code, i.message, i.hint) for i in check_condition(expr, scope)]
 
 
 @pytest.mark.parametrize("expr", [
@@ -141,13 +141,13 @@ def test_syntax_errors_point_at_their_column(expr: str, column: int, message: st
 
 
 def test_hostile_conditions_are_bounded() -> None:
-    (issue,) = check("(" * 100_000, SCOPE)
+    (issue,) = check_condition("(" * 100_000, SCOPE)
     assert "over the limit of 2000" in issue.message
-    (issue,) = check("(" * 100 + "true" + ")" * 100, SCOPE)
+    (issue,) = check_condition("(" * 100 + "true" + ")" * 100, SCOPE)
     assert issue.message == "condition nested deeper than 32 levels"
-    (issue,) = check("not " * 400 + "true", SCOPE)
+    (issue,) = check_condition("not " * 400 + "true", SCOPE)
     assert issue.message == "condition nested deeper than 32 levels"
-    (issue,) = check("x in " + "[" * 600, SCOPE)
+    (issue,) = check_condition("x in " + "[" * 600, SCOPE)
     assert issue.code == "condition-syntax"
 
 
@@ -165,7 +165,7 @@ def test_a_step_that_may_be_skipped_must_say_what_to_use_instead() -> None:
 
 @pytest.mark.parametrize("value", [True, None, 3, "", "  ", ["a"]])
 def test_a_when_that_is_not_text_is_one_problem(value: object) -> None:
-    (issue,) = check(value, SCOPE)
+    (issue,) = check_condition(value, SCOPE)
     assert issue.message.startswith("when: must be a condition written as text, not ")
 
 
@@ -222,12 +222,12 @@ def test_explain_names_the_values_that_decided() -> None:
 
 
 def test_references_lists_what_a_condition_reads() -> None:
-    node = conditions.parse("a.b == 1 or (c ?? 2) in [1, 2] and not d.e.f")
+    node = conditions.parse_condition("a.b == 1 or (c ?? 2) in [1, 2] and not d.e.f")
     assert [ref.text for ref in conditions.references(node)] == ["a.b", "c", "d.e.f"]
 
 
 def test_step_ids_with_hyphens_and_digits_are_names() -> None:
-    node = conditions.parse("scope-audit.risk >= 2 and 1st-pass.ok")
+    node = conditions.parse_condition("scope-audit.risk >= 2 and 1st-pass.ok")
     assert [ref.path for ref in conditions.references(node)] == [
         ("scope-audit", "risk"), ("1st-pass", "ok")]
     assert evaluate("x == -1.5e1", {"x": -15}) is True
@@ -253,8 +253,22 @@ def test_evaluation_is_total_on_any_answer(triage: Any, brief: Any) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="ab.()[]'\"=!<>?, -1notandorin", max_size=60))
 def test_any_text_either_parses_or_is_one_located_syntax_problem(text: str) -> None:
-    found = check(text, SCOPE._replace(inputs=None))
+    found = check_condition(text, SCOPE._replace(inputs=None))
     syntax = [i for i in found if i.code == "condition-syntax"]
     assert len(syntax) <= 1
     for issue in found:
         assert 0 <= issue.offset <= len(text)
+
+
+def test_scope_for_a_step_holds_its_upstream_steps_and_which_may_be_skipped() -> None:
+    graph = {"triage": [], "research": ["triage"], "deep-dive": ["research"],
+             "briefing": ["deep-dive"], "side": []}
+    scope = conditions.scope_for("deep-dive", graph, ["brief"],
+                                 {"triage": triage_fields()}, conditional={"research", "side"})
+    assert list(scope.steps) == ["triage", "research"]  # upstream, direct or not
+    assert scope.steps["research"] is None  # untyped
+    assert list(scope.others) == ["deep-dive", "briefing", "side"]
+    assert list(scope.may_skip) == ["research"]
+    assert problems("triage.in_scope and 'x' in research ?? ''", scope) == []
+    assert [p[1] for p in problems("side == 'x' or briefing == 'y'", scope)] == [
+        "not-upstream", "not-upstream"]

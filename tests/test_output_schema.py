@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import pydantic
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from dworkers import output_schema
 from dworkers.output_schema import (
@@ -21,7 +21,7 @@ from dworkers.output_schema import (
     check_schema,
     fields,
     mock_value,
-    normalise,
+    normalise_schema,
     reask_message,
     validate_answer,
 )
@@ -37,7 +37,7 @@ TRIAGE = {
 
 
 def triage_schema() -> dict[str, Any]:
-    schema, problems = normalise(TRIAGE)
+    schema, problems = normalise_schema(TRIAGE)
     assert problems == [] and schema is not None
     return schema
 
@@ -81,7 +81,7 @@ def test_the_concise_form_becomes_a_strict_json_schema() -> None:
 ])
 def test_concise_form_problems_are_located(spec: dict[str, Any], path: tuple[Any, ...],
                                            message: str, fix: str) -> None:
-    schema, problems = normalise(spec)
+    schema, problems = normalise_schema(spec)
     assert schema is None
     (problem,) = problems
     assert problem.path == path and problem.message == message and fix in problem.fix
@@ -90,9 +90,9 @@ def test_concise_form_problems_are_located(spec: dict[str, Any], path: tuple[Any
 def test_json_schema_is_recognised_and_checked_as_written() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}},
               "required": ["a"]}
-    assert normalise(schema) == (schema, [])
+    assert normalise_schema(schema) == (schema, [])
     # a field of the concise form may be called 'type' when its type is not a JSON type name
-    assert normalise({"type": "str"})[0] == {
+    assert normalise_schema({"type": "str"})[0] == {
         "type": "object", "properties": {"type": {"type": "string"}},
         "additionalProperties": False, "required": ["type"]}
 
@@ -137,7 +137,7 @@ def test_json_schema_problems_are_located(schema: dict[str, Any], path: tuple[An
     problems = check_schema(schema)
     assert [(p.path, p.message) for p in problems][:1] == [(path, message)]
     assert fix in problems[0].fix
-    assert normalise(schema)[0] is None
+    assert normalise_schema(schema)[0] is None
 
 
 def test_a_deep_or_huge_schema_is_one_problem_not_a_crash() -> None:
@@ -149,7 +149,7 @@ def test_a_deep_or_huge_schema_is_one_problem_not_a_crash() -> None:
     concise: Any = "str"
     for _ in range(5_000):
         concise = {"a": concise}
-    schema, problems = normalise(concise)
+    schema, problems = normalise_schema(concise)
     assert schema is None and len(problems) == 1
 
 
@@ -182,9 +182,9 @@ def test_strings_and_other_values_are_not_schemas() -> None:
     assert output_schema.is_schema_file("schemas/triage.yaml")
     assert output_schema.is_schema_file("t.JSON")
     assert not output_schema.is_schema_file("severity: low|high")
-    _, (problem,) = normalise("severity")
+    _, (problem,) = normalise_schema("severity")
     assert "neither a schema nor a schema file" in problem.message
-    _, (problem,) = normalise([1, 2])
+    _, (problem,) = normalise_schema([1, 2])
     assert problem.message == "output_schema must be a mapping"
 
 
@@ -201,7 +201,7 @@ class Triage(pydantic.BaseModel):
 
 
 def test_a_pydantic_model_is_normalised_with_its_refs_resolved() -> None:
-    schema, problems = normalise(Triage)
+    schema, problems = normalise_schema(Triage)
     assert problems == [] and schema is not None
     assert "$defs" not in json.dumps(schema) and "$ref" not in json.dumps(schema)
     assert schema["properties"]["findings"]["items"]["properties"]["name"]["type"] == "string"
@@ -217,7 +217,7 @@ def test_a_pydantic_model_with_an_unsupported_constraint_is_refused() -> None:
     class Code(pydantic.BaseModel):
         code: str = pydantic.Field(pattern="^[A-Z]+$")
 
-    schema, (problem,) = normalise(Code)
+    schema, (problem,) = normalise_schema(Code)
     assert schema is None and problem.path == ("properties", "code", "pattern")
 
 
@@ -409,6 +409,7 @@ def test_we_accept_exactly_what_json_schema_accepts(schema: dict[str, Any], seed
     mutated = {**mock, "value": replacement}
     for value in (mock, mutated, {"value": stranger}, stranger):
         accepted, errors = validate_answer(json.dumps(value), schema)
+        event("accepted" if not errors else "refused")
         assert (errors == []) == _jsonschema_accepts(value, schema), (value, errors)
         if not errors:
             assert _jsonschema_accepts(accepted, schema)

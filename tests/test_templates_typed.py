@@ -8,13 +8,13 @@ import pytest
 
 from dworkers import templates
 from dworkers.conditions import Scope
-from dworkers.output_schema import fields, normalise
+from dworkers.output_schema import fields, normalise_schema
 from dworkers.templates import Placeholder, check_references, parse, render, render_value
 from tests.support import LINEAR, growth
 
 
 def triage_fields() -> Any:
-    schema, _ = normalise({"severity": "low|medium|high", "findings": [{"control": "str"}],
+    schema, _ = normalise_schema({"severity": "low|medium|high", "findings": [{"control": "str"}],
                            "owner?": {"email": "str"}})
     assert schema is not None
     return fields(schema)
