@@ -11,12 +11,12 @@
   ``in`` tests membership of a list, or of text in text.
 * ``ref ?? literal``: the value to use when the step was skipped (its own ``when:`` was false),
   the field is absent, or it is null. A step whose ``when:`` may be false may be skipped, so a
-  reference to it must say what to use instead (``triage.severity ?? 'low'``); ``check`` insists.
-  Templates use the same syntax: ``{triage.severity ?? "n/a"}``.
+  reference to it must say what to use instead (``triage.severity ?? 'low'``), and
+  ``check_condition`` insists. Templates use the same syntax: ``{triage.severity ?? "n/a"}``.
 
 Parsing is a hand-written tokenizer and recursive-descent parser (no ``eval``), bounded in
 length (``MAX_CONDITION_CHARS``) and nesting (``MAX_NESTING``); every problem carries the offset
-of its place in the expression, so ``validate`` can point at ``file:line:col``. ``check``
+of its place in the expression, so ``validate`` can point at ``file:line:col``. ``check_condition``
 type-checks an expression against the upstream schemas before any call; ``evaluate`` is total on
 any values (a model's answer cannot make it raise). Comparisons follow JSON: ``1 == 1.0``,
 ``true != 1``; ordering compares two numbers or two texts, anything else is false.
@@ -727,7 +727,7 @@ def _compare(op: str, left: Any, right: Any) -> bool:
 
 def evaluate(condition: str | Node, values: Mapping[str, Any]) -> bool:
     """Whether a condition holds. Only ``true`` counts as true; a missing value compares as
-    null. Raises ``ConditionSyntaxError`` for text that does not parse (``check`` first)."""
+    null. Raises ``ConditionSyntaxError`` for text that does not parse (check it first)."""
     node = parse_condition(condition) if isinstance(condition, str) else condition
     return _value(node, values) is True
 

@@ -1,7 +1,7 @@
 """Typed step answers: what ``output_schema`` may say, and checking a model's answer against it.
 
-A step's ``output_schema`` is written in one of three forms, all normalised (``normalise``) to
-one JSON Schema in a supported subset:
+A step's ``output_schema`` is written in one of three forms, all normalised
+(``normalise_schema``) to one JSON Schema in a supported subset:
 
 * **JSON Schema**, inline in the plan or in a ``.json``/``.yaml`` file beside it (the loader
   reads the file and passes its data here). A mapping is read as JSON Schema when it has a
