@@ -116,10 +116,11 @@ class Not(NamedTuple):
 
 
 class Logic(NamedTuple):
+    """``a and b and c``: one node for the whole chain, so a long chain nests no deeper."""
+
     op: str  # "and" | "or"
-    left: Node
-    right: Node
-    offset: int  # of the operator
+    operands: tuple[Node, ...]
+    offset: int  # of the first operand
 
 
 class Compare(NamedTuple):
@@ -261,11 +262,12 @@ class _Parser:
         return self.logic("and", self.negation)
 
     def logic(self, op: str, operand: Any) -> Node:
-        node: Node = operand()
+        operands: list[Node] = [operand()]
         while self.token.kind == op:
-            at = self.take().offset
-            node = Logic(op, node, operand(), at)
-        return node
+            self.take()
+            operands.append(operand())
+        return operands[0] if len(operands) == 1 else Logic(op, tuple(operands),
+                                                              operands[0].offset)
 
     def negation(self) -> Node:
         if self.token.kind == "not":
@@ -391,7 +393,9 @@ def walk(node: Node) -> Iterator[Node]:
             stack += [item.fallback, item.ref]
         elif isinstance(item, Not):
             stack.append(item.operand)
-        elif isinstance(item, Logic | Compare):
+        elif isinstance(item, Logic):
+            stack += reversed(item.operands)
+        elif isinstance(item, Compare):
             stack += [item.right, item.left]
 
 
@@ -531,8 +535,8 @@ class _TypeChecker:
             self.truth(node.operand, "not")
             return BOOLEAN
         if isinstance(node, Logic):
-            self.truth(node.left, node.op)
-            self.truth(node.right, node.op)
+            for operand in node.operands:
+                self.truth(operand, node.op)
             return BOOLEAN
         self.compare(node)
         return BOOLEAN
@@ -560,8 +564,8 @@ class _TypeChecker:
         name = _name_of(node)
         self.add(f"{name} is {describe_field(info)}, not true or false, so '{op}' cannot use it",
                  f"compare it, e.g. {name} == ..." if isinstance(node, Ref | Default) else
-                 "use a comparison here", node.offset if not isinstance(node, Compare | Logic)
-                 else node.left.offset)
+                 "use a comparison here", node.left.offset if isinstance(node, Compare)
+                 else node.offset)
 
     def compare(self, node: Compare) -> None:
         left, right = self.infer(node.left), self.infer(node.right)
@@ -700,10 +704,8 @@ def _value(node: Node, values: Mapping[str, Any]) -> Any:
     if isinstance(node, Not):
         return _value(node.operand, values) is not True
     if isinstance(node, Logic):
-        left = _value(node.left, values) is True
-        if node.op == "and":
-            return left and _value(node.right, values) is True
-        return left or _value(node.right, values) is True
+        outcomes = (_value(operand, values) is True for operand in node.operands)
+        return all(outcomes) if node.op == "and" else any(outcomes)
     return _compare(node.op, _value(node.left, values), _value(node.right, values))
 
 

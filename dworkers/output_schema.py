@@ -1022,6 +1022,22 @@ def reask_message(answer: str, errors: Sequence[AnswerError]) -> str:
     return "\n".join(lines)
 
 
+def response_format(schema: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``response_format`` that asks a model for ``schema`` natively (OpenAI's shape, which
+    litellm passes on or translates). Not ``strict``: strict mode refuses schemas with
+    optional fields or ranges, and every answer is validated here anyway."""
+    safe_name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "answer"
+    return {"type": "json_schema",
+            "json_schema": {"name": safe_name, "schema": dict(schema), "strict": False}}
+
+
+def instructions(schema: Mapping[str, Any]) -> str:
+    """What the task says when the schema cannot be asked for natively (JSON mode), and what
+    reminds a model of it otherwise."""
+    return ("Answer with one JSON object, and nothing else, that matches this JSON Schema:\n"
+            "```json\n" + json.dumps(schema, indent=2, ensure_ascii=False) + "\n```")
+
+
 # --- mock answers -------------------------------------------------------------------------------
 
 

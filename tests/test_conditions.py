@@ -149,6 +149,10 @@ def test_hostile_conditions_are_bounded() -> None:
     assert issue.message == "condition nested deeper than 32 levels"
     (issue,) = check_condition("x in " + "[" * 600, SCOPE)
     assert issue.code == "condition-syntax"
+    longest = " and ".join(["triage.in_scope"] * 100)  # as long as a condition may be
+    assert check_condition(longest, SCOPE) == []
+    assert evaluate(longest, VALUES) is True
+    assert evaluate(" or ".join(["triage.risk < 0"] * 100), VALUES) is False
 
 
 def test_a_step_that_may_be_skipped_must_say_what_to_use_instead() -> None:

@@ -321,6 +321,16 @@ def test_the_reask_shows_the_answer_and_every_error() -> None:
     assert len(long) < 10_000 and "(44000 more characters)" in long
 
 
+def test_the_schema_is_asked_for_natively_or_in_the_instructions() -> None:
+    schema = triage_schema()
+    assert output_schema.response_format(schema, "deep dive/1") == {
+        "type": "json_schema",
+        "json_schema": {"name": "deep_dive_1", "schema": schema, "strict": False}}
+    text = output_schema.instructions(schema)
+    body = text.split("```json\n", 1)[1].rsplit("\n```", 1)[0]
+    assert json.loads(body) == schema and text.startswith("Answer with one JSON object")
+
+
 # --- mock answers -------------------------------------------------------------------------------
 
 
