@@ -198,3 +198,19 @@ def test_deep_values_render_without_recursion_errors() -> None:
 def test_typed_parsing_is_linear(piece: str) -> None:
     texts = {n: piece * n for n in (5_000, 20_000)}
     assert growth(lambda n: lambda: parse(texts[n], typed=True), 5_000) < LINEAR
+
+
+@pytest.mark.parametrize("field", ["severity", "findings", "owner", "owner.email"])
+def test_every_one_letter_typo_in_a_template_field_is_reported(field: str) -> None:
+    """The issue's measure, exhaustively for one-letter edits: 100 % reported, 0 false
+    positives on the fields that exist."""
+    assert issues(f"Use {{triage.{field}}}") == []
+    known = set(triage_fields())
+    letters = "abcdefghijklmnopqrstuvwxyz_"
+    typos = {field[:i] + c + field[i + j:] for i in range(len(field)) for c in letters
+             for j in (0, 1)} | {field[:i] + field[i + 1:] for i in range(len(field))}
+    typos = {t for t in typos if t not in known and not t.startswith(".") and
+             not t.endswith(".") and ".." not in t}
+    for typo in typos:
+        found = issues(f"Use {{triage.{typo}}}")
+        assert [(offset, code) for offset, code, _, _ in found] == [(4, "unknown-field")], typo
