@@ -576,6 +576,8 @@ def _bound(node: Mapping[str, Any], closed: str, open_: str,
 
 
 def _ref_target(root: Mapping[str, Any], ref: object) -> Any:
+    """The schema a local ``$ref`` names (``#/$defs/Name``), or ``None``. Any other reference,
+    ``#`` itself included (always recursive), names nothing here."""
     if not isinstance(ref, str):
         return None
     for prefix in ("#/$defs/", "#/definitions/"):
@@ -584,8 +586,6 @@ def _ref_target(root: Mapping[str, Any], ref: object) -> Any:
             name = ref[len(prefix):]
             if isinstance(defs, Mapping) and name in defs:
                 return defs[name]
-    if ref == "#":
-        return None  # the root itself: always recursive
     return None
 
 
