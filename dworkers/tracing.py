@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,6 +63,11 @@ if TYPE_CHECKING:
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 CAPTURE_CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+TIMEOUT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+# How long one export may take, retries included, unless a timeout variable says: a collector
+# that is down then delays the end of a run by this much, not by the SDK's default 10 s.
+EXPORT_TIMEOUT_SECONDS = 3.0
+KEPT_EXPORT_PROBLEMS = 20
 SEMCONV_SCHEMA = "https://opentelemetry.io/schemas/1.41.0"
 SERVICE_NAME = "dworkers"
 ERROR_TEXT_CHARS = 500  # a span's status description: the error's gist, not a whole body
@@ -115,12 +121,35 @@ def tracer_for(
         if flag is None:
             return None
         raise PreflightError([Problem(
-            "--trace needs the OpenTelemetry SDK, which is not installed",
+            "tracing needs the OpenTelemetry SDK (the otel extra), which is not installed",
             "pip install 'dworkers[otel]', or leave out --trace", "missing-extra",
             file="--trace")]) from None
     capture = content_requested() if capture_content is None else capture_content
-    return RunTracer([processor], capture_content=capture, resumed_from=resumed_from,
-                     resumed_trace_id=resumed_trace_id)
+    tracer = RunTracer([processor], capture_content=capture, resumed_from=resumed_from,
+                       resumed_trace_id=resumed_trace_id)
+    _keep_sdk_logs(tracer.export_problems)
+    return tracer
+
+
+class _ExportProblems(logging.Handler):
+    """Keeps what the SDK and its exporter report (a collector that cannot be reached), so it
+    never lands on the terminal over the live view: the run says it once, at the end."""
+
+    def __init__(self, kept: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.kept = kept
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.kept) < KEPT_EXPORT_PROBLEMS:
+            self.kept.append(redact(crop(one_line(record.getMessage()), ERROR_TEXT_CHARS)))
+
+
+def _keep_sdk_logs(kept: list[str]) -> None:
+    sdk_logger = logging.getLogger("opentelemetry")
+    for handler in [h for h in sdk_logger.handlers if isinstance(h, _ExportProblems)]:
+        sdk_logger.removeHandler(handler)  # an earlier run's, in the same process
+    sdk_logger.addHandler(_ExportProblems(kept))
+    sdk_logger.propagate = False
 
 
 def _otlp_processor() -> SpanProcessor:
@@ -137,7 +166,9 @@ def _otlp_processor() -> SpanProcessor:
             OTLPSpanExporter,
         )
 
-        exporter = OTLPSpanExporter()
+        timeout = None if any(os.environ.get(name) for name in TIMEOUT_VARIABLES) else \
+            EXPORT_TIMEOUT_SECONDS
+        exporter = OTLPSpanExporter(timeout=timeout)
     elif protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found, unused-ignore]
@@ -248,10 +279,11 @@ class RunTracer:
         self.resumed_from = resumed_from
         self.resumed_trace_id = resumed_trace_id
         self.error: BaseException | None = None
+        self.export_problems: list[str] = []  # what the exporter reported (``tracer_for``'s)
+        self.closed = False
         # One offset for every event: monotonic seconds → epoch nanoseconds.
         self._epoch_offset_ns = time.time_ns() - time.monotonic_ns()
         self._run_id = self._plan = self._tenant = ""
-        self._dataset = False
         self._infos: dict[str, StepInfo] = {}
         self._workflows: dict[str | None, Span] = {}  # row key (None: a single run) → span
         self._steps: dict[tuple[str | None, str], _StepSpans] = {}
@@ -273,8 +305,10 @@ class RunTracer:
             self.error = exc
 
     def close(self) -> None:
-        """Export every span still buffered, and stop."""
-        self.provider.shutdown()
+        """Export every span still buffered, and stop (once; later calls do nothing)."""
+        if not self.closed:
+            self.closed = True
+            self.provider.shutdown()
 
     # --- propagation (Ray workers join a row's trace) -----------------------------------------
 
@@ -299,7 +333,6 @@ class RunTracer:
 
     def _run_started(self, event: RunStarted) -> None:
         self._run_id, self._plan, self._tenant = event.run_id, event.plan, event.tenant
-        self._dataset = event.dataset
         self._infos = {info.step_id: info for info in event.steps}
         if not event.dataset:
             self._open_workflow(None, event.started_at)
@@ -421,11 +454,13 @@ class RunTracer:
                                                     "content": redact(event.answer)}],
                     "finish_reason": event.finish_reason or "stop"}])
         start = event.started_at or started or event.at
-        self._chat_span(state, event.request_model, attributes, start, event.at, event.error)
+        assert state.agent is not None
+        self._chat_span(state.agent, event.request_model, attributes, start, event.at,
+                        event.error)
 
-    def _chat_span(self, state: _StepSpans, model: str, attributes: dict[str, Any],
+    def _chat_span(self, agent: Span, model: str, attributes: dict[str, Any],
                    start: float, end: float, error: str | None) -> None:
-        parent = self._trace.set_span_in_context(state.agent)
+        parent = self._trace.set_span_in_context(agent)
         span = self._tracer.start_span(f"chat {model}", context=parent,
                                        kind=self._trace.SpanKind.CLIENT,
                                        attributes=attributes, start_time=self._ns(start))
@@ -470,7 +505,7 @@ class RunTracer:
         cut_short = state.started.items() if result.status is StepStatus.CANCELLED else ()
         for attempt, started in sorted(cut_short):
             model = result.model or self._model_of(result.step_id)
-            self._chat_span(state, model, {
+            self._chat_span(state.agent, model, {
                 "gen_ai.operation.name": "chat",
                 "gen_ai.provider.name": provider_name(model),
                 "gen_ai.request.model": model, "dworkers.run_id": self._run_id,

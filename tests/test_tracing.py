@@ -261,6 +261,7 @@ def test_a_resumed_run_is_a_new_trace_linked_to_the_one_it_resumes(
     reuse = {sid: r for sid, r in earlier.outputs.items() if sid in ("a", "b")}
     resumed, result = traced_run(llm_server, DIAMOND, reuse=reuse,
                                  tracer={"resumed_from": earlier.run_id})
+    assert result.success
     [original] = first.named("invoke_workflow")
     [root] = resumed.named("invoke_workflow")
     assert root.context.trace_id != original.context.trace_id
