@@ -198,6 +198,14 @@ def trace_ids_of(run_id: str, row: str | None = None) -> tuple[int, int]:
     return (int.from_bytes(digest[:16], "big") or 1), (int.from_bytes(digest[16:24], "big") or 1)
 
 
+def trace_carrier(run_id: str, row: str | None = None) -> dict[str, str]:
+    """The W3C trace context (``traceparent``) of a run's workflow span, or a row's: a dict to
+    send with the row to a Ray worker, where ``joined`` makes spans join the row's trace.
+    Known from the ids alone, before the row has started anywhere."""
+    trace_id, span_id = trace_ids_of(run_id, row)
+    return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-01"}
+
+
 def _id_generator() -> Any:
     """The SDK's random ids, except for a root span whose ids were set just before."""
     from opentelemetry.sdk.trace.id_generator import (  # type: ignore[import-not-found, unused-ignore]
@@ -310,22 +318,6 @@ class RunTracer:
             self.closed = True
             self.provider.shutdown()
 
-    # --- propagation (Ray workers join a row's trace) -----------------------------------------
-
-    def carrier_for(self, row: str | None = None) -> dict[str, str]:
-        """The W3C trace context of a run's (or a row's) workflow span, as a dict to send
-        with the row; ``joined`` on the other side makes spans there join the trace."""
-        from opentelemetry.trace.propagation.tracecontext import (  # type: ignore[import-not-found, unused-ignore]
-            TraceContextTextMapPropagator,
-        )
-
-        span = self._workflows.get(row)
-        carrier: dict[str, str] = {}
-        if span is not None:
-            TraceContextTextMapPropagator().inject(
-                carrier, context=self._trace.set_span_in_context(span))
-        return carrier
-
     # --- handlers ------------------------------------------------------------------------------
 
     def _ns(self, at: float) -> int:
@@ -368,7 +360,9 @@ class RunTracer:
         return span
 
     def _resumed_context(self, row: str | None) -> Any:
-        trace_id, span_id = trace_ids_of(self.resumed_from or self.resumed_trace_id or "", row)
+        """The root span the resumed run's trace links to: derived from its run id, unless
+        its trace id is given."""
+        trace_id, span_id = trace_ids_of(self.resumed_from or "", row)
         if self.resumed_trace_id is not None:
             with contextlib.suppress(ValueError):
                 trace_id = int(self.resumed_trace_id, 16) or trace_id
@@ -638,8 +632,8 @@ def _error_text(text: str | None) -> str:
 
 @contextlib.contextmanager
 def joined(carrier: Mapping[str, str]) -> Iterator[None]:
-    """Spans started inside join the trace ``RunTracer.carrier_for`` described (on a Ray
-    worker: the row's), whatever tracer starts them."""
+    """Spans started inside join the trace ``trace_carrier`` described (on a Ray worker: the
+    row's), whatever tracer starts them."""
     from opentelemetry import context  # type: ignore[import-not-found, unused-ignore]
     from opentelemetry.trace.propagation.tracecontext import (  # type: ignore[import-not-found, unused-ignore]
         TraceContextTextMapPropagator,

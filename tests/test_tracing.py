@@ -35,11 +35,13 @@ from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.errors import LLMError, Usage
 from dworkers.events import (
     AttemptFinished,
+    DatasetFinished,
     DatasetResult,
     EventLog,
     Row,
     RowFinished,
     RowResult,
+    RowStarted,
     RowStatus,
     RunFinished,
     RunResult,
@@ -52,7 +54,7 @@ from dworkers.events import (
     StepStatus,
 )
 from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest, knows_price
-from dworkers.tracing import RunTracer, joined, trace_ids_of
+from dworkers.tracing import RunTracer, joined, trace_carrier, trace_ids_of
 from dworkers.types import WorkerRole
 
 __all__ = ["llm_server"]
@@ -326,24 +328,25 @@ def test_each_row_of_a_dataset_run_is_its_own_trace(llm_server: FakeLLMServer) -
 
 
 def test_a_row_trace_is_joined_from_elsewhere_through_its_carrier() -> None:
+    carrier = trace_carrier("run-1", "row-7")  # sent with the row, before it starts
     traced = Traced()
     now = time.monotonic()
     traced(RunStarted("run-1", "p", "t", (StepInfo("a", "A", "analyst", "openai/x", ()),), now,
                       dataset=True))
-    from dworkers.events import RowStarted
-
     traced(RowStarted("row-7", 3, now))
-    carrier = traced.tracer.carrier_for("row-7")
-    assert carrier.keys() == {"traceparent"}
+    traced(RowFinished(RowResult(key="row-7", status=RowStatus.SUCCEEDED), now + 1))
+    [row] = traced.named("invoke_workflow")
 
     worker = InMemorySpanExporter()  # a Ray worker's own tracer provider
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(worker))
     with joined(carrier):
         provider.get_tracer("worker").start_span("execute_tool regs").end()
-    [remote] = worker.get_finished_spans()
-    trace_id, span_id = trace_ids_of("run-1", "row-7")
-    assert remote.context.trace_id == trace_id and remote.parent.span_id == span_id
+    provider.get_tracer("worker").start_span("elsewhere").end()  # outside: its own trace
+    remote, outside = worker.get_finished_spans()
+    assert remote.context.trace_id == row.context.trace_id
+    assert remote.parent is not None and remote.parent.span_id == row.context.span_id
+    assert outside.context.trace_id != row.context.trace_id
 
 
 # --- timing and content --------------------------------------------------------------------
@@ -468,8 +471,6 @@ def test_rows_that_never_started_are_still_traced() -> None:
     traced(RunStarted("run-2", "p", "t", (), now, dataset=True))
     traced(RowFinished(RowResult(key="late", status=RowStatus.SKIPPED,
                                  error="stopped after 1 failed row"), now + 1))
-    from dworkers.events import DatasetFinished
-
     traced(DatasetFinished(DatasetResult(run_id="run-2", plan="p", tenant="t"), now + 2))
     [root] = traced.named("invoke_workflow")
     assert root.attributes["dworkers.row"] == "late"

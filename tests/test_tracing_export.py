@@ -134,6 +134,9 @@ def test_the_traces_endpoint_and_service_name_variables_are_honoured(
 
 def test_no_trace_and_no_endpoint_mean_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tracer_for(None) is None
+    forced = tracer_for(True)  # --trace without an endpoint: the OTLP default one
+    assert forced is not None
+    forced.close()  # nothing was traced: nothing to send
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     assert tracer_for(False) is None
     assert tracer_for(None) is not None
