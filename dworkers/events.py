@@ -392,3 +392,34 @@ class ExecutorNotice:
 
     text: str
     at: float = 0.0  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFinished:
+    """One call to a model came back (answered or failed): what a trace's ``chat`` span shows.
+
+    ``started_at`` is when the call was sent (after any wait at the rate gate), ``at`` when it
+    ended, both monotonic. Tokens and cost are the attempt's own (a step's result adds up all
+    its attempts); ``cost_usd`` is ``None`` when it cannot be known. ``error_type`` is the
+    failure's class name (``RateLimitError``, ``ProviderTimeoutError``...) and ``error`` its
+    message, already redacted like every provider error; both ``None`` for an answer.
+    ``endpoint`` is ``scheme://host:port`` of where the call went, never a path or password.
+    ``answer`` is the text received (empty for a failure)."""
+
+    step_id: str
+    attempt: int
+    request_model: str
+    response_model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str | None = None
+    cost_usd: float | None = 0.0
+    estimated: bool = False
+    error_type: str | None = None
+    error: str | None = None
+    status_code: int | None = None
+    endpoint: str | None = None
+    answer: str = ""
+    started_at: float = 0.0  # monotonic
+    at: float = 0.0  # monotonic
+    row: str | None = None

@@ -19,7 +19,8 @@ LAYERS: list[set[str]] = [
     {"runner", "dataset_runner", "completion", "schema"},  # what the command line calls
     {"view", "engine", "executors", "history", "outputs", "dataset_outputs", "targets"},
     {"llm", "loader", "prompts", "catalog", "dataset", "ratelimit", "endpoints",
-     "deliverables", "documents"},
+     "deliverables", "documents",
+     "tracing"},
     {"plans", "tenants"},
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.
@@ -40,7 +41,8 @@ EXCEPTIONS = {
 # Packages only these may import.
 ONLY = {"yaml": "loader", "litellm": "llm", "rich": "view", "ray": "executors",
         "pypdf": "documents", "docx": "documents", "openpyxl": "documents",
-        "pptx": "documents", "reportlab": "documents", "markdown_it": "documents"}
+        "pptx": "documents", "reportlab": "documents", "markdown_it": "documents",
+        "opentelemetry": "tracing"}
 
 
 def _modules() -> list[tuple[str, Path]]:

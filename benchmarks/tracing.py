@@ -1,0 +1,229 @@
+"""What tracing costs: CPU per call, a run's makespan, and start-up with the extra installed.
+
+1. CPU per call: a run's events for N one-call steps (StepStarted, AttemptFinished,
+   StepFinished) through ``RunTracer`` with an in-memory exporter, batching as in production
+   (and exporting at once, the worst case), with content capture off and on; CPU time of the
+   whole process (the batch thread included) per step, against the same events through an
+   ``EventLog``.
+2. Makespan: a plan of independent steps against the local server (50 ms a call), traced vs
+   not, runs interleaved; target: traced ≤ 1.02 × untraced.
+3. Start-up of a run: ``import dworkers.cli, dworkers.runner`` (what ``dworkers run`` loads
+   before it calls anything) with and without ``import dworkers.tracing; tracer_for(None)``,
+   no endpoint set, in fresh interpreters; target: ratio about 1.00, and no ``opentelemetry``
+   module loaded. (``list``/``validate``/``--help`` never import ``dworkers.tracing``.)
+
+    python benchmarks/tracing.py [--steps 2000] [--runs 5] [--startup-runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from _common import ROOT, local_server, plan_from_graph
+
+from dworkers.engine import PlanBuilder, RunOptions
+from dworkers.errors import Problem
+from dworkers.events import (
+    AttemptFinished,
+    EventLog,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    StepFinished,
+    StepInfo,
+    StepResult,
+    StepStarted,
+    StepStatus,
+)
+from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest
+from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig
+from dworkers.tracing import RunTracer
+
+MODEL = "openai/bench-model"
+MESSAGES = ({"role": "system", "content": "You are an analyst at ACME. " * 20},
+            {"role": "user", "content": "Summarise the quarter's sales by region. " * 40})
+
+
+def one_run(steps: int) -> Iterator[object]:
+    """The events of a run of ``steps`` independent one-call steps."""
+    at = time.monotonic()
+    infos = tuple(StepInfo(f"s{i}", f"S{i}", "analyst", MODEL, ()) for i in range(steps))
+    yield RunStarted("bench", "bench-plan", "bench", infos, at)
+    for i in range(steps):
+        sid = f"s{i}"
+        yield StepStarted(sid, 1, MODEL, at, MESSAGES)
+        yield AttemptFinished(sid, 1, MODEL, "bench-model-2024", 812, 240, "stop", 0.0012,
+                              endpoint="https://api.example.com", answer="Sales grew. " * 60,
+                              started_at=at, at=at)
+        yield StepFinished(StepResult(step_id=sid, status=StepStatus.SUCCEEDED, attempts=1,
+                                      model="bench-model-2024", prompt_tokens=812,
+                                      completion_tokens=240, cost_usd=0.0012), at)
+    yield RunFinished(RunResult(run_id="bench", plan="bench-plan", tenant="bench",
+                                success=True), at)
+
+
+def cpu_per_step(consumer_of: Callable[[], tuple[Callable[[object], None], Callable[[], None]]],
+                 steps: int, runs: int) -> float:
+    """The best CPU seconds per step over ``runs`` runs (the events are made beforehand)."""
+    best = float("inf")
+    for _ in range(runs):
+        events = list(one_run(steps))
+        consume, finish = consumer_of()
+        start = time.process_time()
+        for event in events:
+            consume(event)
+        finish()  # the batch thread's export counts too
+        best = min(best, (time.process_time() - start) / steps)
+    return best
+
+
+def tracer(batch: bool, capture: bool) -> Callable[[], tuple[Callable[[object], None],
+                                                               Callable[[], None]]]:
+    def make() -> tuple[Callable[[object], None], Callable[[], None]]:
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        exporter = InMemorySpanExporter()
+        processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+        traced = RunTracer([processor], capture_content=capture)
+        return traced, traced.close
+    return make
+
+
+def event_log() -> tuple[Callable[[object], None], Callable[[], None]]:
+    log = EventLog()
+    return log, lambda: None  # type: ignore[return-value]
+
+
+# --- makespan -------------------------------------------------------------------------------
+
+
+class ReportingClient:
+    """litellm's client, reporting each call as ``AttemptFinished`` (the engine will)."""
+
+    offline = False
+
+    def __init__(self, report: Callable[[object], None]) -> None:
+        self.inner = LiteLLMClient()
+        self.report = report
+
+    def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> list[Problem]:
+        return []
+
+    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
+        sent = time.monotonic()
+        answer = await self.inner.complete(request, on_delta)
+        self.report(AttemptFinished(request.step_id, 1, request.model, answer.model,
+                                    answer.prompt_tokens, answer.completion_tokens,
+                                    answer.finish_reason, answer.cost_usd,
+                                    endpoint=request.api_base, started_at=sent,
+                                    at=time.monotonic()))
+        return answer
+
+
+def makespan(url: str, steps: int, traced: bool) -> float:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    run_tracer = RunTracer([BatchSpanProcessor(InMemorySpanExporter())]) if traced else None
+    consume: Callable[[object], None] = run_tracer if run_tracer is not None else (
+        lambda event: None)
+    tenant = TenantConfig(id="bench", models=ModelsConfig(default=MODEL),
+                          limits=LimitsConfig(max_concurrency=16, max_cost_usd=None))
+    graph: dict[str, list[str]] = {f"s{i}": [] for i in range(steps)}
+    engine = PlanBuilder(plan_from_graph("makespan", graph), tenant, api_base=url,
+                         client=ReportingClient(consume),
+                         options=RunOptions(stream=False), on_event=consume).build()
+    start = time.perf_counter()
+    result = asyncio.run(engine.run())
+    elapsed = time.perf_counter() - start
+    if run_tracer is not None:
+        run_tracer.close()
+        assert run_tracer.error is None, run_tracer.error
+    assert result.success
+    return elapsed
+
+
+# --- start-up ---------------------------------------------------------------------------------
+
+WITH_TRACING = ("import sys, dworkers.cli, dworkers.runner, dworkers.tracing\n"
+                "assert dworkers.tracing.tracer_for(None) is None\n"
+                "assert not any(m.startswith('opentelemetry') for m in sys.modules)\n")
+WITHOUT = "import dworkers.cli, dworkers.runner\n"
+# The same, timed from inside: what importing the module and asking costs on the run path.
+ONLY_TRACING = ("import sys, time, dworkers.cli, dworkers.runner\n"
+                "start = time.perf_counter()\n"
+                "import dworkers.tracing\n"
+                "dworkers.tracing.tracer_for(None)\n"
+                "print(time.perf_counter() - start)\n")
+
+
+def startup(code: str, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--makespan-steps", type=int, default=64)
+    parser.add_argument("--startup-runs", type=int, default=15)
+    args = parser.parse_args()
+
+    print(f"CPU per call ({args.steps} one-call steps, best of {args.runs}):")
+    base = cpu_per_step(event_log, args.steps, args.runs)
+    print(f"  {'events kept in a list (baseline)':44} {base * 1e6:8.1f} µs")
+    for label, batch, capture in (("traced, batch export", True, False),
+                                  ("traced, batch export, content captured", True, True),
+                                  ("traced, export at once (worst case)", False, False)):
+        cost = cpu_per_step(tracer(batch, capture), args.steps, args.runs)
+        print(f"  {label:44} {cost * 1e6:8.1f} µs  (+{(cost - base) * 1e6:.1f} µs a call)")
+
+    print(f"\nMakespan, {args.makespan_steps} calls of 50 ms, 16 at a time (median of "
+          f"{args.runs}):")
+    with local_server("--latency", "0.05") as url:
+        makespan(url, 4, True)  # warm litellm up
+        plain: list[float] = []
+        traced: list[float] = []
+        for _ in range(args.runs):
+            plain.append(makespan(url, args.makespan_steps, False))
+            traced.append(makespan(url, args.makespan_steps, True))
+    off, on = statistics.median(plain), statistics.median(traced)
+    print(f"  untraced {off:.3f}s  traced {on:.3f}s  ratio {on / off:.3f} (target ≤ 1.02)")
+
+    # Compiled modules are cached as installed ones are: without .pyc files the figure would
+    # be the compiler's.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OTEL_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(ROOT)
+    for code in (WITH_TRACING, WITHOUT):
+        startup(code, env)  # warm the caches
+    with_tracing: list[float] = []
+    without: list[float] = []
+    for _ in range(args.startup_runs):  # interleaved: load on the machine hits both alike
+        with_tracing.append(startup(WITH_TRACING, env))
+        without.append(startup(WITHOUT, env))
+    own = statistics.median(
+        float(subprocess.run([sys.executable, "-c", ONLY_TRACING], env=env, check=True,
+                             capture_output=True, text=True).stdout)
+        for _ in range(args.startup_runs))
+    a, b = statistics.median(with_tracing), statistics.median(without)
+    print(f"\nStart-up with the otel extra installed, no endpoint (median of "
+          f"{args.startup_runs}):\n  the run path {b * 1000:.0f} ms; with "
+          f"dworkers.tracing and tracer_for(None) {a * 1000:.0f} ms; ratio {a / b:.3f}\n"
+          f"  importing dworkers.tracing and tracer_for(None) alone: {own * 1000:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
