@@ -216,7 +216,7 @@ for line in json.loads(sys.argv[1]):
         pass
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"litellm", "openai", "httpx", "aiohttp",
                                                           "tiktoken", "tokenizers"})
-heavy += sorted(m for m in sys.modules if m.startswith(("dworkers.engine", "dworkers.runner")))
+heavy += sorted(m for m in sys.modules if m.startswith(("dworkers.engine", "dworkers.run")))
 sys.stderr.write("PROBE " + json.dumps(heavy) + "\\n")
 """
 

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from dworkers.events import DatasetResult, Event, RowFinished, RowResult, RowStatus, RunStarted
 from dworkers.text import crop, one_line
-from dworkers.view import console
+from dworkers.view import console, print_error
 from dworkers.view.dataset_state import DatasetState
 from dworkers.view.state import Clock, fmt_cost, fmt_duration
 
@@ -133,7 +133,9 @@ def _pace_parts(
     parts.append((f" of {_count(tpm)}" if tpm else "", "dim"))
     if state.cached:
         parts.append((f" · {_count(state.cached)} cached", "blue"))
-    cost: list[str | tuple[str, str]] = [" · ", f"cost {fmt_cost(state.cost_usd)}"]
+    shown_cost = fmt_cost(state.cost_usd, state.cost_known)
+    cost: list[str | tuple[str, str]] = [" · ", shown_cost if shown_cost == "cost unknown"
+                                         else f"cost {shown_cost}"]
     if state.budget_usd is not None:
         cost.append((f" of {fmt_cost(state.budget_usd)} budget", "dim"))
     return parts, cost
@@ -148,7 +150,7 @@ def row_line(row: RowResult, done: int, total: int | None) -> Text:
     if row.status is RowStatus.SUCCEEDED:
         cached = sum(1 for step in row.outputs.values() if step.cached)
         details = [f"{len(row.outputs)} steps", fmt_duration(row.duration_ms / 1000),
-                   fmt_cost(row.cost_usd)]
+                   fmt_cost(row.cost_usd, row.cost_known)]
         if cached:
             details.append(f"{cached} cached")
         text.append("  " + ", ".join(details), style="dim")
@@ -158,8 +160,10 @@ def row_line(row: RowResult, done: int, total: int | None) -> Text:
     return text
 
 
-def summary(result: DatasetResult, out_dir: str | None = None) -> Text:
-    """The end of a dataset run: rows by status, tokens, cost, time, where the files are."""
+def summary(result: DatasetResult, out_dir: str | None = None, *,
+            cost_known: bool = True) -> Text:
+    """The end of a dataset run: rows by status, tokens, cost (``cost_known`` False: some of
+    it could not be known), time, where the files are."""
     counts = result.counts
     status = ("interrupted" if result.interrupted else "succeeded" if result.success
               else "finished with failures")
@@ -168,7 +172,7 @@ def summary(result: DatasetResult, out_dir: str | None = None) -> Text:
     text.append(", ".join(f"{counts.get(s, 0):,} {s.value}" for s in RowStatus
                           if counts.get(s, 0) or s is RowStatus.SUCCEEDED))
     text.append(f" · {result.calls:,} calls · {result.prompt_tokens + result.completion_tokens:,}"
-                f" tokens · {fmt_cost(result.cost_usd)} · "
+                f" tokens · {fmt_cost(result.cost_usd, cost_known)} · "
                 f"{fmt_duration(result.total_duration_ms / 1000)}")
     if result.rate_limited:
         text.append(f" · {result.rate_limited:,} answered 429", style="yellow")
@@ -177,6 +181,14 @@ def summary(result: DatasetResult, out_dir: str | None = None) -> Text:
     if out_dir:
         text.append(f"\noutputs: {out_dir}", style="dim")
     return text
+
+
+def print_dataset_summary(out: Console, result: DatasetResult, out_dir: str,
+                          unsaved: Sequence[str], *, cost_known: bool = True) -> None:
+    """Print ``summary``, then what could not be saved (the run is not done without it)."""
+    out.print(summary(result, out_dir, cost_known=cost_known), soft_wrap=True)
+    for problem in unsaved:
+        print_error(out, f"not saved: {problem}")
 
 
 # --- views: the engine's on_event callbacks ----------------------------------------------------
@@ -305,5 +317,6 @@ def row_details(row: RecordedRow, steps: Sequence[RecordedStep]) -> Text:
     return text
 
 
-__all__ = ["DatasetLineView", "DatasetLiveView", "DatasetView", "make_dataset_view", "progress",
+__all__ = ["DatasetLineView", "DatasetLiveView", "DatasetView", "make_dataset_view",
+           "print_dataset_summary", "progress",
            "row_line", "summary"]

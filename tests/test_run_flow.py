@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 from support import FakeLLMServer, invoke, llm_server, make_plan, make_tenant, marker
 
-from dworkers import runner
 from dworkers.errors import InputError
 from dworkers.events import Event, EventLog, RunFinished
 from dworkers.history import History
 from dworkers.outputs import RunWriter
 from dworkers.plans.builder import PlanBuilder
-from dworkers.runner import FanOut, parse_inputs, read_input_file
+from dworkers.run import inputs as run_inputs
+from dworkers.run.flow import FanOut
+from dworkers.run.inputs import parse_inputs, read_input_file
 
 __all__ = ["llm_server"]
 
@@ -236,7 +237,7 @@ def test_double_at_is_a_literal_at() -> None:
 def test_an_input_fifo_with_no_writer_is_an_error_not_a_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner, "INPUT_PIPE_WAIT", 0.3)
+    monkeypatch.setattr(run_inputs, "INPUT_PIPE_WAIT", 0.3)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(InputError, match=r"nothing to read: no writer after 0\.3s"):
