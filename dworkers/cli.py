@@ -454,12 +454,24 @@ def main() -> None:
         view.discard_stdout()
         sys.exit(1)
     finally:
-        # The command is over and its files are written: from here a Ctrl-C or SIGTERM ends
-        # the process as the system's default does, at once and without a traceback. (Ignoring
-        # them could leave a shutdown that hangs impossible to stop but with SIGKILL.)
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _exit_on_interruption()
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    os._exit(130)  # the output is flushed already; nothing is left worth waiting for
+
+
+def _exit_on_interruption() -> None:
+    """The command is over and its files are written: a late Ctrl-C or SIGTERM (the second of
+    two quick presses) ends the process at once with 130, rather than raising a traceback from
+    wherever the interpreter's shutdown is, or being ignored (a shutdown that hung could then
+    only be stopped with SIGKILL)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, _exit_at_once)
+        signal.signal(signal.SIGTERM, _exit_at_once)
 
 
 if __name__ == "__main__":
