@@ -42,7 +42,7 @@ def _escape_markup(text: str) -> str:
     return text + "\\" if text.endswith("\\") and not text.endswith("\\\\") else text
 
 
-def _quietly(find: Callable[[], Items]) -> Items:
+def _offered_safely(find: Callable[[], Items]) -> Items:
     try:
         found = find()
     except Exception:  # a completion prints into the user's prompt: it must never raise
@@ -64,7 +64,7 @@ def plans(incomplete: str) -> Items:
         return [(p.name, p.description) for p in plan_catalog()[0]
                 if p.name.startswith(incomplete)]
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def tenants(incomplete: str) -> Items:
@@ -76,7 +76,7 @@ def tenants(incomplete: str) -> Items:
         return [(e.item.id, e.item.display_name) for e in tenant_registry.entries()
                 if e.item.id.startswith(incomplete)]
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def inputs(ctx: typer.Context, incomplete: str) -> Items:
@@ -103,7 +103,7 @@ def inputs(ctx: typer.Context, incomplete: str) -> Items:
         return [(f"{name}=", about) for name, about in names.items()
                 if name.startswith(incomplete) and name not in given]
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def _load_plan(ref: str) -> BasePlan:
@@ -136,7 +136,7 @@ def runs(incomplete: str) -> Items:
             found.insert(0, ("last", f"{records[0].run_id} · {records[0].plan}"))
         return found
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def show_targets(incomplete: str) -> Items:
@@ -168,7 +168,7 @@ def steps(ctx: typer.Context, incomplete: str) -> Items:
         return [(s.step_id, f"{s.status} · {s.name}" if s.name else s.status)
                 for s in records if s.step_id.startswith(incomplete)]
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def _row_keys(history: Any, run_id: str, incomplete: str) -> Items:

@@ -124,7 +124,7 @@ class Dataset:
     def rows(self) -> Iterator[DataRow]:
         """The rows that were checked, one at a time (each call starts again from the first).
         They are read from ``check``'s copy, never from the file again."""
-        reader = _Reader(self.path, self.format)
+        reader = _DataFileReader(self.path, self.format)
         source = self.copy.fileno() if self.copy is not None else None
         for raw in reader.records(source):
             if isinstance(raw, Problem):  # only if the copy itself was damaged
@@ -189,7 +189,7 @@ def check(path: Path | str, *, required: Sequence[str], optional: Iterable[str] 
 Record = tuple[int, int, dict[str, str]]  # row number, first line, values
 
 
-class _Reader:
+class _DataFileReader:
     """Yields each record, or a ``Problem`` for one that cannot be read (and goes on with the
     next where the format allows: every JSONL line stands alone; a CSV file stops at the first
     line that breaks its quoting)."""
@@ -485,7 +485,7 @@ class _Checker:
             raise
 
     def _read(self, path: Path, fmt: Format, copy: IO[bytes]) -> Dataset:
-        reader = _Reader(path, fmt)
+        reader = _DataFileReader(path, fmt)
         reader.copying = copy
         records = reader.records()
         known = [*self.required, *sorted(self.optional)]

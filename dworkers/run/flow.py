@@ -146,6 +146,9 @@ class RunMode:
     # --- what differs ------------------------------------------------------------------
 
     streams: ClassVar[bool] = True  # the live view may stream answers token by token
+    # Whether preflight runs before anything is recorded (it imports litellm) rather than in
+    # ``engine.run``, once the view has painted while litellm loaded in the background.
+    preflight_first: ClassVar[bool] = True
 
     def dry_run(self) -> int:
         raise NotImplementedError
@@ -379,9 +382,8 @@ def run_live(mode: RunMode) -> int:
     from dworkers import view
 
     request, engine, history = mode.request, mode.engine, mode.resolved.history
-    # Preflight first: a refused run (a missing key, a model without a price under a budget)
-    # ends here, before litellm starts loading in the background.
-    engine.preflight()
+    if mode.preflight_first:  # a refused run ends here, before anything is recorded
+        engine.preflight()
     run_id = engine.options.run_id or new_run_id()
     out_dir = (request.out or Path("dworkers-runs")) / run_id
     check_writable(out_dir)

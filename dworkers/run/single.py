@@ -26,6 +26,7 @@ class SingleRun(RunMode):
     kind = "single"
     plan_hint = "dworkers run PLAN"
     streams: ClassVar[bool] = True
+    preflight_first: ClassVar[bool] = False  # the tree paints first; engine.run checks
 
     def __init__(self, request: RunRequest, resolved: Resolved, engine: Engine) -> None:
         super().__init__(request, resolved, engine)
