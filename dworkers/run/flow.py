@@ -241,7 +241,8 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
                 f"run {resumed.run_id} ran plan {resumed.plan!r}, not {plan.name!r}",
                 f"resume it with: dworkers run {resumed.plan} --resume {resumed.run_id}",
                 "wrong-plan", file="--resume")])
-        spent = spent_before(history, resumed, mode_type)
+        if request.max_cost is not None or tenant.limits.max_cost_usd is not None:
+            spent = spent_before(history, resumed, mode_type)  # reads every row: only if needed
     return Resolved(plan, tenant, inputs, history, resumed, spent)
 
 
@@ -332,8 +333,10 @@ def build_engine(request: RunRequest, resolved: Resolved, mode_type: type[RunMod
     if resolved.spent_before_usd:
         if "spent_before_usd" in _ENGINE_OPTIONS:
             counted["spent_before_usd"] = resolved.spent_before_usd
-        elif budget is not None:  # an engine that cannot be told: it gets what is left
-            budget = max(budget - resolved.spent_before_usd, 0.0)
+        else:  # an engine that cannot be told: it gets what is left of the budget
+            whole = budget if budget is not None else resolved.tenant.limits.max_cost_usd
+            if whole is not None:
+                budget = max(whole - resolved.spent_before_usd, 0.0)
     options = RunOptions(max_concurrency=request.max_concurrency, max_cost_usd=budget,
                          fail_fast=bool(request.fail_fast), run_id=new_run_id(),
                          stream=mode_type.streams, **counted)
