@@ -6,6 +6,7 @@ Heavy modules (litellm, the engine) are imported inside the commands that need t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -437,6 +438,7 @@ def main() -> None:
     """Console-script entry point: no traceback for anything a user can cause."""
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, _terminated)
+    atexit.register(_shut_down_within_bounds)  # registered first: runs after every other
     try:
         app()
     except DworkersError as exc:  # raised outside a command's own handling
@@ -457,6 +459,10 @@ def main() -> None:
         _exit_on_interruption()
 
 
+SHUTDOWN_LIMIT_S = 10
+"""How long the interpreter's own shutdown may take once every exit handler has run."""
+
+
 def _exit_at_once(signum: int, frame: object) -> None:
     os._exit(130)  # the output is flushed already; nothing is left worth waiting for
 
@@ -464,14 +470,24 @@ def _exit_at_once(signum: int, frame: object) -> None:
 def _exit_on_interruption() -> None:
     """The command is over and its files are written: a late Ctrl-C or SIGTERM (the second of
     two quick presses) ends the process at once with 130, rather than raising a traceback from
-    wherever the interpreter's shutdown is, or being ignored (a shutdown that hung could then
-    only be stopped with SIGKILL)."""
+    wherever the exit handlers (Ray's shutdown, say) are."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGINT, _exit_at_once)
         signal.signal(signal.SIGTERM, _exit_at_once)
+
+
+def _shut_down_within_bounds() -> None:
+    """The last exit handler. Python's teardown that follows runs no signal handler of ours
+    (it resets them to the default, which would end a finished run with -2 instead of 130),
+    so late signals are ignored from here — and SIGALRM, whose default ends the process, bounds
+    the teardown: it can never hang beyond SHUTDOWN_LIMIT_S, even ignoring Ctrl-C."""
+    with contextlib.suppress(ValueError, AttributeError):  # not the main thread; no alarm()
+        signal.alarm(SHUTDOWN_LIMIT_S)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
