@@ -6,6 +6,7 @@ Heavy modules (litellm, the engine) are imported inside the commands that need t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -18,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from dworkers import completion
-from dworkers.errors import DworkersError, Problem, ProblemsError
+from dworkers.errors import DworkersError, Problem, ProblemsError, shown
 
 if TYPE_CHECKING:
     from typer._click import Context, HelpFormatter
@@ -209,7 +210,8 @@ def show(
                                    autocompletion=completion.steps)
     ] = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="tree (default) or mermaid.")
+        str, typer.Option("--format", help="tree (default) or mermaid.",
+                          autocompletion=completion.show_formats)
     ] = "tree",
     as_json: JsonOption = False,
 ) -> None:
@@ -220,16 +222,14 @@ def show(
 
     latest = target.strip().lower() in ("last", "latest")  # the last run, even if a plan is
     if step is not None or latest or not (looks_like_path(target) or plan_registry.has(target)):
+        from dworkers.show import show_recorded_run
+
         try:
-            show_run(target, step, as_json=as_json)
+            show_recorded_run(target, step, as_json=as_json)
         except DworkersError as exc:
             if step is None and not isinstance(exc, ProblemsError) and "no run" in str(exc):
-                from dworkers.errors import did_you_mean, shown, suggestion
-
-                guess = did_you_mean(target, plan_registry.names())
-                hint = (suggestion(target, guess) if guess else
-                        "run 'dworkers list' for plans, 'dworkers runs' for runs")
-                _fail(DworkersError(f"no plan or run named {shown(target)} — {hint}"))
+                _fail(DworkersError(f"no plan or run named {shown(target)} — "
+                                    f"{_show_hint(target, plan_registry.names())}"))
             _fail(exc)
         return
     if output_format not in ("tree", "mermaid"):
@@ -255,32 +255,19 @@ def show(
         view.console(stderr=False).print(view.plan_tree(plan))
 
 
-def show_run(ref: str, step: str | None, *, as_json: bool) -> None:
-    from dworkers import view
-    from dworkers.dataset_runner import show_dataset
-    from dworkers.history import History
-    from dworkers.text import clean, one_line
+def _show_hint(target: str, plans: list[str]) -> str:
+    """What to try when ``show TARGET`` found neither: a close plan name, never TARGET itself
+    ('last' names the last run even where a plan is called 'last')."""
+    from dworkers.errors import did_you_mean, suggestion
 
-    if show_dataset(ref, step, as_json=as_json):  # a dataset run: STEP names a row
-        return
-    with History() as history:
-        if step is not None:
-            sys.stdout.write(clean(history.step_output(ref, step)).rstrip("\n") + "\n")
-            return
-        record = history.get_run(ref)
-        steps = history.steps(record.run_id)
-        if as_json:
-            _emit_json(history.to_run_result(record.run_id).summary())
-            return
-        events = history.replay(record.run_id)
-    out = view.console(stderr=False)
-    out.print(view.recorded_run(events, out.width))
-    for step_record in steps:
-        if step_record.output:
-            title = one_line(f"{step_record.name or step_record.step_id} ({step_record.step_id})")
-            out.print(f"\n## {title}\n", style="bold", markup=False, soft_wrap=True)
-            out.print(clean(step_record.output).rstrip(), markup=False, highlight=False,
-                      soft_wrap=True)
+    typed = target.strip()
+    guess = did_you_mean(typed, [name for name in plans if name.casefold() != typed.casefold()])
+    if guess:
+        return suggestion(target, guess)
+    if typed in plans:
+        return (f"{shown(typed)} names the last run here; to show the plan, give its file "
+                "(see 'dworkers list')")
+    return "run 'dworkers list' for plans, 'dworkers runs' for runs"
 
 
 @app.command("runs")
@@ -387,7 +374,8 @@ def run(
     ] = None,
     executor: Annotated[
         str, typer.Option(help="With --data: where rows run: local (this process) or ray "
-                          "(every core, or a cluster; needs dworkers[ray]).")
+                          "(every core, or a cluster; needs dworkers[ray]).",
+                          autocompletion=completion.executors)
     ] = "local",
     ray_address: Annotated[
         str | None, typer.Option(help="With --executor ray: join this Ray cluster (or set "
@@ -396,21 +384,17 @@ def run(
     ] = None,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
-    from dworkers.dataset_runner import DatasetRequest, execute_dataset, resumes_dataset
-    from dworkers.runner import RunRequest, execute
+    from dworkers.run import RunRequest, execute
 
     request = RunRequest(
         plan=plan, inputs=inputs or [], tenant=tenant, model=model, api_base=api_base,
         max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
         dry_run=dry_run, out=out, json=as_json, quiet=quiet, resume=resume, no_cache=no_cache,
+        data=data, key=key, max_failures=max_failures, executor=executor,
+        ray_address=ray_address,
     )
-    dataset = DatasetRequest(data=data, key=key, max_failures=max_failures, executor=executor,
-                             ray_address=ray_address)
     try:
-        if dataset.given or resumes_dataset(resume):
-            code = execute_dataset(request, dataset)
-        else:
-            code = execute(request)
+        code = execute(request)
     except DworkersError as exc:
         _fail(exc)
     raise typer.Exit(code)
@@ -454,6 +438,7 @@ def main() -> None:
     """Console-script entry point: no traceback for anything a user can cause."""
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, _terminated)
+    atexit.register(_shut_down_within_bounds)  # registered first: runs after every other
     try:
         app()
     except DworkersError as exc:  # raised outside a command's own handling
@@ -471,11 +456,38 @@ def main() -> None:
         view.discard_stdout()
         sys.exit(1)
     finally:
-        # The command is over and its files are written: a late Ctrl-C (the second of two
-        # quick presses) must not kill the interpreter while it shuts down.
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _exit_on_interruption()
+
+
+SHUTDOWN_LIMIT_S = 10
+"""How long the interpreter's own shutdown may take once every exit handler has run."""
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    os._exit(130)  # the output is flushed already; nothing is left worth waiting for
+
+
+def _exit_on_interruption() -> None:
+    """The command is over and its files are written: a late Ctrl-C or SIGTERM (the second of
+    two quick presses) ends the process at once with 130, rather than raising a traceback from
+    wherever the exit handlers (Ray's shutdown, say) are."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, _exit_at_once)
+        signal.signal(signal.SIGTERM, _exit_at_once)
+
+
+def _shut_down_within_bounds() -> None:
+    """The last exit handler. Python's teardown that follows runs no signal handler of ours
+    (it resets them to the default, which would end a finished run with -2 instead of 130),
+    so late signals are ignored from here — and SIGALRM, whose default ends the process, bounds
+    the teardown: it can never hang beyond SHUTDOWN_LIMIT_S, even ignoring Ctrl-C."""
+    with contextlib.suppress(ValueError, AttributeError):  # not the main thread; no alarm()
+        signal.alarm(SHUTDOWN_LIMIT_S)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

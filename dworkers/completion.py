@@ -1,4 +1,5 @@
-"""What tab completion offers: plan and tenant names, a plan's inputs, run ids and step ids.
+"""What tab completion offers: plan and tenant names, a plan's inputs, run ids, step ids (or a
+dataset run's row keys), and the values of ``--executor`` and ``show --format``.
 
 Each function is a Typer ``autocompletion`` callback, called on every <TAB>. They import what
 they need inside, so the command line loads nothing for them until a shell asks, and litellm is
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -41,7 +42,7 @@ def _escape_markup(text: str) -> str:
     return text + "\\" if text.endswith("\\") and not text.endswith("\\\\") else text
 
 
-def _quietly(find: Callable[[], Items]) -> Items:
+def _offered_safely(find: Callable[[], Items]) -> Items:
     try:
         found = find()
     except Exception:  # a completion prints into the user's prompt: it must never raise
@@ -63,7 +64,7 @@ def plans(incomplete: str) -> Items:
         return [(p.name, p.description) for p in plan_catalog()[0]
                 if p.name.startswith(incomplete)]
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def tenants(incomplete: str) -> Items:
@@ -75,7 +76,7 @@ def tenants(incomplete: str) -> Items:
         return [(e.item.id, e.item.display_name) for e in tenant_registry.entries()
                 if e.item.id.startswith(incomplete)]
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def inputs(ctx: typer.Context, incomplete: str) -> Items:
@@ -102,7 +103,7 @@ def inputs(ctx: typer.Context, incomplete: str) -> Items:
         return [(f"{name}=", about) for name, about in names.items()
                 if name.startswith(incomplete) and name not in given]
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def _load_plan(ref: str) -> BasePlan:
@@ -135,7 +136,7 @@ def runs(incomplete: str) -> Items:
             found.insert(0, ("last", f"{records[0].run_id} · {records[0].plan}"))
         return found
 
-    return _quietly(find)
+    return _offered_safely(find)
 
 
 def show_targets(incomplete: str) -> Items:
@@ -143,8 +144,13 @@ def show_targets(incomplete: str) -> Items:
     return runs(incomplete) + plans(incomplete)
 
 
+ROW_KEYS_OFFERED = 50
+"""How many row keys ``show RUN <TAB>`` offers for a dataset run."""
+
+
 def steps(ctx: typer.Context, incomplete: str) -> Items:
-    """The step ids of the run named before, with each step's status."""
+    """What ``show RUN`` takes next: the step ids of a single run, with each step's status, or
+    the row keys of a dataset run, with each row's status."""
     run_ref = ctx.params.get("target")
     if not isinstance(run_ref, str):
         return []
@@ -155,8 +161,31 @@ def steps(ctx: typer.Context, incomplete: str) -> Items:
         if not history_path().is_file():
             return []
         with History() as history:
-            records = history.steps(run_ref)
+            record = history.get_run(run_ref)
+            if isinstance(record.options.get("data"), dict):
+                return _row_keys(history, record.run_id, incomplete)
+            records = history.steps(record.run_id)
         return [(s.step_id, f"{s.status} · {s.name}" if s.name else s.status)
                 for s in records if s.step_id.startswith(incomplete)]
 
-    return _quietly(find)
+    return _offered_safely(find)
+
+
+def _row_keys(history: Any, run_id: str, incomplete: str) -> Items:
+    """The first keys, in key order, of a dataset run's rows that start with ``incomplete``."""
+    found = history._read(  # one indexed range query, however many rows the run has
+        "SELECT key, status FROM rows WHERE run_id = ? AND key >= ? ORDER BY key LIMIT ?",
+        (run_id, incomplete, ROW_KEYS_OFFERED))
+    return [(str(key), str(status)) for key, status in found if str(key).startswith(incomplete)]
+
+
+def executors(incomplete: str) -> Items:
+    """Where a dataset's rows can run."""
+    about = {"local": "this process", "ray": "every core, or a Ray cluster (dworkers[ray])"}
+    return [(name, text) for name, text in about.items() if name.startswith(incomplete)]
+
+
+def show_formats(incomplete: str) -> Items:
+    """How ``show`` draws a plan."""
+    about = {"tree": "steps and dependencies as a tree", "mermaid": "a Mermaid flowchart"}
+    return [(name, text) for name, text in about.items() if name.startswith(incomplete)]

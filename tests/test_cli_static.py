@@ -356,6 +356,30 @@ def test_show_unknown_plan_or_format(cwd: Path) -> None:
     assert "unknown format 'dot'" in err
 
 
+def test_show_last_never_suggests_what_was_typed(cwd: Path) -> None:
+    # 'last' names the last run, even where a plan is called 'last': with no run yet, the
+    # hint must not be "did you mean 'last'?"
+    write(cwd / "plans" / "last.yaml", GOOD.replace("name: good-plan", "name: last"))
+    assert plan_registry.has("last")
+    code, out, err = invoke("show", "last")
+    assert (code, out) == (2, "")
+    assert "no plan or run named 'last'" in err and "did you mean" not in err
+    assert "give its file" in err
+
+
+def test_python_dash_m_dworkers_is_the_same_command(cwd: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    by_module = subprocess.run([sys.executable, "-m", "dworkers", "--version"],
+                               capture_output=True, text=True, env=env, check=False)
+    _, by_app, _ = invoke("--version")
+    assert by_module.returncode == 0 and by_module.stdout == by_app
+    assert by_module.stdout.startswith("dworkers ") and by_module.stdout.endswith("\n")
+    listed = subprocess.run([sys.executable, "-m", "dworkers", "list", "--json"],
+                            capture_output=True, text=True, env=env, check=False)
+    assert listed.returncode == 0
+    assert {p["name"] for p in json.loads(listed.stdout)} >= set(BUILTIN_NAMES)
+
+
 # --- nothing here imports litellm -------------------------------------------------------------
 
 PROBE = """

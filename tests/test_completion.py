@@ -191,6 +191,25 @@ def test_show_run_offers_its_steps(tmp_path: Path) -> None:
         "scope-audit\tsucceeded · Scope Audit"]
 
 
+def test_show_dataset_run_offers_its_row_keys(tmp_path: Path) -> None:
+    keys = ["acme", "acme-eu", "beta", "zeta"]
+    (tmp_path / "rows.csv").write_text("id,brief\n" + "".join(f"{k},audit {k}\n" for k in keys))
+    code, _, err = invoke("run", "compliance-audit", "--data", "rows.csv", "--mock", "--out",
+                          str(tmp_path / "runs"), "--quiet")
+    assert code == 0, err
+    assert complete("dworkers show last ") == keys
+    assert complete("dworkers show last ac") == ["acme", "acme-eu"]
+    assert complete("dworkers show last b", "fish") == ["beta\tsucceeded"]
+
+
+def test_executor_and_format_offer_their_values() -> None:
+    from dworkers.executors import EXECUTORS
+
+    assert complete("dworkers run --executor ") == list(EXECUTORS)
+    assert complete("dworkers run --executor r") == ["ray"]
+    assert complete("dworkers show market-analysis --format ") == ["tree", "mermaid"]
+
+
 def test_no_run_no_steps_and_no_history_created() -> None:
     assert complete("dworkers show ") == BUILTIN_PLANS
     assert complete("dworkers run --resume ") == []
@@ -216,7 +235,7 @@ for line in json.loads(sys.argv[1]):
         pass
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"litellm", "openai", "httpx", "aiohttp",
                                                           "tiktoken", "tokenizers"})
-heavy += sorted(m for m in sys.modules if m.startswith(("dworkers.engine", "dworkers.runner")))
+heavy += sorted(m for m in sys.modules if m.startswith(("dworkers.engine", "dworkers.run")))
 sys.stderr.write("PROBE " + json.dumps(heavy) + "\\n")
 """
 
@@ -245,6 +264,7 @@ def test_version_names_dworkers_litellm_and_python() -> None:
     assert out.splitlines() == [f"dworkers {__version__}",
                                 f"litellm {metadata.version('litellm')}",
                                 f"Python {platform.python_version()}"]
+    assert out.endswith("\n")  # a shell prompt after it starts on its own line
 
 
 @pytest.mark.slow

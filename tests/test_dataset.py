@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dworkers import dataset
-from dworkers.dataset import check, safe_name
+from dworkers.dataset import reader as dataset
+from dworkers.dataset.reader import check, safe_name
 from dworkers.errors import InputError
 
 
@@ -176,15 +178,60 @@ def test_keys_must_be_short_plain_text(tmp_path: Path) -> None:
     assert "is longer than 200 characters" in found[1]
 
 
-def test_rows_are_read_again_from_the_file_one_at_a_time(tmp_path: Path) -> None:
-    path = write(tmp_path, "rows.csv", "brief\n" + "".join(f"row {i}\n" for i in range(1000)))
+def test_the_rows_that_run_are_the_rows_that_were_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.csv", "id,brief\n" + "".join(f"r{i},row {i}\n"
+                                                            for i in range(1000)))
     data = check(path, required=["brief"])
-    rows = data.rows()
-    assert next(rows).inputs == {"brief": "row 0"}
-    # The file is read as the run goes: a row is produced only when asked for.
+    # The file changes after the check: a duplicate key appended, a row rewritten.
     with path.open("a") as handle:
-        handle.write("row appended\n")
-    assert sum(1 for _ in rows) == 1000
+        handle.write("r5,appended after the check\n")
+    path.write_text(path.read_text().replace("row 0\n", "changed\n"))
+    rows, again = data.rows(), data.rows()  # two readers at once do not disturb each other
+    assert next(rows).inputs == {"brief": "row 0"}
+    assert next(again).key == "r0"
+    assert sum(1 for _ in rows) == 999 and sum(1 for _ in again) == 999
+    assert len(data.sha256) == 64
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_is_read_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("id,brief\na,one\nb,two\n",))
+    writer.start()
+    data = check(fifo, required=["brief"])
+    writer.join()
+    # Reading the rows does not open the FIFO again (nobody would write to it: a hang).
+    assert [row.key for row in data.rows()] == ["a", "b"]
+    assert [row.key for row in data.rows()] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("first", "second", "says"), [
+    ("G7", "g7", "keys differing only in case"),
+    ("caf\u00e9", "cafe\u0301", "composed vs decomposed"),
+    ("g7", "  g7 ", "repeats the key of line 2"),
+])
+def test_keys_that_only_look_different_are_duplicates(tmp_path: Path, first: str, second: str,
+                                                     says: str) -> None:
+    path = write(tmp_path, "rows.csv", f"id,brief\n{first},x\nother,y\n{second},z\n")
+    with pytest.raises(InputError) as caught:
+        check(path, required=["brief"])
+    [problem] = caught.value.problems
+    assert problem.code == "duplicate-key" and problem.line == 4 and "of line 2" in str(problem)
+    assert says in str(problem)
+
+
+def test_a_key_is_read_without_surrounding_spaces(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.csv", "id,brief\n  acme ,x\n")
+    assert [row.key for row in check(path, required=["brief"]).rows()] == ["acme"]
+
+
+def test_a_key_with_control_characters_says_so_plainly(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.jsonl", '{"id": "a\\u0007b", "brief": "x"}\n')
+    with pytest.raises(InputError) as caught:
+        check(path, required=["brief"])
+    assert "holds control characters" in str(caught.value) and " is holds" not in str(
+        caught.value)
 
 
 def test_plain_keys_are_their_own_file_names() -> None:
@@ -196,8 +243,8 @@ def test_plain_keys_are_their_own_file_names() -> None:
                                  "é", ""])
 def test_unsafe_keys_get_a_plain_name_and_a_digest(key: str) -> None:
     name = safe_name(key)
-    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{10}", name), name
-    assert len(name) <= dataset.SAFE_NAME_CHARS + 11
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{16}", name), name
+    assert len(name) <= dataset.SAFE_NAME_CHARS + 1 + dataset.DIGEST_CHARS
 
 
 @settings(max_examples=300, deadline=None)

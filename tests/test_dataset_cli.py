@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +152,86 @@ def test_a_failing_row_fails_alone_and_max_failures_stops_new_rows(
     assert summary["counts"]["succeeded"] + summary["counts"]["skipped"] == 5
 
 
+def test_max_failures_holds_on_resume(llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    # r1, r2 and r3 always fail; with one failure allowed, one slot, the run stops at r1.
+    (tmp_path / "many.csv").write_text("id,topic\n" + "".join(
+        f"r{n},{'Beta topic' if n in (1, 2, 3) else f'topic {n}'}\n" for n in range(8)))
+    llm_server.add_rule("Scope Beta topic", status=400, error_message="no such topic")
+    code, stdout, _ = invoke("run", "per-row.yaml", "--data", "many.csv", *served(llm_server),
+                             "--max-failures", "1", "--max-concurrency", "1", "--no-cache",
+                             "--json", "--out", "runs")
+    assert code == 1 and json.loads(stdout)["counts"]["failed"] == 1
+    before = len(llm_server.requests)
+    code, stdout, _ = invoke("run", "--resume", "last", *served(llm_server), "--json")
+    assert code == 1
+    resumed = json.loads(stdout)
+    # --max-failures 1 was kept: the first failure again stops new rows (else r2..r7 would run).
+    assert resumed["counts"]["failed"] == 1 and resumed["stop_reason"]
+    assert not [r for r in llm_server.requests[before:] if "topic 7" in r.text]
+
+
+def test_a_budget_on_resume_counts_what_the_run_already_spent(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    (tmp_path / "priced.yaml").write_text(  # every call costs tens of cents
+        "id: priced\nprices:\n  openai/test-model: "
+        "{input_per_million: 4000, output_per_million: 4000}\n")
+    (tmp_path / "many.csv").write_text(
+        "id,topic\n" + "".join(f"{key},topic {key}\n" for key in KEYS))
+    common = (*served(llm_server), "--tenant", "priced.yaml", "--out", "runs", "--json")
+    code, stdout, stderr = invoke("run", "per-row.yaml", "--data", "many.csv", "--max-cost",
+                                  "4", "--max-concurrency", "1", "--no-cache", *common)
+    first = json.loads(stdout)
+    assert code == 1 and first["counts"]["skipped"] > 0, stderr  # the budget stopped it
+    paid = len(llm_server.requests)
+    assert paid >= 2
+    code, stdout, stderr = invoke("run", "--resume", "last", *common)
+    again = len(llm_server.requests) - paid
+    # The budget is for the whole run: the resume may not start another $4 allowance (at most
+    # the one call a reservation may overshoot by).
+    assert again <= 1, (again, stderr)
+    assert json.loads(stdout)["counts"]["skipped"] > 0
+
+
+def test_a_model_without_a_price_shows_cost_unknown_never_zero(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    code, stdout, stderr = invoke("run", "per-row.yaml", "--data", "rows.csv",
+                                  *served(llm_server), "--out", "runs", "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["cost_usd"] is None and summary["cost_known"] is False
+    assert "cost unknown" in stderr and "$0.0000" not in stderr  # each row, and the summary
+    run_dir = Path(summary["out_dir"])
+    assert all(row["cost_usd"] is None and row["cost_known"] is False
+               for row in results(run_dir).values())
+    assert "- Cost: unknown" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "run.json").read_text())["cost_usd"] is None
+
+
+def test_keys_that_only_look_different_are_refused_with_both_lines(tmp_path: Path) -> None:
+    (tmp_path / "alike.csv").write_text("id,topic\ncaf\u00e9,a\nG7,b\ncafe\u0301,c\n g7 ,d\n")
+    code, _, stderr = invoke("run", "per-row.yaml", "--data", "alike.csv", "--mock")
+    assert code == 2
+    assert "alike.csv:4: key " in stderr and "of line 2 (the same text" in stderr
+    assert "alike.csv:5: key 'g7' repeats key 'G7' of line 3 (keys differing only in case" in (
+        stderr)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_as_data_is_read_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "piped.csv"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"printf 'id,topic\\na,x\\nb,y\\n' > '{fifo}'"])
+    try:
+        code, stdout, stderr = invoke("run", "per-row.yaml", "--data", str(fifo), "--mock",
+                                      "--json", "--out", "runs")
+    finally:
+        writer.wait()
+    assert code == 0, stderr
+    assert json.loads(stdout)["counts"]["succeeded"] == 2
+
+
 def test_resume_runs_only_the_rows_and_steps_that_did_not_succeed(
     llm_server: FakeLLMServer, tmp_path: Path
 ) -> None:
@@ -232,14 +311,9 @@ def test_after_kill_9_resume_pays_again_only_for_calls_in_flight(
         env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "home" / "history.db"
     try:
-        for _ in range(600):  # up to about 30 s
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            done = _finished_rows(db)
-            if len(done) >= 6 and llm_server.requests_containing("Scope topic k05"):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run never got going")
+        got_going = _wait_for_rows(llm_server, db, 6, "Scope topic k05")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert got_going, "the run never got going"
         proc.kill()
         proc.wait()
     finally:
@@ -261,6 +335,17 @@ def test_after_kill_9_resume_pays_again_only_for_calls_in_flight(
     # At most the calls in flight at the kill (two slots) are paid again: never a recorded one.
     assert len(repaid) <= 2, [r.text[-80:] for r in repaid]
     assert any("Scope topic k05" in r.text for r in again)
+
+
+def _wait_for_rows(server: FakeLLMServer, db: Path, rows: int, asked: str) -> bool:
+    """Whether ``rows`` rows are recorded as succeeded and ``asked`` has reached the server,
+    looking again each time the server receives a request (the run makes 2 per key at most).
+    The server's wait only keeps a stalled run from stalling the suite: it decides nothing."""
+    for _ in range(2 * len(KEYS) + 1):
+        if len(_finished_rows(db)) >= rows and server.requests_containing(asked):
+            return True
+        server.wait_for_requests(len(server.requests) + 1, timeout=120)
+    return False
 
 
 def _finished_rows(db: Path) -> list[str]:
@@ -290,11 +375,8 @@ def test_ctrl_c_keeps_every_finished_row_and_writes_the_summary(
          *served(llm_server), "--max-concurrency", "2", "--out", "runs", "--json"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "home" / "history.db"
-    for _ in range(600):  # up to about 30 s
-        assert proc.poll() is None
-        if len(_finished_rows(db)) >= 4 and llm_server.requests_containing("Scope topic k03"):
-            break
-        time.sleep(0.05)
+    got_going = _wait_for_rows(llm_server, db, 4, "Scope topic k03")
+    assert proc.poll() is None and got_going, "the run never got going"
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -312,6 +394,25 @@ def test_ctrl_c_keeps_every_finished_row_and_writes_the_summary(
                                   "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["counts"]["succeeded"] == len(KEYS)
+
+
+@pytest.mark.slow
+def test_a_run_refused_before_any_call_always_exits_promptly(tmp_path: Path) -> None:
+    # A model without a price under a budget is refused by preflight. litellm used to be
+    # loading in a background thread then, and the interpreter could hang on its way out
+    # (ignoring Ctrl-C and SIGTERM). `timeout` is only a safety net: a hang fails, it does not
+    # stall the suite.
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = ["timeout", "-k", "10", "300", sys.executable, "-m", "dworkers", "run",
+               "per-row.yaml", "--data", "rows.csv", "--model", "openai/test-model",
+               "--api-base", "http://127.0.0.1:9/v1", "--max-cost", "1", "--out", "runs"]
+    for _ in range(10):
+        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 2, proc.stderr  # 124/137: the safety net had to stop it
+        assert "has no known price" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_dry_run_checks_every_row_and_renders_the_first(tmp_path: Path) -> None:

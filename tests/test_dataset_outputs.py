@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from support import make_plan
 
-from dworkers.dataset import safe_name
-from dworkers.dataset_outputs import DatasetWriter, row_report
+from dworkers.dataset.outputs import DatasetWriter, row_report
+from dworkers.dataset.reader import safe_name
 from dworkers.events import (
     DatasetFinished,
     DatasetResult,
@@ -52,7 +52,7 @@ def test_rows_are_written_as_they_finish_then_the_summary(tmp_path: Path) -> Non
         "key": "acme", "status": "succeeded", "inputs": {"brief": "brief acme"},
         "extra": {"region": "EU"}, "line": 2,
         "outputs": {"scope": "scope of acme", "write": "text for acme"}, "tokens": 15,
-        "cost_usd": 0.75, "error": None}
+        "cost_usd": 0.75, "cost_known": True, "error": None, "truncated": []}
     writer(RowFinished(result("a/b", ok=False)))
     writer(RowFinished(RowResult(key="never", status=RowStatus.SKIPPED,
                                  error="not started: 1 row failed (--max-failures 1)")))
@@ -139,3 +139,94 @@ def test_a_row_report_marks_a_cut_off_answer_as_a_run_report_does() -> None:
     report = row_report(PLAN, row)
     assert "## WRITE\n\n> Truncated: the answer was cut off" in report
     assert "text for acme" in report
+
+
+def unpriced(key: str) -> RowResult:
+    row = result(key)
+    for sid, step in row.outputs.items():
+        row.outputs[sid] = step.model_copy(update={"cost_usd": 0.0, "cost_known": False})
+    return row
+
+
+def test_a_model_without_a_price_is_cost_unknown_never_zero(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    writer = DatasetWriter(out, PLAN, data={"file": "rows.csv"})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    writer(RowFinished(unpriced("acme")))
+    writer.write_run_json(None)
+    running = json.loads((out / "run.json").read_text())
+    assert running["cost_usd"] is None and running["cost_known"] is False
+    done = DatasetResult(run_id="r1", plan=PLAN.name, tenant="acme")
+    done.counts[RowStatus.SUCCEEDED] = 1
+    writer(DatasetFinished(done))
+    [line] = map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    assert line["cost_usd"] is None and line["cost_known"] is False
+    data = json.loads((out / "run.json").read_text())
+    assert data["cost_usd"] is None and data["cost_known"] is False
+    report = (out / "report.md").read_text()
+    assert "- Cost: unknown" in report and "$0.0000" not in report
+
+
+def test_a_cut_off_answer_stays_marked_in_results(tmp_path: Path) -> None:
+    row = result("acme")
+    row.outputs["write"] = row.outputs["write"].model_copy(update={"truncated": True})
+    writer = DatasetWriter(tmp_path / "run", PLAN, data={})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    writer(RowFinished(row))
+    writer.close()
+    [line] = map(json.loads, (tmp_path / "run" / "results.jsonl").read_text().splitlines())
+    assert line["truncated"] == ["write"]
+    assert "> Truncated" in (tmp_path / "run" / "rows" / "acme.md").read_text()
+
+
+def test_keys_that_sanitise_alike_never_share_a_report(tmp_path: Path) -> None:
+    # Each of these would be "a_b" once unsafe characters are replaced; the last is another
+    # key's whole file name, and "A_b" differs from "a_b" only where a file system ignores case.
+    keys = ["a/b", "a:b", "a b", "a_b", "A_b", safe_name("a/b")]
+    writer = DatasetWriter(tmp_path / "run", PLAN, data={})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    for key in keys:
+        writer(RowFinished(result(key)))
+    writer.close()
+    names = sorted(p.name for p in (tmp_path / "run" / "rows").iterdir())
+    assert len(names) == len(keys) and len({n.casefold() for n in names}) == len(keys)
+    for key in keys:  # each report is its own row's
+        assert f"scope of {key}" in (tmp_path / "run" / "rows" / f"{safe_name(key)}.md").read_text()
+
+
+def test_a_row_report_is_replaced_whole_or_not_at_all(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = DatasetWriter(tmp_path / "run", PLAN, data={})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    writer(RowFinished(result("acme")))
+    report = tmp_path / "run" / "rows" / "acme.md"
+    before = report.read_text()
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)  # the new version never lands
+    writer(RowFinished(result("acme", ok=False)))
+    writer.close()
+    assert report.read_text() == before  # never half of the new one
+    assert [p.name for p in report.parent.iterdir()] == ["acme.md"]  # no temporary left over
+    assert writer.error is not None and "No space left" in writer.error
+
+
+def test_each_results_line_is_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
+    real = os.write
+
+    def recording(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real(fd, data)
+
+    writer = DatasetWriter(tmp_path / "run", PLAN, data={})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    monkeypatch.setattr(os, "write", recording)
+    writer(RowFinished(result("acme")))
+    writer(RowFinished(result("beta" * 20_000)))  # a long line: still one write
+    monkeypatch.undo()
+    writer.close()
+    lines = [w for w in writes if w.startswith(b'{"key"')]
+    assert len(lines) == 2 and all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in lines)

@@ -18,7 +18,12 @@ from dworkers.events import (
     StepResult,
     StepStatus,
 )
-from dworkers.view.dataset import DatasetLineView, make_dataset_view, progress, summary
+from dworkers.view.dataset import (
+    DatasetLineView,
+    dataset_run_summary,
+    make_dataset_view,
+    progress,
+)
 from dworkers.view.dataset_state import DatasetState
 
 
@@ -168,7 +173,7 @@ def test_summary_names_every_status_and_where_the_files_are() -> None:
                            total_duration_ms=12_000, stop_reason="2 rows failed (--max-failures 2)")
     result.counts.update({RowStatus.SUCCEEDED: 6, RowStatus.FAILED: 2, RowStatus.SKIPPED: 12})
     out = Console(width=200, record=True, color_system=None)
-    out.print(summary(result, "runs/r"))
+    out.print(dataset_run_summary(result, "runs/r"))
     text = out.export_text()
     assert ("Dataset run finished with failures: 20 rows — 6 succeeded, 2 failed, 12 skipped · "
             "12 calls · 1,200 tokens · $0.1200 · 12.0s · 1 answered 429") in text
@@ -193,3 +198,24 @@ def test_an_offline_run_has_no_limits_to_learn() -> None:
     state.apply(RunStarted("r", "audit", "acme", tuple(
         StepInfo(s.step_id, s.name, s.role, "mock", s.depends_on) for s in STEPS), clock.now))
     assert "limit" not in render(state, width=120)
+
+
+def test_a_model_without_a_price_is_cost_unknown_in_progress_rows_and_summary() -> None:
+    unpriced = step("scope", cost=0.0).model_copy(update={"cost_known": False})
+    clock = Clock()
+    state = DatasetState(total=2, now=clock)
+    state.apply(started())
+    state.apply(RowStarted("acme", 2, clock.now))
+    state.apply(StepFinished(unpriced, clock.now, row="acme"))
+    text = render(state)
+    assert "cost unknown" in text and "$0.0000" not in text
+    out = Console(width=200, record=True, color_system=None)
+    view = DatasetLineView(out, total=2)
+    view(RowFinished(RowResult(key="acme", status=RowStatus.SUCCEEDED,
+                               outputs={"scope": unpriced}, duration_ms=1500)))
+    result = DatasetResult(run_id="r", plan="audit", tenant="acme")
+    result.counts[RowStatus.SUCCEEDED] = 1
+    out.print(dataset_run_summary(result, "runs/r", cost_known=state.cost_known))
+    lines = out.export_text().splitlines()
+    assert lines[0] == "[1/2] ✓ succeeded acme  1 steps, 1.5s, cost unknown"
+    assert "· cost unknown ·" in lines[1] and "$0" not in out.export_text()

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from dworkers.events import DatasetResult, Event, RowFinished, RowResult, RowStatus, RunStarted
 from dworkers.text import crop, one_line
-from dworkers.view import console
+from dworkers.view import console, print_error
 from dworkers.view.dataset_state import DatasetState
 from dworkers.view.state import Clock, fmt_cost, fmt_duration
 
@@ -61,11 +61,11 @@ ICONS: dict[RowStatus, tuple[str, str]] = {
 LINE_WIDTH = 160
 
 
-def _count(n: float) -> str:
+def _qty(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def _line(*parts: str | tuple[str, str], width: int) -> Text:
+def _parts_line(*parts: str | tuple[str, str], width: int) -> Text:
     text = Text.assemble(*parts, no_wrap=True, overflow="ellipsis")
     text.truncate(width, overflow="ellipsis")
     return text
@@ -76,12 +76,12 @@ def progress(state: DatasetState, width: int) -> RenderableType:
     lines: list[RenderableType] = []
     total = state.total
     head = f"{state.plan} for {state.tenant}" if state.plan else "dataset run"
-    rows = f"{_count(total)} rows" if total is not None else "rows"
-    lines.append(_line((head, "bold"), f" · {rows}",
+    rows = f"{_qty(total)} rows" if total is not None else "rows"
+    lines.append(_parts_line((head, "bold"), f" · {rows}",
                        (f" · run {state.run_id}" if state.run_id else "", "dim"), width=width))
     done = state.done
-    tail = (f" {_count(done)}/{_count(total)} rows {done * 100 // max(total, 1):>3}%"
-            if total is not None else f" {_count(done)} rows")
+    tail = (f" {_qty(done)}/{_qty(total)} rows {done * 100 // max(total, 1):>3}%"
+            if total is not None else f" {_qty(done)} rows")
     timing = f" · {fmt_duration(state.elapsed())}"
     eta = state.eta()
     if eta is not None:
@@ -90,33 +90,33 @@ def progress(state: DatasetState, width: int) -> RenderableType:
         bar_width = max(min(width - len(tail) - len(timing) - 1, 60), 10)
         bar = ProgressBar(total=max(total, 1), completed=done, width=bar_width)
         grid = Table.grid(padding=0)
-        grid.add_row(bar, _line(tail + timing, width=max(width - bar_width, 0)))
+        grid.add_row(bar, _parts_line(tail + timing, width=max(width - bar_width, 0)))
         lines.append(grid)
     else:
-        lines.append(_line(tail.strip() + timing, width=width))
+        lines.append(_parts_line(tail.strip() + timing, width=width))
     counts: list[str | tuple[str, str]] = []
     for status in (RowStatus.SUCCEEDED, RowStatus.FAILED):
         icon, style = ICONS[status]
-        counts += [(f"{icon} {_count(state.count(status))} {status.value}", style), "  "]
-    counts += [(f"⠿ {_count(len(state.running))} running", "cyan"), "  "]
+        counts += [(f"{icon} {_qty(state.count(status))} {status.value}", style), "  "]
+    counts += [(f"⠿ {_qty(len(state.running))} running", "cyan"), "  "]
     left = state.left
     if left is not None:
-        counts += [(f"○ {_count(left)} left", "dim"), "  "]
+        counts += [(f"○ {_qty(left)} left", "dim"), "  "]
     for status in (RowStatus.SKIPPED, RowStatus.CANCELLED):
         if state.count(status):
             icon, style = ICONS[status]
-            counts += [(f"{icon} {_count(state.count(status))} {status.value}", style), "  "]
-    lines.append(_line(*counts[:-1], width=width))
+            counts += [(f"{icon} {_qty(state.count(status))} {status.value}", style), "  "]
+    lines.append(_parts_line(*counts[:-1], width=width))
     pace, cost = _pace_parts(state)
     if len("".join(p if isinstance(p, str) else p[0] for p in [*pace, *cost])) <= width:
-        lines.append(_line(*pace, *cost, width=width))
+        lines.append(_parts_line(*pace, *cost, width=width))
     else:  # a narrow terminal: cost on a line of its own rather than cut off
-        lines.append(_line(*pace, width=width))
-        lines.append(_line(*cost[1:], width=width))
+        lines.append(_parts_line(*pace, width=width))
+        lines.append(_parts_line(*cost[1:], width=width))
     if state.failures:
-        lines.append(_line(("last failures:", "bold red"), width=width))
+        lines.append(_parts_line(("last failures:", "bold red"), width=width))
         for failure in state.failures:
-            lines.append(_line("  ", (one_line(failure.key), "bold"), " — ", failure.error,
+            lines.append(_parts_line("  ", (one_line(failure.key), "bold"), " — ", failure.error,
                                width=width))
     return Group(*lines)
 
@@ -126,14 +126,16 @@ def _pace_parts(
 ) -> tuple[list[str | tuple[str, str]], list[str | tuple[str, str]]]:
     calls, tokens = state.per_minute()
     rpm, tpm = state.limits()
-    parts: list[str | tuple[str, str]] = [f"calls {_count(calls)}/min"]
+    parts: list[str | tuple[str, str]] = [f"calls {_qty(calls)}/min"]
     if rpm or not state.offline:
-        parts.append((f" of {_count(rpm)}" if rpm else " (limit not known yet)", "dim"))
-    parts.append(f" · tokens {_count(tokens)}/min")
-    parts.append((f" of {_count(tpm)}" if tpm else "", "dim"))
+        parts.append((f" of {_qty(rpm)}" if rpm else " (limit not known yet)", "dim"))
+    parts.append(f" · tokens {_qty(tokens)}/min")
+    parts.append((f" of {_qty(tpm)}" if tpm else "", "dim"))
     if state.cached:
-        parts.append((f" · {_count(state.cached)} cached", "blue"))
-    cost: list[str | tuple[str, str]] = [" · ", f"cost {fmt_cost(state.cost_usd)}"]
+        parts.append((f" · {_qty(state.cached)} cached", "blue"))
+    shown_cost = fmt_cost(state.cost_usd, state.cost_known)
+    cost: list[str | tuple[str, str]] = [" · ", shown_cost if shown_cost == "cost unknown"
+                                         else f"cost {shown_cost}"]
     if state.budget_usd is not None:
         cost.append((f" of {fmt_cost(state.budget_usd)} budget", "dim"))
     return parts, cost
@@ -148,7 +150,7 @@ def row_line(row: RowResult, done: int, total: int | None) -> Text:
     if row.status is RowStatus.SUCCEEDED:
         cached = sum(1 for step in row.outputs.values() if step.cached)
         details = [f"{len(row.outputs)} steps", fmt_duration(row.duration_ms / 1000),
-                   fmt_cost(row.cost_usd)]
+                   fmt_cost(row.cost_usd, row.cost_known)]
         if cached:
             details.append(f"{cached} cached")
         text.append("  " + ", ".join(details), style="dim")
@@ -158,8 +160,10 @@ def row_line(row: RowResult, done: int, total: int | None) -> Text:
     return text
 
 
-def summary(result: DatasetResult, out_dir: str | None = None) -> Text:
-    """The end of a dataset run: rows by status, tokens, cost, time, where the files are."""
+def dataset_run_summary(result: DatasetResult, out_dir: str | None = None, *,
+            cost_known: bool = True) -> Text:
+    """The end of a dataset run: rows by status, tokens, cost (``cost_known`` False: some of
+    it could not be known), time, where the files are."""
     counts = result.counts
     status = ("interrupted" if result.interrupted else "succeeded" if result.success
               else "finished with failures")
@@ -168,7 +172,7 @@ def summary(result: DatasetResult, out_dir: str | None = None) -> Text:
     text.append(", ".join(f"{counts.get(s, 0):,} {s.value}" for s in RowStatus
                           if counts.get(s, 0) or s is RowStatus.SUCCEEDED))
     text.append(f" · {result.calls:,} calls · {result.prompt_tokens + result.completion_tokens:,}"
-                f" tokens · {fmt_cost(result.cost_usd)} · "
+                f" tokens · {fmt_cost(result.cost_usd, cost_known)} · "
                 f"{fmt_duration(result.total_duration_ms / 1000)}")
     if result.rate_limited:
         text.append(f" · {result.rate_limited:,} answered 429", style="yellow")
@@ -177,6 +181,15 @@ def summary(result: DatasetResult, out_dir: str | None = None) -> Text:
     if out_dir:
         text.append(f"\noutputs: {out_dir}", style="dim")
     return text
+
+
+def print_dataset_summary(out: Console, result: DatasetResult, out_dir: str,
+                          unsaved: Sequence[str], *, cost_known: bool = True) -> None:
+    """Print ``dataset_run_summary``, then what could not be saved (the run is not done
+    without it)."""
+    out.print(dataset_run_summary(result, out_dir, cost_known=cost_known), soft_wrap=True)
+    for problem in unsaved:
+        print_error(out, f"not saved: {problem}")
 
 
 # --- views: the engine's on_event callbacks ----------------------------------------------------
@@ -242,7 +255,7 @@ class DatasetLiveView(DatasetView):
 
 class DatasetLineView(DatasetView):
     """One line per finished row, for pipes and logs; ``quiet`` keeps only rows that did not
-    succeed. Either way the caller prints ``summary`` at the end."""
+    succeed. Either way the caller prints ``dataset_run_summary`` at the end."""
 
     def __init__(self, out: Console | None = None, *, total: int | None = None,
                  budget_usd: float | None = None, quiet: bool = False,
@@ -305,5 +318,13 @@ def row_details(row: RecordedRow, steps: Sequence[RecordedStep]) -> Text:
     return text
 
 
-__all__ = ["DatasetLineView", "DatasetLiveView", "DatasetView", "make_dataset_view", "progress",
-           "row_line", "summary"]
+__all__ = [
+    "DatasetLineView",
+    "DatasetLiveView",
+    "DatasetView",
+    "dataset_run_summary",
+    "make_dataset_view",
+    "print_dataset_summary",
+    "progress",
+    "row_line",
+]

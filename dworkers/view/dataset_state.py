@@ -67,6 +67,7 @@ class DatasetState:
     cached: int = 0  # row-steps answered from history
     tokens: int = 0
     cost_usd: float = 0.0
+    cost_known: bool = True  # False once a call's cost could not be known (no price)
     paces: dict[str, Pace] = field(default_factory=dict)
     failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=FAILURES_SHOWN))
     result: DatasetResult | None = None
@@ -94,6 +95,7 @@ class DatasetState:
                 self.tokens += result.total_tokens
                 self._count(event.at, result.attempts, result.total_tokens)
             self.cost_usd += result.cost_usd
+            self.cost_known = self.cost_known and result.cost_known
         elif isinstance(event, RowFinished):
             self._finish_row(event.result)
         elif isinstance(event, RateLimits):

@@ -3,26 +3,34 @@ stream of rows, and checks every row before a dataset run spends anything.
 
 A dataset is untrusted input, like a plan file: lines, rows, columns and keys are bounded, bytes
 that are not UTF-8, duplicate names and values that cannot be an input are reported, and nothing
-a file holds can raise anything but ``InputError``. Rows are never all in memory: ``check``
-reads the file once and keeps only the keys (to prove them unique); ``rows`` reads it again,
-one row at a time, when the run needs them.
+a file holds can raise anything but ``InputError``. The file is read exactly once: ``check``
+copies what it reads to an unnamed temporary file while it checks (keeping only the keys in
+memory, to prove them unique), and ``rows`` reads that copy, one row at a time. So the rows that
+run are the rows that were checked, even if the file changes meanwhile, and a pipe or FIFO
+given as ``--data`` works (it could not be opened a second time).
 
 Each row's key names it in results, history and files: ``--key COLUMN``, by default the ``id``
-column when there is one, else the 1-based row number. ``safe_name(key)`` is the file name of
-a row's report.
+column when there is one, else the 1-based row number; surrounding spaces are not part of a
+key. Keys that differ only in case or Unicode form (a composed or decomposed ``é``) are
+duplicates. ``safe_name(key)`` is the file name of a row's report.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
+import os
 import re
+import tempfile
+import unicodedata
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from dworkers.errors import InputError, Problem, did_you_mean, shown
 
@@ -44,16 +52,34 @@ _RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: keys are printed
 
 
+_DIGEST_SHAPED = re.compile(r"-[0-9a-f]{16}$")
+DIGEST_CHARS = 16
+
+
 def safe_name(key: str) -> str:
-    """A file name for a row's key: the key itself when it is already a plain name, else its
-    plain characters and a short digest of the whole key (so different keys never share a
-    name: two keys that map to the same characters differ in the digest)."""
+    """A file name for a row's key, never the same for two keys (even on a file system that
+    ignores case): the key itself when it is a plain lower-case name, else its plain
+    characters and a digest of the whole key. A plain key that looks like such a name (ends in
+    ``-`` and 16 hex digits) gets a digest of its own, so it cannot take another key's name."""
     plain = _UNSAFE.sub("_", key).strip("._") or "row"
     plain = plain[:SAFE_NAME_CHARS]
-    if plain == key and plain.lower() not in _RESERVED:
+    if (plain == key and key == key.lower() and plain not in _RESERVED
+            and not _DIGEST_SHAPED.search(key)):
         return key
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
     return f"{plain}-{digest}"
+
+
+def row_key(number: int, values: Mapping[str, str], key_column: str | None) -> str:
+    """A row's key: its ``key_column`` value without surrounding spaces, else its number."""
+    if key_column is None:
+        return str(number)
+    return values.get(key_column, "").strip()
+
+
+def folded_key(key: str) -> str:
+    """What makes two keys the same row: case and Unicode form (NFC) do not count."""
+    return unicodedata.normalize("NFC", key).casefold()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +96,11 @@ class DataRow:
 
 @dataclass
 class Dataset:
-    """A checked dataset: what ``check`` learned, and a way to read the rows again.
+    """A checked dataset: what ``check`` learned, and the copy of the file it checked.
 
     ``key_column`` is None when rows are keyed by their number. ``input_columns`` are the
     columns that fill plan inputs; ``fixed_inputs`` are ``-i`` values given to every row.
+    ``sha256`` is the digest of the bytes checked (and run).
     """
 
     path: Path
@@ -83,27 +110,61 @@ class Dataset:
     key_column: str | None
     input_columns: list[str]
     fixed_inputs: dict[str, str] = field(default_factory=dict)
+    copy: IO[bytes] | None = field(default=None, repr=False)  # what check read, byte for byte
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if self.copy is not None:  # the copy lives as long as the dataset
+            weakref.finalize(self, self.copy.close)
 
     @property
     def label(self) -> str:
         return str(self.path)
 
     def rows(self) -> Iterator[DataRow]:
-        """The rows, read from the file one at a time. The file was checked by ``check``;
-        should it have changed since, a row that no longer reads is an ``InputError``."""
-        reader = _Reader(self.path, self.format)
-        for raw in reader.records():
-            if isinstance(raw, Problem):
+        """The rows that were checked, one at a time (each call starts again from the first).
+        They are read from ``check``'s copy, never from the file again."""
+        reader = _DataFileReader(self.path, self.format)
+        source = self.copy.fileno() if self.copy is not None else None
+        for raw in reader.records(source):
+            if isinstance(raw, Problem):  # only if the copy itself was damaged
                 raise InputError([raw])
             number, line, values = raw
-            key = self._key(number, values)
+            key = row_key(number, values, self.key_column)
             inputs = {c: values[c] for c in self.input_columns if values.get(c, "") != ""}
             yield DataRow(key, number, line, values, {**inputs, **self.fixed_inputs})
 
-    def _key(self, number: int, values: Mapping[str, str]) -> str:
-        if self.key_column is None:
-            return str(number)
-        return values.get(self.key_column, "")
+
+class _CopyReader(io.RawIOBase):
+    """Reads the copy of a data file from the start, with a position of its own (``pread``), so
+    several readers never disturb one another."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd, self.position = fd, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = os.pread(self.fd, len(buffer), self.position)
+        buffer[:len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+class _Copying:
+    """A binary file whose lines are copied to ``copy`` and digested as they are read."""
+
+    def __init__(self, source: IO[bytes], copy: IO[bytes]) -> None:
+        self.source, self.copy = source, copy
+        self.digest = hashlib.sha256()
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self.source.readline(limit)
+        self.copy.write(data)
+        self.digest.update(data)
+        return data
 
 
 def dataset_format(path: Path) -> Format | None:
@@ -128,7 +189,7 @@ def check(path: Path | str, *, required: Sequence[str], optional: Iterable[str] 
 Record = tuple[int, int, dict[str, str]]  # row number, first line, values
 
 
-class _Reader:
+class _DataFileReader:
     """Yields each record, or a ``Problem`` for one that cannot be read (and goes on with the
     next where the format allows: every JSONL line stands alone; a CSV file stops at the first
     line that breaks its quoting)."""
@@ -138,17 +199,27 @@ class _Reader:
         self.file = str(path)
         self.header: list[str] = []
         self.header_problems: list[Problem] = []
+        self.copying: IO[bytes] | None = None  # where to copy what is read, if anywhere
+        self.copied: _Copying | None = None
 
     def problem(self, line: int, message: str, hint: str, code: str = "bad-data") -> Problem:
         return Problem(message, hint, code, file=self.file, line=line)
 
-    def records(self) -> Iterator[Record | Problem]:
+    def records(self, copy_of: int | None = None) -> Iterator[Record | Problem]:
+        """The records of the file; with ``copy_of``, of the copy of it open on that fd.
+        When ``copying`` is set, what is read is copied there too (see ``check``)."""
         try:
-            with self.path.open("rb") as handle:
+            if copy_of is not None:
+                opened: Any = io.BufferedReader(_CopyReader(copy_of), 1 << 16)
+            else:
+                opened = self.path.open("rb")
+            with opened as handle:
+                source = handle if self.copying is None else _Copying(handle, self.copying)
+                self.copied = source if isinstance(source, _Copying) else None
                 if self.format == "csv":
-                    yield from self._csv(handle)
+                    yield from self._csv(source)
                 else:
-                    yield from self._jsonl(handle)
+                    yield from self._jsonl(source)
         except OSError as exc:
             yield self.problem(1, f"cannot read the data file: {exc.strerror or exc}",
                                "check the path given to --data", "unreadable-data")
@@ -405,7 +476,17 @@ class _Checker:
         if path.is_dir():
             raise self.usage(f"{shown(str(path))} is a directory", "give a .csv or .jsonl file",
                              "missing-data")
-        reader = _Reader(path, fmt)
+        # Unnamed: gone with the process, however it ends; it lives as long as the Dataset.
+        copy = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            return self._read(path, fmt, copy)
+        except BaseException:
+            copy.close()
+            raise
+
+    def _read(self, path: Path, fmt: Format, copy: IO[bytes]) -> Dataset:
+        reader = _DataFileReader(path, fmt)
+        reader.copying = copy
         records = reader.records()
         known = [*self.required, *sorted(self.optional)]
         columns: list[str] = []
@@ -460,7 +541,10 @@ class _Checker:
                                          "above and check again", "more", file=self.file))
         if self.problems:
             raise InputError(self.problems)
-        return Dataset(path, fmt, rows, columns, key_column, input_columns, dict(self.fixed))
+        copy.flush()
+        digest = reader.copied.digest.hexdigest() if reader.copied is not None else ""
+        return Dataset(path, fmt, rows, columns, key_column, input_columns, dict(self.fixed),
+                       copy=copy, sha256=digest)
 
     def _decide_key(self, columns: list[str], fmt: Format) -> str | None:
         if self.key is None:
@@ -501,11 +585,9 @@ class _Checker:
             self.add(Problem(f"row has {what} for required input{'s' if len(missing) > 1 else ''}"
                              f" {names}", "fill it in, or remove the row", "missing-input",
                              file=self.file, line=line))
-        if key_column is None:
-            key = str(number)
-        else:
-            key = values.get(key_column, "")
-            if key.strip() == "":
+        key = row_key(number, values, key_column)
+        if key_column is not None:
+            if key == "":
                 self.add(Problem(f"row has no key (column {shown(key_column)} is "
                                  f"{'empty' if key_column in values else 'missing'})",
                                  "give every row a unique key, or choose another --key column",
@@ -518,18 +600,26 @@ class _Checker:
                                  "files: use short plain text, or choose another --key column",
                                  "bad-key", file=self.file, line=line))
                 return
-        folded = key.casefold()
+        folded = folded_key(key)
         earlier = keys.get(folded)
         if earlier is not None:
-            same = earlier[0] == key
             self.add(Problem(
-                f"key {shown(key)} repeats " + ("the key" if same else f"key {shown(earlier[0])}")
-                + f" of line {earlier[1]}" + ("" if same else " (keys differing only in case "
-                                               "would share a file)"),
+                f"key {shown(key)} repeats {_how_alike(earlier[0], key, earlier[1])}",
                 "keys must be unique: fix the value, or choose another --key column",
                 "duplicate-key", file=self.file, line=line))
             return
         keys[folded] = (key, line)
 
 
-__all__ = ["DataRow", "Dataset", "check", "dataset_format", "safe_name"]
+def _how_alike(earlier: str, key: str, line: int) -> str:
+    """Which earlier key a repeated one matches, and how, for the duplicate-key message."""
+    if earlier == key:
+        return f"the key of line {line}"
+    if unicodedata.normalize("NFC", earlier) == unicodedata.normalize("NFC", key):
+        why = "the same text, its accents encoded another way: composed vs decomposed"
+    else:
+        why = "keys differing only in case would share a file"
+    return f"key {shown(earlier)} of line {line} ({why})"
+
+
+__all__ = ["DataRow", "Dataset", "check", "dataset_format", "folded_key", "row_key", "safe_name"]

@@ -2,20 +2,23 @@
 ``rows/<key>.md`` (each row's report), ``report.md`` (the summary) and ``run.json``.
 
 Rows are written as they finish and forgotten: memory stays flat whatever the number of rows.
-Row files are plain writes, not fsynced (at 10,000 rows fsync alone would take minutes); a
-crash loses at most what the OS had not written yet, and the history holds every row anyway.
-``run.json`` and ``report.md`` are replaced atomically.
+Every file is whole whatever happens: a row report is written to a temporary file and renamed
+(not fsynced: at 10,000 rows fsync alone would take minutes, and the history holds every row),
+each ``results.jsonl`` line is appended in one write, ``run.json`` and ``report.md`` are
+replaced atomically. A cost that could not be known (a model without a price) is never written
+as $0: ``cost_usd`` is null and ``cost_known`` false.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from dworkers import deliverables
-from dworkers.dataset import safe_name
+from dworkers.dataset.reader import safe_name
 from dworkers.events import (
     DatasetFinished,
     DatasetResult,
@@ -45,9 +48,10 @@ class DatasetWriter:
         self.plan = plan
         self.data = data  # where the rows came from: file, key column, rows, fixed inputs
         self.started: RunStarted | None = None
-        self.results: IO[str] | None = None
+        self.results: int | None = None  # results.jsonl, opened for appending
         self.counts: dict[RowStatus, int] = dict.fromkeys(RowStatus, 0)
         self.cost_usd = 0.0
+        self.cost_known = True  # False once a row's cost could not be known
         self.tokens = 0
         self.failures: list[tuple[str, str, str]] = []  # key, status, error
         self.more_failures = 0
@@ -65,8 +69,8 @@ class DatasetWriter:
         if isinstance(event, RunStarted):
             self.started = event
             (self.directory / "rows").mkdir(parents=True, exist_ok=True)
-            self.results = (self.directory / "results.jsonl").open(
-                "a", encoding="utf-8", errors="replace")
+            self.results = os.open(self.directory / "results.jsonl",
+                                   os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
             self.write_run_json(None)
         elif isinstance(event, RowFinished):
             self.row(event.result)
@@ -76,33 +80,32 @@ class DatasetWriter:
     def row(self, row: RowResult) -> None:
         self.counts[row.status] += 1
         self.cost_usd += row.cost_usd
+        self.cost_known = self.cost_known and row.cost_known
         self.tokens += row.total_tokens
         if row.status is not RowStatus.SUCCEEDED:
             if len(self.failures) < FAILURES_LISTED:
                 self.failures.append((row.key, row.status.value, row.error or ""))
             else:
                 self.more_failures += 1
-        if self.results is not None:
-            self.results.write(json_text(row.record(), indent=None) + "\n")
-            self.results.flush()  # a reader (tail -f, a crash) sees whole lines; no fsync
+        if self.results is not None:  # a reader (tail -f, a crash) sees whole lines; no fsync
+            append_line(self.results, json_text(result_line(row), indent=None))
         if row.outputs:
-            path = self.directory / "rows" / f"{safe_name(row.key)}.md"
-            path.write_text(row_report(self.plan, row), encoding="utf-8", errors="replace")
+            write_atomic(self.directory / "rows" / f"{safe_name(row.key)}.md",
+                         row_report(self.plan, row), durable=False)
         if time.monotonic() - self.last_write >= RUN_JSON_INTERVAL:
             self.write_run_json(None)
 
     def finish(self, result: DatasetResult) -> None:
-        if self.results is not None:
-            self.results.close()
-            self.results = None
+        self.close()
         self.write_run_json(result)
         write_atomic(self.directory / "report.md", dataset_report(
-            self.plan, result, self.failures, self.more_failures, self.data))
+            self.plan, result, self.failures, self.more_failures, self.data,
+            cost_known=self.cost_known))
 
     def write_run_json(self, result: DatasetResult | None) -> None:
         data: dict[str, Any]
         if result is not None:
-            data = dataset_summary(result)
+            data = dataset_summary(result, cost_known=self.cost_known)
         else:
             started = self.started
             data = {
@@ -112,7 +115,7 @@ class DatasetWriter:
                 "status": "running",
                 "counts": {s.value: n for s, n in self.counts.items()},
                 "tokens": self.tokens,
-                "cost_usd": round(self.cost_usd, 6),
+                **cost_fields(self.cost_usd, self.cost_known),
             }
         data["data"] = self.data
         if self.started is not None:
@@ -123,8 +126,30 @@ class DatasetWriter:
     def close(self) -> None:
         """Close results.jsonl if the run ended without ``DatasetFinished``."""
         if self.results is not None:
-            self.results.close()
+            os.close(self.results)
             self.results = None
+
+
+def append_line(fd: int, text: str) -> None:
+    """Append ``text`` and a newline to an ``O_APPEND`` file in one write (a short write, on a
+    full disk say, is finished by the next ones), so no reader ever sees a line cut in two
+    by another line. Lone surrogates from a model's answer are replaced, as text files do."""
+    data = (text + "\n").encode("utf-8", errors="replace")
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def cost_fields(cost_usd: float, known: bool) -> dict[str, Any]:
+    """``cost_usd`` and ``cost_known`` for a JSON file: an unknown cost is null, never 0."""
+    return {"cost_usd": round(cost_usd, 6) if known else None, "cost_known": known}
+
+
+def result_line(row: RowResult) -> dict[str, Any]:
+    """A row as one line of ``results.jsonl``: its cost (null when unknown) and the steps
+    whose answers were cut off at the model's token limit."""
+    return {**row.record(), **cost_fields(row.cost_usd, row.cost_known),
+            "truncated": [sid for sid, step in row.outputs.items() if step.truncated]}
 
 
 def dataset_status(result: DatasetResult) -> str:
@@ -133,15 +158,25 @@ def dataset_status(result: DatasetResult) -> str:
     return "succeeded" if result.success else "failed"
 
 
-def dataset_summary(result: DatasetResult) -> dict[str, Any]:
-    """The machine-readable end of a dataset run (run.json, ``--json``): totals, never rows."""
+def dataset_summary(result: DatasetResult, *, cost_known: bool = True) -> dict[str, Any]:
+    """The machine-readable end of a dataset run (run.json, ``--json``): totals, never rows.
+    ``cost_known`` is False when some row's cost could not be known."""
     data = result.model_dump(mode="json")
     data["status"] = dataset_status(result)
     data["rows"] = result.rows
     data["counts"] = {s.value: result.counts.get(s, 0) for s in RowStatus}
     data["tokens"] = result.prompt_tokens + result.completion_tokens
-    data["cost_usd"] = round(result.cost_usd, 6)
+    data.update(cost_fields(result.cost_usd, cost_known))
     return data
+
+
+def _cost_text(cost_usd: float, known: bool) -> str:
+    """A cost in report.md: an unknown one says so (a model without a price), never $0."""
+    if known:
+        return f"${cost_usd:.4f}"
+    if cost_usd == 0:
+        return "unknown (a model without a known price)"
+    return f"${cost_usd:.4f} + unknown (a model without a known price)"
 
 
 def _cell(text: str, limit: int = 200) -> str:
@@ -151,7 +186,7 @@ def _cell(text: str, limit: int = 200) -> str:
 
 def dataset_report(plan: BasePlan, result: DatasetResult,
                    failures: list[tuple[str, str, str]], more: int,
-                   data: dict[str, Any]) -> str:
+                   data: dict[str, Any], *, cost_known: bool = True) -> str:
     """The summary of a dataset run as Markdown: counts, cost, the rows that did not succeed."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.started_at or time.time()))
     lines = [
@@ -164,7 +199,7 @@ def dataset_report(plan: BasePlan, result: DatasetResult,
         f"- Data: {data.get('file', '')} ({result.rows:,} rows)",
         f"- Calls: {result.calls:,} ({result.rate_limited:,} answered 429)",
         f"- Tokens: {result.prompt_tokens + result.completion_tokens:,}",
-        f"- Cost: ${result.cost_usd:.4f}",
+        f"- Cost: {_cost_text(result.cost_usd, cost_known)}",
         f"- Time: {result.total_duration_ms / 1000:.1f}s",
     ]
     if result.stop_reason:
@@ -198,4 +233,4 @@ def row_report(plan: BasePlan, row: RowResult) -> str:
     return clean("\n".join(lines)).rstrip() + "\n"
 
 
-__all__ = ["DatasetWriter", "dataset_report", "dataset_summary", "row_report"]
+__all__ = ["DatasetWriter", "dataset_report", "dataset_summary", "result_line", "row_report"]

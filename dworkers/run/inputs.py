@@ -1,0 +1,122 @@
+"""``--input`` values of ``dworkers run``: ``NAME=VALUE`` or ``NAME=@file`` (a pipe or FIFO too,
+never waited on for long), checked against the inputs the plan takes."""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from dworkers.errors import InputError, Problem, did_you_mean, shown
+
+MAX_INPUT_FILE_BYTES = 10 * 1024 * 1024
+INPUT_PIPE_WAIT = 10.0  # seconds an --input NAME=@pipe is waited on, at most
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, str]:
+    """``k=v`` pairs; ``k=@path`` reads the value from a file. Every bad pair reported."""
+    values: dict[str, str] = {}
+    problems = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(Problem(f"input {pair!r} is not NAME=VALUE",
+                                    'write --input brief="..." or --input brief=@brief.txt',
+                                    "bad-input", file="--input"))
+            continue
+        if value.startswith("@@"):  # a literal '@'
+            value = value[1:]
+        elif value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            try:
+                value = read_input_file(path)
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                problems.append(Problem(f"cannot read input {name!r} from {str(path)!r}: {reason}",
+                                        "check the path after '@' (use '@@' to start a value "
+                                        "with a literal '@')", "bad-input", file="--input"))
+                continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal could not decode
+            problems.append(Problem(f"input {name!r} is not valid text (undecodable bytes)",
+                                    "pass UTF-8 text, or read it from a file with NAME=@file",
+                                    "bad-input", file="--input"))
+            continue
+        values[name] = value
+    if problems:
+        raise InputError(problems)
+    return values
+
+
+def read_input_file(path: Path, wait: float | None = None) -> str:
+    """The text of an ``--input NAME=@path`` file. A pipe (``@/dev/stdin``, ``@<(cmd)``, a
+    FIFO) is read too, but never waited on for more than ``wait`` seconds in all, so a FIFO
+    nobody writes to cannot hang the command."""
+    wait = INPUT_PIPE_WAIT if wait is None else wait
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO never waits
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError("it is a directory")
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            raw = _read_bounded(fd, None)
+        else:
+            raw = _read_bounded(fd, time.monotonic() + wait)
+    except TimeoutError as exc:
+        raise ValueError(f"{exc} after {wait:g}s") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_INPUT_FILE_BYTES:
+        raise ValueError("larger than 10 MiB")
+    return raw.decode("utf-8")
+
+
+def _read_bounded(fd: int, deadline: float | None) -> bytes:
+    """Up to MAX_INPUT_FILE_BYTES + 1 bytes from ``fd``. A non-blocking ``fd`` (a pipe) is
+    waited on until ``deadline`` at most, for a writer to come and then to finish."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_INPUT_FILE_BYTES:
+        try:
+            chunk = os.read(fd, min(1 << 20, MAX_INPUT_FILE_BYTES + 1 - size))
+        except BlockingIOError:  # a writer, who has not finished
+            chunk = None
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+            continue
+        if chunk == b"" and (chunks or deadline is None):
+            break  # the end of the file, or the writer closed the pipe
+        left = (deadline or 0) - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("still no end of input" if chunks or chunk is None
+                               else "nothing to read: no writer")
+        if chunk is None:
+            select.select([fd], [], [], left)
+        else:  # no writer yet: a FIFO reads as ended until one opens it
+            time.sleep(min(0.05, left))
+    return b"".join(chunks)
+
+
+def check_input_names(given: Mapping[str, str], required: list[str], optional: list[str]) -> None:
+    """Refuse ``-i`` names the plan does not take (every one reported, with a guess)."""
+    known = [*required, *optional]
+    problems = []
+    for name in given:
+        if name not in known:
+            guess = did_you_mean(name, known)
+            problems.append(Problem(f"unknown input {shown(name)}",
+                                    f"did you mean {guess!r}?" if guess
+                                    else f"this plan takes: {', '.join(known) or 'no inputs'}",
+                                    "unknown-input", file="--input"))
+    if problems:
+        raise InputError(problems)
+
+
+__all__ = ["check_input_names", "parse_inputs", "read_input_file"]
