@@ -204,7 +204,7 @@ def test_a_killed_coordinator_interrupts_the_run_and_fails_no_row(
     common = ["--model", TEST_MODEL, "--max-concurrency", "3", "--out", "out", "--json", "-q"]
     with FakeLLMServer(latency=0.2) as server:
         killer = threading.Thread(target=kill_after,
-                                  args=(server, 12, "-coordinator", ray.kill), daemon=True)
+                                  args=(server, 45, "-coordinator", ray.kill), daemon=True)
         killer.start()
         first = CliRunner().invoke(app, ["run", str(plan), "--data", str(data), "--executor",
                                          "ray", "--api-base", server.url, *common])

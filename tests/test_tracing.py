@@ -53,7 +53,7 @@ from dworkers.events import (
     StepStarted,
     StepStatus,
 )
-from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest, knows_price
+from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest, Price
 from dworkers.tracing import RunTracer, joined, trace_carrier, trace_ids_of
 from dworkers.types import WorkerRole
 
@@ -82,8 +82,8 @@ class ReportingClient:
     def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> Any:
         return self.inner.preflight(models, keyed)
 
-    def knows_price(self, model: str) -> bool:
-        return knows_price(self.inner, model)
+    def price_of(self, model: str) -> Price | None:
+        return self.inner.price_of(model)
 
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         row, step, attempt = _calling.get()
