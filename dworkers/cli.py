@@ -415,9 +415,9 @@ def schema_command(
     """Print the JSON Schema of plan or tenant files, for editors (see README: Editors)."""
     from dworkers import view
     from dworkers.files import write_atomic
-    from dworkers.schema import render
+    from dworkers.schema import render_schema
 
-    text = render(kind.value)
+    text = render_schema(kind.value)
     if out is None:
         if not view.write_stdout(text):
             raise typer.Exit(1)

@@ -416,7 +416,7 @@ def _as_written(reference: str) -> str:
     return reference
 
 
-def resolve(path: tuple[str, ...], scope: Scope, has_default: bool, offset: int,
+def resolve_reference(path: tuple[str, ...], scope: Scope, has_default: bool, offset: int,
             written: Callable[[str], str] = _as_written) -> tuple[FieldInfo, Issue | None]:
     """What a reference names, or why it cannot: the checks ``validate`` runs on every
     ``when:`` and ``{placeholder}``. ``written`` shows a reference as the user writes it in
@@ -525,7 +525,7 @@ class _TypeChecker:
         if isinstance(node, Lit):
             return _literal_info(node.value)
         if isinstance(node, Ref):
-            info, issue = resolve(node.path, self.scope, False, node.offset)
+            info, issue = resolve_reference(node.path, self.scope, False, node.offset)
             if issue:
                 self.issues.append(issue)
             return info
@@ -542,7 +542,7 @@ class _TypeChecker:
         return BOOLEAN
 
     def defaulted(self, node: Default) -> FieldInfo:
-        info, issue = resolve(node.ref.path, self.scope, True, node.ref.offset)
+        info, issue = resolve_reference(node.ref.path, self.scope, True, node.ref.offset)
         if issue:
             self.issues.append(issue)
             return ANY

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import os
 
-
-def provider_of(model: str) -> str:
-    """``anthropic/claude-x`` → ``anthropic``; a model without a prefix is OpenAI's."""
-    prefix, sep, _ = model.partition("/")
-    return prefix.lower() if sep and prefix else "openai"
+from dworkers.names import provider_of
 
 
 def endpoint_for(model: str, api_base: str | None) -> str | None:

@@ -29,3 +29,10 @@ def json_schema_pattern(regex: re.Pattern[str]) -> dict[str, Any]:
     """``regex`` (a full match, written ``...\\Z``) as a JSON Schema ``pattern``, so that the
     schema editors read (``dworkers schema``) checks names with the very same expression."""
     return {"pattern": "^" + regex.pattern.removesuffix(r"\Z") + "$"}
+
+
+def provider_of(model: str) -> str:
+    """litellm's provider prefix of ``model``: ``anthropic/claude-x`` → ``anthropic``; a model
+    without a prefix is OpenAI's."""
+    prefix, sep, _ = model.partition("/")
+    return prefix.lower() if sep and prefix else "openai"

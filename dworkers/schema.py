@@ -80,7 +80,7 @@ def json_schema(kind: Kind) -> dict[str, Any]:
     return schema
 
 
-def render(kind: Kind) -> str:
+def render_schema(kind: Kind) -> str:
     """The schema as the text ``dworkers schema`` prints and ``--out`` writes."""
     return json.dumps(json_schema(kind), indent=2, ensure_ascii=False) + "\n"
 

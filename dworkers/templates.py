@@ -268,7 +268,7 @@ def check_references(parsed: ParsedTemplate, scope: Scope) -> list[Issue]:
     placeholder's brace."""
     issues = []
     for placeholder in parsed.placeholders:
-        _, issue = conditions.resolve(placeholder.path, scope, placeholder.has_default,
+        _, issue = conditions.resolve_reference(placeholder.path, scope, placeholder.has_default,
                                       placeholder.offset, _as_placeholder)
         if issue is None:
             continue

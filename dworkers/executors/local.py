@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dworkers.events import RowResult
-from dworkers.executors import Rows
+from dworkers.events import RowResult, Rows
 
 
 class LocalExecutor:

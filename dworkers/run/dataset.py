@@ -48,7 +48,7 @@ def _usage(message: str, hint: str, code: str, file: str) -> InputError:
     return InputError([Problem(message, hint, code, file=file)])
 
 
-class DatasetRun(RunMode):
+class DatasetMode(RunMode):
     """The plan once per row of a data file (or of the resumed run's rows)."""
 
     kind = "dataset"
@@ -207,4 +207,4 @@ def _rows(checked: Dataset) -> Iterator[Row]:
         yield Row(row.key, row.inputs, extra, row.line)
 
 
-__all__ = ["DatasetRun", "is_dataset_run", "resumes_dataset"]
+__all__ = ["DatasetMode", "is_dataset_run", "resumes_dataset"]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from dworkers.outputs import RunWriter
     from dworkers.run.flow import Resolved
 
-class SingleRun(RunMode):
+class SingleMode(RunMode):
     """One run of the plan over one set of inputs."""
 
     kind = "single"
@@ -182,4 +182,4 @@ def render_prompts(engine: Engine, inputs: dict[str, str], *, as_json: bool,
     return EXIT_OK
 
 
-__all__ = ["SingleRun", "render_prompts", "role_cap_note"]
+__all__ = ["SingleMode", "render_prompts", "role_cap_note"]

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dworkers.errors import Problem, TenantValidationError, shown
-from dworkers.names import IDENTIFIER, SLUG, SLUG_HINT, json_schema_pattern
+from dworkers.names import IDENTIFIER, SLUG, SLUG_HINT, json_schema_pattern, provider_of
 from dworkers.redact import redact_url
 from dworkers.types import ROLE_NAMES, SourceMap, SourcePath, WorkerRole
 
@@ -51,12 +51,6 @@ def check_api_base(url: str) -> str | None:
                 "which cannot be sent along with the API key; put the key in the provider's "
                 "variable (OPENAI_API_KEY, or the tenant's api_key_env) and leave them out")
     return None
-
-
-def provider_of(model: str) -> str:
-    """litellm's provider prefix of ``model``: "openai" for "gpt-4o" and "openai/gpt-4o"."""
-    provider, slash, _ = model.partition("/")
-    return provider.lower() if slash else "openai"
 
 
 class _Strict(BaseModel):
