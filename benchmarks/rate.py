@@ -28,9 +28,10 @@ from pathlib import Path
 from _common import local_server
 
 from dworkers.engine import PlanBuilder, RunOptions
-from dworkers.events import EventLog, RateLimits, RowStatus
+from dworkers.events import EventLog, RateLimits
 from dworkers.llm import load_litellm
 from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.results import RowStatus
 from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig
 
 

@@ -26,11 +26,12 @@ from pathlib import Path
 from _common import plan_from_graph
 
 from dworkers import dag
-from dworkers.events import RunResult, StepInfo, StepResult, StepStatus
+from dworkers.events import StepInfo
 from dworkers.history import History
 from dworkers.history.records import StepRecord
 from dworkers.history.resume import ResumeDecision, decide
 from dworkers.plans.base import BasePlan
+from dworkers.results import RunResult, StepResult, StepStatus
 
 SIZES = (2_500, 5_000, 10_000)
 OLD_SIZES = (500, 1_000, 2_000)

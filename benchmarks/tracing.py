@@ -34,15 +34,13 @@ from dworkers.events import (
     AttemptFinished,
     EventLog,
     RunFinished,
-    RunResult,
     RunStarted,
     StepFinished,
     StepInfo,
-    StepResult,
     StepStarted,
-    StepStatus,
 )
 from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest
+from dworkers.results import RunResult, StepResult, StepStatus
 from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig
 from dworkers.tracing import RunTracer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dworkers.events import StepResult, StepStatus
 from dworkers.plans.base import BasePlan
+from dworkers.results import StepResult, StepStatus
 
 
 def sections(plan: BasePlan, outputs: Mapping[str, StepResult]) -> list[str]:

@@ -41,8 +41,8 @@ from dworkers.errors import (
     RateLimitError,
     Usage,
 )
-from dworkers.events import MOCK_MODEL
 from dworkers.redact import redact, redact_url
+from dworkers.results import MOCK_MODEL
 from dworkers.text import ELLIPSIS, one_line
 
 Message = dict[str, str]

@@ -13,16 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from dworkers import deliverables
-from dworkers.events import (
-    Event,
-    RunFinished,
-    RunResult,
-    RunStarted,
-    StepFinished,
-    StepResult,
-)
+from dworkers.events import Event, RunFinished, RunStarted, StepFinished
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
+from dworkers.results import RunResult, StepResult
 from dworkers.text import clean, crop, one_line
 
 # run.json is rewritten after every step, except in very large plans, where rewriting it per

@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 
 from dworkers.errors import PreflightError, Problem
 from dworkers.events import (
-    MOCK_MODEL,
     AttemptFinished,
     DatasetFinished,
     RateLimits,
@@ -47,12 +46,11 @@ from dworkers.events import (
     RunStarted,
     StepFinished,
     StepInfo,
-    StepResult,
     StepRetrying,
     StepStarted,
-    StepStatus,
 )
 from dworkers.redact import redact
+from dworkers.results import MOCK_MODEL, StepResult, StepStatus
 from dworkers.text import crop, one_line
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from support import FakeLLMServer, llm_server, make_plan, make_tenant
 from dworkers.budget import LocalBudget, Reservations
 from dworkers.engine import Engine, PlanBuilder, RunOptions
 from dworkers.estimates import DEFAULT_OUTPUT_TOKENS, TokenEstimator
-from dworkers.events import RowResult, RowStatus, RunResult, StepStatus
 from dworkers.llm import Completion, LLMRequest
+from dworkers.results import RowResult, RowStatus, RunResult, StepStatus
 from dworkers.tenants.config import ModelPrice, TenantConfig
 
 __all__ = ["llm_server"]

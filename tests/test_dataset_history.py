@@ -8,21 +8,10 @@ import pytest
 from support import make_plan
 
 from dworkers.errors import NotFoundError
-from dworkers.events import (
-    DatasetFinished,
-    DatasetResult,
-    Row,
-    RowFinished,
-    RowResult,
-    RowStatus,
-    RunStarted,
-    StepFinished,
-    StepInfo,
-    StepResult,
-    StepStatus,
-)
+from dworkers.events import DatasetFinished, RowFinished, RunStarted, StepFinished, StepInfo
 from dworkers.history import History
 from dworkers.history.rows import DatasetRecorder, RowHistory, RowStepCache
+from dworkers.results import DatasetResult, Row, RowResult, RowStatus, StepResult, StepStatus
 
 PLAN = make_plan({"scope": [], "write": ["scope"]})
 STEPS = tuple(StepInfo(s.step_id, s.name, "analyst", "openai/m", tuple(s.depends_on))

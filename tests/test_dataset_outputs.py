@@ -11,17 +11,8 @@ from support import make_plan
 
 from dworkers.dataset.outputs import DatasetWriter, row_report
 from dworkers.dataset.reader import safe_name
-from dworkers.events import (
-    DatasetFinished,
-    DatasetResult,
-    RowFinished,
-    RowResult,
-    RowStatus,
-    RunStarted,
-    StepInfo,
-    StepResult,
-    StepStatus,
-)
+from dworkers.events import DatasetFinished, RowFinished, RunStarted, StepInfo
+from dworkers.results import DatasetResult, RowResult, RowStatus, StepResult, StepStatus
 
 PLAN = make_plan({"scope": [], "write": ["scope"]})
 STEPS = tuple(StepInfo(s.step_id, s.name, "analyst", "openai/m", tuple(s.depends_on))
@@ -157,7 +148,7 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero(tmp_path: Path) -> N
     running = json.loads((out / "run.json").read_text())
     assert running["cost_usd"] is None and running["cost_known"] is False
     done = DatasetResult(run_id="r1", plan=PLAN.name, tenant="acme")
-    done.counts[RowStatus.SUCCEEDED] = 1
+    done.add(unpriced("acme"))  # the engine's totals learn the unknown cost from the row
     writer(DatasetFinished(done))
     [line] = map(json.loads, (out / "results.jsonl").read_text().splitlines())
     assert line["cost_usd"] is None and line["cost_known"] is False

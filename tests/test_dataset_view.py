@@ -6,18 +6,14 @@ from rich.console import Console
 
 from dworkers.events import (
     DatasetFinished,
-    DatasetResult,
     RateLimits,
     RowFinished,
-    RowResult,
     RowStarted,
-    RowStatus,
     RunStarted,
     StepFinished,
     StepInfo,
-    StepResult,
-    StepStatus,
 )
+from dworkers.results import DatasetResult, RowResult, RowStatus, StepResult, StepStatus
 from dworkers.view.dataset import (
     DatasetLineView,
     dataset_run_summary,
@@ -211,11 +207,12 @@ def test_a_model_without_a_price_is_cost_unknown_in_progress_rows_and_summary() 
     assert "cost unknown" in text and "$0.0000" not in text
     out = Console(width=200, record=True, color_system=None)
     view = DatasetLineView(out, total=2)
-    view(RowFinished(RowResult(key="acme", status=RowStatus.SUCCEEDED,
-                               outputs={"scope": unpriced}, duration_ms=1500)))
+    row = RowResult(key="acme", status=RowStatus.SUCCEEDED, outputs={"scope": unpriced},
+                    duration_ms=1500)
+    view(RowFinished(row))
     result = DatasetResult(run_id="r", plan="audit", tenant="acme")
-    result.counts[RowStatus.SUCCEEDED] = 1
-    out.print(dataset_run_summary(result, "runs/r", cost_known=state.cost_known))
+    result.add(row)
+    out.print(dataset_run_summary(result, "runs/r"))
     lines = out.export_text().splitlines()
     assert lines[0] == "[1/2] ✓ succeeded acme  1 steps, 1.5s, cost unknown"
     assert "· cost unknown ·" in lines[1] and "$0" not in out.export_text()

@@ -21,17 +21,9 @@ from support import (
 
 from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.errors import InputError, PlanValidationError, PreflightError
-from dworkers.events import (
-    MOCK_MODEL,
-    EventLog,
-    RunResult,
-    RunStarted,
-    StepFinished,
-    StepRetrying,
-    StepStarted,
-    StepStatus,
-)
+from dworkers.events import EventLog, RunStarted, StepFinished, StepRetrying, StepStarted
 from dworkers.plans.base import InputSpec
+from dworkers.results import MOCK_MODEL, RunResult, StepStatus
 from dworkers.tenants.config import TenantConfig
 from dworkers.types import WorkerRole
 

@@ -30,17 +30,7 @@ from dworkers.errors import (
     Problem,
     ProviderUnavailableError,
 )
-from dworkers.events import (
-    EventLog,
-    RunResult,
-    RunStarted,
-    StepFinished,
-    StepInfo,
-    StepProgress,
-    StepResult,
-    StepStarted,
-    StepStatus,
-)
+from dworkers.events import EventLog, RunStarted, StepFinished, StepInfo, StepProgress, StepStarted
 from dworkers.history import (
     AmbiguousRunError,
     History,
@@ -54,6 +44,7 @@ from dworkers.history import (
 )
 from dworkers.llm import Completion, DeltaCallback, LLMClient, LLMRequest, MockClient
 from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.results import RunResult, StepResult, StepStatus
 
 __all__ = ["llm_server"]
 

@@ -25,7 +25,7 @@ from support import FakeLLMServer, invoke, llm_server, make_plan, make_tenant, m
 
 from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.errors import InvalidAnswerError
-from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
+from dworkers.events import EventLog, StepRetrying
 from dworkers.llm import (
     ERROR_EXCERPT_CHARS,
     MAX_ANSWER_BYTES,
@@ -34,6 +34,7 @@ from dworkers.llm import (
     LLMRequest,
     load_litellm,
 )
+from dworkers.results import RunResult, StepStatus
 from dworkers.tenants.config import LimitsConfig, ModelPrice, TenantConfig
 
 __all__ = ["llm_server"]

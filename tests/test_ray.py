@@ -29,16 +29,7 @@ from typer.testing import CliRunner
 from dworkers.budget import LocalBudget
 from dworkers.cli import app
 from dworkers.engine import PlanBuilder
-from dworkers.events import (
-    DatasetFinished,
-    EventLog,
-    ExecutorNotice,
-    Row,
-    RowFinished,
-    RowResult,
-    RowStarted,
-    RowStatus,
-)
+from dworkers.events import DatasetFinished, EventLog, ExecutorNotice, RowFinished, RowStarted
 from dworkers.executors.local import LocalExecutor
 from dworkers.executors.ray import (
     RayExecutor,
@@ -48,6 +39,7 @@ from dworkers.executors.ray import (
 )
 from dworkers.executors.ray_coordinator import SharedBudget, start_coordinator
 from dworkers.ratelimit import LocalRateGate
+from dworkers.results import Row, RowResult, RowStatus
 from dworkers.tenants.config import ModelsConfig
 from dworkers.types import WorkerRole
 

@@ -18,17 +18,14 @@ from dworkers.events import (
     DatasetFinished,
     EventLog,
     RateLimits,
-    Row,
     RowFinished,
-    RowResult,
     RowStarted,
-    RowStatus,
     RunFinished,
     RunStarted,
     StepFinished,
     StepStarted,
-    StepStatus,
 )
+from dworkers.results import Row, RowResult, RowStatus, StepStatus
 from dworkers.tenants.config import RateLimitConfig, TenantConfig
 
 __all__ = ["llm_server"]

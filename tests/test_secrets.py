@@ -20,9 +20,10 @@ from dworkers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from dworkers.events import EventLog, RunResult, StepRetrying, StepStatus
+from dworkers.events import EventLog, StepRetrying
 from dworkers.llm import LiteLLMClient, _clean_message
 from dworkers.redact import redact, redact_url
+from dworkers.results import RunResult, StepStatus
 from dworkers.tenants.config import TenantConfig, check_api_base, check_model_name
 
 __all__ = ["llm_server"]

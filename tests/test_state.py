@@ -10,16 +10,14 @@ from dworkers.events import (
     Event,
     EventLog,
     RunFinished,
-    RunResult,
     RunStarted,
     StepFinished,
     StepInfo,
     StepProgress,
-    StepResult,
     StepRetrying,
     StepStarted,
-    StepStatus,
 )
+from dworkers.results import RunResult, StepResult, StepStatus
 from dworkers.view.state import (
     LINE_WIDTH,
     Phase,

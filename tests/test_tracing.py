@@ -36,24 +36,26 @@ from dworkers.errors import LLMError, Usage
 from dworkers.events import (
     AttemptFinished,
     DatasetFinished,
-    DatasetResult,
     EventLog,
-    Row,
     RowFinished,
-    RowResult,
     RowStarted,
-    RowStatus,
     RunFinished,
-    RunResult,
     RunStarted,
     StepFinished,
     StepInfo,
-    StepResult,
     StepRetrying,
     StepStarted,
-    StepStatus,
 )
 from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest, Price
+from dworkers.results import (
+    DatasetResult,
+    Row,
+    RowResult,
+    RowStatus,
+    RunResult,
+    StepResult,
+    StepStatus,
+)
 from dworkers.tracing import RunTracer, joined, trace_carrier, trace_ids_of
 from dworkers.types import WorkerRole
 

@@ -12,16 +12,14 @@ from dworkers import view
 from dworkers.events import (
     Event,
     RunFinished,
-    RunResult,
     RunStarted,
     StepFinished,
     StepInfo,
     StepProgress,
-    StepResult,
     StepRetrying,
     StepStarted,
-    StepStatus,
 )
+from dworkers.results import RunResult, StepResult, StepStatus
 from dworkers.view import live as live_view
 from dworkers.view.state import Phase, RunState
 

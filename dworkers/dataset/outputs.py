@@ -19,17 +19,10 @@ from typing import Any
 
 from dworkers import deliverables
 from dworkers.dataset.reader import safe_name
-from dworkers.events import (
-    DatasetFinished,
-    DatasetResult,
-    Event,
-    RowFinished,
-    RowResult,
-    RowStatus,
-    RunStarted,
-)
+from dworkers.events import DatasetFinished, Event, RowFinished, RunStarted
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
+from dworkers.results import DatasetResult, RowResult, RowStatus
 from dworkers.text import clean, crop, json_text, one_line
 
 RUN_JSON_INTERVAL = 2.0  # seconds between rewrites of run.json while rows finish
@@ -99,13 +92,12 @@ class DatasetWriter:
         self.close()
         self.write_run_json(result)
         write_atomic(self.directory / "report.md", dataset_report(
-            self.plan, result, self.failures, self.more_failures, self.data,
-            cost_known=self.cost_known))
+            self.plan, result, self.failures, self.more_failures, self.data))
 
     def write_run_json(self, result: DatasetResult | None) -> None:
         data: dict[str, Any]
         if result is not None:
-            data = dataset_summary(result, cost_known=self.cost_known)
+            data = dataset_summary(result)
         else:
             started = self.started
             data = {
@@ -158,15 +150,15 @@ def dataset_status(result: DatasetResult) -> str:
     return "succeeded" if result.success else "failed"
 
 
-def dataset_summary(result: DatasetResult, *, cost_known: bool = True) -> dict[str, Any]:
-    """The machine-readable end of a dataset run (run.json, ``--json``): totals, never rows.
-    ``cost_known`` is False when some row's cost could not be known."""
+def dataset_summary(result: DatasetResult) -> dict[str, Any]:
+    """The machine-readable end of a dataset run (run.json, ``--json``): totals, never rows;
+    a cost some row could not know is null."""
     data = result.model_dump(mode="json")
     data["status"] = dataset_status(result)
     data["rows"] = result.rows
     data["counts"] = {s.value: result.counts.get(s, 0) for s in RowStatus}
     data["tokens"] = result.prompt_tokens + result.completion_tokens
-    data.update(cost_fields(result.cost_usd, cost_known))
+    data.update(cost_fields(result.cost_usd, result.cost_known))
     return data
 
 
@@ -186,7 +178,7 @@ def _cell(text: str, limit: int = 200) -> str:
 
 def dataset_report(plan: BasePlan, result: DatasetResult,
                    failures: list[tuple[str, str, str]], more: int,
-                   data: dict[str, Any], *, cost_known: bool = True) -> str:
+                   data: dict[str, Any]) -> str:
     """The summary of a dataset run as Markdown: counts, cost, the rows that did not succeed."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.started_at or time.time()))
     lines = [
@@ -199,7 +191,7 @@ def dataset_report(plan: BasePlan, result: DatasetResult,
         f"- Data: {data.get('file', '')} ({result.rows:,} rows)",
         f"- Calls: {result.calls:,} ({result.rate_limited:,} answered 429)",
         f"- Tokens: {result.prompt_tokens + result.completion_tokens:,}",
-        f"- Cost: {_cost_text(result.cost_usd, cost_known)}",
+        f"- Cost: {_cost_text(result.cost_usd, result.cost_known)}",
         f"- Time: {result.total_duration_ms / 1000:.1f}s",
     ]
     if result.stop_reason:

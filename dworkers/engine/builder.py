@@ -10,9 +10,9 @@ from dworkers.engine.calls import EventCallback
 from dworkers.engine.engine import Engine
 from dworkers.engine.reuse import StepCache
 from dworkers.engine.settings import RunOptions
-from dworkers.events import StepResult
 from dworkers.llm import LiteLLMClient, LLMClient, MockClient
 from dworkers.plans.base import BasePlan
+from dworkers.results import StepResult
 from dworkers.tenants.config import TenantConfig
 
 

@@ -22,10 +22,11 @@ from dworkers.budget import Hold
 from dworkers.engine.pool import Pool
 from dworkers.engine.settings import Policy, fmt_seconds
 from dworkers.errors import LLMError, ProviderTimeoutError, RateLimitError, Usage
-from dworkers.events import Event, StepProgress, StepResult, StepRetrying, StepStarted, StepStatus
+from dworkers.events import Event, StepProgress, StepRetrying, StepStarted
 from dworkers.llm import Completion, LLMRequest, estimate_tokens
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.ratelimit import RateGate
+from dworkers.results import StepResult, StepStatus
 
 EventCallback = Callable[[Event], None]
 Attempt = StepResult | LLMError

@@ -25,14 +25,12 @@ from dworkers.engine.preflight import check_before_calls, inputs_with_defaults
 from dworkers.engine.reuse import StepCache
 from dworkers.engine.settings import Policy
 from dworkers.errors import DworkersError
-from dworkers.events import (
-    DatasetFinished,
+from dworkers.events import DatasetFinished, RowFinished, RowStarted
+from dworkers.results import (
     DatasetResult,
     Row,
-    RowFinished,
     RowResult,
     Rows,
-    RowStarted,
     RowStatus,
     RunResult,
     StepStatus,

@@ -19,10 +19,10 @@ from dworkers.engine.pool import Pool
 from dworkers.engine.preflight import check_before_calls, inputs_with_defaults
 from dworkers.engine.reuse import StepCache, applies_again, reusable_steps
 from dworkers.engine.settings import Policy, RunOptions, new_run_id
-from dworkers.events import DatasetResult, Row, RowResult, RunResult, StepResult
 from dworkers.llm import LLMClient
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.ratelimit import RateGate
+from dworkers.results import DatasetResult, Row, RowResult, RunResult, StepResult
 from dworkers.tenants.config import TenantConfig
 
 

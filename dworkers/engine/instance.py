@@ -21,17 +21,10 @@ from dworkers.engine.calls import EventCallback, StepCalls, StepRecords
 from dworkers.engine.pool import Pool
 from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key
 from dworkers.engine.settings import Policy, new_run_id
-from dworkers.events import (
-    Row,
-    RunFinished,
-    RunResult,
-    StepFinished,
-    StepResult,
-    StepStatus,
-    digest_messages,
-)
+from dworkers.events import RunFinished, StepFinished
 from dworkers.llm import LLMRequest
 from dworkers.plans.base import PlanStep
+from dworkers.results import Row, RunResult, StepResult, StepStatus, digest_messages
 
 STEP_CANCEL_WAIT = 10.0  # seconds in-flight calls get to wind down after an interruption
 

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from dworkers import dag
 from dworkers.engine.settings import Policy
-from dworkers.events import MOCK_MODEL, StepResult, digest_messages
 from dworkers.llm import Message
 from dworkers.plans.base import PlanStep
+from dworkers.results import MOCK_MODEL, StepResult, digest_messages
 
 
 class StepCache(Protocol):

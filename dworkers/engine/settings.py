@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from dworkers import dag, prompts
 from dworkers.endpoints import endpoint_for
-from dworkers.events import MOCK_MODEL, RunStarted, StepInfo
+from dworkers.events import RunStarted, StepInfo
 from dworkers.llm import LLMClient, Message, Price
 from dworkers.plans.base import BasePlan, PlanStep
+from dworkers.results import MOCK_MODEL
 from dworkers.tenants.config import TenantConfig
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from dworkers.errors import InputError, Problem
-from dworkers.events import RowResult, Rows
+from dworkers.results import RowResult, Rows
 
 EXECUTORS = ("local", "ray")
 

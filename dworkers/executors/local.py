@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dworkers.events import RowResult, Rows
+from dworkers.results import RowResult, Rows
 
 
 class LocalExecutor:

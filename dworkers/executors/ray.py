@@ -50,22 +50,11 @@ from ray.exceptions import RayActorError, RayError
 from dworkers import __version__
 from dworkers.budget import LocalBudget
 from dworkers.errors import DworkersError, InputError, PreflightError, Problem
-from dworkers.events import (
-    DatasetFinished,
-    DatasetResult,
-    ExecutorNotice,
-    Row,
-    RowFinished,
-    RowResult,
-    Rows,
-    RowStarted,
-    RowStatus,
-    StepFinished,
-    each_row,
-)
+from dworkers.events import DatasetFinished, ExecutorNotice, RowFinished, RowStarted, StepFinished
 from dworkers.executors.ray_coordinator import start_coordinator
 from dworkers.executors.ray_workers import Batch, RowWorker
 from dworkers.ratelimit import LocalRateGate
+from dworkers.results import DatasetResult, Row, RowResult, Rows, RowStatus, each_row
 
 KEYS_VARIABLE = "DWORKERS_RAY_KEYS"
 KEY_MODES = ("send", "worker-env")  # see the module's docstring

@@ -19,8 +19,9 @@ from typing import Any
 
 from dworkers import __version__
 from dworkers.errors import Problem, ProblemsError
-from dworkers.events import DatasetFinished, Row, RunFinished, RunStarted, StepProgress
+from dworkers.events import DatasetFinished, RunFinished, RunStarted, StepProgress
 from dworkers.executors.ray_coordinator import SharedBudget, SharedRateGate
+from dworkers.results import Row
 
 BATCH_SECONDS = 0.1  # events are gathered this long before a batch goes to the driver
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dworkers.errors import HistoryError
-from dworkers.events import MOCK_MODEL, StepResult
 from dworkers.history.storage import History
+from dworkers.results import MOCK_MODEL, StepResult
 
 
 class HistoryCache:

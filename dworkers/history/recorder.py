@@ -7,16 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dworkers.errors import HistoryError
-from dworkers.events import (
-    Event,
-    RunFinished,
-    RunResult,
-    RunStarted,
-    StepFinished,
-    StepInfo,
-    StepStarted,
-)
+from dworkers.events import Event, RunFinished, RunStarted, StepFinished, StepInfo, StepStarted
 from dworkers.history.storage import History
+from dworkers.results import RunResult
 
 
 class HistoryRecorder:

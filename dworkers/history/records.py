@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from dworkers.events import RunStatus, StepInfo, StepResult, StepStatus, digest_messages
+from dworkers.events import StepInfo
+from dworkers.results import RunStatus, StepResult, StepStatus, digest_messages
 
 
 @dataclass(frozen=True, slots=True)

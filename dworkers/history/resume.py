@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dworkers import dag
-from dworkers.events import StepResult
 from dworkers.history.records import StepRecord
 from dworkers.plans.base import BasePlan
+from dworkers.results import StepResult
 
 NAMED_CAUSES = 3  # a reason names at most this many changed upstream steps
 

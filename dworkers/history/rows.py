@@ -21,24 +21,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dworkers.errors import HistoryError, NotFoundError
-from dworkers.events import (
-    MOCK_MODEL,
-    DatasetFinished,
-    DatasetResult,
-    Event,
-    Row,
-    RowFinished,
-    RowResult,
-    RowStatus,
-    RunStarted,
-    StepFinished,
-    StepResult,
-)
+from dworkers.events import DatasetFinished, Event, RowFinished, RunStarted, StepFinished
 from dworkers.history import resume
 from dworkers.history.cache import HistoryCache
 from dworkers.history.records import StepRecord
 from dworkers.history.storage import History
 from dworkers.plans.base import BasePlan
+from dworkers.results import MOCK_MODEL, DatasetResult, Row, RowResult, RowStatus, StepResult
 
 ROW_STATUSES = ("pending", "running", *(s.value for s in RowStatus))
 BATCH = 500  # rows read or written per statement

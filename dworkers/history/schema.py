@@ -6,7 +6,7 @@ applies the missing ones in one transaction when it opens the file.
 
 from __future__ import annotations
 
-from dworkers.events import RunStatus
+from dworkers.results import RunStatus
 
 RUN_STATUSES = tuple(status.value for status in RunStatus)
 

@@ -25,16 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dworkers.errors import DworkersError, HistoryError, NotFoundError
-from dworkers.events import (
-    Event,
-    RunFinished,
-    RunResult,
-    RunStarted,
-    RunStatus,
-    StepFinished,
-    StepInfo,
-    StepResult,
-)
+from dworkers.events import Event, RunFinished, RunStarted, StepFinished, StepInfo
 from dworkers.files import data_dir
 from dworkers.history import resume, schema
 from dworkers.history.records import (
@@ -49,6 +40,7 @@ from dworkers.history.records import (
     step_row,
 )
 from dworkers.plans.base import BasePlan
+from dworkers.results import RunResult, RunStatus, StepResult
 
 DEFAULT_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 LATEST = ("last", "latest")  # run references meaning "the most recent run"

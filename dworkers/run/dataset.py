@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dworkers.errors import DworkersError, HistoryError, InputError, Problem
-from dworkers.events import DatasetResult, Row
+from dworkers.results import DatasetResult, Row
 from dworkers.run.flow import EXIT_OK, Console, Display, RunMode, RunRequest
 from dworkers.run.inputs import check_input_names
 from dworkers.text import one_line
@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from dworkers.dataset.outputs import DatasetWriter
     from dworkers.dataset.reader import Dataset
     from dworkers.engine import Engine, StepCache
-    from dworkers.events import RunStarted, StepResult
+    from dworkers.events import RunStarted
     from dworkers.executors import Executor
     from dworkers.history import History, RunRecord
     from dworkers.history.rows import DatasetRecorder
+    from dworkers.results import StepResult
     from dworkers.run.flow import Resolved
     from dworkers.view.dataset import DatasetView
 
@@ -184,20 +185,16 @@ class DatasetMode(RunMode):
             result = result.model_copy(update={"interrupted": True})
         return result
 
-    @property
-    def cost_known(self) -> bool:
-        return self.display is None or self.display.state.cost_known
-
     def print_summary(self, err: Console, outcome: DatasetResult, out_dir: Path,
                       unsaved: list[str]) -> None:
         from dworkers.view.dataset import print_dataset_summary
 
-        print_dataset_summary(err, outcome, str(out_dir), unsaved, cost_known=self.cost_known)
+        print_dataset_summary(err, outcome, str(out_dir), unsaved)
 
     def document(self, outcome: DatasetResult, out_dir: Path) -> dict[str, Any]:
         from dworkers.dataset.outputs import dataset_summary
 
-        return {**dataset_summary(outcome, cost_known=self.cost_known), "out_dir": str(out_dir)}
+        return {**dataset_summary(outcome), "out_dir": str(out_dir)}
 
 
 def _rows(checked: Dataset) -> Iterator[Row]:

@@ -30,9 +30,10 @@ from dworkers.text import json_text
 
 if TYPE_CHECKING:
     from dworkers.engine import StepCache
-    from dworkers.events import RunStarted, StepResult
+    from dworkers.events import RunStarted
     from dworkers.history import History, RunRecord
     from dworkers.plans.base import BasePlan
+    from dworkers.results import StepResult
     from dworkers.tenants.config import TenantConfig
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 Console = Any  # the view's rich console: only the view imports rich

@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dworkers.events import RunResult
+from dworkers.results import RunResult
 from dworkers.run.flow import EXIT_OK, Console, Display, RunMode, RunRequest
 from dworkers.text import clean, json_text
 from dworkers.types import WorkerRole
 
 if TYPE_CHECKING:
     from dworkers.engine import Engine, StepCache
-    from dworkers.events import RunStarted, StepResult
+    from dworkers.events import RunStarted
     from dworkers.history import History, HistoryRecorder, RunRecord
     from dworkers.outputs import RunWriter
+    from dworkers.results import StepResult
     from dworkers.run.flow import Resolved
 
 class SingleMode(RunMode):

@@ -26,8 +26,8 @@ from dworkers.text import cells, clean, fit, fit_right, one_line
 
 if TYPE_CHECKING:
     from dworkers.catalog import PlanSummary
-    from dworkers.events import RunSummary
     from dworkers.plans.base import BasePlan
+    from dworkers.results import RunSummary
     from dworkers.view.live import (
         LineView as LineView,
         LiveView as LiveView,

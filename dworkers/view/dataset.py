@@ -18,7 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from dworkers.events import DatasetResult, Event, RowFinished, RowResult, RowStatus, RunStarted
+from dworkers.events import Event, RowFinished, RunStarted
+from dworkers.results import DatasetResult, RowResult, RowStatus
 from dworkers.text import crop, one_line
 from dworkers.view import console, print_error
 from dworkers.view.dataset_state import DatasetState
@@ -160,10 +161,9 @@ def row_line(row: RowResult, done: int, total: int | None) -> Text:
     return text
 
 
-def dataset_run_summary(result: DatasetResult, out_dir: str | None = None, *,
-            cost_known: bool = True) -> Text:
-    """The end of a dataset run: rows by status, tokens, cost (``cost_known`` False: some of
-    it could not be known), time, where the files are."""
+def dataset_run_summary(result: DatasetResult, out_dir: str | None = None) -> Text:
+    """The end of a dataset run: rows by status, tokens, cost (never $0 for one that could not
+    be known), time, where the files are."""
     counts = result.counts
     status = ("interrupted" if result.interrupted else "succeeded" if result.success
               else "finished with failures")
@@ -172,7 +172,7 @@ def dataset_run_summary(result: DatasetResult, out_dir: str | None = None, *,
     text.append(", ".join(f"{counts.get(s, 0):,} {s.value}" for s in RowStatus
                           if counts.get(s, 0) or s is RowStatus.SUCCEEDED))
     text.append(f" · {result.calls:,} calls · {result.prompt_tokens + result.completion_tokens:,}"
-                f" tokens · {fmt_cost(result.cost_usd, cost_known)} · "
+                f" tokens · {fmt_cost(result.cost_usd, result.cost_known)} · "
                 f"{fmt_duration(result.total_duration_ms / 1000)}")
     if result.rate_limited:
         text.append(f" · {result.rate_limited:,} answered 429", style="yellow")
@@ -184,10 +184,10 @@ def dataset_run_summary(result: DatasetResult, out_dir: str | None = None, *,
 
 
 def print_dataset_summary(out: Console, result: DatasetResult, out_dir: str,
-                          unsaved: Sequence[str], *, cost_known: bool = True) -> None:
+                          unsaved: Sequence[str]) -> None:
     """Print ``dataset_run_summary``, then what could not be saved (the run is not done
     without it)."""
-    out.print(dataset_run_summary(result, out_dir, cost_known=cost_known), soft_wrap=True)
+    out.print(dataset_run_summary(result, out_dir), soft_wrap=True)
     for problem in unsaved:
         print_error(out, f"not saved: {problem}")
 

@@ -13,18 +13,15 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dworkers.events import (
-    MOCK_MODEL,
     DatasetFinished,
-    DatasetResult,
     Event,
     RateLimits,
     RowFinished,
-    RowResult,
     RowStarted,
-    RowStatus,
     RunStarted,
     StepFinished,
 )
+from dworkers.results import MOCK_MODEL, DatasetResult, RowResult, RowStatus
 from dworkers.text import one_line
 from dworkers.view.state import Clock
 

@@ -18,16 +18,14 @@ from dworkers import dag
 from dworkers.events import (
     Event,
     RunFinished,
-    RunResult,
     RunStarted,
     StepFinished,
     StepInfo,
     StepProgress,
-    StepResult,
     StepRetrying,
     StepStarted,
-    StepStatus,
 )
+from dworkers.results import RunResult, StepResult, StepStatus
 from dworkers.text import cells, crop, one_line
 
 Clock = Callable[[], float]
