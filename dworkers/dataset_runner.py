@@ -134,7 +134,7 @@ def prepare(request: RunRequest, dataset: DatasetRequest) -> _Prepared:
                          fail_fast=request.fail_fast, run_id=new_run_id(), stream=False)
     cache = None
     if not request.no_cache and not request.mock:
-        from dworkers.history.rows import RowStepCache
+        from dworkers.history.dataset import RowStepCache
 
         cache = RowStepCache(history)
     engine = PlanBuilder(plan, tenant, request.model, api_base=request.api_base,
@@ -144,7 +144,7 @@ def prepare(request: RunRequest, dataset: DatasetRequest) -> _Prepared:
             raise _usage(f"run {resumed.run_id} ran plan {resumed.plan!r}, not {plan.name!r}",
                          f"resume it with: dworkers run {resumed.plan} --resume "
                          f"{resumed.run_id}", "wrong-plan", "--resume")
-        from dworkers.history.rows import RowHistory
+        from dworkers.history.dataset import RowHistory
 
         rows_history = RowHistory(history)
         run_id = resumed.run_id
@@ -210,7 +210,7 @@ def run_rows(request: RunRequest, dataset: DatasetRequest, prepared: _Prepared) 
     from dworkers.dataset_outputs import DatasetWriter, dataset_summary
     from dworkers.engine import new_run_id
     from dworkers.executors import executor_for
-    from dworkers.history.rows import DatasetRecorder
+    from dworkers.history.dataset import DatasetRecorder
     from dworkers.view.dataset import make_dataset_view, summary
 
     engine = prepared.engine
@@ -292,7 +292,7 @@ def show_dataset(ref: str, key: str | None, *, as_json: bool) -> bool:
     one row with its steps and outputs. False when RUN is not a dataset run."""
     from dworkers import view
     from dworkers.history import History
-    from dworkers.history.rows import RowHistory
+    from dworkers.history.dataset import RowHistory
     from dworkers.view.dataset import recorded_rows, row_details
 
     with History() as history:

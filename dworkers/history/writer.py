@@ -1,0 +1,115 @@
+"""``HistoryWriter``: a run's history writes, on a thread of their own, patient with locks.
+
+A run records as it goes, and its events arrive on the event loop: a write there would hold up
+every step while another process holds the history's lock. The writer takes each write as a
+job, in order, and writes on its own thread with its own connection, grouping what has queued
+up into one transaction. While another process holds the lock, it waits on with back-off (up to
+``patience`` seconds for a transaction) — the run goes on meanwhile and nothing is switched
+off. If the history really cannot be written (locked beyond that, full, corrupt), ``error``
+says why and ``lost`` how many writes were given up; later writes are still tried, once each,
+so that what can be saved is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+from dworkers.errors import HistoryError
+from dworkers.history.storage import History, WriteJob
+
+PATIENCE = 120.0  # seconds a transaction waits for another process's lock, in all
+MOST_PER_TRANSACTION = 2000  # queued writes grouped into one transaction at most
+
+
+class HistoryWriter:
+    """Writes jobs (``WriteJob``: statements on a connection) to ``history``'s file in the
+    order they are submitted, on a daemon thread started by the first one. ``flush`` waits
+    until everything submitted is written or given up; ``close`` also ends the thread."""
+
+    def __init__(self, history: History, *, patience: float = PATIENCE) -> None:
+        self.history = history.sibling()  # its own connection: readers never wait on it
+        self.patience = patience
+        self.error: HistoryError | None = None  # the first write given up, if any
+        self.lost = 0  # how many writes were given up
+        self._jobs: deque[tuple[str, WriteJob]] = deque()
+        self._changed = threading.Condition()
+        self._writing = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, doing: str, job: WriteJob) -> None:
+        """Queue a write; ``doing`` names it in an error ("recording a row")."""
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("HistoryWriter.submit after close")
+            self._jobs.append((doing, job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="dworkers-history",
+                                                daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def write_now(self, doing: str, jobs: Sequence[WriteJob]) -> None:
+        """Write ``jobs`` in one transaction in the calling thread, after everything queued
+        (as patiently as the queue would). Raises ``HistoryError``."""
+        self.flush()
+        with self._changed:
+            patience = self._patience()
+        self.history.write_patiently(doing, jobs, patience=patience)
+
+    def flush(self) -> HistoryError | None:
+        """Wait until every write submitted so far is written or given up; returns ``error``.
+        Bounded: each transaction waits at most ``patience`` seconds for a lock."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._jobs and not self._writing)
+            return self.error
+
+    def close(self) -> HistoryError | None:
+        """``flush``, then end the thread and close the connection; returns ``error``."""
+        error = self.flush()
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self.history.close()
+        return error
+
+    def _patience(self) -> float:
+        # Once the history could not be written for that long, each later write is tried
+        # once (one busy timeout): the run must not wait that long again at every write.
+        return self.patience if self.error is None else 0.0
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._jobs or self._closed)
+                if not self._jobs:
+                    return
+                batch = [self._jobs.popleft()
+                         for _ in range(min(len(self._jobs), MOST_PER_TRANSACTION))]
+                self._writing = True
+                patience = self._patience()
+            doing = batch[0][0] + (f" (and {len(batch) - 1:,} more writes)"
+                                   if len(batch) > 1 else "")
+            failure: HistoryError | None = None
+            try:
+                self.history.write_patiently(doing, [job for _, job in batch],
+                                             patience=patience)
+            except HistoryError as exc:
+                failure = exc
+            except Exception as exc:  # a bug in a job must not kill the thread silently
+                failure = HistoryError(f"run history {self.history.path} could not record "
+                                       f"what happened ({doing}): {exc!r}")
+            with self._changed:
+                if failure is not None:
+                    self.error = self.error or failure
+                    self.lost += len(batch)
+                self._writing = False
+                self._changed.notify_all()
+
+
+__all__ = ["PATIENCE", "HistoryWriter"]
