@@ -212,3 +212,34 @@ def test_a_dataset_resume_reuses_answers_whatever_the_endpoint_is_called(
     again = llm_server.requests[before:]
     assert [r.text.splitlines()[-1] for r in again] == ["Write up topic number 2"]
     assert json.loads(stdout)["counts"]["succeeded"] == 3
+
+
+def test_an_unpriced_dataset_run_is_cost_unknown_and_cut_off_answers_stay_marked(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    write_rows(tmp_path / "rows.csv", 2)
+    llm_server.add_rule("Scope topic number 1", finish_reason="length")
+    served = ("--model", "openai/test-model", "--api-base", llm_server.url, "--out", "runs")
+    code, _, stderr = invoke("run", "per-row.yaml", "--data", "rows.csv", *served)
+    assert code == 0, stderr  # the test model has no price
+
+    code, stdout, _ = invoke("runs", "--json")
+    [listed] = json.loads(stdout)
+    assert listed["cost_usd"] is None and listed["cost_known"] is False
+    code, stdout, _ = invoke("runs")
+    assert "cost unknown" in stdout and "$0.0000" not in stdout
+    code, stdout, _ = invoke("show", "last", "--json")
+    shown = json.loads(stdout)
+    assert shown["cost_usd"] is None and shown["cost_known"] is False
+    code, stdout, _ = invoke("show", "last", "k000001", "--json")
+    row = json.loads(stdout)
+    assert row["truncated"] is True and row["cost_usd"] is None
+    assert [s["truncated"] for s in row["steps"]] == [True]
+
+    # The same rows again: answered from the history, and still marked as cut off.
+    before = len(llm_server.requests)
+    code, _, stderr = invoke("run", "per-row.yaml", "--data", "rows.csv", *served)
+    assert code == 0, stderr and len(llm_server.requests) == before
+    code, stdout, _ = invoke("show", "last", "k000001", "--json")
+    [step] = json.loads(stdout)["steps"]
+    assert step["cached"] is True and step["truncated"] is True
