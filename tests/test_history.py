@@ -5,6 +5,7 @@ server's request log."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import signal
@@ -750,7 +751,9 @@ def test_killed_mid_run_running_and_pending_steps_count_as_never_started(hist: H
     for sid in ("a", "e"):
         recorder(StepFinished(StepResult(
             step_id=sid, status=StepStatus.SUCCEEDED, output=f"out {sid}",
-            fingerprint=plan.get_step(sid).fingerprint(), attempts=1)))  # type: ignore[union-attr]
+            fingerprint=plan.get_step(sid).fingerprint(), attempts=1,  # type: ignore[union-attr]
+            cost_usd=0.25, prompt_tokens=10)))
+    assert recorder.flush() is None  # what the writer's thread had written when it died
     # The process is gone: pretend the run was written by a pid that no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -773,6 +776,47 @@ def test_killed_mid_run_running_and_pending_steps_count_as_never_started(hist: H
     assert shown.interrupted and not shown.success
     assert shown.outputs["b"].status is StepStatus.CANCELLED
     assert "did not finish" in (shown.outputs["b"].error or "")
+    # What it spent before it died is what `runs` shows, and what a resume's budget counts.
+    assert (record.cost_usd, record.prompt_tokens) == (0.5, 20)
+    spent = hist.spent("killed")
+    assert (spent.cost_usd, spent.cost_known, spent.complete) == (0.5, True, False)
+
+
+def test_what_a_run_spent_counts_the_runs_it_resumed_once_each(hist: History) -> None:
+    plan = make_plan({"a": [], "b": ["a"]})
+
+    class Priced(CountingClient):
+        price: float | None = 0.125
+
+        async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
+            done = await super().complete(request, on_delta)
+            return dataclasses.replace(done, cost_usd=self.price)
+
+    class Unpriced(Priced):
+        price = None
+
+    first = run(hist, plan, Priced(fail=["b"]), run_id="first")
+    second = run(hist, plan, Priced(), run_id="second", resumed_from="first",
+                 reuse=hist.reuse_for("first", plan))
+    assert second.success and second.outputs["a"].cached
+    spent = hist.spent("second")
+    assert spent.runs == ("second", "first")
+    # a in the first run, b in the second: the reused a costs nothing the second time.
+    assert spent.cost_usd == pytest.approx(first.cost_usd + second.cost_usd)
+    assert spent.cost_usd == pytest.approx(0.125 * 2)
+    assert spent.cost_known and spent.complete
+    third = run(hist, plan, Unpriced(), run_id="third", resumed_from="second")
+    assert not third.cost_known and not hist.spent("third").cost_known
+    assert hist.spent("third").runs == ("third", "second", "first")
+
+
+def test_what_a_run_spent_stops_at_runs_no_longer_on_record_or_in_a_loop(
+    hist: History,
+) -> None:
+    hist.start_run("x", "p", "t", inputs={}, steps=(), resumed_from="y")
+    hist.start_run("y", "p", "t", inputs={}, steps=(), resumed_from="x")  # a damaged file
+    hist.start_run("z", "p", "t", inputs={}, steps=(), resumed_from="gone")
+    assert hist.spent("x").runs == ("x", "y") and hist.spent("z").runs == ("z",)
 
 
 def test_a_run_started_by_a_live_process_reads_as_running(hist: History) -> None:

@@ -104,6 +104,10 @@ class HistoryRecorder:
         self._messages = {}
         self.close()
 
+    def flush(self) -> HistoryError | None:
+        """Wait until every event so far is written (or given up); returns ``error``."""
+        return self._writer.flush() if self._writer is not None else self._final_error
+
     def close(self) -> None:
         """Wait for the run's writes and end the writer's thread (after the run; idempotent).
         ``RunFinished`` does it; a caller whose run ended otherwise may call it."""
