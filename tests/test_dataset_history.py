@@ -411,3 +411,23 @@ def test_what_a_killed_run_spent_is_what_its_steps_on_record_spent(hist: History
     assert not spent.complete  # calls in flight at the kill are not on record
     [run] = hist.list_runs()
     assert run.cost_usd == pytest.approx(0.5) and not run.cost_known  # not $0 in `runs`
+
+
+def test_a_resume_killed_before_its_rows_ran_keeps_what_the_run_before_it_answered(
+    hist: History,
+) -> None:
+    first = start(hist, ["a", "b", "c"])
+    finish(first, succeeded("a"), RowResult(key="b", status=RowStatus.FAILED,
+                                            outputs={"scope": ok("scope", "b"),
+                                                     "write": failed("write")}),
+           interrupted=True)
+    start(hist, ["a", "b", "c"], "r2", resumed_from="r1")  # then killed: nothing ran
+    third = start(hist, ["a", "b", "c"], "r3", resumed_from="r2")
+    # r3 ran a's write again and it failed: that, not r1's success, is the latest record.
+    third(RowFinished(RowResult(key="a", status=RowStatus.FAILED,
+                                outputs={"scope": ok("scope", "a"), "write": failed("write")})))
+    third.flush()
+    reuse = {row.key: set(row.reuse) for row in RowHistory(hist).resume_rows("r3", PLAN)}
+    assert reuse == {"a": {"scope"}, "b": {"scope"}, "c": set()}
+    assert {row.key: set(row.reuse) for row in RowHistory(hist).resume_rows("r2", PLAN)} == {
+        "a": {"scope", "write"}, "b": {"scope"}, "c": set()}

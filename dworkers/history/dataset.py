@@ -218,7 +218,11 @@ class RowHistory:
             "ORDER BY position", (run_id, key))]
 
     def rows(self, run_id: str) -> Iterator[tuple[RowRecord, list[StepRecord]]]:
-        """Every row in dataset order with its steps, read ``BATCH`` rows at a time."""
+        """Every row in dataset order with its steps, read ``BATCH`` rows at a time. A step
+        this run has no record of is the latest record of it in the runs it resumed (a resume
+        killed before a row ran still holds what the run before it answered)."""
+        rank = {run: n for n, run in enumerate(self.history.resume_chain(run_id))}
+        runs = ", ".join("?" * len(rank))
         after = 0
         while True:
             batch = [row_record(r) for r in self._read(
@@ -226,12 +230,16 @@ class RowHistory:
                 "LIMIT ?", (run_id, after, BATCH))]
             if not batch:
                 return
-            steps: dict[str, list[StepRecord]] = {}
+            latest: dict[tuple[str, str], sqlite3.Row] = {}
             for r in self._read(
-                    f"SELECT {_ROW_STEPS} FROM row_steps WHERE run_id = ? AND "
+                    f"SELECT {_ROW_STEPS} FROM row_steps WHERE run_id IN ({runs}) AND "
                     "row IN (SELECT key FROM rows WHERE run_id = ? AND number > ? "
-                    "AND number <= ?) ORDER BY position",
-                    (run_id, run_id, after, batch[-1].number)):
+                    "AND number <= ?)", (*rank, run_id, after, batch[-1].number)):
+                known = latest.get((r["row"], r["step_id"]))
+                if known is None or rank[r["run_id"]] < rank[known["run_id"]]:
+                    latest[r["row"], r["step_id"]] = r
+            steps: dict[str, list[StepRecord]] = {}
+            for r in sorted(latest.values(), key=lambda r: r["position"]):
                 steps.setdefault(r["row"], []).append(step_record(r))
             for record in batch:
                 yield record, steps.get(record.key, [])

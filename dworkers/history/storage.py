@@ -605,23 +605,27 @@ class History:
         for a resume's budget, which covers the whole run. Reused and cached steps cost
         nothing, so nothing is counted twice; a run still going, or whose process died,
         counts what its steps on record spent (``complete`` is then false)."""
-        chain: list[str] = []
-        complete = True
+        chain = self.resume_chain(run_ref)
+        totals = self._step_totals(list(chain)).values()
+        return Spent(cost_usd=sum(t[0] for t in totals),
+                     prompt_tokens=sum(t[1] for t in totals),
+                     completion_tokens=sum(t[2] for t in totals),
+                     cost_known=all(t[3] for t in totals), complete=all(chain.values()),
+                     runs=tuple(chain))
+
+    def resume_chain(self, run_ref: str) -> dict[str, bool]:
+        """The run and the runs it resumed, newest first (each: whether it finished); a run
+        no longer on record ends the chain."""
+        chain: dict[str, bool] = {}
         current: str | None = self.resolve(run_ref)
         while current is not None and current not in chain and len(chain) < RESUME_CHAIN:
             found = self._read("SELECT resumed_from, finished_at FROM runs WHERE run_id = ?",
                                (current,))
-            if not found:  # the run it resumed is no longer on record
+            if not found:
                 break
-            chain.append(current)
-            complete = complete and found[0]["finished_at"] is not None
+            chain[current] = found[0]["finished_at"] is not None
             current = found[0]["resumed_from"]
-        totals = self._step_totals(chain).values()
-        return Spent(cost_usd=sum(t[0] for t in totals),
-                     prompt_tokens=sum(t[1] for t in totals),
-                     completion_tokens=sum(t[2] for t in totals),
-                     cost_known=all(t[3] for t in totals), complete=complete,
-                     runs=tuple(chain))
+        return chain
 
     def lookup(self, key: str, *, exclude_models: Sequence[str] = ()) -> StepResult | None:
         """The most recent succeeded step, of any run, with this cache key, unless the model
