@@ -169,11 +169,9 @@ class RowRecord:
         return _unknown_cost_is_null(asdict(self))
 
 
-
-# A run row also says which process owns it (to tell a live run from a dead one); ``counts`` is
-# computed from the steps, not stored.
-# A dataset run's rows are recorded in batches before it starts: ``rows_complete`` is 0 until
-# the last batch is in (a resume refuses a run whose rows were cut off).
+# A run row also says which process owns it (to tell a live run from a dead one), and, for a
+# dataset run, whether all its rows are on record (``rows_complete``: 0 until the last batch is
+# in; a resume refuses a run whose rows were cut off); ``counts`` is computed, not stored.
 RUN_COLUMNS: tuple[str, ...] = (
     *(f.name for f in fields(RunRecord) if f.name != "counts"), "pid", "host", "rows_complete")
 STEP_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StepRecord))

@@ -57,7 +57,7 @@ from dworkers.plans.base import BasePlan
 DEFAULT_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 LATEST = ("last", "latest")  # run references meaning "the most recent run"
 FIRST_PAUSE, LONGEST_PAUSE = 0.05, 1.0  # seconds between patient write attempts (doubling)
-RESUME_CHAIN = 1000  # the most runs ``spent`` follows back through ``resumed_from``
+RESUME_CHAIN = 1000  # the most runs ``resume_chain`` follows back through ``resumed_from``
 
 # One piece of a write transaction (statements on the connection it is given; what it returns
 # is ignored).
