@@ -48,6 +48,7 @@ from dworkers.history import (
     History,
     HistoryCache,
     HistoryRecorder,
+    HistoryWriter,
     NoOutputError,
     ResumeInProgressError,
     history_path,
@@ -629,6 +630,50 @@ def test_writes_given_up_are_saved_whole_when_the_run_ends(
     with History(hist.path) as h:
         assert h.get_run("saved-whole").status == "succeeded"
         assert [s.status for s in h.steps("saved-whole")] == ["succeeded", "succeeded"]
+
+
+def test_a_writer_drops_queued_writes_a_later_one_rewrites_and_bounds_its_queue(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dworkers.history import writer as writer_module
+
+    hist.open()
+    locked = LockedAttempts(monkeypatch)
+    monkeypatch.setattr(writer_module, "MOST_QUEUED", 3)
+    written: list[str] = []
+
+    def job(name: str) -> Any:
+        return lambda conn: written.append(name)
+
+    blocker = sqlite3.connect(hist.path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    writer = HistoryWriter(History(hist.path, timeout=0.02))
+    writer.submit("first", job("first"))
+    for _ in range(10_000):  # until "first" is being written (and waits for the lock)
+        if locked.count >= 1:
+            break
+        time.sleep(0.01)
+    submitted: list[str] = []
+
+    def submit_the_rest() -> None:
+        for name, about, whole in (("a:step", "a", False), ("b:step", "b", False),
+                                   ("a:row", "a", True), ("last", None, False)):
+            writer.submit(name, job(name), about=about, whole=whole)
+            submitted.append(name)
+
+    producer = threading.Thread(target=submit_the_rest)
+    producer.start()
+    for _ in range(10_000):  # three queued: the fourth waits, while the lock is waited for
+        if len(submitted) == 3 and locked.count >= 4:
+            break
+        time.sleep(0.01)
+    assert submitted == ["a:step", "b:step", "a:row"]
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    producer.join()
+    assert writer.close() is None and writer.lost == 0
+    # The row's step went in with the row that rewrote it: written once, not twice.
+    assert written == ["first", "b:step", "a:row", "last"]
 
 
 def test_a_recorder_whose_history_stays_locked_keeps_the_error(hist: History) -> None:

@@ -375,12 +375,14 @@ class DatasetRecorder:
             if result.succeeded and not result.cached:  # paid for: keep it now
                 writer.submit("recording a row's step", partial(
                     _put_row_step, run_id=run_id, row=event.row,
-                    position=self.positions.get(result.step_id, 0), result=result))
+                    position=self.positions.get(result.step_id, 0), result=result),
+                    about=event.row)
         elif isinstance(event, RowFinished):
             self.cost_known = self.cost_known and event.result.cost_known
             writer.submit("recording a row", partial(_put_row, run_id=run_id,
                                                      result=event.result,
-                                                     positions=self.positions))
+                                                     positions=self.positions),
+                          about=event.result.key, whole=True)
         elif isinstance(event, DatasetFinished):
             writer.submit("recording a dataset run's result", partial(
                 _put_dataset_result, result=event.result, cost_known=self.cost_known))

@@ -8,19 +8,34 @@ up into one transaction. While another process holds the lock, it waits on with 
 off. If the history really cannot be written (locked beyond that, full, corrupt), ``error``
 says why and ``lost`` how many writes were given up; later writes are still tried, once each,
 so that what can be saved is.
+
+When the run outpaces the file (thousands of offline rows a second), the queue stays short: a
+write that rewrites everything about something (a finished row and all its steps) makes the
+writes about it queued in the same transaction unnecessary, and they are dropped; and past
+``MOST_QUEUED`` writes, ``submit`` waits for the thread to catch up, so memory stays flat.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 from dworkers.errors import HistoryError
 from dworkers.history.storage import History, WriteJob
 
 PATIENCE = 120.0  # seconds a transaction waits for another process's lock, in all
 MOST_PER_TRANSACTION = 2000  # queued writes grouped into one transaction at most
+MOST_QUEUED = 10_000  # writes waiting at most before ``submit`` waits for the thread
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    doing: str
+    job: WriteJob
+    about: Hashable | None  # what the write is about (a row), if a later one may cover it
+    whole: bool  # it rewrites everything about ``about``: earlier queued ones are not needed
 
 
 class HistoryWriter:
@@ -33,18 +48,22 @@ class HistoryWriter:
         self.patience = patience
         self.error: HistoryError | None = None  # the first write given up, if any
         self.lost = 0  # how many writes were given up
-        self._jobs: deque[tuple[str, WriteJob]] = deque()
+        self._jobs: deque[_Queued] = deque()
         self._changed = threading.Condition()
         self._writing = False
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def submit(self, doing: str, job: WriteJob) -> None:
-        """Queue a write; ``doing`` names it in an error ("recording a row")."""
+    def submit(self, doing: str, job: WriteJob, *, about: Hashable | None = None,
+               whole: bool = False) -> None:
+        """Queue a write; ``doing`` names it in an error ("recording a row"). ``about``: what
+        it is about; ``whole``: it rewrites all of that, so writes about it still queued when
+        it is written are dropped. Waits while ``MOST_QUEUED`` writes are queued."""
         with self._changed:
             if self._closed:
                 raise RuntimeError("HistoryWriter.submit after close")
-            self._jobs.append((doing, job))
+            self._changed.wait_for(lambda: len(self._jobs) < MOST_QUEUED)
+            self._jobs.append(_Queued(doing, job, about, whole))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="dworkers-history",
                                                 daemon=True)
@@ -93,12 +112,15 @@ class HistoryWriter:
                          for _ in range(min(len(self._jobs), MOST_PER_TRANSACTION))]
                 self._writing = True
                 patience = self._patience()
-            doing = batch[0][0] + (f" (and {len(batch) - 1:,} more writes)"
-                                   if len(batch) > 1 else "")
+                self._changed.notify_all()  # room in the queue
+            covered = {queued.about for queued in batch if queued.whole}
+            jobs = [queued.job for queued in batch
+                    if queued.whole or queued.about is None or queued.about not in covered]
+            doing = batch[0].doing + (f" (and {len(batch) - 1:,} more writes)"
+                                      if len(batch) > 1 else "")
             failure: HistoryError | None = None
             try:
-                self.history.write_patiently(doing, [job for _, job in batch],
-                                             patience=patience)
+                self.history.write_patiently(doing, jobs, patience=patience)
             except HistoryError as exc:
                 failure = exc
             except Exception as exc:  # a bug in a job must not kill the thread silently
@@ -112,4 +134,4 @@ class HistoryWriter:
                 self._changed.notify_all()
 
 
-__all__ = ["PATIENCE", "HistoryWriter"]
+__all__ = ["MOST_QUEUED", "PATIENCE", "HistoryWriter"]
