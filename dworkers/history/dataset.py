@@ -54,7 +54,7 @@ from dworkers.history.records import (
     step_record,
 )
 from dworkers.history.storage import History, WriteJob
-from dworkers.history.writer import PATIENCE, HistoryWriter
+from dworkers.history.writer import PATIENCE, HistoryWriter, Statement
 from dworkers.plans.base import BasePlan
 
 ROW_STATUSES = ("pending", "running", *(s.value for s in RowStatus))
@@ -94,33 +94,33 @@ def _put_rows(conn: sqlite3.Connection, run_id: str, batch: Sequence[tuple[Any, 
                 "--key column")
 
 
-def _put_row_step(conn: sqlite3.Connection, run_id: str, row: str, position: int,
-                  result: StepResult) -> None:
-    conn.execute(_ROW_STEP_UPSERT, row_step_row(run_id, row, position, result))
+def _row_step(run_id: str, row: str, position: int, result: StepResult) -> Statement:
+    return Statement(_ROW_STEP_UPSERT, row_step_row(run_id, row, position, result))
 
 
-def _put_row(conn: sqlite3.Connection, run_id: str, result: RowResult,
-             positions: Mapping[str, int]) -> None:
+def _finished_row(run_id: str, result: RowResult,
+                  positions: Mapping[str, int]) -> list[Statement]:
     """A finished row and all its steps."""
-    conn.executemany(_ROW_STEP_UPSERT, [
-        row_step_row(run_id, result.key, positions.get(sid, n), step)
-        for n, (sid, step) in enumerate(result.outputs.items())])
-    conn.execute(
-        "UPDATE rows SET status = ?, error = ?, duration_ms = ?, prompt_tokens = ?, "
-        "completion_tokens = ?, cost_usd = ?, cost_known = ?, estimated = ?, truncated = ?, "
-        "started_at = ?, finished_at = ?, inputs = ? WHERE run_id = ? AND key = ?",
-        (result.status.value, result.error, result.duration_ms, result.prompt_tokens,
-         result.completion_tokens, result.cost_usd, int(result.cost_known),
-         int(result.estimated), int(any(s.truncated for s in result.outputs.values())),
-         result.started_at, result.finished_at or time.time(), json.dumps(result.inputs),
-         run_id, result.key))
+    return [
+        *(_row_step(run_id, result.key, positions.get(sid, n), step)
+          for n, (sid, step) in enumerate(result.outputs.items())),
+        Statement(
+            "UPDATE rows SET status = ?, error = ?, duration_ms = ?, prompt_tokens = ?, "
+            "completion_tokens = ?, cost_usd = ?, cost_known = ?, estimated = ?, "
+            "truncated = ?, started_at = ?, finished_at = ?, inputs = ? "
+            "WHERE run_id = ? AND key = ?",
+            (result.status.value, result.error, result.duration_ms, result.prompt_tokens,
+             result.completion_tokens, result.cost_usd, int(result.cost_known),
+             int(result.estimated), int(any(s.truncated for s in result.outputs.values())),
+             result.started_at, result.finished_at or time.time(),
+             json.dumps(result.inputs), run_id, result.key)),
+    ]
 
 
-def _put_dataset_result(conn: sqlite3.Connection, result: DatasetResult,
-                        cost_known: bool) -> None:
+def _dataset_result(result: DatasetResult, cost_known: bool) -> Statement:
     status = ("interrupted" if result.interrupted
               else "succeeded" if result.success else "failed")
-    conn.execute(
+    return Statement(
         "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?,"
         " completion_tokens = ?, cost_usd = ?, cost_known = ? WHERE run_id = ?",
         (status, time.time(), result.total_duration_ms, result.prompt_tokens,
@@ -373,19 +373,17 @@ class DatasetRecorder:
         if isinstance(event, StepFinished) and event.row is not None:
             result = event.result
             if result.succeeded and not result.cached:  # paid for: keep it now
-                writer.submit("recording a row's step", partial(
-                    _put_row_step, run_id=run_id, row=event.row,
-                    position=self.positions.get(result.step_id, 0), result=result),
+                writer.submit("recording a row's step", [_row_step(
+                    run_id, event.row, self.positions.get(result.step_id, 0), result)],
                     about=event.row)
         elif isinstance(event, RowFinished):
             self.cost_known = self.cost_known and event.result.cost_known
-            writer.submit("recording a row", partial(_put_row, run_id=run_id,
-                                                     result=event.result,
-                                                     positions=self.positions),
+            writer.submit("recording a row",
+                          _finished_row(run_id, event.result, self.positions),
                           about=event.result.key, whole=True)
         elif isinstance(event, DatasetFinished):
-            writer.submit("recording a dataset run's result", partial(
-                _put_dataset_result, result=event.result, cost_known=self.cost_known))
+            writer.submit("recording a dataset run's result",
+                          [_dataset_result(event.result, self.cost_known)])
             self.close()
 
     def flush(self) -> HistoryError | None:

@@ -11,29 +11,46 @@ so that what can be saved is.
 
 When the run outpaces the file (thousands of offline rows a second), the queue stays short: a
 write that rewrites everything about something (a finished row and all its steps) makes the
-writes about it queued in the same transaction unnecessary, and they are dropped; and past
-``MOST_QUEUED`` writes, ``submit`` waits for the thread to catch up, so memory stays flat.
+writes about it queued in the same transaction unnecessary, and they are dropped; writes given
+as ``Statement``s run as one ``executemany`` per statement for the whole transaction (each
+call into SQLite hands the interpreter to the busy event loop, and waits to get it back); and
+past ``MOST_QUEUED`` writes, ``submit`` waits for the thread to catch up, so memory stays flat.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from dworkers.errors import HistoryError
 from dworkers.history.storage import History, WriteJob
 
 PATIENCE = 120.0  # seconds a transaction waits for another process's lock, in all
 MOST_PER_TRANSACTION = 2000  # queued writes grouped into one transaction at most
-MOST_QUEUED = 10_000  # writes waiting at most before ``submit`` waits for the thread
+MOST_QUEUED = 1000  # writes waiting at most before ``submit`` waits for the thread
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement and its parameters, as a write: the queued statements of a
+    transaction that share their SQL run as one ``executemany``."""
+
+    sql: str
+    params: Mapping[str, Any] | Sequence[Any]
+
+
+Write = WriteJob | Sequence[Statement]  # what ``submit`` takes
 
 
 @dataclass(frozen=True, slots=True)
 class _Queued:
     doing: str
-    job: WriteJob
+    job: Write
     about: Hashable | None  # what the write is about (a row), if a later one may cover it
     whole: bool  # it rewrites everything about ``about``: earlier queued ones are not needed
 
@@ -54,11 +71,12 @@ class HistoryWriter:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def submit(self, doing: str, job: WriteJob, *, about: Hashable | None = None,
+    def submit(self, doing: str, job: Write, *, about: Hashable | None = None,
                whole: bool = False) -> None:
-        """Queue a write; ``doing`` names it in an error ("recording a row"). ``about``: what
-        it is about; ``whole``: it rewrites all of that, so writes about it still queued when
-        it is written are dropped. Waits while ``MOST_QUEUED`` writes are queued."""
+        """Queue a write (statements on a connection, or ``Statement``s); ``doing`` names it
+        in an error ("recording a row"). ``about``: what it is about; ``whole``: it rewrites
+        all of that, so writes about it still queued when it is written are dropped. Waits
+        while ``MOST_QUEUED`` writes are queued."""
         with self._changed:
             if self._closed:
                 raise RuntimeError("HistoryWriter.submit after close")
@@ -114,8 +132,9 @@ class HistoryWriter:
                 patience = self._patience()
                 self._changed.notify_all()  # room in the queue
             covered = {queued.about for queued in batch if queued.whole}
-            jobs = [queued.job for queued in batch
-                    if queued.whole or queued.about is None or queued.about not in covered]
+            jobs = _grouped([queued.job for queued in batch
+                             if queued.whole or queued.about is None
+                             or queued.about not in covered])
             doing = batch[0].doing + (f" (and {len(batch) - 1:,} more writes)"
                                       if len(batch) > 1 else "")
             failure: HistoryError | None = None
@@ -134,4 +153,31 @@ class HistoryWriter:
                 self._changed.notify_all()
 
 
-__all__ = ["MOST_QUEUED", "PATIENCE", "HistoryWriter"]
+def _grouped(writes: Sequence[Write]) -> list[WriteJob]:
+    """The writes of a transaction as jobs, in order, each run of ``Statement``s between two
+    other jobs turned into one ``executemany`` per SQL (in the order each SQL first came)."""
+    jobs: list[WriteJob] = []
+    statements: dict[str, list[Mapping[str, Any] | Sequence[Any]]] = {}
+
+    def run_statements() -> None:
+        for sql, params in statements.items():
+            jobs.append(partial(_execute_many, sql=sql, params=params))
+        statements.clear()
+
+    for write in writes:
+        if callable(write):
+            run_statements()
+            jobs.append(write)
+            continue
+        for statement in write:
+            statements.setdefault(statement.sql, []).append(statement.params)
+    run_statements()
+    return jobs
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str,
+                  params: list[Mapping[str, Any] | Sequence[Any]]) -> None:
+    conn.executemany(sql, params)
+
+
+__all__ = ["MOST_QUEUED", "PATIENCE", "HistoryWriter", "Statement"]
