@@ -157,16 +157,16 @@ def test_a_history_locked_for_10s_mid_run_then_kill_9_resume_repays_no_answered_
 
         # Now every new call hangs: once all slots hang and the history holds every answer
         # the server gave, the run is killed.
-        llm_server.add_rule(hang=True)
-        answered = -1
+        hang = llm_server.add_rule(hang=True)
         for _ in range(LOOKS):
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            answered_now = sum(r.status == 200 for r in llm_server.requests)
+            # Every slot holds a hung call, so no answer is on its way: the history must hold
+            # every answer the server gave.
+            settled = hang.matched == llm_server.in_flight == slots
+            answered = sum(r.status == 200 for r in llm_server.requests)
             done = query(db, "SELECT count(*) FROM row_steps WHERE status = 'succeeded'")
-            if (llm_server.in_flight == slots and done is not None
-                    and int(done[0]) == answered_now == answered):
+            if settled and done is not None and int(done[0]) == answered:
                 break
-            answered = answered_now
             time.sleep(POLL)
         else:
             pytest.fail("the history never caught up with the answers")
