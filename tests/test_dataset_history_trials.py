@@ -131,7 +131,7 @@ def test_a_history_locked_for_10s_mid_run_then_kill_9_resume_repays_no_answered_
 ) -> None:
     """The trial of issue 16: before, recording stopped at the first write that waited out the
     busy timeout, and the resume paid again for every row answered after it."""
-    rows = 400
+    rows = 500
     write_rows(tmp_path / "rows.csv", rows)
     llm_server.latency = 0.2  # at most 20 calls a second: the run outlasts the lock
     db = tmp_path / "home" / "history.db"
