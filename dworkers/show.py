@@ -41,7 +41,7 @@ def show_dataset_run(ref: str, key: str | None, *, as_json: bool) -> bool:
     one row with its steps and outputs. False when RUN is not a dataset run."""
     from dworkers import view
     from dworkers.history import History
-    from dworkers.history.rows import RowHistory
+    from dworkers.history.dataset import DatasetHistory
     from dworkers.view.dataset import recorded_rows, row_details
     from dworkers.view.state import fmt_cost
 
@@ -49,7 +49,7 @@ def show_dataset_run(ref: str, key: str | None, *, as_json: bool) -> bool:
         record = history.get_run(ref)
         if not isinstance(record.options.get("data"), dict):
             return False
-        rows = RowHistory(history)
+        rows = DatasetHistory(history)
         if key is not None:
             row = rows.row(record.run_id, key.strip())  # keys are kept without spaces around
             steps = rows.steps(record.run_id, row.key)

@@ -5,6 +5,7 @@ server's request log."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import signal
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,6 +38,7 @@ from dworkers.history import (
     History,
     HistoryCache,
     HistoryRecorder,
+    HistoryWriter,
     NoOutputError,
     ResumeInProgressError,
     history_path,
@@ -303,21 +306,26 @@ def test_a_failed_run_records_the_error_and_what_was_skipped(hist: History) -> N
         hist.step_output(result.run_id, "bb")
 
 
-def test_recorder_writes_a_few_times_per_step_never_per_token(
+def test_recorder_writes_a_few_times_per_step_never_per_token_and_off_the_event_loop(
     hist: History, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writes: list[str] = []
-    original = History._write
+    writes: list[int] = []
+    threads: set[str] = set()
+    original = History.write_patiently
 
-    def counting(self: History, doing: str) -> Any:
-        writes.append(doing)
-        return original(self, doing)
+    def counting(self: History, doing: str, jobs: Sequence[Any], **kwargs: Any) -> None:
+        writes.append(len(jobs))
+        threads.add(threading.current_thread().name)
+        original(self, doing, jobs, **kwargs)
 
-    monkeypatch.setattr(History, "_write", counting)
+    monkeypatch.setattr(History, "write_patiently", counting)
     log = EventLog()
     run(hist, make_plan(GRAPH), log=log)
     assert sum(isinstance(e, StepProgress) for e in log.events) > 20
-    assert len(writes) == 2 + 2 * len(GRAPH)  # run start/end, each step's start/end
+    assert sum(writes) == 2 + 2 * len(GRAPH)  # run start/end, each step's start/end
+    assert len(writes) <= sum(writes)  # what queued up together went in one transaction
+    assert threading.current_thread().name not in threads  # never on the event loop's thread
+    assert hist.get_run("last").counts["succeeded"] == len(GRAPH)
 
 
 # --- queries --------------------------------------------------------------------------------------
@@ -527,35 +535,50 @@ def test_an_unusable_location_is_a_clear_error(tmp_path: Path,
         History().open()
 
 
-def test_a_run_survives_the_database_being_locked_while_it_goes(hist: History) -> None:
-    """Writes that time out do not fail the run; the whole run is saved when it ends."""
+class LockedAttempts:
+    """Counts the writes that found the history locked (each waited one busy timeout)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = History._locked
+
+        def counting(history: History, doing: str, waited: float) -> Any:
+            self.count += 1
+            return original(history, doing, waited)
+
+        monkeypatch.setattr(History, "_locked", counting)
+
+
+def test_a_history_locked_longer_than_the_busy_timeout_keeps_recording(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the lock through many busy timeouts while the run goes: the
+    writes wait on (off the event loop) and every one lands once the lock is gone."""
     hist.open()
     hist.close()
     blocker = sqlite3.connect(hist.path, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")
+    locked = LockedAttempts(monkeypatch)
 
     class Releasing(CountingClient):
         async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
-            if request.step_id == "c":  # the lock goes away before the run ends
+            if request.step_id == "c":  # after five busy timeouts, the lock goes away
+                for _ in range(10_000):
+                    if locked.count >= 5:
+                        break
+                    await asyncio.sleep(0.01)
                 blocker.execute("ROLLBACK")
             return await super().complete(request, on_delta)
 
     plan = make_plan({"a": [], "b": ["a"], "c": ["b"]})
     recorder = HistoryRecorder(History(hist.path, timeout=0.05), inputs={"k": "v"})
-    errors: list[HistoryError | None] = []
-
-    def on_event(event: Any) -> None:
-        recorder(event)
-        if isinstance(event, StepFinished):
-            errors.append(recorder.error)
-
-    engine = PlanBuilder(plan, make_tenant(), client=Releasing(), on_event=on_event,
+    engine = PlanBuilder(plan, make_tenant(), client=Releasing(), on_event=recorder,
                          options=RunOptions(run_id="locked-run")).build()
     result = asyncio.run(engine.run())
     blocker.close()
     assert result.success
-    assert errors[0] is not None and "locked" in str(errors[0])
-    assert recorder.error is None  # saved in one transaction at the end
+    assert locked.count >= 5  # the lock outlasted the busy timeout several times over
+    assert recorder.error is None
     with History(hist.path) as h:
         record = h.get_run("locked-run")
         assert record.status == "succeeded" and record.inputs == {"k": "v"}
@@ -565,12 +588,91 @@ def test_a_run_survives_the_database_being_locked_while_it_goes(hist: History) -
         assert all(s.messages for s in steps) and steps[2].depends_on == ["b"]
 
 
+def test_writes_given_up_are_saved_whole_when_the_run_ends(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Locked beyond the recorder's patience, the first writes are given up; the run ends
+    after the lock is gone, and the whole run is saved in one transaction."""
+    hist.open()
+    hist.close()
+    blocker = sqlite3.connect(hist.path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    errors: list[HistoryError | None] = []
+
+    class Releasing(CountingClient):
+        async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
+            if request.step_id == "b":  # the first writes have been given up by now
+                for _ in range(10_000):
+                    if recorder.error is not None:
+                        break
+                    await asyncio.sleep(0.01)
+                errors.append(recorder.error)
+                blocker.execute("ROLLBACK")
+            return await super().complete(request, on_delta)
+
+    plan = make_plan({"a": [], "b": ["a"]})
+    recorder = HistoryRecorder(History(hist.path, timeout=0.02), patience=0.1)
+    engine = PlanBuilder(plan, make_tenant(), client=Releasing(), on_event=recorder,
+                         options=RunOptions(run_id="saved-whole")).build()
+    assert asyncio.run(engine.run()).success
+    blocker.close()
+    assert errors[0] is not None and "locked by another process" in str(errors[0])
+    assert recorder.error is None  # saved in one transaction at the end
+    with History(hist.path) as h:
+        assert h.get_run("saved-whole").status == "succeeded"
+        assert [s.status for s in h.steps("saved-whole")] == ["succeeded", "succeeded"]
+
+
+def test_a_writer_drops_queued_writes_a_later_one_rewrites_and_bounds_its_queue(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dworkers.history import writer as writer_module
+
+    hist.open()
+    locked = LockedAttempts(monkeypatch)
+    monkeypatch.setattr(writer_module, "MOST_QUEUED", 3)
+    written: list[str] = []
+
+    def job(name: str) -> Any:
+        return lambda conn: written.append(name)
+
+    blocker = sqlite3.connect(hist.path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    writer = HistoryWriter(History(hist.path, timeout=0.02))
+    writer.submit("first", job("first"))
+    for _ in range(10_000):  # until "first" is being written (and waits for the lock)
+        if locked.count >= 1:
+            break
+        time.sleep(0.01)
+    submitted: list[str] = []
+
+    def submit_the_rest() -> None:
+        for name, about, whole in (("a:step", "a", False), ("b:step", "b", False),
+                                   ("a:row", "a", True), ("last", None, False)):
+            writer.submit(name, job(name), about=about, whole=whole)
+            submitted.append(name)
+
+    producer = threading.Thread(target=submit_the_rest)
+    producer.start()
+    for _ in range(10_000):  # three queued: the fourth waits, while the lock is waited for
+        if len(submitted) == 3 and locked.count >= 4:
+            break
+        time.sleep(0.01)
+    assert submitted == ["a:step", "b:step", "a:row"]
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    producer.join()
+    assert writer.close() is None and writer.lost == 0
+    # The row's step went in with the row that rewrote it: written once, not twice.
+    assert written == ["first", "b:step", "a:row", "last"]
+
+
 def test_a_recorder_whose_history_stays_locked_keeps_the_error(hist: History) -> None:
     hist.open()
     blocker = sqlite3.connect(hist.path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
-        recorder = HistoryRecorder(History(hist.path, timeout=0.02))
+        recorder = HistoryRecorder(History(hist.path, timeout=0.02), patience=0.2)
         engine = PlanBuilder(make_plan({"a": []}), make_tenant(), client=CountingClient(),
                              on_event=recorder).build()
         assert asyncio.run(engine.run()).success  # the run itself is not harmed
@@ -578,6 +680,39 @@ def test_a_recorder_whose_history_stays_locked_keeps_the_error(hist: History) ->
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+
+
+def test_patient_writes_back_off_and_say_how_long_they_waited(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hist.open()
+    pauses: list[float] = []
+    blocker = sqlite3.connect(hist.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    clock = [0.0]
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr("dworkers.history.storage.time", fake_time)
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock[0] += seconds
+
+    waiting = History(hist.path, timeout=0.01)
+    try:
+        with pytest.raises(HistoryError, match=r"locked by another process \(waited 29\.6s"):
+            waiting.write_patiently("recording a row", [lambda conn: None], patience=30,
+                                    sleep=sleep)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    # Doubling from 50 ms to a second, and never past the patience.
+    assert pauses[:5] == [0.05, 0.1, 0.2, 0.4, 0.8] and max(pauses) == 1.0
+    assert sum(pauses) <= 30
+    waiting.write_patiently("recording a row", [lambda conn: conn.execute(
+        "INSERT INTO runs (run_id, plan, tenant, status, started_at) "
+        "VALUES ('w', 'p', 't', 'succeeded', 0)")], patience=30, sleep=sleep)
+    assert hist.get_run("w").status == "succeeded"
+    waiting.close()
 
 
 # --- resume ---------------------------------------------------------------------------------------
@@ -652,7 +787,9 @@ def test_killed_mid_run_running_and_pending_steps_count_as_never_started(hist: H
     for sid in ("a", "e"):
         recorder(StepFinished(StepResult(
             step_id=sid, status=StepStatus.SUCCEEDED, output=f"out {sid}",
-            fingerprint=plan.get_step(sid).fingerprint(), attempts=1)))  # type: ignore[union-attr]
+            fingerprint=plan.get_step(sid).fingerprint(), attempts=1,  # type: ignore[union-attr]
+            cost_usd=0.25, prompt_tokens=10)))
+    assert recorder.flush() is None  # what the writer's thread had written when it died
     # The process is gone: pretend the run was written by a pid that no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -675,6 +812,47 @@ def test_killed_mid_run_running_and_pending_steps_count_as_never_started(hist: H
     assert shown.interrupted and not shown.success
     assert shown.outputs["b"].status is StepStatus.CANCELLED
     assert "did not finish" in (shown.outputs["b"].error or "")
+    # What it spent before it died is what `runs` shows, and what a resume's budget counts.
+    assert (record.cost_usd, record.prompt_tokens) == (0.5, 20)
+    spent = hist.spent("killed")
+    assert (spent.cost_usd, spent.cost_known, spent.complete) == (0.5, True, False)
+
+
+def test_what_a_run_spent_counts_the_runs_it_resumed_once_each(hist: History) -> None:
+    plan = make_plan({"a": [], "b": ["a"]})
+
+    class Priced(CountingClient):
+        price: float | None = 0.125
+
+        async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
+            done = await super().complete(request, on_delta)
+            return dataclasses.replace(done, cost_usd=self.price)
+
+    class Unpriced(Priced):
+        price = None
+
+    first = run(hist, plan, Priced(fail=["b"]), run_id="first")
+    second = run(hist, plan, Priced(), run_id="second", resumed_from="first",
+                 reuse=hist.reuse_for("first", plan))
+    assert second.success and second.outputs["a"].cached
+    spent = hist.spent("second")
+    assert spent.runs == ("second", "first")
+    # a in the first run, b in the second: the reused a costs nothing the second time.
+    assert spent.cost_usd == pytest.approx(first.cost_usd + second.cost_usd)
+    assert spent.cost_usd == pytest.approx(0.125 * 2)
+    assert spent.cost_known and spent.complete
+    third = run(hist, plan, Unpriced(), run_id="third", resumed_from="second")
+    assert not third.cost_known and not hist.spent("third").cost_known
+    assert hist.spent("third").runs == ("third", "second", "first")
+
+
+def test_what_a_run_spent_stops_at_runs_no_longer_on_record_or_in_a_loop(
+    hist: History,
+) -> None:
+    hist.start_run("x", "p", "t", inputs={}, steps=(), resumed_from="y")
+    hist.start_run("y", "p", "t", inputs={}, steps=(), resumed_from="x")  # a damaged file
+    hist.start_run("z", "p", "t", inputs={}, steps=(), resumed_from="gone")
+    assert hist.spent("x").runs == ("x", "y") and hist.spent("z").runs == ("z",)
 
 
 def test_a_run_started_by_a_live_process_reads_as_running(hist: History) -> None:

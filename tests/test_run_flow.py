@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support import FakeLLMServer, invoke, llm_server, make_plan, make_tenant, marker
@@ -278,37 +277,3 @@ def test_interruption_handlers_are_put_back_after_a_run(tmp_path: Path) -> None:
 
 
 # --- resuming a budgeted run ----------------------------------------------------------------
-
-
-def test_a_resume_counts_what_the_run_and_every_resume_before_it_spent() -> None:
-    from dataclasses import dataclass
-
-    from dworkers.errors import NotFoundError
-    from dworkers.run.flow import RunMode, spent_before
-
-    @dataclass
-    class Recorded:
-        run_id: str
-        resumed_from: str | None
-
-    # c resumed b, which resumed a; "gone" was pruned from the history; "loop" names itself.
-    records = {"a": Recorded("a", None), "b": Recorded("b", "a"), "c": Recorded("c", "b"),
-               "d": Recorded("d", "gone"), "loop": Recorded("loop", "loop")}
-    paid = {"a": 1.0, "b": 0.5, "c": 0.25, "d": 2.0, "loop": 3.0}
-
-    class Records:
-        def get_run(self, ref: str) -> Recorded:
-            if ref not in records:
-                raise NotFoundError("run", ref, list(records))
-            return records[ref]
-
-    class Priced(RunMode):
-        @classmethod
-        def spent_by(cls, history: object, record: object) -> float:
-            assert isinstance(record, Recorded)
-            return paid[record.run_id]
-
-    history: Any = Records()
-    assert spent_before(history, records["c"], Priced) == 1.75
-    assert spent_before(history, records["d"], Priced) == 2.0
-    assert spent_before(history, records["loop"], Priced) == 3.0

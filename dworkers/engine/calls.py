@@ -37,7 +37,7 @@ MAX_RATE_LIMITED_ATTEMPTS = 1000  # a bound on the loop even if every 429 asks f
 
 
 @dataclass
-class Spent:
+class FailedAttempts:
     """What a step's failed attempts consumed, added to its final result."""
 
     prompt_tokens: int = 0
@@ -154,7 +154,7 @@ class StepCalls:
         policy, records, model = self.policy, self.records, request.model
         failures = rate_limits = 0
         waited_for_limits = 0.0
-        spent = Spent()
+        spent = FailedAttempts()
         last_error: LLMError | None = None
         prompt_chars = sum(len(m.get("content", "")) for m in request.messages)
         while True:

@@ -2,11 +2,15 @@
 
 The package, one job per module (imports point down this list):
 
+- ``dataset``: dataset runs — their rows and row-steps: ``DatasetRecorder``, ``DatasetHistory``
+  (queries, resume rows), ``DatasetStepCache``.
 - ``recorder``: ``HistoryRecorder``, an ``on_event`` callback that records a run as it goes.
+- ``writer``: ``HistoryWriter``, a run's writes on a thread of their own, patient with locks.
 - ``cache``: ``HistoryCache``, the engine's step cache answered from every succeeded step.
 - ``storage``: ``History``, the SQLite file: opening, upgrading, writing and querying it.
 - ``resume``: which steps of an earlier run a resume reuses (pure and linear).
-- ``records``: ``RunRecord``/``StepRecord`` and the table columns derived from them.
+- ``records``: ``RunRecord``/``StepRecord``/``RowRecord`` and the table columns derived from
+  them (one step-result schema for a run's steps and a dataset row's).
 - ``schema``: the migrations, in order, and the schema version.
 """
 
@@ -18,21 +22,27 @@ from dworkers.history.schema import RUN_STATUSES, schema_version
 from dworkers.history.storage import (
     AmbiguousRunError,
     History,
+    HistoryLockedError,
     NoOutputError,
     ResumeInProgressError,
+    RunSpending,
     history_path,
 )
+from dworkers.history.writer import HistoryWriter
 
 __all__ = [
     "RUN_STATUSES",
     "AmbiguousRunError",
     "History",
     "HistoryCache",
+    "HistoryLockedError",
     "HistoryRecorder",
+    "HistoryWriter",
     "NoOutputError",
     "ResumeDecision",
     "ResumeInProgressError",
     "RunRecord",
+    "RunSpending",
     "StepRecord",
     "history_path",
     "schema_version",

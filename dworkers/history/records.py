@@ -1,8 +1,13 @@
-"""What the history stores about a run and a step, and the table columns derived from it.
+"""What the history stores about a run, a step and a dataset row, and the table columns
+derived from it.
 
-``RunRecord`` and ``StepRecord`` are the rows as Python sees them. The ``runs`` and ``steps``
-columns are derived from these dataclasses here, once: ``RUN_COLUMNS``/``STEP_COLUMNS`` name
-them, ``run_record``/``step_record`` read a row, and ``step_row`` turns an engine result into one.
+``RunRecord``, ``StepRecord`` and ``RowRecord`` are the rows as Python sees them. Every table's
+columns are derived from these dataclasses here, once: ``RUN_COLUMNS``/``STEP_COLUMNS``/
+``ROW_COLUMNS`` name them, ``run_record``/``step_record``/``row_record`` read a row, and
+``step_row``/``row_step_row`` turn an engine result into one. A step's outcome is one schema in
+both places a step is kept: ``STEP_RESULT_COLUMNS`` (the fields a ``StepRecord`` shares with the
+engine's ``StepResult``) are the columns of ``steps`` and of a dataset's ``row_steps`` alike;
+``steps`` adds where the step sits in its plan and its rendered prompt, ``row_steps`` the row.
 Adding a column means a migration in ``schema`` and a field here; nothing else spells them out.
 """
 
@@ -52,9 +57,18 @@ class RunRecord:
         return self.counts.get("cached", 0)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """JSON-ready; an unknown cost is ``null`` (with ``cost_known`` false), never 0."""
+        data = _unknown_cost_is_null(asdict(self))
         data["tokens"] = self.tokens
         return data
+
+
+def _unknown_cost_is_null(data: dict[str, Any]) -> dict[str, Any]:
+    """A record's JSON with ``cost_usd`` null when some cost could not be known: what is known
+    of it is not what was spent."""
+    if not data.get("cost_known", True):
+        data["cost_usd"] = None
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,9 @@ class StepRecord:
     cost_known: bool = True
     estimated: bool = False
     truncated: bool = False
+    # What the step was asked (``digest_messages``): a resume reuses the answer while the step
+    # would be asked the same, whatever model or endpoint answered it.
+    messages_digest: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -114,24 +131,69 @@ class StepRecord:
         else:
             status, error = StepStatus(self.status), self.error
         shared = {name: getattr(self, name) for name in _SHARED_WITH_RESULT}
-        asked = digest_messages(self.messages) if self.messages else None
+        asked = self.messages_digest or (digest_messages(self.messages) if self.messages
+                                         else None)  # a step recorded before digests were
         return StepResult(**{**shared, "status": status, "error": error,
                              "messages_digest": asked})
 
 
+@dataclass(frozen=True, slots=True)
+class RowRecord:
+    """One row of a recorded dataset run. ``status`` is a ``RowStatus`` value, or ``pending``
+    for a row the run never finished (never started, or running when the process died).
+    ``cost_known``, ``estimated`` and ``truncated`` sum up its steps as a run's do."""
 
-# A run row also says which process owns it (to tell a live run from a dead one); ``counts`` is
-# computed from the steps, not stored.
+    run_id: str
+    key: str
+    number: int
+    line: int | None
+    status: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    duration_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    cost_known: bool = True
+    estimated: bool = False
+    truncated: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == StepStatus.SUCCEEDED.value
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; an unknown cost is ``null``, never 0."""
+        return _unknown_cost_is_null(asdict(self))
+
+
+# A run row also says which process owns it (to tell a live run from a dead one), and, for a
+# dataset run, whether all its rows are on record (``rows_complete``: 0 until the last batch is
+# in; a resume refuses a run whose rows were cut off); ``counts`` is computed, not stored.
 RUN_COLUMNS: tuple[str, ...] = (
-    *(f.name for f in fields(RunRecord) if f.name != "counts"), "pid", "host")
+    *(f.name for f in fields(RunRecord) if f.name != "counts"), "pid", "host", "rows_complete")
 STEP_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StepRecord))
+# A step's outcome: the fields a ``StepRecord`` shares with the engine's ``StepResult``, the
+# columns of ``steps`` and ``row_steps`` alike.
+STEP_RESULT_COLUMNS: tuple[str, ...] = tuple(name for name in STEP_COLUMNS
+                                             if name in StepResult.model_fields)
 # Where a step sits in its plan is written when the run starts; the rest as it runs.
 STEP_PLACE = ("run_id", "step_id", "position", "name", "role", "depends_on")
-_JSON_COLUMNS: dict[str, Any] = {"inputs": {}, "options": {}, "depends_on": [], "messages": None}
-# The fields a step's row shares with the engine's ``StepResult`` (all but status and error are
-# copied as they are).
-_SHARED_WITH_RESULT = tuple(name for name in StepResult.model_fields
-                            if name in STEP_COLUMNS and name not in ("status", "error"))
+# A dataset row's step: its row and place, then its outcome (the plan's shape and the rendered
+# prompt are not repeated per row: at 10,000 rows they would dwarf the answers).
+ROW_STEP_COLUMNS: tuple[str, ...] = ("run_id", "row", "position", *STEP_RESULT_COLUMNS)
+ROW_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RowRecord))
+_JSON_COLUMNS: dict[str, Any] = {"inputs": {}, "extra": {}, "options": {}, "depends_on": [],
+                                 "messages": None}
+_FLAGS = ("cached", "cost_known", "estimated", "truncated")
+# What a row-step leaves out of a ``StepRecord``.
+_NOT_PER_ROW: dict[str, Any] = {"name": "", "role": "", "depends_on": [], "messages": None}
+# The fields copied as they are between a step's row and a ``StepResult``.
+_SHARED_WITH_RESULT = tuple(name for name in STEP_RESULT_COLUMNS
+                            if name not in ("status", "error", "messages_digest"))
 
 
 def decode(column: str, value: Any) -> Any:
@@ -148,11 +210,22 @@ def decode(column: str, value: Any) -> Any:
 
 
 def step_record(row: sqlite3.Row) -> StepRecord:
-    """A ``steps`` row (selected with ``STEP_COLUMNS``) as a record."""
-    values = {name: decode(name, row[name]) for name in STEP_COLUMNS}
-    for flag in ("cached", "cost_known", "estimated", "truncated"):
+    """A ``steps`` row (selected with ``STEP_COLUMNS``) or a ``row_steps`` row (selected with
+    ``ROW_STEP_COLUMNS``: no plan place nor prompt) as a record."""
+    names = set(row.keys())
+    values = {name: decode(name, row[name]) if name in names else _NOT_PER_ROW[name]
+              for name in STEP_COLUMNS}
+    for flag in _FLAGS:
         values[flag] = bool(values[flag])
     return StepRecord(**values)
+
+
+def row_record(row: sqlite3.Row) -> RowRecord:
+    """A ``rows`` row (selected with ``ROW_COLUMNS``) as a record."""
+    values = {name: decode(name, row[name]) for name in ROW_COLUMNS}
+    for flag in _FLAGS[1:]:
+        values[flag] = bool(values[flag])
+    return RowRecord(**values)
 
 
 def run_record(row: sqlite3.Row, status: str, counts: dict[str, int]) -> RunRecord:
@@ -166,31 +239,43 @@ def run_record(row: sqlite3.Row, status: str, counts: dict[str, int]) -> RunReco
 
 def new_run_row(run_id: str, plan: str, tenant: str, *, inputs: Mapping[str, str],
                 started_at: float | None, resumed_from: str | None,
-                options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The row of a run that starts now in this process, keyed by ``RUN_COLUMNS``."""
+                options: Mapping[str, Any] | None, rows_complete: bool = True) -> dict[str, Any]:
+    """The row of a run that starts now in this process, keyed by ``RUN_COLUMNS``; a dataset
+    run starts with ``rows_complete`` false, until every row is recorded."""
     return {
         "run_id": run_id, "plan": plan, "tenant": tenant, "inputs": json.dumps(dict(inputs)),
         "status": "running", "started_at": started_at if started_at is not None else time.time(),
         "finished_at": None, "duration_ms": None, "prompt_tokens": 0, "completion_tokens": 0,
         "cost_usd": 0.0, "cost_known": 1, "resumed_from": resumed_from,
         "options": json.dumps(dict(options or {})),
-        "pid": os.getpid(), "host": socket.gethostname(),
+        "pid": os.getpid(), "host": socket.gethostname(), "rows_complete": int(rows_complete),
     }
+
+
+def step_result_values(result: StepResult) -> dict[str, Any]:
+    """A step's outcome as stored, keyed by ``STEP_RESULT_COLUMNS``."""
+    values = {name: getattr(result, name) for name in STEP_RESULT_COLUMNS}
+    values["status"] = result.status.value
+    for flag in _FLAGS:
+        values[flag] = int(values[flag])
+    return values
 
 
 def step_row(run_id: str, result: StepResult, *, position: int, info: StepInfo | None,
              messages: Sequence[Mapping[str, str]] | str | None) -> dict[str, Any]:
     """A step's row from its result, keyed by ``STEP_COLUMNS``. ``messages`` may already be
     JSON text (the original's prompt, copied for a reused step)."""
-    shared = {name: getattr(result, name) for name in _SHARED_WITH_RESULT}
     if messages is not None and not isinstance(messages, str):
         messages = json.dumps([dict(m) for m in messages])
     return {
-        **shared,
-        "run_id": run_id, "step_id": result.step_id, "position": position,
+        **step_result_values(result),
+        "run_id": run_id, "position": position,
         "name": info.name if info else "", "role": info.role if info else "",
         "depends_on": json.dumps(list(info.depends_on)) if info else "[]",
-        "status": result.status.value, "error": result.error, "messages": messages,
-        "cached": int(result.cached), "cost_known": int(result.cost_known),
-        "estimated": int(result.estimated), "truncated": int(result.truncated),
+        "messages": messages,
     }
+
+
+def row_step_row(run_id: str, row: str, position: int, result: StepResult) -> dict[str, Any]:
+    """A dataset row's step from its result, keyed by ``ROW_STEP_COLUMNS``."""
+    return {**step_result_values(result), "run_id": run_id, "row": row, "position": position}

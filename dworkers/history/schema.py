@@ -70,7 +70,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         WHERE status = 'succeeded' AND cache_key IS NOT NULL
         """,
     ),
-    # 2: dataset runs — a run's rows, and each row's steps (see history.rows)
+    # 2: dataset runs — a run's rows, and each row's steps (see history.dataset)
     (
         """
         CREATE TABLE rows (
@@ -131,6 +131,21 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE steps ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE steps ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE runs ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1",
+    ),
+    # 4: one step-result schema (records.STEP_RESULT_COLUMNS) for a run's steps and a dataset
+    # row's; the messages digest that lets a resume reuse answers whatever the endpoint; rows
+    # that say what their steps' costs and answers were; and a dataset run's rows known to be
+    # all on record (recorded in batches: a run killed in between is refused on resume).
+    (
+        "ALTER TABLE steps ADD COLUMN messages_digest TEXT",
+        "ALTER TABLE row_steps ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE row_steps ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE row_steps ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE row_steps ADD COLUMN messages_digest TEXT",
+        "ALTER TABLE rows ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE rows ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE rows ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN rows_complete INTEGER NOT NULL DEFAULT 1",
     ),
 ]
 

@@ -1,13 +1,16 @@
 """``History``: the run history's SQLite file — opening, upgrading, writing and querying it.
 
 One file, ``history.db``, in the user data directory (``DWORKERS_HOME`` moves it). The database
-runs in WAL mode with a busy timeout, so concurrent runs share it safely; every write is its own
-short ``BEGIN IMMEDIATE`` transaction, so a killed process loses at most the step in flight. The
-schema is versioned with ``PRAGMA user_version`` and upgraded by ``schema.MIGRATIONS``, in order,
-in one transaction.
+runs in WAL mode with a busy timeout, so concurrent runs share it safely; every write is a short
+``BEGIN IMMEDIATE`` transaction, so a killed process loses at most the steps in flight. A write
+that finds the file locked for longer than the busy timeout can wait on, with back-off
+(``write_patiently``: what ``writer.HistoryWriter`` does for a run's recording). The schema is
+versioned with ``PRAGMA user_version`` and upgraded by ``schema.MIGRATIONS``, in order, in one
+transaction.
 
 A database that is corrupt, locked beyond the busy timeout or unwritable raises ``HistoryError``
-naming the file and the fix. The user's file is never deleted or rewritten.
+(``HistoryLockedError`` when locked) naming the file and the fix. The user's file is never
+deleted or rewritten.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,12 @@ from dworkers.results import RunResult, RunStatus, StepResult
 
 DEFAULT_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 LATEST = ("last", "latest")  # run references meaning "the most recent run"
+FIRST_PAUSE, LONGEST_PAUSE = 0.05, 1.0  # seconds between patient write attempts (doubling)
+RESUME_CHAIN = 1000  # the most runs ``resume_chain`` follows back through ``resumed_from``
+
+# One piece of a write transaction (statements on the connection it is given; what it returns
+# is ignored).
+WriteJob = Callable[[sqlite3.Connection], object]
 
 
 def history_path() -> Path:
@@ -60,6 +70,26 @@ class AmbiguousRunError(NotFoundError):
         DworkersError.__init__(
             self, f"run id prefix {prefix!r} is ambiguous: it matches {shown} — "
             "type more of the run id")
+
+
+class HistoryLockedError(HistoryError):
+    """Another process held the history's write lock for longer than this one waited."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpending:
+    """What a run has spent, with every run it resumed (for a resume's budget to count).
+
+    ``cost_known`` is false when some call's cost could not be known (``cost_usd`` is then what
+    is known of it); ``complete`` is false when a run of the chain died without finishing
+    (kill -9, power loss): the calls in flight then are not on record."""
+
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_known: bool
+    complete: bool
+    runs: tuple[str, ...]  # the run and those it resumed, newest first
 
 
 class ResumeInProgressError(DworkersError):
@@ -101,6 +131,11 @@ class History:
 
     def __repr__(self) -> str:
         return f"History({str(self.path)!r})"
+
+    def sibling(self) -> History:
+        """Another ``History`` on the same file with a connection of its own: a write that
+        waits for another process's lock there never holds up reads here."""
+        return History(self.path, timeout=self.timeout)
 
     def __enter__(self) -> History:
         return self.open()
@@ -205,6 +240,12 @@ class History:
             f"understands ({len(schema.MIGRATIONS)}) — upgrade dworkers, or set DWORKERS_HOME "
             "to use another directory")
 
+    def _locked(self, doing: str, waited: float) -> HistoryLockedError:
+        return HistoryLockedError(
+            f"run history {self.path} is locked by another process (waited {waited:.3g}s "
+            f"while {doing}) — wait for the other dworkers command to finish and retry, "
+            "or set DWORKERS_HOME to use a separate history")
+
     def _error(self, exc: sqlite3.Error, doing: str) -> HistoryError:
         """A clear, actionable ``HistoryError`` for an sqlite3 failure."""
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
@@ -213,10 +254,7 @@ class History:
         aside = (f"move it aside (mv '{path}' '{path}.broken') and dworkers starts a new history, "
                  "or set DWORKERS_HOME to use another directory; the file was left untouched")
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in detail:
-            return HistoryError(
-                f"run history {path} is locked by another process (waited {self.timeout:g}s "
-                f"while {doing}) — wait for the other dworkers command to finish and retry, "
-                "or set DWORKERS_HOME to use a separate history")
+            return self._locked(doing, self.timeout)
         corrupt = "not a database" in detail or "malformed" in detail
         if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or corrupt:
             return HistoryError(f"run history {path} is corrupt or not a database ({detail}) "
@@ -247,6 +285,26 @@ class History:
                     raise self._error(exc, doing) from None
                 raise
 
+    def write_patiently(self, doing: str, jobs: Sequence[WriteJob], *, patience: float,
+                        sleep: Callable[[float], object] = time.sleep) -> None:
+        """Run ``jobs`` in one transaction; while another process holds the lock, try again
+        with back-off for up to ``patience`` seconds in all. Raises ``HistoryLockedError``
+        after that, ``HistoryError`` at once for anything else (a full disk, a corrupt file)."""
+        started = time.monotonic()
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                with self._write(doing) as conn:
+                    for job in jobs:
+                        job(conn)
+                return
+            except HistoryLockedError:
+                waited = time.monotonic() - started
+                if waited + pause > patience:
+                    raise self._locked(doing, max(waited, self.timeout)) from None
+            sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
+
     def _read(self, sql: str, params: Sequence[object] = (), *,
               doing: str = "reading it") -> list[sqlite3.Row]:
         with self._lock:
@@ -259,67 +317,82 @@ class History:
                 raise self._error(exc, doing) from None
 
     # --- writes (used by HistoryRecorder) ----------------------------------------------------
+    # Each write is a ``put_*`` method that runs its statements on a connection, so that a
+    # ``HistoryWriter`` can group several in one transaction, and a public method that runs one
+    # in a transaction of its own.
 
     def start_run(self, run_id: str, plan: str, tenant: str, *, inputs: Mapping[str, str],
                   steps: Sequence[StepInfo], started_at: float | None = None,
                   resumed_from: str | None = None,
                   options: Mapping[str, Any] | None = None) -> None:
         """Record a new run (status ``running``) and its steps (status ``pending``)."""
-        row = new_run_row(run_id, plan, tenant, inputs=inputs, started_at=started_at,
-                          resumed_from=resumed_from, options=options)
         with self._write("recording a new run") as conn:
-            conn.execute(
-                _RUN_INSERT + " ON CONFLICT (run_id) DO UPDATE SET status = 'running', "
-                "started_at = excluded.started_at, finished_at = NULL, pid = excluded.pid, "
-                "host = excluded.host", row)
-            conn.executemany(
-                "INSERT INTO steps (run_id, step_id, position, name, role, depends_on, status, "
-                "model) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
-                [(run_id, s.step_id, i, s.name, s.role, json.dumps(list(s.depends_on)), s.model)
-                 for i, s in enumerate(steps)])
+            self.put_run(conn, run_id, plan, tenant, inputs=inputs, steps=steps,
+                         started_at=started_at, resumed_from=resumed_from, options=options)
 
     def start_step(self, run_id: str, step_id: str, model: str,
                    messages: Sequence[Mapping[str, str]], started_at: float | None = None) -> None:
         """Mark a step ``running`` and keep its rendered prompt."""
         with self._write("recording a step start") as conn:
-            conn.execute(
-                "UPDATE steps SET status = 'running', model = ?, messages = ?, started_at = ? "
-                "WHERE run_id = ? AND step_id = ? AND status IN ('pending', 'running')",
-                (model, json.dumps([dict(m) for m in messages]),
-                 started_at if started_at is not None else time.time(), run_id, step_id))
+            self.put_step_start(conn, run_id, step_id, model, messages, started_at)
 
     def finish_step(self, run_id: str, result: StepResult,
                     messages: Sequence[Mapping[str, str]] | None = None,
                     info: StepInfo | None = None, position: int = 0) -> None:
         """Record a step's final result (and its prompt, when known)."""
         with self._write("recording a step result") as conn:
-            self._upsert_step(conn, run_id, result, messages, info, position)
+            self.put_step(conn, run_id, result, messages, info, position)
 
     def finish_run(self, result: RunResult) -> None:
         """Record a run's final status and totals."""
         with self._write("recording a run result") as conn:
-            self._update_run(conn, result)
+            self.put_run_result(conn, result)
 
     def save_run(self, result: RunResult, *, steps: Sequence[StepInfo] = (),
                  messages: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
                  resumed_from: str | None = None,
                  options: Mapping[str, Any] | None = None) -> None:
         """Record a whole finished run at once, in one transaction (idempotent)."""
-        messages = messages or {}
-        infos = {s.step_id: (i, s) for i, s in enumerate(steps)}
-        row = new_run_row(result.run_id, result.plan, result.tenant, inputs=result.inputs,
-                          started_at=result.started_at or None, resumed_from=resumed_from,
-                          options=options)
         with self._write("recording a run") as conn:
-            conn.execute(_RUN_INSERT + " ON CONFLICT (run_id) DO NOTHING", row)
-            for n, (sid, step) in enumerate(result.outputs.items()):
-                position, info = infos.get(sid, (n, None))
-                self._upsert_step(conn, result.run_id, step, messages.get(sid), info, position)
-            self._update_run(conn, result)
+            self.put_whole_run(conn, result, steps=steps, messages=messages,
+                               resumed_from=resumed_from, options=options)
 
-    def _upsert_step(self, conn: sqlite3.Connection, run_id: str, result: StepResult,
-                     messages: Sequence[Mapping[str, str]] | None, info: StepInfo | None,
-                     position: int) -> None:
+    @staticmethod
+    def put_run(conn: sqlite3.Connection, run_id: str, plan: str, tenant: str, *,
+                inputs: Mapping[str, str], steps: Sequence[StepInfo],
+                started_at: float | None = None, resumed_from: str | None = None,
+                options: Mapping[str, Any] | None = None, rows_complete: bool = True) -> None:
+        """``start_run``'s statements; a dataset run starts with ``rows_complete`` false."""
+        row = new_run_row(run_id, plan, tenant, inputs=inputs, started_at=started_at,
+                          resumed_from=resumed_from, options=options,
+                          rows_complete=rows_complete)
+        conn.execute(
+            _RUN_INSERT + " ON CONFLICT (run_id) DO UPDATE SET status = 'running', "
+            "started_at = excluded.started_at, finished_at = NULL, pid = excluded.pid, "
+            "host = excluded.host, rows_complete = excluded.rows_complete", row)
+        if steps:
+            conn.executemany(
+                "INSERT INTO steps (run_id, step_id, position, name, role, depends_on, "
+                "status, model) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
+                [(run_id, s.step_id, i, s.name, s.role, json.dumps(list(s.depends_on)),
+                  s.model) for i, s in enumerate(steps)])
+
+    @staticmethod
+    def put_step_start(conn: sqlite3.Connection, run_id: str, step_id: str, model: str,
+                       messages: Sequence[Mapping[str, str]],
+                       started_at: float | None = None) -> None:
+        """``start_step``'s statements."""
+        conn.execute(
+            "UPDATE steps SET status = 'running', model = ?, messages = ?, started_at = ? "
+            "WHERE run_id = ? AND step_id = ? AND status IN ('pending', 'running')",
+            (model, json.dumps([dict(m) for m in messages]),
+             started_at if started_at is not None else time.time(), run_id, step_id))
+
+    @staticmethod
+    def put_step(conn: sqlite3.Connection, run_id: str, result: StepResult,
+                 messages: Sequence[Mapping[str, str]] | None, info: StepInfo | None,
+                 position: int) -> None:
+        """``finish_step``'s statements."""
         text: str | None = json.dumps([dict(m) for m in messages]) if messages else None
         if text is None and result.cache_key:  # reused or cached: the original's prompt
             found = conn.execute(
@@ -331,14 +404,32 @@ class History:
                                             messages=text))
 
     @staticmethod
-    def _update_run(conn: sqlite3.Connection, result: RunResult) -> None:
-        status = result.status.value
+    def put_run_result(conn: sqlite3.Connection, result: RunResult) -> None:
+        """``finish_run``'s statements."""
         conn.execute(
             "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?, "
             "completion_tokens = ?, cost_usd = ?, cost_known = ?, inputs = ? WHERE run_id = ?",
-            (status, time.time(), result.total_duration_ms, result.prompt_tokens,
+            (result.status.value, time.time(), result.total_duration_ms, result.prompt_tokens,
              result.completion_tokens, result.cost_usd, int(result.cost_known),
              json.dumps(result.inputs), result.run_id))
+
+    @classmethod
+    def put_whole_run(cls, conn: sqlite3.Connection, result: RunResult, *,
+                      steps: Sequence[StepInfo] = (),
+                      messages: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
+                      resumed_from: str | None = None,
+                      options: Mapping[str, Any] | None = None) -> None:
+        """``save_run``'s statements."""
+        messages = messages or {}
+        infos = {s.step_id: (i, s) for i, s in enumerate(steps)}
+        row = new_run_row(result.run_id, result.plan, result.tenant, inputs=result.inputs,
+                          started_at=result.started_at or None, resumed_from=resumed_from,
+                          options=options)
+        conn.execute(_RUN_INSERT + " ON CONFLICT (run_id) DO NOTHING", row)
+        for n, (sid, step) in enumerate(result.outputs.items()):
+            position, info = infos.get(sid, (n, None))
+            cls.put_step(conn, result.run_id, step, messages.get(sid), info, position)
+        cls.put_run_result(conn, result)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -501,6 +592,33 @@ class History:
         records = self.steps(run_ref)
         return resume.reusable(resume.decide(plan, records), records)
 
+    def spent(self, run_ref: str) -> RunSpending:
+        """What a run has spent so far in all, with every run it resumed (and they resumed):
+        for a resume's budget, which covers the whole run. Reused and cached steps cost
+        nothing, so nothing is counted twice; a run still going, or whose process died,
+        counts what its steps on record spent (``complete`` is then false)."""
+        chain = self.resume_chain(run_ref)
+        totals = self._step_totals(list(chain)).values()
+        return RunSpending(cost_usd=sum(t[0] for t in totals),
+                     prompt_tokens=sum(t[1] for t in totals),
+                     completion_tokens=sum(t[2] for t in totals),
+                     cost_known=all(t[3] for t in totals), complete=all(chain.values()),
+                     runs=tuple(chain))
+
+    def resume_chain(self, run_ref: str) -> dict[str, bool]:
+        """The run and the runs it resumed, newest first (each: whether it finished); a run
+        no longer on record ends the chain."""
+        chain: dict[str, bool] = {}
+        current: str | None = self.resolve(run_ref)
+        while current is not None and current not in chain and len(chain) < RESUME_CHAIN:
+            found = self._read("SELECT resumed_from, finished_at FROM runs WHERE run_id = ?",
+                               (current,))
+            if not found:
+                break
+            chain[current] = found[0]["finished_at"] is not None
+            current = found[0]["resumed_from"]
+        return chain
+
     def lookup(self, key: str, *, exclude_models: Sequence[str] = ()) -> StepResult | None:
         """The most recent succeeded step, of any run, with this cache key, unless the model
         that answered it is one of ``exclude_models``."""
@@ -529,7 +647,7 @@ class History:
                 mine[str(row[1])] = int(row[2])
                 if row[1] == "succeeded":
                     mine["cached"] = int(row[3] or 0)
-            # A dataset run counts its rows (its steps live per row, in history.rows).
+            # A dataset run counts its rows (its steps live per row, in history.dataset).
             for row in self._read(
                     "SELECT run_id, status, count(*) FROM rows "
                     f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, status",
@@ -537,6 +655,10 @@ class History:
                 mine = counts[str(row[0])]
                 mine[str(row[1])] = int(row[2])
                 mine["rows"] = mine.get("rows", 0) + int(row[2])  # says: these count rows
+        # A run that has not finished (still going, or its process died) has no totals yet:
+        # what its steps on record spent is what it has spent so far.
+        so_far = self._step_totals([str(row["run_id"]) for row in rows
+                                    if row["finished_at"] is None])
         host = socket.gethostname()
         records = []
         for row in rows:
@@ -545,8 +667,32 @@ class History:
                 status = "interrupted"
             mine = counts[str(row["run_id"])]
             total = sum(v for k, v in mine.items() if k not in ("cached", "rows"))
-            records.append(run_record(row, status, {"total": total, **mine}))
+            record = run_record(row, status, {"total": total, **mine})
+            if record.run_id in so_far:
+                cost, prompt, completion, known = so_far[record.run_id]
+                record = replace(record, cost_usd=cost, prompt_tokens=prompt,
+                                 completion_tokens=completion, cost_known=known)
+            records.append(record)
         return records
+
+    def _step_totals(self, ids: Sequence[str]) -> dict[str, tuple[float, int, int, bool]]:
+        """For each run: the cost and tokens of its steps on record (a single run's, or a
+        dataset run's row-steps), and whether every one of those costs was known."""
+        totals: dict[str, tuple[float, int, int, bool]] = dict.fromkeys(ids, (0.0, 0, 0, True))
+        for chunk in range(0, len(ids), 500):
+            part = list(ids[chunk:chunk + 500])
+            marks = ", ".join("?" * len(part))
+            for table in ("steps", "row_steps"):
+                for row in self._read(
+                        "SELECT run_id, total(cost_usd), total(prompt_tokens), "
+                        f"total(completion_tokens), min(cost_known) FROM {table} "
+                        f"WHERE run_id IN ({marks}) GROUP BY run_id", part,
+                        doing="adding up what runs spent"):
+                    cost, prompt, completion, known = totals[str(row[0])]
+                    totals[str(row[0])] = (cost + float(row[1]), prompt + int(row[2]),
+                                           completion + int(row[3]),
+                                           known and row[4] != 0)
+        return totals
 
 
 def _run_result(run: RunRecord, steps: Sequence[StepRecord]) -> RunResult:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from dworkers.events import RunStarted
     from dworkers.executors import Executor
     from dworkers.history import History, RunRecord
-    from dworkers.history.rows import DatasetRecorder
+    from dworkers.history.dataset import DatasetRecorder
     from dworkers.results import StepResult
     from dworkers.run.flow import Resolved
     from dworkers.view.dataset import DatasetView
@@ -64,9 +64,9 @@ class DatasetMode(RunMode):
         resumed, history, plan = resolved.resumed, resolved.history, resolved.plan
         self.rows: Callable[[], Iterator[Row]]
         if resumed is not None and history is not None:
-            from dworkers.history.rows import RowHistory
+            from dworkers.history.dataset import DatasetHistory
 
-            rows_history, run_id = RowHistory(history), resumed.run_id
+            rows_history, run_id = DatasetHistory(history), resumed.run_id
             self.data: dict[str, Any] = dict(resumed.options["data"])
             self.total = sum(rows_history.counts(run_id).values())
             self.rows = lambda: rows_history.resume_rows(run_id, plan)
@@ -101,22 +101,13 @@ class DatasetMode(RunMode):
                          f"{resumed.run_id}", "resume-with-data", "--resume")
 
     @classmethod
-    def spent_by(cls, history: History, record: RunRecord) -> float:
-        # Summed from the row steps, recorded as they are paid for: a killed run has no
-        # totals, but every step it paid for.
-        from dworkers.history.rows import RowHistory
-
-        return sum(step.cost_usd for _, steps in RowHistory(history).rows(record.run_id)
-                   for step in steps if not step.cached)
-
-    @classmethod
     def engine_parts(cls, resolved: Resolved, request: RunRequest
                      ) -> tuple[dict[str, StepResult] | None, StepCache | None]:
         if request.no_cache or request.mock or resolved.history is None:
             return None, None
-        from dworkers.history.rows import RowStepCache
+        from dworkers.history.dataset import DatasetStepCache
 
-        return None, RowStepCache(resolved.history)
+        return None, DatasetStepCache(resolved.history)
 
     def dry_run(self) -> int:
         """The first row's prompts and the schedule; every row has been checked."""
@@ -140,14 +131,14 @@ class DatasetMode(RunMode):
     def recorder(self, history: History, options: dict[str, Any],
                  started: RunStarted) -> DatasetRecorder:
         """Record the run and every row before any runs; every row must be there."""
-        from dworkers.history.rows import DatasetRecorder, RowHistory
+        from dworkers.history.dataset import DatasetHistory, DatasetRecorder
 
         resumed = self.resolved.resumed
         recorder = DatasetRecorder(history, inputs=self.resolved.inputs,
                                    resumed_from=resumed.run_id if resumed else None,
                                    options={**options, "data": self.data})
         recorder.start(started, self.rows())
-        recorded = sum(RowHistory(history).counts(started.run_id).values())
+        recorded = sum(DatasetHistory(history).counts(started.run_id).values())
         if recorded != self.total:  # a key the history took for another: never run silently
             raise HistoryError(f"the history recorded {recorded:,} of the dataset's "
                                f"{self.total:,} rows (two keys the history cannot tell apart?)"

@@ -103,6 +103,12 @@ class Consumer(Protocol):
     def error(self) -> Any: ...
 
 
+class Recorder(Consumer, Protocol):
+    """A consumer that writes the history; ``close`` waits for its queued writes to land."""
+
+    def close(self) -> None: ...
+
+
 class Display(Protocol):
     def prepare(self, event: Any) -> None: ...
 
@@ -133,11 +139,6 @@ class RunMode:
         """Refuse flags that do not fit this mode (or this resumed run)."""
 
     @classmethod
-    def spent_by(cls, history: History, record: RunRecord) -> float:
-        """What one recorded run of this mode paid for (cached answers cost nothing)."""
-        raise NotImplementedError
-
-    @classmethod
     def engine_parts(cls, resolved: Resolved, request: RunRequest
                      ) -> tuple[dict[str, StepResult] | None, StepCache | None]:
         """The earlier answers a resumed run reuses, and the cache, for the engine."""
@@ -161,7 +162,7 @@ class RunMode:
         """Last checks and set-up before anything is recorded."""
 
     def recorder(self, history: History, options: dict[str, Any],
-                 started: RunStarted) -> Consumer:
+                 started: RunStarted) -> Recorder:
         """Records the run as it goes (a dataset run records every row now)."""
         raise NotImplementedError
 
@@ -242,7 +243,9 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
                 f"resume it with: dworkers run {resumed.plan} --resume {resumed.run_id}",
                 "wrong-plan", file="--resume")])
         if request.max_cost is not None or tenant.limits.max_cost_usd is not None:
-            spent = spent_before(history, resumed, mode_type)  # reads every row: only if needed
+            # What the resumed run and every run it resumed paid for: a budget is for the
+            # whole run, however often it is resumed. Reads every step: only if needed.
+            spent = history.spent(resumed.run_id).cost_usd
     return Resolved(plan, tenant, inputs, history, resumed, spent)
 
 
@@ -265,7 +268,7 @@ def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[s
     if request.mock is None:
         request.mock = bool(options.get("mock"))
     # Every other option the run was started with holds too, unless given again: a resumed
-    # budgeted run keeps its budget (and what it spent counts: see ``spent_before``).
+    # budgeted run keeps its budget (and what it spent counts: ``History.spent``).
     if request.max_cost is None and isinstance(options.get("max_cost"), int | float):
         request.max_cost = float(options["max_cost"])
     if request.max_concurrency is None and isinstance(options.get("max_concurrency"), int):
@@ -293,22 +296,6 @@ def _name_or_path(registry: Any, name: str, path: object) -> str:
         return path
     same = entry.path is not None and os.path.samefile(entry.path, path)
     return name if same else path
-
-
-def spent_before(history: History, resumed: RunRecord, mode_type: type[RunMode]) -> float:
-    """What the resumed run spent, with every run it resumed in turn: a budget is for the
-    whole run, however many times it is resumed."""
-    total, seen = 0.0, set()
-    record: RunRecord | None = resumed
-    while record is not None and record.run_id not in seen:
-        seen.add(record.run_id)
-        total += mode_type.spent_by(history, record)
-        earlier = record.resumed_from
-        try:
-            record = history.get_run(earlier) if earlier else None
-        except DworkersError:  # pruned from the history: what is left is all we know
-            record = None
-    return total
 
 
 def resolve_tenant(name: str) -> TenantConfig:
@@ -383,7 +370,7 @@ def run_live(mode: RunMode) -> int:
     try:
         mode.start(err)
         started = engine.describe(run_id)
-        recorder = None
+        recorder: Recorder | None = None
         if history is not None:  # HistoryError: reported, nothing spent
             recorder = mode.recorder(history, recorded_options(request, engine), started)
         writer = mode.writer(out_dir)
@@ -415,6 +402,8 @@ def run_live(mode: RunMode) -> int:
                 # presses) must not cut off the summary or the JSON.
                 ignore_interruptions()
                 mode.close()
+                if recorder is not None:  # the last event may never have come (Ctrl-C)
+                    recorder.close()
             outcome = mode.outcome(interrupted)
             if outcome is None:
                 err.print("interrupted before the run started")
@@ -439,7 +428,7 @@ def not_saved(writer: Consumer, recorder: Consumer | None, fan_out: FanOut,
     unsaved = [f"{writer.error} in {out_dir}"] if writer.error else []
     unsaved += [f"while recording the run: {problem}" for problem in fan_out.errors]
     if recorder is not None and recorder.error is not None:
-        unsaved.append(f"the run history, from then on: {recorder.error}")
+        unsaved.append(f"the run history: {recorder.error}")
     return unsaved
 
 

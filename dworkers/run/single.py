@@ -16,7 +16,7 @@ from dworkers.types import WorkerRole
 if TYPE_CHECKING:
     from dworkers.engine import Engine, StepCache
     from dworkers.events import RunStarted
-    from dworkers.history import History, HistoryRecorder, RunRecord
+    from dworkers.history import History, HistoryRecorder
     from dworkers.outputs import RunWriter
     from dworkers.results import StepResult
     from dworkers.run.flow import Resolved
@@ -35,12 +35,6 @@ class SingleMode(RunMode):
         resumed = resolved.resumed
         self.reused = engine.reused_steps(self.values) if resumed is not None else None
         self.run_writer: RunWriter | None = None
-
-    @classmethod
-    def spent_by(cls, history: History, record: RunRecord) -> float:
-        # Summed from the steps, which are recorded as they finish: a killed run has no
-        # totals, but every step it paid for.
-        return sum(step.cost_usd for step in history.steps(record.run_id) if not step.cached)
 
     @classmethod
     def engine_parts(cls, resolved: Resolved, request: RunRequest

@@ -40,6 +40,10 @@ class RecordedRow(Protocol):
     @property
     def cost_usd(self) -> float: ...
     @property
+    def cost_known(self) -> bool: ...
+    @property
+    def estimated(self) -> bool: ...
+    @property
     def inputs(self) -> dict[str, str]: ...
 
 
@@ -50,6 +54,8 @@ class RecordedStep(Protocol):
     def status(self) -> str: ...
     @property
     def cached(self) -> bool: ...
+    @property
+    def truncated(self) -> bool: ...
     @property
     def error(self) -> str | None: ...
 
@@ -305,7 +311,7 @@ def row_details(row: RecordedRow, steps: Sequence[RecordedStep]) -> Text:
     text = Text.assemble((f"{icon} row {one_line(row.key)}", style), f" ({row.status})")
     if row.line is not None:
         text.append(f" · line {row.line}", style="dim")
-    text.append(f" · {fmt_cost(row.cost_usd)}", style="dim")
+    text.append(f" · {fmt_cost(row.cost_usd, row.cost_known, row.estimated)}", style="dim")
     if row.error:
         text.append(f"\nerror: {one_line(row.error)}", style="red")
     for name, value in row.inputs.items():
@@ -313,6 +319,8 @@ def row_details(row: RecordedRow, steps: Sequence[RecordedStep]) -> Text:
     for step in steps:
         mark = "↺ cached" if step.cached else step.status
         text.append(f"\n  {step.step_id}: {mark}")
+        if step.truncated:
+            text.append(" (truncated)", style="yellow")
         if step.error:
             text.append(f" — {one_line(step.error)}", style="red")
     return text
