@@ -447,8 +447,8 @@ class LiteLLMClient:
 
     def _timed_out(self, request: LLMRequest, got: _Received, whole: bool) -> LLMError:
         if whole:
-            message = (f"timed out: the answer took longer than {request.total_timeout:g}s in "
-                       "all (limits.answer_timeout_seconds)")
+            message = (f"timed out: the answer took longer than {request.total_timeout:g}s "
+                       "(timeout_seconds)")
         elif got.pieces:
             message = f"timed out: the answer stalled, nothing for {request.timeout:g}s"
         else:

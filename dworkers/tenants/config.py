@@ -105,12 +105,9 @@ class LimitsConfig(_Strict):
         default=None, ge=0, allow_inf_nan=False, description="Once a run has spent this much "
         "USD no new step starts; the rest are skipped (--max-cost wins).")
     timeout_seconds: float = Field(
-        default=120, gt=0, le=86_400, allow_inf_nan=False, description="Seconds an endpoint may "
-        "stay silent (no first byte, no next chunk) before the attempt is given up, for steps "
-        "that do not set their own timeout_seconds.")
-    answer_timeout_seconds: float = Field(
-        default=1800, gt=0, le=86_400, allow_inf_nan=False, description="The longest one whole "
-        "answer may take in seconds, however steadily it streams.")
+        default=120, gt=0, le=86_400, allow_inf_nan=False, description="Seconds one attempt may "
+        "take, from sending the request to the end of the whole answer, streamed or not, for "
+        "steps that do not set their own timeout_seconds.")
     retry_max: int = Field(
         default=2, ge=0, le=100, strict=True, description="Retries after a timeout, a 5xx or an "
         "empty answer, for steps that do not set their own retry_max.")
