@@ -402,7 +402,8 @@ def test_a_run_refused_before_any_call_always_exits_promptly(tmp_path: Path) -> 
     # background thread then, and the interpreter could hang on its way out (ignoring Ctrl-C
     # and SIGTERM). `timeout` is only a safety net: a hang fails, it does not stall the suite.
     env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("OPENAI_", "DWORKERS_"))}
+           if not name.startswith("OPENAI_")
+           and name not in ("DWORKERS_MODEL", "DWORKERS_API_BASE")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     command = ["timeout", "-k", "10", "300", sys.executable, "-m", "dworkers", "run",
                "per-row.yaml", "--data", "rows.csv", "--model", "openai/test-model",
