@@ -97,6 +97,10 @@ class InputSpec(BaseModel):
                              "run the plan ('dworkers show', shell completion).")
     default: str | None = Field(default=None, description="The value when a run gives none; an "
                                 "input with a default is optional.")
+    type: Literal["text", "file"] = Field(
+        default="text", description="'file': the value names a file or folder (a .pdf, .docx, "
+        ".xlsx, .pptx, .html, .csv, .md or .txt, or a folder of them), given as '-i NAME=PATH' "
+        "or a dataset column, converted to Markdown before any call.")
 
 
 class BasePlan:

@@ -25,7 +25,7 @@ from dworkers.engine import Engine, RunOptions, new_run_id
 from dworkers.errors import DworkersError, InputError, Problem
 from dworkers.events import Event
 from dworkers.redact import redact_url
-from dworkers.run.inputs import parse_inputs
+from dworkers.run.inputs import FileRead, parse_inputs
 from dworkers.text import json_text
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class RunRequest:
     max_failures: int | None = None
     executor: str = "local"  # this process, or "ray"
     ray_address: str | None = None  # with "ray": an existing cluster to join
+    formats: list[str] | None = None  # --format md,docx,pdf; None: the tenant's, else md
 
     @property
     def names_a_dataset(self) -> bool:
@@ -82,6 +83,7 @@ class Resolved:
     history: History | None
     resumed: RunRecord | None
     spent_before_usd: float = 0.0  # what the resumed run (and those it resumed) spent
+    files: list[FileRead] = field(default_factory=list)  # read for -i values, for the history
 
 
 class Outcome(Protocol):
@@ -124,6 +126,7 @@ class RunMode:
 
     def __init__(self, request: RunRequest, resolved: Resolved, engine: Engine) -> None:
         self.request, self.resolved, self.engine = request, resolved, engine
+        self.files_read: list[FileRead] = list(resolved.files)  # recorded with the run
 
     # --- before anything is resolved -----------------------------------------------------
 
@@ -214,7 +217,8 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
     """The history, the resumed run, flags, plan, tenant and inputs, checked."""
     from dworkers.targets import resolve_plan
 
-    inputs = parse_inputs(request.inputs)
+    files: list[FileRead] = []
+    inputs = parse_inputs(request.inputs, files)
     history: History | None = None
     resumed: RunRecord | None = None
     if not request.dry_run or request.resume is not None or mode_type.kind == "dataset":
@@ -234,6 +238,14 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
                                   "missing-plan", file="dworkers run")])
     plan = resolve_plan(request.plan)
     tenant = resolve_tenant(request.tenant or "default")
+    if not request.dry_run or request.formats:
+        from dworkers.exports import deliverable_formats
+
+        request.formats = list(deliverable_formats(request.formats, tenant))
+    if resumed is None:
+        from dworkers.run.documents import declared_file_inputs
+
+        inputs = declared_file_inputs(plan, request.inputs, inputs, files)
     spent = 0.0
     if resumed is not None and history is not None:
         if resumed.plan != plan.name:
@@ -243,7 +255,7 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
                 "wrong-plan", file="--resume")])
         if request.max_cost is not None or tenant.limits.max_cost_usd is not None:
             spent = spent_before(history, resumed, mode_type)  # reads every row: only if needed
-    return Resolved(plan, tenant, inputs, history, resumed, spent)
+    return Resolved(plan, tenant, inputs, history, resumed, spent, files)
 
 
 def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[str, Any]) -> None:
@@ -274,6 +286,8 @@ def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[s
         request.fail_fast = bool(options.get("fail_fast"))
     if request.no_cache is None:
         request.no_cache = bool(options.get("no_cache"))
+    if request.formats is None and isinstance(options.get("formats"), list):
+        request.formats = [str(kind) for kind in options["formats"]]
     if request.out is None and isinstance(options.get("out"), str):
         request.out = Path(options["out"])
     data = options.get("data")
@@ -362,6 +376,7 @@ def recorded_options(request: RunRequest, engine: Engine) -> dict[str, Any]:
         "fail_fast": bool(request.fail_fast),
         "no_cache": bool(request.no_cache),
         "out": str(request.out.absolute()) if request.out is not None else None,
+        "formats": request.formats,
     }
 
 
@@ -385,8 +400,15 @@ def run_live(mode: RunMode) -> int:
         started = engine.describe(run_id)
         recorder = None
         if history is not None:  # HistoryError: reported, nothing spent
-            recorder = mode.recorder(history, recorded_options(request, engine), started)
+            options = recorded_options(request, engine)
+            options["files"] = [file.to_dict() for file in mode.files_read]
+            recorder = mode.recorder(history, options, started)
         writer = mode.writer(out_dir)
+        if any(kind != "md" for kind in request.formats or ()):
+            from dworkers.exports import DocumentsWriter
+
+            writer = DocumentsWriter(writer, out_dir, engine.plan, engine.tenant,
+                                     request.formats or ())
         interactive = view.is_interactive(err) and not request.quiet
         display = mode.view(err, interactive)
         fan_out = FanOut([writer, display, *([recorder] if recorder is not None else [])])
