@@ -37,13 +37,14 @@ class FileRead:
 
 
 def input_file_text(name: str, path: Path, files: list[FileRead]) -> str:
-    """The value of input ``name`` read from ``path``: a document or a folder of them as
-    Markdown, any other file as its text. Notes each file read in ``files``. Raises
+    """The value of input ``name`` read from ``path``: a document (.pdf .docx .xlsx .pptx
+    .html .csv) or a folder of them as Markdown, any other file (.txt, .md, .yaml, a pipe...)
+    as its text, as before documents were read. Notes each file read in ``files``. Raises
     ``DocumentError`` (an ``InputError``) for a document that cannot be used, ``OSError`` or
     ``ValueError`` for an unreadable plain file."""
-    if path.is_dir() or path.suffix.lower() not in PLAIN_SUFFIXES:
-        from dworkers.documents import convert_path
+    from dworkers.documents import convert_path, is_document
 
+    if path.is_dir() or (is_document(path) and path.suffix.lower() not in PLAIN_SUFFIXES):
         converted = convert_path(path)
         files.extend(FileRead(name, file.name, file.size, file.digest)
                      for file in converted.files)
