@@ -426,7 +426,8 @@ def export(
 ) -> None:
     """Write the deliverables of an earlier run (or one row) from the history; no call."""
     from dworkers import view
-    from dworkers.exports import deliverable_formats, export_run
+    from dworkers.exports import export_run
+    from dworkers.report_files import deliverable_formats
     from dworkers.tenants.config import TenantConfig
 
     try:

@@ -284,3 +284,17 @@ def test_validate_and_the_schema_know_file_inputs(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(PLAN.replace("type: file", "type: folder"))
     code, _, stderr = invoke("validate", "bad.yaml")
     assert code == 2 and "bad.yaml:5" in stderr
+
+
+def test_a_plan_or_tenant_sets_the_default_formats(llm_server: FakeLLMServer,
+                                                  tmp_path: Path) -> None:
+    (tmp_path / "e.txt").write_text("evidence")
+    (tmp_path / "pdf.yaml").write_text("id: pdfs\nformats: [md, pdf]\n")
+    args = ("-i", "brief=SOX", "-i", "evidence=@e.txt", *server_args(llm_server))
+    assert invoke("run", "audit.yaml", "--tenant", "pdf.yaml", *args)[0] == 0
+    (tmp_path / "docx.yaml").write_text(PLAN.replace("inputs:", "formats: [docx]\ninputs:"))
+    assert invoke("run", "docx.yaml", "--tenant", "pdf.yaml", *args)[0] == 0  # the plan wins
+    assert invoke("run", "docx.yaml", "--format", "md", *args)[0] == 0  # --format wins
+    made = sorted(sorted(p.name for p in run.iterdir() if p.name.startswith("report."))
+                  for run in (tmp_path / "runs").iterdir())
+    assert made == [["report.docx", "report.md"], ["report.md"], ["report.md", "report.pdf"]]

@@ -119,6 +119,7 @@ class BasePlan:
         inputs: dict[str, InputSpec] | None = None,
         source: SourceMap | None = None,
         on_truncation: Literal["keep", "fail"] | None = None,
+        formats: Iterable[str] | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -127,6 +128,8 @@ class BasePlan:
         # An answer cut off at the model's token limit: kept (marked) or a failure; None: as the
         # tenant says.
         self.on_truncation = on_truncation
+        # The deliverables a run writes without --format; None: as the tenant says.
+        self.formats = list(formats) if formats is not None else None
         self._steps: list[PlanStep] = []
         self._by_id: dict[str, PlanStep] = {}
         for step in steps or ():

@@ -239,9 +239,9 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
     plan = resolve_plan(request.plan)
     tenant = resolve_tenant(request.tenant or "default")
     if not request.dry_run or request.formats:
-        from dworkers.exports import deliverable_formats
+        from dworkers.report_files import deliverable_formats
 
-        request.formats = list(deliverable_formats(request.formats, tenant))
+        request.formats = list(deliverable_formats(request.formats, tenant, plan=plan))
     if resumed is None:
         from dworkers.run.documents import declared_file_inputs
 
@@ -405,10 +405,11 @@ def run_live(mode: RunMode) -> int:
             recorder = mode.recorder(history, options, started)
         writer = mode.writer(out_dir)
         if any(kind != "md" for kind in request.formats or ()):
-            from dworkers.exports import DocumentsWriter
+            from dworkers.dataset.reader import safe_name
+            from dworkers.report_files import DocumentsWriter
 
             writer = DocumentsWriter(writer, out_dir, engine.plan, engine.tenant,
-                                     request.formats or ())
+                                     request.formats or (), row_name=safe_name)
         interactive = view.is_interactive(err) and not request.quiet
         display = mode.view(err, interactive)
         fan_out = FanOut([writer, display, *([recorder] if recorder is not None else [])])
