@@ -110,16 +110,19 @@ def test_every_file_of_a_folder_reaches_the_request(llm_server: FakeLLMServer,
 def test_a_declared_file_input_takes_a_plain_path_and_the_history_lists_what_was_read(
         llm_server: FakeLLMServer, tmp_path: Path) -> None:
     make_docx(tmp_path / "policy.docx")
+    llm_server.add_rule("# Your step: Audit memo (memo)", status=400, error_message="boom", times=1)
     code, _, stderr = invoke("run", "audit.yaml", "-i", "brief=SOX", "-i", "evidence=policy.docx",
                              *server_args(llm_server))
-    assert code == 0, stderr
+    assert code == 1, stderr  # the memo failed: resumed below
     assert POLICY_CELL in sent_text(llm_server)
     code, stdout, _ = invoke("show", "last")
     size = (tmp_path / "policy.docx").stat().st_size
     assert code == 0 and f"evidence: policy.docx · {size:,} bytes · sha256" in stdout
-    code, stdout, _ = invoke("show", "last", "--json")
-    # The record names the file, its size and its digest, so a later reader can check it.
-    assert code == 0
+    code, _, stderr = invoke("run", "--resume", "last", *server_args(llm_server))
+    assert code == 0, stderr
+    code, stdout, _ = invoke("show", "last")  # the resumed run read the same file
+    assert code == 0 and "✓ memo" in stdout
+    assert f"evidence: policy.docx · {size:,} bytes · sha256" in stdout
 
 
 @pytest.mark.parametrize("make", [
@@ -171,6 +174,15 @@ def test_dataset_cells_name_folders_beside_the_data_file(llm_server: FakeLLMServ
     run_dir = only_run_dir(tmp_path / "runs")
     assert sorted(p.name for p in (run_dir / "rows").iterdir()) == [
         "acme.docx", "acme.md", "globex.docx", "globex.md"]
+    code, stdout, _ = invoke("show", "last")
+    assert code == 0 and "files read (2):" in stdout
+    assert "evidence: report.pdf" in stdout
+    calls = len(llm_server.requests)
+    code, _, stderr = invoke("export", "last", "globex", "--format", "pdf", "--out", "one")
+    assert code == 0, stderr
+    assert len(llm_server.requests) == calls and (tmp_path / "one" / "globex.pdf").is_file()
+    code, _, stderr = invoke("export", "last")
+    assert code == 2 and "is a dataset run: its deliverables are per row" in stderr
 
 
 def test_a_dataset_cell_naming_a_missing_file_is_located_before_any_call(

@@ -132,6 +132,19 @@ class RowFiles:
             yield self.read(row, [])
 
 
+def recorded_files(options: Mapping[str, Any]) -> list[FileRead]:
+    """The files a recorded run read (its options' ``files``): a resumed run uses the same
+    inputs, so its history names them too."""
+    found = []
+    for item in options.get("files") or []:
+        try:
+            found.append(FileRead(str(item["input"]), str(item["name"]), int(item["size"]),
+                                  str(item["sha256"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # a record written by another version: what can be read is kept
+    return found
+
+
 def unique_files(files: Iterable[FileRead]) -> list[FileRead]:
     return list(dict.fromkeys(files))
 
@@ -170,4 +183,5 @@ def check_fits(engine: Engine, inputs: Mapping[str, str], files: Sequence[FileRe
         raise InputError(problems)
 
 
-__all__ = ["RowFiles", "check_fits", "declared_file_inputs", "file_inputs_of", "unique_files"]
+__all__ = ["RowFiles", "check_fits", "declared_file_inputs", "file_inputs_of", "recorded_files",
+           "unique_files"]

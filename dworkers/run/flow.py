@@ -230,6 +230,9 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
     mode_type.check_request(request, resumed, inputs)
     if resumed is not None:
         resume_defaults(request, resumed.plan, resumed.tenant, resumed.options)
+        from dworkers.run.documents import recorded_files
+
+        files += [file for file in recorded_files(resumed.options) if file.input not in inputs]
         inputs = {**resumed.inputs, **inputs}
     request.mock = bool(request.mock)
     request.fail_fast, request.no_cache = bool(request.fail_fast), bool(request.no_cache)
