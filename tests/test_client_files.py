@@ -165,7 +165,8 @@ def test_dataset_cells_name_folders_beside_the_data_file(llm_server: FakeLLMServ
     for name, text in (("acme", "Acme keeps paper logs"), ("globex", "Globex shreds weekly")):
         (data / name).mkdir(parents=True)
         make_pdf(data / name / "report.pdf", [[text]])
-    (data / "rows.csv").write_text("id,brief,evidence\nacme,SOX,@acme/\nglobex,SOX,@globex\n")
+    # A declared file column needs no "@"; an "@" names files in any column.
+    (data / "rows.csv").write_text("id,brief,evidence\nacme,SOX,@acme/\nglobex,SOX,globex\n")
     code, _, stderr = invoke("run", "audit.yaml", "--data", str(data / "rows.csv"),
                              "--format", "docx", *server_args(llm_server))
     assert code == 0, stderr

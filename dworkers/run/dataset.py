@@ -85,8 +85,10 @@ class DatasetMode(RunMode):
 
         # Cells naming files are read (and each row's prompts measured) before any call.
         row_files = RowFiles(plan, request.data, fixed=resolved.inputs)
-        self.files_read += row_files.check(_rows(checked), engine)
-        self.rows = lambda: row_files.rows(_rows(checked))
+        self.rows = lambda: _rows(checked)
+        if row_files.may_name_files(checked):
+            self.files_read += row_files.check(_rows(checked), engine)
+            self.rows = lambda: row_files.rows(_rows(checked))
 
     @classmethod
     def check_request(cls, request: RunRequest, resumed: RunRecord | None,

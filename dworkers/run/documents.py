@@ -5,6 +5,7 @@ step's prompt, documents included, fits its model's context window."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from dworkers.results import Row
 from dworkers.run.inputs import FileRead, input_file_text
 
 if TYPE_CHECKING:
+    from dworkers.dataset.reader import Dataset
     from dworkers.engine import Engine
     from dworkers.plans.base import BasePlan
 
@@ -64,6 +66,21 @@ class RowFiles:
         self.base = data_file.absolute().parent
         self.label = str(data_file)
         self.fixed = frozenset(fixed)
+
+    def may_name_files(self, dataset: Dataset) -> bool:
+        """Whether any cell of ``dataset`` could name files: a ``type: file`` column it fills,
+        or an '@' anywhere in the bytes it checked. Most datasets have neither and are not
+        read a second time."""
+        if self.columns & set(dataset.input_columns) - self.fixed:
+            return True
+        if dataset.copy is None:
+            return True
+        descriptor, offset = dataset.copy.fileno(), 0
+        while chunk := os.pread(descriptor, 1 << 20, offset):
+            if b"@" in chunk:
+                return True
+            offset += len(chunk)
+        return False
 
     def names_files(self, name: str, value: str) -> bool:
         return name not in self.fixed and (name in self.columns or value.startswith("@"))
