@@ -385,7 +385,7 @@ def run(
     formats: Annotated[
         list[str] | None,
         typer.Option("--format", help="Deliverables: md, docx, pdf, comma-separated (docx and "
-                     "pdf need dworkers[docs]) [default: the tenant's, else md].",
+                     "pdf need dworkers[docs]) [default: the plan's or tenant's, else md].",
                      show_default=False),
     ] = None,
 ) -> None:

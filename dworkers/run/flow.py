@@ -65,7 +65,7 @@ class RunRequest:
     max_failures: int | None = None
     executor: str = "local"  # this process, or "ray"
     ray_address: str | None = None  # with "ray": an existing cluster to join
-    formats: list[str] | None = None  # --format md,docx,pdf; None: the tenant's, else md
+    formats: list[str] | None = None  # --format md,docx,pdf; None: the plan's, tenant's, or md
 
     @property
     def names_a_dataset(self) -> bool:
