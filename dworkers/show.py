@@ -24,7 +24,9 @@ def show_recorded_run(ref: str, step_or_key: str | None, *, as_json: bool) -> No
         record = history.get_run(ref)
         steps = history.steps(record.run_id)
         if as_json:
-            view.write_stdout(json_text(history.to_run_result(record.run_id).summary()) + "\n")
+            document = history.to_run_result(record.run_id).summary()
+            document["files"] = record.options.get("files") or []  # what its inputs read
+            view.write_stdout(json_text(document) + "\n")
             return
         events = history.replay(record.run_id)
     out = view.console(stderr=False)

@@ -5,6 +5,7 @@ docx,pdf`` deliverables read back, and ``dworkers export`` from the history."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -118,6 +119,10 @@ def test_a_declared_file_input_takes_a_plain_path_and_the_history_lists_what_was
     code, stdout, _ = invoke("show", "last")
     size = (tmp_path / "policy.docx").stat().st_size
     assert code == 0 and f"evidence: policy.docx · {size:,} bytes · sha256" in stdout
+    code, stdout, _ = invoke("show", "last", "--json")
+    [read] = json.loads(stdout)["files"]
+    digest = hashlib.sha256((tmp_path / "policy.docx").read_bytes()).hexdigest()
+    assert read == {"input": "evidence", "name": "policy.docx", "size": size, "sha256": digest}
     code, _, stderr = invoke("run", "--resume", "last", *server_args(llm_server))
     assert code == 0, stderr
     code, stdout, _ = invoke("show", "last")  # the resumed run read the same file
