@@ -382,6 +382,12 @@ def run(
                                  "RAY_ADDRESS) instead of starting one here.",
                                  show_default=False),
     ] = None,
+    formats: Annotated[
+        list[str] | None,
+        typer.Option("--format", help="Deliverables: md, docx, pdf, comma-separated (docx and "
+                     "pdf need dworkers[docs]) [default: the plan's or tenant's, else md].",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
     from dworkers.run import RunRequest, execute
@@ -391,13 +397,47 @@ def run(
         max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
         dry_run=dry_run, out=out, json=as_json, quiet=quiet, resume=resume, no_cache=no_cache,
         data=data, key=key, max_failures=max_failures, executor=executor,
-        ray_address=ray_address,
+        ray_address=ray_address, formats=formats,
     )
     try:
         code = execute(request)
     except DworkersError as exc:
         _fail(exc)
     raise typer.Exit(code)
+
+
+@app.command("export")
+def export(
+    run_ref: Annotated[
+        str, typer.Argument(metavar="RUN", help="A run id (a prefix, or 'last').",
+                            autocompletion=completion.runs)
+    ],
+    key: Annotated[
+        str | None, typer.Argument(help="A dataset run's row.", show_default=False)
+    ] = None,
+    formats: Annotated[
+        list[str] | None,
+        typer.Option("--format", help="md, docx or pdf, comma-separated [default: docx].",
+                     show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for the files [default: here].")
+    ] = None,
+) -> None:
+    """Write the deliverables of an earlier run (or one row) from the history; no call."""
+    from dworkers import view
+    from dworkers.exports import export_run
+    from dworkers.report_files import deliverable_formats
+    from dworkers.tenants.config import TenantConfig
+
+    try:
+        kinds = deliverable_formats(formats or ["docx"], TenantConfig(id="export"))
+        written = export_run(run_ref, key, kinds, out)
+    except DworkersError as exc:
+        _fail(exc)
+    out_console = view.console()
+    for path in written:
+        view.print_ok(out_console, f"wrote {path}")
 
 
 class SchemaKind(StrEnum):

@@ -81,13 +81,13 @@ def tenants(incomplete: str) -> Items:
 
 def inputs(ctx: typer.Context, incomplete: str) -> Items:
     """``NAME=`` for each input of the plan named before ``-i`` that is not given yet."""
-    if "=" in incomplete:
-        return []  # past the name: the value is free text
     # While the last word is an option still waiting for its value (`-i <TAB>`), the parser
     # stops there: the options before it are parsed, the arguments are left in ``ctx.args``.
     plan_ref = ctx.params.get("plan") or next(iter(ctx.args), None)
     if not isinstance(plan_ref, str):
         return []  # no plan named yet
+    if "=" in incomplete:  # past the name: a path for a file input, else free text
+        return _offered_safely(lambda: _input_paths(_load_plan(plan_ref), incomplete))
     given = {item.partition("=")[0] for item in ctx.params.get("inputs") or ()}
 
     def find() -> Items:
@@ -104,6 +104,35 @@ def inputs(ctx: typer.Context, incomplete: str) -> Items:
                 if name.startswith(incomplete) and name not in given]
 
     return _offered_safely(find)
+
+
+MAX_PATHS_OFFERED = 200
+
+
+def _input_paths(plan: BasePlan, incomplete: str) -> Items:
+    """``NAME=PATH`` (or ``NAME=@PATH``) for an input the plan declares ``type: file``: the
+    files and folders starting with what is typed, folders ending in '/'."""
+    import os
+
+    name, _, value = incomplete.partition("=")
+    spec = (plan.inputs or {}).get(name)
+    if spec is None or spec.type != "file":
+        return []
+    at = "@" if value.startswith("@") else ""
+    typed = value[len(at):]
+    folder, slash, start = typed.rpartition("/")
+    directory = os.path.expanduser(folder or "/") if slash else "."
+    offered: Items = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.startswith(start) or (entry.name.startswith(".") and not start):
+                continue
+            path = f"{folder}{slash}{entry.name}"
+            offered.append((f"{name}={at}{path}{'/' if entry.is_dir() else ''}",
+                            "folder" if entry.is_dir() else "file"))
+            if len(offered) >= MAX_PATHS_OFFERED:
+                break
+    return sorted(offered)
 
 
 def _load_plan(ref: str) -> BasePlan:

@@ -866,3 +866,23 @@ def mock_text(request: LLMRequest, digest: str) -> str:
         "- Finding 2: placeholder finding for this step.\n"
         "- Next step: run without --mock to get a real deliverable.\n"
     )
+
+
+def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]]) -> int:
+    """How many tokens ``messages`` take for ``model``, by litellm's counter (the model's own
+    tokenizer where litellm has it, else tiktoken's); a rough count when it cannot say."""
+    try:
+        return int(load_litellm().token_counter(model=model, messages=list(messages)))
+    except Exception:  # an unknown model or a counter failure: the estimate still guards
+        return sum(estimate_tokens(str(message.get("content", ""))) for message in messages)
+
+
+def context_window_of(model: str) -> int | None:
+    """The most prompt tokens ``model`` takes, from litellm's model information; ``None``
+    for a model litellm does not know."""
+    try:
+        info = load_litellm().get_model_info(model=model)
+    except Exception:  # litellm raises for any model it has no entry for
+        return None
+    size = info.get("max_input_tokens") or info.get("max_tokens")
+    return int(size) if isinstance(size, int | float) and size > 0 else None

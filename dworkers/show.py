@@ -4,6 +4,7 @@ and outputs, or a dataset run's summary and the rows that did not succeed, or on
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from dworkers.text import clean, json_text, one_line
 
@@ -23,11 +24,14 @@ def show_recorded_run(ref: str, step_or_key: str | None, *, as_json: bool) -> No
         record = history.get_run(ref)
         steps = history.steps(record.run_id)
         if as_json:
-            view.write_stdout(json_text(history.to_run_result(record.run_id).summary()) + "\n")
+            document = history.to_run_result(record.run_id).summary()
+            document["files"] = record.options.get("files") or []  # what its inputs read
+            view.write_stdout(json_text(document) + "\n")
             return
         events = history.replay(record.run_id)
     out = view.console(stderr=False)
     out.print(view.recorded_run(events, out.width))
+    print_files_read(out, record.options)
     for step_record in steps:
         if step_record.output:
             title = one_line(f"{step_record.name or step_record.step_id} ({step_record.step_id})")
@@ -80,6 +84,7 @@ def show_dataset_run(ref: str, key: str | None, *, as_json: bool) -> bool:
                        f"{cost} · {record.tokens:,} tokens"),
               markup=False, highlight=False, soft_wrap=True)
     out.print(recorded_rows(counts, failures, out.width), soft_wrap=True)
+    print_files_read(out, record.options)
     more = sum(n for status, n in counts.items() if status != "succeeded") - len(failures)
     if more > 0:
         out.print(f"  … and {more:,} more", markup=False)
@@ -88,4 +93,23 @@ def show_dataset_run(ref: str, key: str | None, *, as_json: bool) -> bool:
     return True
 
 
-__all__ = ["show_dataset_run", "show_recorded_run"]
+MAX_FILES_SHOWN = 50
+
+
+def print_files_read(out: Any, options: dict[str, Any]) -> None:
+    """The files a run read for its inputs (name, size, digest), as the history keeps them."""
+    files = [f for f in options.get("files") or [] if isinstance(f, dict)]
+    if not files:
+        return
+    out.print(f"\nfiles read ({len(files):,}):", markup=False, highlight=False)
+    for file in files[:MAX_FILES_SHOWN]:
+        out.print("  " + one_line(f"{file.get('input', '?')}: {file.get('name', '?')} · "
+                           f"{file.get('size', 0):,} bytes · sha256 "
+                           f"{str(file.get('sha256', ''))[:16]}"),
+                  markup=False, highlight=False, soft_wrap=True)
+    if len(files) > MAX_FILES_SHOWN:
+        out.print(f"  … and {len(files) - MAX_FILES_SHOWN:,} more (--json lists them all)",
+                  markup=False)
+
+
+__all__ = ["print_files_read", "show_dataset_run", "show_recorded_run"]

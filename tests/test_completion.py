@@ -325,3 +325,16 @@ def test_a_real_bash_completes_run_comp(cwd: Path) -> None:
     result = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True,
                             text=True, timeout=60, check=False, env=env)
     assert result.stdout.splitlines() == ["compliance-audit"], result.stderr
+
+
+def test_a_file_input_completes_files_and_folders(cwd: Path) -> None:
+    (cwd / "audit.yaml").write_text(
+        "name: a\ninputs:\n  evidence: {type: file}\n  brief: {}\nsteps:\n  - step_id: s\n"
+        "    name: S\n    worker_role: analyst\n    prompt_template: '{evidence} {brief}'\n",
+        encoding="utf-8")
+    (cwd / "evidence").mkdir()
+    (cwd / "evidence" / "policy.pdf").write_bytes(b"%PDF")
+    assert complete("dworkers run audit.yaml -i evidence=ev") == ["evidence=evidence/"]
+    assert complete("dworkers run audit.yaml -i evidence=@evidence/p") == [
+        "evidence=@evidence/policy.pdf"]
+    assert complete("dworkers run audit.yaml -i brief=ev") == []  # text: nothing to offer

@@ -242,8 +242,8 @@ def test_an_input_fifo_with_no_writer_is_an_error_not_a_hang(
     os.mkfifo(fifo)
     with pytest.raises(InputError, match=r"nothing to read: no writer after 0\.3s"):
         parse_inputs([f"brief=@{fifo}"])
-    with pytest.raises(InputError, match="directory"):
-        parse_inputs([f"brief=@{tmp_path}"])
+    with pytest.raises(InputError, match="holds no document dworkers can read"):
+        parse_inputs([f"brief=@{tmp_path}"])  # a folder is read for its documents
 
 
 def test_an_input_pipe_is_read_but_never_waited_on_without_bound(tmp_path: Path) -> None:

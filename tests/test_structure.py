@@ -17,8 +17,8 @@ PYPROJECT = PACKAGE.parent / "pyproject.toml"
 LAYERS: list[set[str]] = [
     {"__main__"},
     {"cli"},
-    {"run", "show", "completion", "schema"},  # what the command line calls
-    {"view", "engine", "executors", "history", "outputs", "dataset", "targets"},
+    {"run", "show", "exports", "completion", "schema"},  # what the command line calls
+    {"view", "engine", "executors", "history", "outputs", "report_files", "dataset", "targets"},
     {"llm", "loader", "prompts", "catalog", "ratelimit", "endpoints",
      "deliverables", "documents", "tracing"},
     {"plans", "tenants"},

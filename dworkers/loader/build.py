@@ -47,6 +47,9 @@ class _PlanDocument(BaseModel):
     on_truncation: Literal["keep", "fail"] | None = Field(
         default=None, description="An answer cut off at the model's token limit: 'keep' it "
         "(marked truncated) or 'fail' the step (default: the tenant's limits.on_truncation).")
+    formats: list[Literal["md", "docx", "pdf"]] | None = Field(
+        default=None, description="The deliverables a run writes when --format is not given "
+        "(default: the tenant's formats, else md): any of md, docx, pdf.")
 
 
 FileKind = Literal["plan", "tenant"]
@@ -91,7 +94,7 @@ def plan_from_data(data: Any, source: SourceMap) -> BasePlan:
     if document.inputs is not None:
         inputs = {name: spec or InputSpec() for name, spec in document.inputs.items()}
     plan = BasePlan(document.name, document.description, inputs=inputs, source=source,
-                    on_truncation=document.on_truncation)
+                    on_truncation=document.on_truncation, formats=document.formats)
     for i, raw in enumerate(raw_steps):
         plan.add_step(_step(raw, i, source, problems))
     checked = plan.check()

@@ -97,6 +97,10 @@ class InputSpec(BaseModel):
                              "run the plan ('dworkers show', shell completion).")
     default: str | None = Field(default=None, description="The value when a run gives none; an "
                                 "input with a default is optional.")
+    type: Literal["text", "file"] = Field(
+        default="text", description="'file': the value names a file or folder (a .pdf, .docx, "
+        ".xlsx, .pptx, .html, .csv, .md or .txt, or a folder of them), given as '-i NAME=PATH' "
+        "or a dataset column, converted to Markdown before any call.")
 
 
 class BasePlan:
@@ -115,6 +119,7 @@ class BasePlan:
         inputs: dict[str, InputSpec] | None = None,
         source: SourceMap | None = None,
         on_truncation: Literal["keep", "fail"] | None = None,
+        formats: Iterable[str] | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -123,6 +128,8 @@ class BasePlan:
         # An answer cut off at the model's token limit: kept (marked) or a failure; None: as the
         # tenant says.
         self.on_truncation = on_truncation
+        # The deliverables a run writes without --format; None: as the tenant says.
+        self.formats = list(formats) if formats is not None else None
         self._steps: list[PlanStep] = []
         self._by_id: dict[str, PlanStep] = {}
         for step in steps or ():

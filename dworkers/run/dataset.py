@@ -81,7 +81,14 @@ class DatasetMode(RunMode):
                      "key": checked.key_column, "rows": checked.rows_count,
                      "sha256": checked.sha256, "max_failures": request.max_failures}
         self.total = checked.rows_count
+        from dworkers.run.documents import RowFiles
+
+        # Cells naming files are read (and each row's prompts measured) before any call.
+        row_files = RowFiles(plan, request.data, fixed=resolved.inputs)
         self.rows = lambda: _rows(checked)
+        if row_files.may_name_files(checked):
+            self.files_read += row_files.check(_rows(checked), engine)
+            self.rows = lambda: row_files.rows(_rows(checked))
 
     @classmethod
     def check_request(cls, request: RunRequest, resumed: RunRecord | None,

@@ -25,7 +25,7 @@ from dworkers.engine import Engine, RunOptions, new_run_id
 from dworkers.errors import DworkersError, InputError, Problem
 from dworkers.events import Event
 from dworkers.redact import redact_url
-from dworkers.run.inputs import parse_inputs
+from dworkers.run.inputs import FileRead, parse_inputs
 from dworkers.text import json_text
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class RunRequest:
     max_failures: int | None = None
     executor: str = "local"  # this process, or "ray"
     ray_address: str | None = None  # with "ray": an existing cluster to join
+    formats: list[str] | None = None  # --format md,docx,pdf; None: the plan's, tenant's, or md
 
     @property
     def names_a_dataset(self) -> bool:
@@ -82,6 +83,7 @@ class Resolved:
     history: History | None
     resumed: RunRecord | None
     spent_before_usd: float = 0.0  # what the resumed run (and those it resumed) spent
+    files: list[FileRead] = field(default_factory=list)  # read for -i values, for the history
 
 
 class Outcome(Protocol):
@@ -130,6 +132,7 @@ class RunMode:
 
     def __init__(self, request: RunRequest, resolved: Resolved, engine: Engine) -> None:
         self.request, self.resolved, self.engine = request, resolved, engine
+        self.files_read: list[FileRead] = list(resolved.files)  # recorded with the run
 
     # --- before anything is resolved -----------------------------------------------------
 
@@ -215,7 +218,8 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
     """The history, the resumed run, flags, plan, tenant and inputs, checked."""
     from dworkers.targets import resolve_plan
 
-    inputs = parse_inputs(request.inputs)
+    files: list[FileRead] = []
+    inputs = parse_inputs(request.inputs, files)
     history: History | None = None
     resumed: RunRecord | None = None
     if not request.dry_run or request.resume is not None or mode_type.kind == "dataset":
@@ -227,6 +231,9 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
     mode_type.check_request(request, resumed, inputs)
     if resumed is not None:
         resume_defaults(request, resumed.plan, resumed.tenant, resumed.options)
+        from dworkers.run.documents import recorded_files
+
+        files += [file for file in recorded_files(resumed.options) if file.input not in inputs]
         inputs = {**resumed.inputs, **inputs}
     request.mock = bool(request.mock)
     request.fail_fast, request.no_cache = bool(request.fail_fast), bool(request.no_cache)
@@ -235,6 +242,14 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
                                   "missing-plan", file="dworkers run")])
     plan = resolve_plan(request.plan)
     tenant = resolve_tenant(request.tenant or "default")
+    if not request.dry_run or request.formats:
+        from dworkers.report_files import deliverable_formats
+
+        request.formats = list(deliverable_formats(request.formats, tenant, plan=plan))
+    if resumed is None:
+        from dworkers.run.documents import declared_file_inputs
+
+        inputs = declared_file_inputs(plan, request.inputs, inputs, files)
     spent = 0.0
     if resumed is not None and history is not None:
         if resumed.plan != plan.name:
@@ -246,7 +261,7 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
             # What the resumed run and every run it resumed paid for: a budget is for the
             # whole run, however often it is resumed. Reads every step: only if needed.
             spent = history.spent(resumed.run_id).cost_usd
-    return Resolved(plan, tenant, inputs, history, resumed, spent)
+    return Resolved(plan, tenant, inputs, history, resumed, spent, files)
 
 
 def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[str, Any]) -> None:
@@ -277,6 +292,8 @@ def resume_defaults(request: RunRequest, plan: str, tenant: str, options: dict[s
         request.fail_fast = bool(options.get("fail_fast"))
     if request.no_cache is None:
         request.no_cache = bool(options.get("no_cache"))
+    if request.formats is None and isinstance(options.get("formats"), list):
+        request.formats = [str(kind) for kind in options["formats"]]
     if request.out is None and isinstance(options.get("out"), str):
         request.out = Path(options["out"])
     data = options.get("data")
@@ -349,6 +366,7 @@ def recorded_options(request: RunRequest, engine: Engine) -> dict[str, Any]:
         "fail_fast": bool(request.fail_fast),
         "no_cache": bool(request.no_cache),
         "out": str(request.out.absolute()) if request.out is not None else None,
+        "formats": request.formats,
     }
 
 
@@ -372,8 +390,16 @@ def run_live(mode: RunMode) -> int:
         started = engine.describe(run_id)
         recorder: Recorder | None = None
         if history is not None:  # HistoryError: reported, nothing spent
-            recorder = mode.recorder(history, recorded_options(request, engine), started)
+            options = recorded_options(request, engine)
+            options["files"] = [file.to_dict() for file in mode.files_read]
+            recorder = mode.recorder(history, options, started)
         writer = mode.writer(out_dir)
+        if any(kind != "md" for kind in request.formats or ()):
+            from dworkers.dataset.reader import safe_name
+            from dworkers.report_files import DocumentsWriter
+
+            writer = DocumentsWriter(writer, out_dir, engine.plan, engine.tenant,
+                                     request.formats or (), row_name=safe_name)
         interactive = view.is_interactive(err) and not request.quiet
         display = mode.view(err, interactive)
         fan_out = FanOut([writer, display, *([recorder] if recorder is not None else [])])

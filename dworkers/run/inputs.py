@@ -1,23 +1,65 @@
 """``--input`` values of ``dworkers run``: ``NAME=VALUE`` or ``NAME=@file`` (a pipe or FIFO too,
-never waited on for long), checked against the inputs the plan takes."""
+never waited on for long), checked against the inputs the plan takes. A document
+(``NAME=@report.pdf``) or a folder of them (``NAME=@evidence/``) is converted to Markdown by
+``dworkers.documents``; every file read is noted, for the run's history."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import stat
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from dworkers.errors import InputError, Problem, did_you_mean, shown
+from dworkers.errors import InputError, Problem, ProblemsError, did_you_mean, shown
 
 MAX_INPUT_FILE_BYTES = 10 * 1024 * 1024
 INPUT_PIPE_WAIT = 10.0  # seconds an --input NAME=@pipe is waited on, at most
+PLAIN_SUFFIXES = ("", ".txt", ".md", ".markdown")
+"""Read as they are (a pipe too), not converted: their text is the value."""
 
 
-def parse_inputs(pairs: list[str]) -> dict[str, str]:
-    """``k=v`` pairs; ``k=@path`` reads the value from a file. Every bad pair reported."""
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """One file a run read for an input: what its history records."""
+
+    input: str
+    name: str
+    size: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"input": self.input, "name": self.name, "size": self.size,
+                "sha256": self.sha256}
+
+
+def input_file_text(name: str, path: Path, files: list[FileRead]) -> str:
+    """The value of input ``name`` read from ``path``: a document (.pdf .docx .xlsx .pptx
+    .html .csv) or a folder of them as Markdown, any other file (.txt, .md, .yaml, a pipe...)
+    as its text, as before documents were read. Notes each file read in ``files``. Raises
+    ``DocumentError`` (an ``InputError``) for a document that cannot be used, ``OSError`` or
+    ``ValueError`` for an unreadable plain file."""
+    from dworkers.documents import convert_path, is_document
+
+    if path.is_dir() or (is_document(path) and path.suffix.lower() not in PLAIN_SUFFIXES):
+        converted = convert_path(path)
+        files.extend(FileRead(name, file.name, file.size, file.digest)
+                     for file in converted.files)
+        return converted.markdown
+    text = read_input_file(path)
+    data = text.encode("utf-8")
+    if path.is_file():  # a pipe is not a file a later run could read again
+        files.append(FileRead(name, path.name, len(data), hashlib.sha256(data).hexdigest()))
+    return text
+
+
+def parse_inputs(pairs: list[str], files: list[FileRead] | None = None) -> dict[str, str]:
+    """``k=v`` pairs; ``k=@path`` reads the value from a file (a document or a folder of them
+    converted to Markdown), noting it in ``files``. Every bad pair reported."""
+    files = files if files is not None else []
     values: dict[str, str] = {}
     problems = []
     for pair in pairs:
@@ -33,7 +75,10 @@ def parse_inputs(pairs: list[str]) -> dict[str, str]:
         elif value.startswith("@"):
             path = Path(value[1:]).expanduser()
             try:
-                value = read_input_file(path)
+                value = input_file_text(name, path, files)
+            except ProblemsError as exc:  # a document refused: located at its path
+                problems.extend(exc.problems)
+                continue
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "strerror", None) or str(exc)
                 problems.append(Problem(f"cannot read input {name!r} from {str(path)!r}: {reason}",
@@ -119,4 +164,4 @@ def check_input_names(given: Mapping[str, str], required: list[str], optional: l
         raise InputError(problems)
 
 
-__all__ = ["check_input_names", "parse_inputs", "read_input_file"]
+__all__ = ["FileRead", "check_input_names", "input_file_text", "parse_inputs", "read_input_file"]

@@ -32,6 +32,10 @@ class SingleMode(RunMode):
     def __init__(self, request: RunRequest, resolved: Resolved, engine: Engine) -> None:
         super().__init__(request, resolved, engine)
         self.values = engine.resolve_inputs(resolved.inputs)
+        if self.files_read:  # documents in the prompt: each step must still fit its model
+            from dworkers.run.documents import check_fits
+
+            check_fits(engine, self.values, self.files_read)
         resumed = resolved.resumed
         self.reused = engine.reused_steps(self.values) if resumed is not None else None
         self.run_writer: RunWriter | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -182,6 +182,13 @@ class TenantConfig(_Strict):
     branding: BrandingConfig | None = Field(
         default=None, description="The company name, logo, colour and Word template of every "
         "deliverable (.docx, .pdf).")
+    context_windows: dict[str, Annotated[int, Field(ge=1, le=100_000_000)]] = Field(
+        default_factory=dict, description="Context windows in tokens of models litellm does not "
+        "know (self-hosted, behind a gateway), by model string or glob: {'openai/local-*': "
+        "32768}. A run whose prompt would not fit stops before any call.")
+    formats: list[Literal["md", "docx", "pdf"]] | None = Field(
+        default=None, description="The deliverables 'dworkers run' writes when --format is not "
+        "given (default: md): any of md, docx, pdf.")
     api_key_env: str | None = Field(
         default=None,
         description=(
@@ -241,6 +248,14 @@ class TenantConfig(_Strict):
             if fnmatch.fnmatchcase(model, pattern):
                 return price
         return None
+
+    def context_window_for(self, model: str) -> int | None:
+        """The context window the tenant states for ``model``: an exact entry, else the first
+        matching glob."""
+        if model in self.context_windows:
+            return self.context_windows[model]
+        return next((size for pattern, size in self.context_windows.items()
+                     if fnmatch.fnmatchcase(model, pattern)), None)
 
     def rate_limits_for(self, model: str) -> tuple[float | None, float | None]:
         """(rpm, tpm) the tenant states for ``model``: its own entry, else the first glob that
