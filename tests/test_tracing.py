@@ -203,6 +203,30 @@ def test_failures_and_rate_limits_are_on_their_spans(llm_server: FakeLLMServer) 
     assert root.attributes["error.type"] == "failed"
 
 
+def test_a_timed_out_attempt_is_a_failed_chat_span_with_what_it_consumed(
+        llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), hang=True, times=1)  # the first call never answers
+    traced = Traced()
+    plan = make_plan({"a": []}, roles=ROLES)
+    engine = PlanBuilder(plan, make_tenant(retry_max=1, timeout=0.5), api_base=llm_server.url,
+                         options=RunOptions(retry_base_delay=0.01), on_event=traced).build()
+    result = asyncio.run(engine.run({"brief": "widgets"}))
+    step = result.outputs["a"]
+    assert step.succeeded and step.attempts == 2 == len(llm_server.requests)
+    timed_out, answered = sorted(traced.children(traced.agent("a"), "chat"),
+                                 key=lambda s: s.attributes["dworkers.attempt"])
+    assert timed_out.attributes["error.type"] == "ProviderTimeoutError"
+    assert timed_out.status.status_code.name == "ERROR"
+    assert "timed out" in (timed_out.status.description or "")
+    assert "error.type" not in answered.attributes
+    for name, total in (("gen_ai.usage.input_tokens", step.prompt_tokens),
+                        ("gen_ai.usage.output_tokens", step.completion_tokens)):
+        assert timed_out.attributes[name] + answered.attributes[name] == total
+    [retry] = traced.agent("a").events
+    assert retry.name == "dworkers.retry"
+    assert retry.attributes["error.type"] == "ProviderTimeoutError"
+
+
 # --- resumed runs, cached steps, rows -------------------------------------------------------
 
 
