@@ -5,7 +5,11 @@ run's own ``run.json``."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +172,30 @@ def test_an_unreachable_collector_is_one_warning_and_the_run_succeeds(
     assert len(warnings) == 1, stderr
     assert "trace was not fully exported" in warnings[0]
     assert "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_still_sends_its_trace(
+        llm_server: FakeLLMServer, receiver: Receiver, tmp_path: Path) -> None:
+    llm_server.add_rule(marker("right"), hang=True)  # in flight when Ctrl-C comes
+    env = {name: value for name, value in os.environ.items() if name not in OTEL_VARIABLES}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+               OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, DWORKERS_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dworkers", "run", "tiny.yaml", "-i", "topic=tea", "--model",
+         TEST_MODEL, "--api-base", llm_server.url, "--out", "runs", "--json"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    got_going = llm_server.wait_for_requests(3, timeout=120)  # scope, left, right
+    assert proc.poll() is None and got_going, "the run never got going"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout)["interrupted"] is True
+    spans = Spans(receiver)
+    [root] = spans.named("invoke_workflow")
+    assert spans.attributes(root)["dworkers.status"] == "interrupted"
+    assert [spans.attributes(c)["error.type"] for c in spans.children(spans.agent("right"))] == [
+        "cancelled"]
+    assert spans.attributes(spans.agent("right"))["dworkers.status"] == "cancelled"
+    [answered] = spans.children(spans.agent("scope"))
+    assert "error.type" not in spans.attributes(answered)
