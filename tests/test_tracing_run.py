@@ -81,6 +81,7 @@ def test_a_traced_run_has_run_jsons_tokens_and_costs(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     llm_server.add_rule(marker("left"), status=500, times=1)  # retried (the tenant's retry_max)
     llm_server.add_rule(marker("right"), status=429, retry_after=0.05, times=1)
+    llm_server.add_rule(usage_cost=0.00125)  # the cost a gateway reports with each answer
     code, document, stderr = run(llm_server)
     assert code == 0, stderr
     assert "warning" not in stderr
@@ -94,7 +95,8 @@ def test_a_traced_run_has_run_jsons_tokens_and_costs(
         shown = spans.attributes(agent)
         assert shown["gen_ai.usage.input_tokens"] == step["prompt_tokens"] > 0
         assert shown["gen_ai.usage.output_tokens"] == step["completion_tokens"] > 0
-        assert shown["dworkers.cost_usd"] == step["cost_usd"]
+        assert shown["dworkers.cost_usd"] == step["cost_usd"] > 0
+        assert shown["dworkers.cost_known"] is step["cost_known"] is True
         assert shown["dworkers.cached"] is False
         chats = [spans.attributes(c) for c in spans.children(agent)]
         assert len(chats) == step["attempts"]
