@@ -5,12 +5,15 @@
    (and exporting at once, the worst case), with content capture off and on; CPU time of the
    whole process (the batch thread included) per step, against the same events through an
    ``EventLog``.
-2. Makespan: a plan of independent steps against the local server (50 ms a call), traced vs
-   not, runs interleaved; target: traced ≤ 1.02 × untraced.
-3. Start-up of a run: ``import dworkers.cli, dworkers.runner`` (what ``dworkers run`` loads
-   before it calls anything) with and without ``import dworkers.tracing; tracer_for(None)``,
-   no endpoint set, in fresh interpreters; target: ratio about 1.00, and no ``opentelemetry``
-   module loaded. (``list``/``validate``/``--help`` never import ``dworkers.tracing``.)
+2. Makespan: a plan of independent steps through the real engine and litellm against the
+   local server (50 ms a call), traced (exported over OTLP/HTTP, batched as ``tracer_for``
+   does, to a receiver in its own process on 127.0.0.1) vs not, runs interleaved; target:
+   traced ≤ 1.02 × untraced.
+3. Start-up of a run: ``import dworkers.cli, dworkers.run.flow, dworkers.run.single`` (what
+   ``dworkers run`` loads before it calls anything) with and without what the flow adds,
+   ``start_tracing`` (``import dworkers.tracing; tracer_for(None)``), no endpoint set, in fresh
+   interpreters; target: ratio about 1.00, and no ``opentelemetry`` module loaded.
+   (``list``/``validate``/``--help`` never import ``dworkers.tracing``.)
 
     python benchmarks/tracing.py [--steps 2000] [--runs 5] [--startup-runs 15]
 """
@@ -19,17 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 
 from _common import ROOT, local_server, plan_from_graph
 
 from dworkers.engine import PlanBuilder, RunOptions
-from dworkers.errors import Problem
 from dworkers.events import (
     AttemptFinished,
     EventLog,
@@ -39,10 +42,9 @@ from dworkers.events import (
     StepInfo,
     StepStarted,
 )
-from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest
 from dworkers.results import RunResult, StepResult, StepStatus
 from dworkers.tenants.config import LimitsConfig, ModelsConfig, TenantConfig
-from dworkers.tracing import RunTracer
+from dworkers.tracing import RunTracer, tracer_for
 
 MODEL = "openai/bench-model"
 MESSAGES = ({"role": "system", "content": "You are an analyst at ACME. " * 20},
@@ -105,64 +107,69 @@ def event_log() -> tuple[Callable[[object], None], Callable[[], None]]:
 # --- makespan -------------------------------------------------------------------------------
 
 
-class ReportingClient:
-    """litellm's client, reporting each call as ``AttemptFinished`` (the engine will)."""
-
-    offline = False
-
-    def __init__(self, report: Callable[[object], None]) -> None:
-        self.inner = LiteLLMClient()
-        self.report = report
-
-    def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> list[Problem]:
-        return []
-
-    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
-        sent = time.monotonic()
-        answer = await self.inner.complete(request, on_delta)
-        self.report(AttemptFinished(request.step_id, 1, request.model, answer.model,
-                                    answer.prompt_tokens, answer.completion_tokens,
-                                    answer.finish_reason, answer.cost_usd,
-                                    endpoint=request.api_base, started_at=sent,
-                                    at=time.monotonic()))
-        return answer
+# An OTLP/HTTP collector that takes every export and answers 200, in its own process (in this
+# one it would compete with the engine for the GIL); it prints its port.
+RECEIVER = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
 
 
-def makespan(url: str, steps: int, traced: bool) -> float:
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+@contextlib.contextmanager
+def otlp_receiver() -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
-    run_tracer = RunTracer([BatchSpanProcessor(InMemorySpanExporter())]) if traced else None
+
+def makespan(url: str, steps: int, traced: bool) -> tuple[float, float]:
+    """One run's makespan and the process's CPU seconds; traced, it is exported as ``dworkers
+    run`` does (``tracer_for`` with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set), and the wait for the
+    last export counts."""
+    run_tracer = tracer_for(True) if traced else None
     consume: Callable[[object], None] = run_tracer if run_tracer is not None else (
         lambda event: None)
     tenant = TenantConfig(id="bench", models=ModelsConfig(default=MODEL),
                           limits=LimitsConfig(max_concurrency=16, max_cost_usd=None))
     graph: dict[str, list[str]] = {f"s{i}": [] for i in range(steps)}
     engine = PlanBuilder(plan_from_graph("makespan", graph), tenant, api_base=url,
-                         client=ReportingClient(consume),
                          options=RunOptions(stream=False), on_event=consume).build()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = asyncio.run(engine.run())
-    elapsed = time.perf_counter() - start
     if run_tracer is not None:
         run_tracer.close()
-        assert run_tracer.error is None, run_tracer.error
+        assert run_tracer.error is None and not run_tracer.export_problems, (
+            run_tracer.error, run_tracer.export_problems)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert result.success
-    return elapsed
+    return elapsed, cpu
 
 
 # --- start-up ---------------------------------------------------------------------------------
 
-WITH_TRACING = ("import sys, dworkers.cli, dworkers.runner, dworkers.tracing\n"
-                "assert dworkers.tracing.tracer_for(None) is None\n"
-                "assert not any(m.startswith('opentelemetry') for m in sys.modules)\n")
-WITHOUT = "import dworkers.cli, dworkers.runner\n"
+RUN_PATH = "import sys, time, dworkers.cli, dworkers.run.flow, dworkers.run.single\n"
+ASK = ("from dworkers.run.flow import RunRequest, start_tracing\n"
+       "assert start_tracing(RunRequest(plan=None), None) is None\n")
+WITH_TRACING = (RUN_PATH + ASK
+                + "assert not any(m.startswith('opentelemetry') for m in sys.modules)\n")
+WITHOUT = RUN_PATH
 # The same, timed from inside: what importing the module and asking costs on the run path.
-ONLY_TRACING = ("import sys, time, dworkers.cli, dworkers.runner\n"
-                "start = time.perf_counter()\n"
-                "import dworkers.tracing\n"
-                "dworkers.tracing.tracer_for(None)\n"
-                "print(time.perf_counter() - start)\n")
+ONLY_TRACING = RUN_PATH + "start = time.perf_counter()\n" + ASK + (
+    "print(time.perf_counter() - start)\n")
 
 
 def startup(code: str, env: dict[str, str]) -> float:
@@ -175,7 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--makespan-steps", type=int, default=64)
+    parser.add_argument("--makespan-steps", type=int, default=128)
+    parser.add_argument("--latencies", default="0.05,0.5",
+                        help="seconds a call takes at the server, comma-separated")
     parser.add_argument("--startup-runs", type=int, default=15)
     args = parser.parse_args()
 
@@ -188,20 +197,28 @@ def main() -> None:
         cost = cpu_per_step(tracer(batch, capture), args.steps, args.runs)
         print(f"  {label:44} {cost * 1e6:8.1f} µs  (+{(cost - base) * 1e6:.1f} µs a call)")
 
-    print(f"\nMakespan, {args.makespan_steps} calls of 50 ms, 16 at a time (median of "
-          f"{args.runs}):")
-    with local_server("--latency", "0.05") as url:
-        makespan(url, 4, True)  # warm litellm up
-        plain: list[float] = []
-        traced: list[float] = []
-        for _ in range(args.runs):
-            plain.append(makespan(url, args.makespan_steps, False))
-            traced.append(makespan(url, args.makespan_steps, True))
-    off, on = statistics.median(plain), statistics.median(traced)
-    print(f"  untraced {off:.3f}s  traced {on:.3f}s  ratio {on / off:.3f} (target ≤ 1.02)")
+    for latency in (float(x) for x in args.latencies.split(",")):
+        print(f"\nMakespan, {args.makespan_steps} calls of {latency * 1000:g} ms, 16 at a time, "
+              f"exported over OTLP/HTTP to 127.0.0.1 (median of {args.runs}, interleaved):")
+        with local_server("--latency", str(latency)) as url, otlp_receiver() as collector:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector
+            os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")
+            makespan(url, 4, True)  # warm litellm up
+            plain: list[tuple[float, float]] = []
+            traced: list[tuple[float, float]] = []
+            for _ in range(args.runs):
+                plain.append(makespan(url, args.makespan_steps, False))
+                traced.append(makespan(url, args.makespan_steps, True))
+        off, on = (statistics.median(w for w, _ in runs) for runs in (plain, traced))
+        cpu_off, cpu_on = (statistics.median(c for _, c in runs) / args.makespan_steps
+                           for runs in (plain, traced))
+        print(f"  untraced {off:.3f}s  traced {on:.3f}s  ratio {on / off:.3f} (target ≤ 1.02)"
+              f"\n  CPU per call, whole process: {cpu_off * 1000:.2f} ms untraced, "
+              f"{cpu_on * 1000:.2f} ms traced (+{(cpu_on - cpu_off) * 1000:.2f} ms)")
 
     # Compiled modules are cached as installed ones are: without .pyc files the figure would
     # be the compiler's.
+    del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("OTEL_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = str(ROOT)
@@ -219,8 +236,9 @@ def main() -> None:
     a, b = statistics.median(with_tracing), statistics.median(without)
     print(f"\nStart-up with the otel extra installed, no endpoint (median of "
           f"{args.startup_runs}):\n  the run path {b * 1000:.0f} ms; with "
-          f"dworkers.tracing and tracer_for(None) {a * 1000:.0f} ms; ratio {a / b:.3f}\n"
-          f"  importing dworkers.tracing and tracer_for(None) alone: {own * 1000:.2f} ms")
+          f"start_tracing {a * 1000:.0f} ms; ratio {a / b:.3f}\n"
+          f"  start_tracing alone (import dworkers.tracing, tracer_for(None)): "
+          f"{own * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

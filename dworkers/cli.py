@@ -388,6 +388,12 @@ def run(
                      "pdf need dworkers[docs]) [default: the plan's or tenant's, else md].",
                      show_default=False),
     ] = None,
+    trace: Annotated[
+        bool | None,
+        typer.Option("--trace/--no-trace", help="Send the run as OpenTelemetry spans (needs "
+                     "dworkers[otel]) [default: on when OTEL_EXPORTER_OTLP_ENDPOINT is set].",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
     from dworkers.run import RunRequest, execute
@@ -397,7 +403,7 @@ def run(
         max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
         dry_run=dry_run, out=out, json=as_json, quiet=quiet, resume=resume, no_cache=no_cache,
         data=data, key=key, max_failures=max_failures, executor=executor,
-        ray_address=ray_address, formats=formats,
+        ray_address=ray_address, formats=formats, trace=trace,
     )
     try:
         code = execute(request)

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from dworkers.budget import LocalBudget
 from dworkers.cli import app
-from dworkers.engine import PlanBuilder
+from dworkers.engine import PlanBuilder, RunOptions
 from dworkers.events import DatasetFinished, EventLog, ExecutorNotice, RowFinished, RowStarted
 from dworkers.executors.local import LocalExecutor
 from dworkers.executors.ray import (
@@ -111,6 +111,44 @@ def test_workers_share_one_rate_limit(cluster: Path, monkeypatch: pytest.MonkeyP
     seen = [e.text if isinstance(e, ExecutorNotice) else type(e).__name__
             for e in events.events if isinstance(e, ExecutorNotice | RowStarted)]
     assert seen[:3] == ["starting Ray: 2 workers…", "", "RowStarted"]
+
+
+
+def test_a_ray_runs_trace_has_one_chat_span_per_attempt(cluster: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers send their events (each attempt's ``AttemptFinished`` among them) to the driver,
+    whose tracer builds every span: each row's trace holds its steps and one ``chat`` span per
+    call the server saw, retries included."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra (in the test extra)")
+    from test_tracing import Traced
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    traced = Traced()
+    with FakeLLMServer() as server:
+        server.add_rule("Work on brief number 2.", status=500, times=1)  # row-2's a: retried
+        plan = make_plan({"a": [], "b": ["a"]}, name="ray-plan", prompt_template="Work on {brief}.")
+        engine = PlanBuilder(plan, make_tenant(retry_max=1), TEST_MODEL, api_base=server.url,
+                             options=RunOptions(retry_base_delay=0.01), on_event=traced).build()
+        results = asyncio.run(collect(RayExecutor(), engine, rows(4)))
+        calls = len(server.requests)
+
+    assert {r.status for r in results} == {RowStatus.SUCCEEDED}
+    assert len(traced.named("chat")) == calls == 9
+    roots = {s.attributes["dworkers.row"]: s for s in traced.named("invoke_workflow")}
+    assert sorted(roots) == [r.key for r in rows(4)]
+    for result in results:
+        root = roots[result.key]
+        for step_id, step in result.outputs.items():
+            agent = traced.agent(step_id, result.key)
+            assert agent.parent is not None and agent.parent.span_id == root.context.span_id
+            assert agent.context.trace_id == root.context.trace_id
+            chats = traced.children(agent, "chat")
+            assert len(chats) == step.attempts == (2 if (result.key, step_id) == ("row-2", "a")
+                                                   else 1)
+            assert sum(c.attributes["gen_ai.usage.input_tokens"] for c in chats) == (
+                step.prompt_tokens)
+            for chat in chats:
+                assert agent.start_time <= chat.start_time <= chat.end_time <= agent.end_time
 
 
 PLAN = """\

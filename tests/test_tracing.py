@@ -1,18 +1,13 @@
-"""Traces: runs against the local OpenAI-compatible server, spans read in-process.
-
-The engine does not emit ``AttemptFinished`` yet: ``ReportingClient`` wraps the real litellm
-client and reports each call's outcome as the engine's call loop will, so these runs go through
-litellm and HTTP exactly as production does.
-"""
+"""Traces: runs through the real engine against the local OpenAI-compatible server (litellm and
+HTTP, as in production), spans read in-process from the SDK's in-memory exporter."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -32,7 +27,6 @@ from support import (
 )
 
 from dworkers.engine import PlanBuilder, RunOptions
-from dworkers.errors import LLMError, Usage
 from dworkers.events import (
     AttemptFinished,
     DatasetFinished,
@@ -46,7 +40,6 @@ from dworkers.events import (
     StepRetrying,
     StepStarted,
 )
-from dworkers.llm import Completion, DeltaCallback, LiteLLMClient, LLMRequest, Price
 from dworkers.results import (
     DatasetResult,
     Row,
@@ -65,48 +58,6 @@ DIAMOND = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
 ROLES = {"a": WorkerRole.ANALYST, "b": WorkerRole.RESEARCHER, "c": WorkerRole.DATA_ANALYST,
          "d": WorkerRole.MANAGER}
 
-# (row, step, attempt) of the call a step's task is about to make: set from StepStarted, which
-# the engine emits from the step's own task just before it calls.
-_calling: contextvars.ContextVar[tuple[str | None, str, int]] = contextvars.ContextVar("calling")
-
-
-class ReportingClient:
-    """The litellm client, reporting every call as ``AttemptFinished`` (see the docstring)."""
-
-    def __init__(self, report: Callable[[object], None]) -> None:
-        self.inner = LiteLLMClient()
-        self.report = report
-
-    @property
-    def offline(self) -> bool:
-        return self.inner.offline
-
-    def preflight(self, models: Mapping[str, Sequence[str]], keyed: set[str]) -> Any:
-        return self.inner.preflight(models, keyed)
-
-    def price_of(self, model: str) -> Price | None:
-        return self.inner.price_of(model)
-
-    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
-        row, step, attempt = _calling.get()
-        sent = time.monotonic()
-        try:
-            answer = await self.inner.complete(request, on_delta)
-        except LLMError as exc:
-            usage = exc.usage or Usage()
-            self.report(AttemptFinished(
-                step, attempt, request.model, None, usage.prompt_tokens,
-                usage.completion_tokens, None, usage.cost_usd, usage.estimated,
-                type(exc).__name__, str(exc), exc.status, request.api_base, "", sent,
-                time.monotonic(), row))
-            raise
-        self.report(AttemptFinished(
-            step, attempt, request.model, answer.model, answer.prompt_tokens,
-            answer.completion_tokens, answer.finish_reason, answer.cost_usd, False, None, None,
-            200, request.api_base, answer.text, sent, time.monotonic(), row))
-        return answer
-
-
 class Traced:
     """A tracer exporting to memory, fed every event of a run (and kept in ``log``)."""
 
@@ -116,10 +67,7 @@ class Traced:
         self.log = EventLog()
 
     def __call__(self, event: object) -> None:
-        if isinstance(event, StepStarted):
-            _calling.set((event.row, event.step_id, event.attempt))
-        if not isinstance(event, AttemptFinished):
-            self.log(event)  # type: ignore[arg-type]
+        self.log(event)  # type: ignore[arg-type]
         self.tracer(event)
 
     @property
@@ -146,7 +94,7 @@ def engine_for(server: FakeLLMServer, traced: Traced, graph: Mapping[str, Sequen
     plan = make_plan(graph, roles=ROLES)
     return PlanBuilder(plan, make_tenant(retry_max=retry_max), api_base=api_base or server.url,
                        options=RunOptions(retry_base_delay=0.01, rate_limit_wait=5),
-                       on_event=traced, client=ReportingClient(traced), **builder).build()
+                       on_event=traced, **builder).build()
 
 
 def traced_run(server: FakeLLMServer, graph: Mapping[str, Sequence[str]], **options: Any
@@ -253,6 +201,30 @@ def test_failures_and_rate_limits_are_on_their_spans(llm_server: FakeLLMServer) 
     [root] = traced.named("invoke_workflow")
     assert root.attributes["dworkers.status"] == "failed"
     assert root.attributes["error.type"] == "failed"
+
+
+def test_a_timed_out_attempt_is_a_failed_chat_span_with_what_it_consumed(
+        llm_server: FakeLLMServer) -> None:
+    llm_server.add_rule(marker("a"), hang=True, times=1)  # the first call never answers
+    traced = Traced()
+    plan = make_plan({"a": []}, roles=ROLES)
+    engine = PlanBuilder(plan, make_tenant(retry_max=1, timeout=0.5), api_base=llm_server.url,
+                         options=RunOptions(retry_base_delay=0.01), on_event=traced).build()
+    result = asyncio.run(engine.run({"brief": "widgets"}))
+    step = result.outputs["a"]
+    assert step.succeeded and step.attempts == 2 == len(llm_server.requests)
+    timed_out, answered = sorted(traced.children(traced.agent("a"), "chat"),
+                                 key=lambda s: s.attributes["dworkers.attempt"])
+    assert timed_out.attributes["error.type"] == "ProviderTimeoutError"
+    assert timed_out.status.status_code.name == "ERROR"
+    assert "timed out" in (timed_out.status.description or "")
+    assert "error.type" not in answered.attributes
+    for name, total in (("gen_ai.usage.input_tokens", step.prompt_tokens),
+                        ("gen_ai.usage.output_tokens", step.completion_tokens)):
+        assert timed_out.attributes[name] + answered.attributes[name] == total
+    [retry] = traced.agent("a").events
+    assert retry.name == "dworkers.retry"
+    assert retry.attributes["error.type"] == "ProviderTimeoutError"
 
 
 # --- resumed runs, cached steps, rows -------------------------------------------------------

@@ -22,8 +22,8 @@ from dworkers.budget import Hold
 from dworkers.engine.pool import Pool
 from dworkers.engine.settings import Policy, fmt_seconds
 from dworkers.errors import LLMError, ProviderTimeoutError, RateLimitError, Usage
-from dworkers.events import Event, StepProgress, StepRetrying, StepStarted
-from dworkers.llm import Completion, LLMRequest, estimate_tokens
+from dworkers.events import AttemptFinished, Event, StepProgress, StepRetrying, StepStarted
+from dworkers.llm import Completion, LLMRequest, endpoint_of, estimate_tokens
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.ratelimit import RateGate
 from dworkers.results import StepResult, StepStatus
@@ -287,6 +287,7 @@ class StepCalls:
         # terminal and in cron. No separate bound on silence: shorter than the step's limit it
         # would need a setting of its own, and as long it could never fire first.
         bound = asyncio.timeout(request.timeout)
+        sent_at = time.monotonic()
         try:
             async with bound:
                 completion = await self.policy.client.complete(request, on_delta)
@@ -296,8 +297,12 @@ class StepCalls:
                            "(timeout_seconds)")
             else:
                 message = f"timed out: no answer within {request.timeout:g}s"
-            return ProviderTimeoutError(message, usage=progress.billed(request, self.cost_of))
+            timed_out = ProviderTimeoutError(message,
+                                             usage=progress.billed(request, self.cost_of))
+            self.report_attempt(step, request, sent_at, timed_out)
+            return timed_out
         except LLMError as exc:
+            self.report_attempt(step, request, sent_at, exc)
             status = 429 if isinstance(exc, RateLimitError) else exc.status or 0
             pool.rate_limited += status == 429
             if gate is not None:
@@ -311,7 +316,28 @@ class StepCalls:
                         headers["retry-after-ms"] = f"{pause * 1000:.0f}"
                 await self.observe(gate, model, status, headers, 0, estimate)
             return exc
+        self.report_attempt(step, request, sent_at, completion)
         return await self.answered(step, model, completion, key, gate, prompt_chars, estimate)
+
+    def report_attempt(self, step: PlanStep, request: LLMRequest, sent_at: float,
+                       outcome: Completion | LLMError) -> None:
+        """How one call went (``AttemptFinished``: a trace's ``chat`` span), answered or not.
+        Tokens and cost are this attempt's own; the endpoint only as scheme, host and port."""
+        call = AttemptFinished(
+            step.step_id, self.records.attempts.get(step.step_id, 0), request.model,
+            endpoint=endpoint_of(request.api_base) or None, started_at=sent_at,
+            at=time.monotonic(), row=self.row_key)
+        if isinstance(outcome, Completion):
+            self.emit(dataclasses.replace(
+                call, response_model=outcome.model, input_tokens=outcome.prompt_tokens,
+                output_tokens=outcome.completion_tokens, finish_reason=outcome.finish_reason,
+                cost_usd=outcome.cost_usd, status_code=200, answer=outcome.text))
+            return
+        usage = outcome.usage or Usage()
+        self.emit(dataclasses.replace(
+            call, input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd, estimated=usage.estimated,
+            error_type=type(outcome).__name__, error=str(outcome), status_code=outcome.status))
 
     async def answered(self, step: PlanStep, model: str, completion: Completion, key: str,
                        gate: RateGate | None, prompt_chars: int, estimate: int) -> StepResult:

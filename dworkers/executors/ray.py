@@ -441,6 +441,8 @@ class _ClusterRun:
         for event in batch.events:
             if offset and hasattr(event, "at"):
                 event = dataclasses.replace(event, at=event.at + offset)
+                if getattr(event, "started_at", 0.0):  # an AttemptFinished: when it was sent
+                    event = dataclasses.replace(event, started_at=event.started_at + offset)
             if isinstance(event, RowFinished):
                 key = event.result.key
                 if slot.assigned.pop(key, None) is None:

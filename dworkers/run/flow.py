@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from dworkers.plans.base import BasePlan
     from dworkers.results import StepResult
     from dworkers.tenants.config import TenantConfig
+    from dworkers.tracing import RunTracer
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 Console = Any  # the view's rich console: only the view imports rich
 
@@ -66,6 +67,7 @@ class RunRequest:
     executor: str = "local"  # this process, or "ray"
     ray_address: str | None = None  # with "ray": an existing cluster to join
     formats: list[str] | None = None  # --format md,docx,pdf; None: the plan's, tenant's, or md
+    trace: bool | None = None  # --trace/--no-trace; None: on when an OTLP endpoint is set
 
     @property
     def names_a_dataset(self) -> bool:
@@ -383,6 +385,7 @@ def run_live(mode: RunMode) -> int:
     run_id = engine.options.run_id or new_run_id()
     out_dir = (request.out or Path("dworkers-runs")) / run_id
     check_writable(out_dir)
+    tracer = start_tracing(request, mode.resolved.resumed)
     err = view.console()
     prefetch: threading.Thread | None = None
     try:
@@ -402,7 +405,8 @@ def run_live(mode: RunMode) -> int:
                                      request.formats or (), row_name=safe_name)
         interactive = view.is_interactive(err) and not request.quiet
         display = mode.view(err, interactive)
-        fan_out = FanOut([writer, display, *([recorder] if recorder is not None else [])])
+        fan_out = FanOut([writer, display, *([recorder] if recorder is not None else []),
+                          *([tracer] if tracer is not None else [])])
         engine.on_event = fan_out
         display.prepare(started)  # paints the moment the view opens
         if not request.mock:
@@ -430,6 +434,7 @@ def run_live(mode: RunMode) -> int:
                 mode.close()
                 if recorder is not None:  # the last event may never have come (Ctrl-C)
                     recorder.close()
+                end_tracing(tracer, err)
             outcome = mode.outcome(interrupted)
             if outcome is None:
                 err.print("interrupted before the run started")
@@ -442,10 +447,34 @@ def run_live(mode: RunMode) -> int:
                     unsaved.append("the JSON result")
         return exit_code(outcome, interrupted, unsaved)
     finally:
+        if tracer is not None:
+            tracer.close()  # a run that failed before its body: what was traced is exported
         if prefetch is not None:
             # Never leave litellm half imported at exit: a finalizer waiting on the import
             # lock would hang the interpreter's shutdown. Ctrl-C still ends this wait.
             prefetch.join()
+
+
+def start_tracing(request: RunRequest, resumed: RunRecord | None) -> RunTracer | None:
+    """The run's tracer when tracing is on (``--trace``, or an OTLP endpoint in the
+    environment); a resumed run's trace links to the run it resumes. OpenTelemetry is imported
+    then, and ``--trace`` without the ``otel`` extra is refused before anything runs."""
+    from dworkers.tracing import tracer_for
+
+    return tracer_for(request.trace, resumed_from=resumed.run_id if resumed else None)
+
+
+def end_tracing(tracer: RunTracer | None, err: Console) -> None:
+    """Export what is left of the trace; say once if the collector could not take it (a
+    trace never fails a run)."""
+    if tracer is None:
+        return
+    tracer.close()
+    problems = [*tracer.export_problems, *([repr(tracer.error)] if tracer.error else [])]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        err.print(f"warning: the trace was not fully exported: {problems[0]}{more}",
+                  markup=False, highlight=False)
 
 
 def not_saved(writer: Consumer, recorder: Consumer | None, fan_out: FanOut,
