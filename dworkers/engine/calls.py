@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from dworkers.budget import Hold
 from dworkers.engine.pool import Pool
 from dworkers.engine.settings import Policy, fmt_seconds
+from dworkers.engine.toolloop import cacheable, converse
 from dworkers.errors import LLMError, ProviderTimeoutError, RateLimitError, Usage
 from dworkers.events import Event, StepProgress, StepRetrying, StepStarted
 from dworkers.llm import Completion, LLMRequest, estimate_tokens
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.ratelimit import RateGate
-from dworkers.results import StepResult, StepStatus
+from dworkers.results import StepResult, StepStatus, ToolCall
 
 EventCallback = Callable[[Event], None]
 Attempt = StepResult | LLMError
@@ -287,9 +288,15 @@ class StepCalls:
         # terminal and in cron. No separate bound on silence: shorter than the step's limit it
         # would need a setting of its own, and as long it could never fire first.
         bound = asyncio.timeout(request.timeout)
+        tool_calls: list[ToolCall] = []
+
+        def calling(what: str) -> None:
+            self.emit(StepProgress(step.step_id, tokens, what, self.row_key))
+
         try:
             async with bound:
-                completion = await self.policy.client.complete(request, on_delta)
+                completion = await converse(self.policy, pool, step, request, on_delta,
+                                            calling, tool_calls)
         except TimeoutError:
             if progress.pieces:
                 message = (f"timed out: the answer took longer than {request.timeout:g}s "
@@ -311,7 +318,12 @@ class StepCalls:
                         headers["retry-after-ms"] = f"{pause * 1000:.0f}"
                 await self.observe(gate, model, status, headers, 0, estimate)
             return exc
-        return await self.answered(step, model, completion, key, gate, prompt_chars, estimate)
+        result = await self.answered(step, model, completion, key, gate, prompt_chars, estimate)
+        if not tool_calls and cacheable(self.policy, step):
+            return result
+        return result.model_copy(update={
+            "tool_calls": tool_calls,
+            "cache_key": key if cacheable(self.policy, step) else None})
 
     async def answered(self, step: PlanStep, model: str, completion: Completion, key: str,
                        gate: RateGate | None, prompt_chars: int, estimate: int) -> StepResult:

@@ -1,0 +1,208 @@
+"""Tools through MCP: an MCP server the suite starts itself (tests/mcp_tool_server.py, over
+stdio, and once over streamable HTTP) and the local model server answering with tool calls.
+
+Concurrency is proven with the tool server's own timestamps; every wait is bounded by count or
+by an event the servers report, never by the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import FakeLLMServer, llm_server, make_plan, make_tenant, marker
+
+from dworkers.engine import PlanBuilder, RunOptions
+from dworkers.events import EventLog, StepProgress
+from dworkers.results import RunResult, StepStatus
+from dworkers.tenants.config import McpServerConfig, TenantConfig
+from dworkers.tools import _child_pids
+
+pytest.importorskip("mcp")
+
+__all__ = ["llm_server"]
+
+TOOL_SERVER = Path(__file__).parent / "mcp_tool_server.py"
+
+
+def tool_tenant(log: Path, *, url: str | None = None, **server: Any) -> TenantConfig:
+    if url is None:
+        config = McpServerConfig(command=sys.executable,
+                                 args=[str(TOOL_SERVER), "--log", str(log)], **server)
+    else:
+        config = McpServerConfig(url=url, **server)
+    tenant = make_tenant()
+    return tenant.model_copy(update={"mcp_servers": {"regs": config}})
+
+
+def run_with_tools(server: FakeLLMServer, tenant: TenantConfig, tools: list[str],
+                   log: EventLog | None = None) -> RunResult:
+    plan = make_plan({"a": []}, tools=tools)
+    engine = PlanBuilder(plan, tenant, api_base=server.url,
+                         options=RunOptions(retry_base_delay=0.05), on_event=log).build()
+    return asyncio.run(engine.run({}))
+
+
+def calls_logged(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_a_tool_call_is_run_and_its_result_sent_back(llm_server: FakeLLMServer,
+                                                     tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    llm_server.add_rule(marker("a"), tool_calls=[
+        {"name": "regs__lookup", "arguments": {"query": "ADR-7"}}])
+    events = EventLog()
+    result = run_with_tools(llm_server, tool_tenant(log), ["regs"], events)
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.SUCCEEDED, step.error
+    assert step.output == "Tool results: regulation ADR-7: applies to all shipments"
+    [call] = step.tool_calls
+    assert (call.server, call.tool, call.arguments, call.error) == (
+        "regs", "lookup", {"query": "ADR-7"}, None)
+    assert call.result_chars == len("regulation ADR-7: applies to all shipments")
+    assert call.result_digest
+    first, second = llm_server.requests
+    assert [t["function"]["name"] for t in first.body["tools"]] == [
+        "regs__lookup", "regs__slow", "regs__hang", "regs__big", "regs__die"]
+    assert second.messages[-1]["role"] == "tool"
+    assert "calling regs.lookup (1/10)" in [
+        e.text for e in events.events if isinstance(e, StepProgress)]
+    assert [c["tool"] for c in calls_logged(log)] == ["lookup"]
+    assert step.cache_key is None  # a tool's answer may change: never cached unless pure
+
+
+def test_tools_asked_together_run_at_the_same_time(llm_server: FakeLLMServer,
+                                                   tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    llm_server.add_rule(marker("a"), tool_calls=[
+        {"name": "regs__slow", "arguments": {"seconds": 1, "label": str(n)}} for n in range(3)])
+    result = run_with_tools(llm_server, tool_tenant(log), ["regs.slow"])
+
+    assert result.success, result.outputs["a"].error
+    calls = calls_logged(log)
+    assert len(calls) == 3
+    # Each started before any other ended: the three overlapped on the server's own clock.
+    assert max(c["start"] for c in calls) < min(c["end"] for c in calls)
+    assert len(result.outputs["a"].tool_calls) == 3
+    assert [t["function"]["name"] for t in llm_server.requests[0].body["tools"]] == [
+        "regs__slow"]
+
+
+def test_more_tool_calls_than_allowed_fail_the_step_clearly(llm_server: FakeLLMServer,
+                                                            tmp_path: Path) -> None:
+    llm_server.add_rule(marker("a"), tool_calls=[
+        {"name": "regs__lookup", "arguments": {"query": "x"}}] * 2, tool_rounds=100)
+    tenant = tool_tenant(tmp_path / "calls.jsonl")
+    tenant = tenant.model_copy(update={"limits": tenant.limits.model_copy(
+        update={"max_tool_calls": 3})})
+    result = run_with_tools(llm_server, tenant, ["regs"])
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED
+    assert "more than 3 tool calls" in (step.error or "")
+    assert "limits.max_tool_calls" in (step.error or "")
+    assert len(llm_server.requests) == 2  # 2 calls, then 2 more would pass 3: no third turn
+    assert len(calls_logged(tmp_path / "calls.jsonl")) == 2
+
+
+def test_a_hung_tool_times_out_and_the_model_is_told(llm_server: FakeLLMServer,
+                                                     tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    llm_server.add_rule(marker("a"), tool_calls=[{"name": "regs__hang", "arguments": {}}])
+    result = run_with_tools(llm_server, tool_tenant(log, timeout_seconds=0.5), ["regs"])
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.SUCCEEDED
+    [call] = step.tool_calls
+    assert "no answer within 0.5s" in (call.error or "")
+    told = llm_server.requests[1].messages[-1]
+    assert told["role"] == "tool" and "no answer within 0.5s" in told["content"]
+
+
+def test_a_dead_server_fails_the_call_not_the_run(llm_server: FakeLLMServer,
+                                                  tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    llm_server.add_rule(marker("a"), tool_calls=[{"name": "regs__die", "arguments": {}}])
+    result = run_with_tools(llm_server, tool_tenant(log, timeout_seconds=30), ["regs"])
+
+    [call] = result.outputs["a"].tool_calls
+    assert call.error
+    assert result.outputs["a"].status is StepStatus.SUCCEEDED  # the model answered anyway
+
+
+def test_a_large_result_is_capped_head_and_tail_and_escape_codes_stripped(
+        llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    llm_server.add_rule(marker("a"), tool_calls=[
+        {"name": "regs__big", "arguments": {"size": 50_000}}])
+    result = run_with_tools(llm_server, tool_tenant(tmp_path / "c.jsonl",
+                                                    max_result_chars=1000), ["regs"])
+
+    sent = llm_server.requests[1].messages[-1]["content"]
+    assert sent.startswith("HEADxxx") and sent.endswith("xxxTAIL")
+    assert "\x1b" not in sent and "[31m" not in sent
+    assert "characters cut" in sent
+    assert len(sent) < 1100
+    assert result.outputs["a"].tool_calls[0].result_chars == len(sent)
+
+
+def test_no_server_process_is_left_after_a_run(llm_server: FakeLLMServer,
+                                               tmp_path: Path) -> None:
+    llm_server.add_rule(marker("a"), tool_calls=[{"name": "regs__lookup",
+                                                  "arguments": {"query": "q"}}])
+    before = _child_pids()
+    run_with_tools(llm_server, tool_tenant(tmp_path / "c.jsonl"), ["regs"])
+    pids = {c["pid"] for c in calls_logged(tmp_path / "c.jsonl")}
+    assert pids and all(not _alive(pid) for pid in pids)
+    assert _child_pids() <= before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; it is only waiting to be reaped.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_tools_through_streamable_http(llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    with subprocess.Popen([sys.executable, str(TOOL_SERVER), "--http", "--log", str(log)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            _wait_for_port(url)
+            llm_server.add_rule(marker("a"), tool_calls=[
+                {"name": "regs__lookup", "arguments": {"query": "HTTP-1"}}])
+            result = run_with_tools(llm_server, tool_tenant(log, url=url), ["regs.lookup"])
+            assert result.success, result.outputs["a"].error
+            assert result.outputs["a"].output.endswith("regulation HTTP-1: applies to all "
+                                                       "shipments")
+        finally:
+            proc.terminate()
+
+
+def _wait_for_port(url: str) -> None:
+    """Until the server accepts connections: it prints its URL before it binds."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    for _ in range(500):  # bounded by count
+        with socket.socket() as probe:
+            if probe.connect_ex((address.hostname or "", address.port or 0)) == 0:
+                return
+        time.sleep(0.02)
