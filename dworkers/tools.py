@@ -219,7 +219,7 @@ class _Server:
             if isinstance(exc, ToolServerError):
                 self.fail(str(exc))
             else:
-                self.fail(f"MCP server {self.name!r} stopped: {_describe(exc)}")
+                self.fail(f"MCP server {self.name!r} stopped: {_error_text(exc)}")
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
@@ -264,7 +264,7 @@ class _Server:
                 result = await session.call_tool(job.tool, job.arguments)
             except Exception as exc:
                 if not job.answer.done():
-                    job.answer.set_exception(ToolServerError(_describe(exc)))
+                    job.answer.set_exception(ToolServerError(_error_text(exc)))
             else:
                 if not job.answer.done():
                     job.answer.set_result(result)
@@ -325,10 +325,10 @@ async def _http_transport(module: Any, url: str, headers: dict[str, str],
         yield streams
 
 
-def _describe(exc: BaseException) -> str:
+def _error_text(exc: BaseException) -> str:
     inner = getattr(exc, "exceptions", None)  # an anyio task group's ExceptionGroup
     if inner:
-        return _describe(inner[0])
+        return _error_text(inner[0])
     text = one_line(str(exc))[:ERROR_CHARS]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -432,11 +432,33 @@ class Toolbox:
             await self.aclose()
 
 
-async def list_server_tools(servers: Mapping[str, McpServerConfig]) -> dict[str, list[Tool]]:
-    """Each server's tools (``dworkers tools``): servers started, listed and stopped."""
+async def list_server_tools(
+        servers: Mapping[str, McpServerConfig]) -> dict[str, list[Tool] | str]:
+    """Each server's tools, or why they cannot be listed (``dworkers tools``): servers started
+    together, listed and stopped."""
     box = Toolbox(servers)
+
+    async def listed(name: str) -> list[Tool] | str:
+        try:
+            return await box.tools_for([name])
+        except ToolServerError as exc:
+            return str(exc)
+
     async with box.running():
-        found: dict[str, list[Tool]] = {}
-        for name in servers:
-            found[name] = await box.tools_for([name])
-        return found
+        answers = await asyncio.gather(*(listed(name) for name in servers))
+    return dict(zip(servers, answers, strict=True))
+
+
+def parameters_of(tool: Tool) -> str:
+    """``name: type, other?: type`` from a tool's JSON Schema (``?``: optional)."""
+    properties = tool.parameters.get("properties")
+    if not isinstance(properties, dict):
+        return ""
+    required = tool.parameters.get("required")
+    needed = set(required) if isinstance(required, list) else set()
+    shown = []
+    for name, spec in list(properties.items())[:50]:
+        kind = spec.get("type", "any") if isinstance(spec, dict) else "any"
+        shown.append(f"{one_line(str(name))}{'' if name in needed else '?'}: "
+                     f"{one_line(str(kind))}")
+    return ", ".join(shown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,88 @@ def _wait_for_port(url: str) -> None:
             if probe.connect_ex((address.hostname or "", address.port or 0)) == 0:
                 return
         time.sleep(0.02)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+TOOLED_PLAN = """\
+name: tooled
+description: One step that looks things up
+steps:
+  - step_id: look
+    name: LOOK
+    worker_role: researcher
+    tools: [{tools}]
+"""
+
+
+def tooled_files(tmp_path: Path, tools: str = "regs.lookup") -> tuple[Path, Path, Path]:
+    log = tmp_path / "calls.jsonl"
+    tenant = tmp_path / "tooled.yaml"
+    tenant.write_text(
+        "id: tooled\nmcp_servers:\n  regs:\n"
+        f"    command: {json.dumps(sys.executable)}\n"
+        f"    args: [{json.dumps(str(TOOL_SERVER))}, --log, {json.dumps(str(log))}]\n"
+        "    timeout_seconds: 600\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(TOOLED_PLAN.format(tools=tools))
+    return plan, tenant, log
+
+
+def test_validate_and_dry_run_locate_a_server_the_tenant_does_not_declare(
+        tmp_path: Path) -> None:
+    from support import invoke
+
+    plan, tenant, _ = tooled_files(tmp_path, "regs.lookup, nowhere.lookup")
+    code, _, stderr = invoke("validate", str(plan), "--tenant", str(tenant))
+    assert code == 2
+    assert f"{plan}:7:26:" in stderr and "'nowhere'" in stderr and "use one of: regs" in stderr
+    code, _, stderr = invoke("run", str(plan), "--tenant", str(tenant), "--dry-run")
+    assert code == 2 and f"{plan}:7:26:" in stderr and "Traceback" not in stderr
+    code, _, _ = invoke("validate", str(plan))  # without a tenant: nothing to check against
+    assert code == 0
+
+
+def test_the_tools_command_lists_each_servers_tools_and_parameters(tmp_path: Path) -> None:
+    from support import invoke
+
+    _, tenant, _ = tooled_files(tmp_path)
+    code, stdout, _ = invoke("tools", "--tenant", str(tenant))
+    assert code == 0, stdout
+    assert "regs (5 tools)" in stdout
+    assert "regs.lookup(query: string) — Look up a regulation by its name." in stdout
+    assert "regs.slow(seconds?: number, label?: string)" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_a_long_tool_call_ends_the_run_and_its_server(
+        llm_server: FakeLLMServer, tmp_path: Path, sig: int) -> None:
+    plan, tenant, log = tooled_files(tmp_path, "regs.hang")
+    llm_server.add_rule(marker("look"), tool_calls=[{"name": "regs__hang", "arguments": {}}])
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
+           "DWORKERS_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dworkers.cli", "run", str(plan), "--tenant", str(tenant),
+         "--model", "openai/test-model", "--api-base", llm_server.url,
+         "--out", str(tmp_path / "runs")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):  # bounded by count: until the tool server says the call began
+            if calls_logged(log):
+                break
+            proc_done = proc.poll() is not None
+            assert not proc_done, proc.communicate()
+            import time
+
+            time.sleep(0.02)
+        [started] = calls_logged(log)
+        assert started["tool"] == "hang-started"
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert not _alive(started["pid"])  # the server did not outlive the run

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dworkers.engine import Engine, RunOptions, new_run_id
-from dworkers.errors import DworkersError, InputError, Problem
+from dworkers.errors import DworkersError, InputError, PlanValidationError, Problem
 from dworkers.events import Event
 from dworkers.redact import redact_url
 from dworkers.run.inputs import parse_inputs
@@ -212,7 +212,7 @@ def run_flow(request: RunRequest, mode_type: type[RunMode]) -> int:
 
 def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
     """The history, the resumed run, flags, plan, tenant and inputs, checked."""
-    from dworkers.targets import resolve_plan
+    from dworkers.targets import resolve_plan, resolve_tenant, tool_problems
 
     inputs = parse_inputs(request.inputs)
     history: History | None = None
@@ -234,6 +234,8 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
                                   "missing-plan", file="dworkers run")])
     plan = resolve_plan(request.plan)
     tenant = resolve_tenant(request.tenant or "default")
+    if problems := tool_problems(plan, tenant):
+        raise PlanValidationError(problems)
     spent = 0.0
     if resumed is not None and history is not None:
         if resumed.plan != plan.name:
@@ -309,16 +311,6 @@ def spent_before(history: History, resumed: RunRecord, mode_type: type[RunMode])
         except DworkersError:  # pruned from the history: what is left is all we know
             record = None
     return total
-
-
-def resolve_tenant(name: str) -> TenantConfig:
-    from dworkers import loader
-    from dworkers.targets import looks_like_path
-    from dworkers.tenants.registry import tenant_registry
-
-    if looks_like_path(name):
-        return loader.load_tenant(name)
-    return tenant_registry.get(name)
 
 
 def build_engine(request: RunRequest, resolved: Resolved, mode_type: type[RunMode]) -> Engine:
