@@ -219,7 +219,7 @@ class _Server:
             if isinstance(exc, ToolServerError):
                 self.fail(str(exc))
             else:
-                self.fail(f"MCP server {self.name!r} stopped: {_error_text(exc)}")
+                self.fail(f"MCP server {self.name!r} stopped: {_failure_text(exc)}")
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
@@ -264,7 +264,7 @@ class _Server:
                 result = await session.call_tool(job.tool, job.arguments)
             except Exception as exc:
                 if not job.answer.done():
-                    job.answer.set_exception(ToolServerError(_error_text(exc)))
+                    job.answer.set_exception(ToolServerError(_failure_text(exc)))
             else:
                 if not job.answer.done():
                     job.answer.set_result(result)
@@ -325,10 +325,10 @@ async def _http_transport(module: Any, url: str, headers: dict[str, str],
         yield streams
 
 
-def _error_text(exc: BaseException) -> str:
+def _failure_text(exc: BaseException) -> str:
     inner = getattr(exc, "exceptions", None)  # an anyio task group's ExceptionGroup
     if inner:
-        return _error_text(inner[0])
+        return _failure_text(inner[0])
     text = one_line(str(exc))[:ERROR_CHARS]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -292,3 +292,48 @@ def test_interrupting_a_long_tool_call_ends_the_run_and_its_server(
             proc.wait(timeout=60)
     assert proc.returncode == 130, stderr
     assert not _alive(started["pid"])  # the server did not outlive the run
+
+
+RESUMABLE_PLAN = """\
+name: tooled
+description: A step that looks things up, then one that writes
+steps:
+  - step_id: look
+    name: LOOK
+    worker_role: researcher
+    tools: [regs.lookup]
+  - step_id: write
+    name: WRITE
+    depends_on: [look]
+"""
+
+
+def test_a_resumed_run_reuses_a_step_without_calling_its_tools_again(
+        llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    from support import invoke
+
+    plan, tenant, log = tooled_files(tmp_path)
+    plan.write_text(RESUMABLE_PLAN)
+    llm_server.add_rule(marker("look"), tool_calls=[
+        {"name": "regs__lookup", "arguments": {"query": "R-9"}}])
+    refusal = llm_server.add_rule(marker("write"), status=400, error_message="boom")
+    common = ("--tenant", str(tenant), "--model", "openai/test-model", "--api-base",
+              llm_server.url, "--out", str(tmp_path / "runs"))
+    code, _, stderr = invoke("run", str(plan), *common)
+    assert code == 1, stderr
+    assert [c["tool"] for c in calls_logged(log)] == ["lookup"]
+    [run_dir] = (tmp_path / "runs").iterdir()
+    recorded = json.loads((run_dir / "run.json").read_text())
+    [call] = recorded["outputs"]["look"]["tool_calls"]
+    assert (call["server"], call["tool"], call["arguments"]) == ("regs", "lookup",
+                                                                 {"query": "R-9"})
+    llm_server.clear_rules()
+    assert refusal.matched == 1
+
+    code, stdout, stderr = invoke("run", str(plan), "--resume", "last", "--json", *common)
+    assert code == 0, stderr
+    assert [c["tool"] for c in calls_logged(log)] == ["lookup"]  # not called again
+    data = json.loads(stdout)
+    assert data["outputs"]["look"]["cached"] is True
+    appendix = (run_dir / "report.md").read_text().split("## Appendix: tool calls")[1]
+    assert '| look | regs.lookup | {"query": "R-9"} |' in appendix
