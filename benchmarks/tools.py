@@ -57,8 +57,24 @@ def step_plan(tools: list[str], warm: bool = False) -> BasePlan:
     return plan
 
 
-async def direct_overhead(log: Path, calls: int) -> float:
-    box = Toolbox({"regs": server_config(log)})
+async def sdk_alone(calls: int) -> float:
+    """Seconds per call through the MCP SDK's own session, nothing of dworkers around it."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(command=sys.executable, args=[str(TOOL_SERVER)])
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        await session.call_tool("lookup", {"query": "warm"})
+        start = time.perf_counter()
+        for n in range(calls):
+            await session.call_tool("lookup", {"query": str(n)})
+        return (time.perf_counter() - start) / calls
+
+
+async def direct_overhead(calls: int) -> float:
+    """Seconds per call through the run's ``Toolbox`` (queue, owner task, cap, record)."""
+    box = Toolbox({"regs": McpServerConfig(command=sys.executable, args=[str(TOOL_SERVER)])})
     async with box.running():
         [lookup] = [t for t in await box.tools_for(["regs.lookup"])]
         await box.call(lookup, '{"query": "warm"}')
@@ -133,9 +149,11 @@ def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     with tempfile.TemporaryDirectory() as tmp, FakeLLMServer() as server:
         work = Path(tmp)
-        per_call = asyncio.run(direct_overhead(work / "direct.jsonl", args.calls))
+        per_call = asyncio.run(direct_overhead(args.calls))
+        alone = asyncio.run(sdk_alone(args.calls))
         print(f"tool call through the Toolbox (stdio JSON-RPC): {per_call * 1000:.2f} ms per "
-              f"call ({args.calls} calls)")
+              f"call; the SDK's session alone {alone * 1000:.2f} ms: dworkers adds "
+              f"{(per_call - alone) * 1000:.2f} ms ({per_call / alone:.2f}×, {args.calls} calls)")
 
         rounds = 20
         server.add_rule("Look it up", tool_calls=[{"name": "regs__lookup",

@@ -337,3 +337,63 @@ def test_a_resumed_run_reuses_a_step_without_calling_its_tools_again(
     assert data["outputs"]["look"]["cached"] is True
     appendix = (run_dir / "report.md").read_text().split("## Appendix: tool calls")[1]
     assert '| look | regs.lookup | {"query": "R-9"} |' in appendix
+
+
+# --- the tenant's servers, and sharing them --------------------------------------------------
+
+
+def test_tenant_server_mistakes_are_located(tmp_path: Path) -> None:
+    from dworkers import loader
+    from dworkers.errors import ProblemsError
+
+    tenant = tmp_path / "t.yaml"
+    tenant.write_text("id: t\nmcp_servers:\n  both:\n    command: x\n    url: http://h/mcp\n"
+                      "  regs:\n    command: x\n    colour: red\nworkers:\n  analyst:\n"
+                      "    tools: [nowhere]\n")
+    with pytest.raises(ProblemsError) as raised:
+        loader.load_tenant(tenant)
+    text = str(raised.value)
+    assert f"{tenant}:8:5:" in text and "colour" in text  # extra="forbid", located
+    tenant.write_text("id: t\nmcp_servers:\n  both:\n    command: x\n    url: http://h/mcp\n"
+                      "workers:\n  analyst:\n    tools: [nowhere]\n")
+    with pytest.raises(ProblemsError) as raised:
+        loader.load_tenant(tenant)
+    text = str(raised.value)
+    assert f"{tenant}:4:" in text and "needs either command (stdio) or url" in text
+    assert f"{tenant}:8:13:" in text and "'nowhere'" in text
+
+
+def test_a_missing_variable_fails_the_step_naming_it_never_a_value(
+        llm_server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dworkers.tools import expand_variables
+
+    monkeypatch.setenv("REGS_TOKEN", "s3cret-value")
+    assert expand_variables("Bearer ${REGS_TOKEN}", "x") == "Bearer s3cret-value"
+    monkeypatch.delenv("REGS_TOKEN")
+    llm_server.add_rule(marker("a"), tool_calls=[{"name": "regs__lookup", "arguments": {}}])
+    tenant = tool_tenant(tmp_path / "c.jsonl", env={"REGS_TOKEN": "${REGS_TOKEN}"})
+    result = run_with_tools(llm_server, tenant, ["regs"])
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED
+    assert "mcp_servers.regs.env.REGS_TOKEN uses ${REGS_TOKEN}, which is not set" in (
+        step.error or "")
+    assert not llm_server.requests  # no call is paid for a step whose tools cannot start
+
+
+def test_a_dataset_runs_rows_share_one_server(llm_server: FakeLLMServer,
+                                              tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    llm_server.add_rule(marker("a"), tool_calls=[{"name": "regs__lookup",
+                                                  "arguments": {"query": "q"}}])
+    plan = make_plan({"a": []}, tools=["regs"])
+    engine = PlanBuilder(plan, tool_tenant(log), api_base=llm_server.url,
+                         options=RunOptions(retry_base_delay=0.05)).build()
+
+    async def rows() -> list[Any]:
+        return [r async for r in engine.run_many([{"n": str(n)} for n in range(4)])]
+
+    results = asyncio.run(rows())
+    assert len(results) == 4 and all(r.succeeded for r in results)
+    calls = calls_logged(log)
+    assert len(calls) == 4 and len({c["pid"] for c in calls}) == 1
+    assert not _alive(calls[0]["pid"])  # stopped when the rows were done
