@@ -39,6 +39,7 @@ class ToolCall(BaseModel):
     server: str
     tool: str
     arguments: dict[str, Any] | str  # as the model wrote them (text when not a JSON object)
+    started_at: float | None = None  # wall-clock epoch seconds
     duration_ms: float = 0.0
     result_chars: int = 0
     result_digest: str | None = None

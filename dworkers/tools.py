@@ -390,7 +390,7 @@ class Toolbox:
     async def call(self, tool: Tool, arguments_text: str) -> ToolOutcome:
         """Call ``tool`` with the JSON arguments the model wrote; never raises for the tool's
         own failures (the model is told), only for cancellation."""
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         config = self.servers[tool.server]
         arguments: dict[str, Any] | str = arguments_text
         error: str | None = None
@@ -410,6 +410,7 @@ class Toolbox:
         except ToolServerError as exc:
             error = str(exc)
         record = ToolCall(server=tool.server, tool=tool.name, arguments=arguments,
+                          started_at=started_at,
                           duration_ms=(time.monotonic() - started) * 1000,
                           result_chars=len(text), result_digest=digest(text) if text else None,
                           error=error)

@@ -397,3 +397,31 @@ def test_a_dataset_runs_rows_share_one_server(llm_server: FakeLLMServer,
     calls = calls_logged(log)
     assert len(calls) == 4 and len({c["pid"] for c in calls}) == 1
     assert not _alive(calls[0]["pid"])  # stopped when the rows were done
+
+
+def test_each_tool_call_is_an_execute_tool_span_of_its_step(llm_server: FakeLLMServer,
+                                                            tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from dworkers.tracing import RunTracer
+
+    exporter = InMemorySpanExporter()
+    tracer = RunTracer([SimpleSpanProcessor(exporter)])
+    llm_server.add_rule(marker("a"), tool_calls=[
+        {"name": "regs__lookup", "arguments": {"query": "T"}},
+        {"name": "regs__hang", "arguments": {}}])
+    run_with_tools(llm_server, tool_tenant(tmp_path / "c.jsonl", timeout_seconds=0.5),
+                   ["regs"], log=tracer)  # type: ignore[arg-type]
+    tracer.close()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    lookup, hang = spans["execute_tool lookup"], spans["execute_tool hang"]
+    agent = next(s for name, s in spans.items() if name.startswith("invoke_agent"))
+    assert lookup.parent is not None and lookup.parent.span_id == agent.context.span_id
+    assert lookup.attributes is not None and hang.attributes is not None
+    assert lookup.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert lookup.attributes["dworkers.tool.server"] == "regs"
+    assert hang.attributes["error.type"] == "tool_error"
+    assert lookup.start_time is not None and lookup.end_time is not None
+    assert agent.start_time is not None and agent.start_time <= lookup.start_time
