@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dworkers.errors import DworkersError
+from dworkers.redact import redact
 from dworkers.results import ToolCall
 from dworkers.tenants.config import ENV_REFERENCE, McpServerConfig
 from dworkers.text import clean, one_line
@@ -171,6 +172,7 @@ class _Server:
         self.tools: asyncio.Future[list[Tool]] = asyncio.get_running_loop().create_future()
         self.owner: asyncio.Task[None] | None = None
         self.failure: str | None = None
+        self.secrets: list[str] = []  # values read from ${VAR}: never in a message
 
     async def start(self) -> list[Tool]:
         self.owner = asyncio.create_task(self.own(), name=f"dworkers-mcp-{self.name}")
@@ -181,14 +183,19 @@ class _Server:
             raise ToolServerError(f"MCP server {self.name!r} listed no tools within "
                                   f"{START_TIMEOUT_SECONDS:g}s") from None
 
+    def expanded(self, values: Mapping[str, str], where: str) -> dict[str, str]:
+        """``values`` with their ``${VAR}`` read now; every value is kept out of messages."""
+        found = {k: expand_variables(v, f"{where}.{k}") for k, v in values.items()}
+        self.secrets += found.values()
+        return found
+
     def transport(self, errlog: Any) -> Any:
         """The SDK's client for this server's transport, secrets read from the environment."""
         config, where = self.config, f"mcp_servers.{self.name}"
         if config.url is not None:
             from mcp.client import streamable_http
 
-            headers = {k: expand_variables(v, f"{where}.headers.{k}")
-                       for k, v in config.headers.items()}
+            headers = self.expanded(config.headers, f"{where}.headers")
             if not hasattr(streamable_http, "streamable_http_client"):  # before 1.24
                 return streamable_http.streamablehttp_client(
                     config.url, headers=headers, timeout=config.timeout_seconds,
@@ -197,7 +204,7 @@ class _Server:
         from mcp import StdioServerParameters
         from mcp.client.stdio import stdio_client
 
-        env = {k: expand_variables(v, f"{where}.env.{k}") for k, v in config.env.items()}
+        env = self.expanded(config.env, f"{where}.env")
         return stdio_client(StdioServerParameters(
             command=config.command or "", args=list(config.args), env=env or None),
             errlog=errlog)
@@ -264,7 +271,8 @@ class _Server:
                 result = await session.call_tool(job.tool, job.arguments)
             except Exception as exc:
                 if not job.answer.done():
-                    job.answer.set_exception(ToolServerError(_failure_text(exc)))
+                    job.answer.set_exception(ToolServerError(
+                        redact(_failure_text(exc), self.secrets)))
             else:
                 if not job.answer.done():
                     job.answer.set_result(result)
@@ -273,7 +281,7 @@ class _Server:
 
     def fail(self, reason: str) -> None:
         """The server is gone: every call waiting for it, and every later one, fails."""
-        self.failure = self.failure or reason
+        self.failure = self.failure or redact(reason, self.secrets)
         if not self.tools.done():
             self.tools.set_exception(ToolServerError(self.failure))
             self.tools.exception()  # retrieved: nobody may be waiting for it

@@ -113,6 +113,7 @@ def test_more_tool_calls_than_allowed_fail_the_step_clearly(llm_server: FakeLLMS
     assert "more than 3 tool calls" in (step.error or "")
     assert "limits.max_tool_calls" in (step.error or "")
     assert len(llm_server.requests) == 2  # 2 calls, then 2 more would pass 3: no third turn
+    assert [c.tool for c in step.tool_calls] == ["lookup", "lookup"]  # recorded all the same
     assert len(calls_logged(tmp_path / "calls.jsonl")) == 2
 
 
@@ -425,3 +426,29 @@ def test_each_tool_call_is_an_execute_tool_span_of_its_step(llm_server: FakeLLMS
     assert hang.attributes["error.type"] == "tool_error"
     assert lookup.start_time is not None and lookup.end_time is not None
     assert agent.start_time is not None and agent.start_time <= lookup.start_time
+
+
+def test_a_server_that_cannot_be_reached_is_an_error_without_its_secrets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from dworkers.tools import Toolbox, ToolServerError
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("CRM_TOKEN", "tok-3f9a1c77e2b54d0a")
+    box = Toolbox({"crm": McpServerConfig(url=f"http://127.0.0.1:{port}/mcp",
+                                          headers={"Authorization": "Bearer ${CRM_TOKEN}"})})
+
+    async def listing() -> str:
+        async with box.running():
+            try:
+                await box.tools_for(["crm"])
+            except ToolServerError as exc:
+                return str(exc)
+        return ""
+
+    message = asyncio.run(listing())
+    assert message.startswith("MCP server 'crm' stopped:")
+    assert "tok-3f9a1c77e2b54d0a" not in message

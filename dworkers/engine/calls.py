@@ -77,6 +77,7 @@ class StepRecords:
         self.policy = policy
         self.started: dict[str, tuple[float, float]] = {}  # monotonic, wall clock
         self.attempts: dict[str, int] = {}
+        self.tool_calls: dict[str, list[ToolCall]] = {}  # every attempt's, failed ones too
 
     def ended(self, step: PlanStep, status: StepStatus, error: str | None,
               model: str | None = None) -> StepResult:
@@ -96,6 +97,7 @@ class StepRecords:
             started_at=wall,
             finished_at=time.time() if wall is not None else None,
             fingerprint=step.fingerprint() if step else None,
+            tool_calls=self.tool_calls.get(sid, []),
         )
 
     def skipped(self, sid: str, reason: str) -> StepResult:
@@ -288,7 +290,7 @@ class StepCalls:
         # terminal and in cron. No separate bound on silence: shorter than the step's limit it
         # would need a setting of its own, and as long it could never fire first.
         bound = asyncio.timeout(request.timeout)
-        tool_calls: list[ToolCall] = []
+        tool_calls = self.records.tool_calls.setdefault(step.step_id, [])
 
         def calling(what: str) -> None:
             self.emit(StepProgress(step.step_id, tokens, what, self.row_key))
@@ -319,11 +321,8 @@ class StepCalls:
                 await self.observe(gate, model, status, headers, 0, estimate)
             return exc
         result = await self.answered(step, model, completion, key, gate, prompt_chars, estimate)
-        if not tool_calls and cacheable(self.policy, step):
-            return result
-        return result.model_copy(update={
-            "tool_calls": tool_calls,
-            "cache_key": key if cacheable(self.policy, step) else None})
+        return result if cacheable(self.policy, step) else result.model_copy(
+            update={"cache_key": None})
 
     async def answered(self, step: PlanStep, model: str, completion: Completion, key: str,
                        gate: RateGate | None, prompt_chars: int, estimate: int) -> StepResult:
