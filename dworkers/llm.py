@@ -419,7 +419,7 @@ class LiteLLMClient:
                 raise self._with_usage(error, request, got) from None
         finally:
             _ATTEMPT.reset(watching)
-        if not got.text.strip() and not got.tool_calls:
+        if not got.text.strip() and not (request.tools and got.tool_calls):
             reason = ("its answer held no text" if got.finish_reason or got.usage is not None
                       else "it sent nothing readable")
             raise InvalidAnswerError(

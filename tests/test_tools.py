@@ -452,3 +452,22 @@ def test_a_server_that_cannot_be_reached_is_an_error_without_its_secrets(
     message = asyncio.run(listing())
     assert message.startswith("MCP server 'crm' stopped:")
     assert "tok-3f9a1c77e2b54d0a" not in message
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_step_with_tools_comes_from_the_cache_only_when_its_servers_are_pure(
+        llm_server: FakeLLMServer, tmp_path: Path, pure: bool) -> None:
+    from support import invoke
+
+    plan, tenant, log = tooled_files(tmp_path)
+    if pure:
+        tenant.write_text(tenant.read_text() + "    pure: true\n")
+    llm_server.add_rule(marker("look"), tool_calls=[
+        {"name": "regs__lookup", "arguments": {"query": "C"}}])
+    common = ("--tenant", str(tenant), "--model", "openai/test-model", "--api-base",
+              llm_server.url, "--out", str(tmp_path / "runs"), "--json")
+    for _ in range(2):
+        code, stdout, stderr = invoke("run", str(plan), *common)
+        assert code == 0, stderr
+    assert json.loads(stdout)["outputs"]["look"]["cached"] is pure
+    assert len(calls_logged(log)) == (1 if pure else 2)
