@@ -129,6 +129,15 @@ def _child_pids() -> set[int]:
     return found
 
 
+def _leads_own_group(pid: int) -> bool:
+    """Whether ``pid`` leads a process group of its own, as the SDK starts a stdio server:
+    only such groups are ever signalled (never one this process shares)."""
+    try:
+        return os.getpgid(pid) == pid != os.getpgid(0)
+    except OSError:
+        return False
+
+
 def _kill_groups(groups: set[int], signum: int = signal.SIGKILL) -> None:
     """Signal each process group a server leads (the SDK starts each in a session of its own),
     so a server's own children go with it."""
@@ -236,7 +245,7 @@ class _Server:
                                   before: set[int]) -> None:
         """The owner's work, inside the SDK's contexts (opened and closed by this task)."""
         async with self.transport(errlog) as streams, session_type(*streams[:2]) as session:
-            started = _child_pids() - before
+            started = {pid for pid in _child_pids() - before if _leads_own_group(pid)}
             self.groups.update(started)
             _LIVE_GROUPS.update(started)
             await session.initialize()
