@@ -8,6 +8,7 @@ by an event the servers report, never by the wall clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -330,6 +331,14 @@ def test_a_resumed_run_reuses_a_step_without_calling_its_tools_again(
                                                                  {"query": "R-9"})
     llm_server.clear_rules()
     assert refusal.matched == 1
+    import sqlite3
+
+    from dworkers.history.storage import history_path
+
+    with contextlib.closing(sqlite3.connect(history_path())) as db:
+        rows = db.execute("SELECT step_id, server, tool, arguments, error "
+                          "FROM tool_calls").fetchall()
+    assert rows == [("look", "regs", "lookup", '{"query": "R-9"}', None)]
 
     code, stdout, stderr = invoke("run", str(plan), "--resume", "last", "--json", *common)
     assert code == 0, stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from dworkers.results import StepResult, ToolCall
+from dworkers.results import StepResult
 
 TOOL_CALLS_TABLE = (
     """
@@ -44,21 +44,3 @@ def record_tool_calls(conn: sqlite3.Connection, run_id: str, result: StepResult)
           call.duration_ms, call.result_chars, call.result_digest, call.error)
          for n, call in enumerate(result.tool_calls)])
 
-
-def tool_calls_of(conn: sqlite3.Connection, run_id: str, step_id: str) -> list[ToolCall]:
-    """The tool calls recorded for one step of one run, in order."""
-    rows = conn.execute(
-        "SELECT server, tool, arguments, duration_ms, result_chars, result_digest, error "
-        "FROM tool_calls WHERE run_id = ? AND step_id = ? ORDER BY position",
-        (run_id, step_id)).fetchall()
-    calls = []
-    for server, tool, arguments, duration, chars, digest, error in rows:
-        try:
-            parsed = json.loads(arguments)
-        except ValueError:
-            parsed = arguments
-        calls.append(ToolCall(server=server, tool=tool,
-                              arguments=parsed if isinstance(parsed, dict) else arguments,
-                              duration_ms=duration, result_chars=chars, result_digest=digest,
-                              error=error))
-    return calls
