@@ -174,6 +174,9 @@ def validate(
     targets: Annotated[
         list[str], typer.Argument(help="Plan or tenant YAML files, or registered plan names.")
     ],
+    tenant: Annotated[str | None, typer.Option(
+        help="Also check the plans against this tenant (the MCP servers their steps use).",
+        autocompletion=completion.tenants)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check plans and tenants without running anything; report every problem at once."""
@@ -182,8 +185,18 @@ def validate(
 
     problems: list[Problem] = []
     summaries: list[str] = []
+    against = None
+    if tenant is not None:
+        from dworkers.targets import resolve_tenant
+
+        try:
+            against = resolve_tenant(tenant)
+        except ProblemsError as exc:
+            problems += exc.problems
+        except DworkersError as exc:
+            problems.append(Problem(str(exc), code="not-found", file=tenant))
     for target in targets:
-        found, summary = validate_target(target)
+        found, summary = validate_target(target, against)
         problems += found
         if not found:
             summaries.append(summary)
@@ -197,6 +210,44 @@ def validate(
         if problems:
             out.print(f"{len(problems)} problem(s) found.")
     raise typer.Exit(2 if problems else 0)
+
+
+@app.command("tools")
+def list_tools(
+    tenant: Annotated[str | None, typer.Option(
+        help="Tenant name or YAML file (default: 'default').",
+        autocompletion=completion.tenants)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List each MCP server's tools and their parameters (each server is started, asked and
+    stopped)."""
+    import asyncio
+
+    from dworkers.targets import resolve_tenant
+    from dworkers.tools import list_server_tools, parameters_of
+
+    try:
+        config = resolve_tenant(tenant or "default")
+    except DworkersError as exc:
+        _fail(exc)
+    found = asyncio.run(list_server_tools(config.mcp_servers))
+    if as_json:
+        _emit_json({name: tools if isinstance(tools, str) else [
+            {"name": t.name, "description": t.description, "parameters": dict(t.parameters)}
+            for t in tools] for name, tools in found.items()})
+    else:
+        if not found:
+            typer.echo(f"tenant {config.id!r} declares no MCP servers (mcp_servers:)")
+        for name, tools in found.items():
+            if isinstance(tools, str):
+                typer.echo(f"{name}: cannot list its tools: {tools}")
+                continue
+            typer.echo(f"{name} ({len(tools)} tool{'' if len(tools) == 1 else 's'})")
+            for tool in tools:
+                typer.echo(f"  {name}.{tool.name}({parameters_of(tool)})"
+                           + (f" — {tool.description.splitlines()[0][:100]}"
+                              if tool.description.strip() else ""))
+    raise typer.Exit(1 if any(isinstance(t, str) for t in found.values()) else 0)
 
 
 @app.command()

@@ -85,6 +85,19 @@ class LLMRequest:
     total_timeout: float | None = None
     price: Price | None = None
     stream: bool = True
+    # The tools the model may call (OpenAI "function" schemas), and the turns of a tool loop
+    # so far (the model's tool calls and their results), sent after ``messages``.
+    tools: Sequence[Mapping[str, Any]] = ()
+    turns: Sequence[Mapping[str, Any]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequest:
+    """One tool call the model asked for: ``arguments`` is the JSON text it wrote."""
+
+    call_id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +114,7 @@ class Completion:
     cost_usd: float | None = 0.0
     headers: Headers = field(default_factory=dict)
     finish_reason: str | None = None
+    tool_calls: tuple[ToolRequest, ...] = ()
 
     @property
     def truncated(self) -> bool:
@@ -221,6 +235,33 @@ class _Received:
     size: int = 0  # characters of text kept so far
     too_large: bool = False  # the answer passed ``limit`` and was refused
     event_stream: list[bytes] | None = None  # a stream sent to a request for a whole answer
+    # Tool calls the model asked for, by their index in the answer: id, name, arguments.
+    tool_parts: dict[int, list[str]] = field(default_factory=dict)
+
+    def add_tool_calls(self, calls: object) -> None:
+        """Keep the tool calls of a message or a stream chunk (a stream sends each call's
+        arguments in pieces, by index); anything malformed is ignored."""
+        if not isinstance(calls, list):
+            return
+        for position, call in enumerate(calls):
+            index = _field(call, "index")
+            index = index if isinstance(index, int) and not isinstance(index, bool) else position
+            parts = self.tool_parts.setdefault(index, ["", "", ""])
+            function = _field(call, "function")
+            for slot, value in enumerate((_field(call, "id"), _field(function, "name"),
+                                          _field(function, "arguments"))):
+                if isinstance(value, str):
+                    self.size += len(value)
+                    if self.size > self.limit:
+                        self.too_large = True
+                        raise AnswerTooLarge(self.limit)
+                    parts[slot] = value if slot < 2 else parts[slot] + value
+
+    @property
+    def tool_calls(self) -> tuple[ToolRequest, ...]:
+        return tuple(ToolRequest(call_id or f"call_{index}", name, arguments)
+                     for index, (call_id, name, arguments) in sorted(self.tool_parts.items())
+                     if name)
 
     @property
     def text(self) -> str:
@@ -239,6 +280,13 @@ class _Received:
         self.pieces.append(text)
         on_delta(text)
         return True
+
+
+def _field(item: object, name: str) -> object:
+    """``item[name]`` or ``item.name``: litellm hands out objects, raw answers are dicts."""
+    if isinstance(item, dict):
+        return item.get(name)
+    return getattr(item, name, None)
 
 
 class AnswerTooLarge(Exception):
@@ -322,6 +370,8 @@ class LiteLLMClient:
             options["api_key"] = request.api_key
         if request.stream:
             options["stream_options"] = {"include_usage": True}
+        if request.tools:
+            options["tools"] = [dict(tool) for tool in request.tools]
         got = _Received(limit=self.max_answer_bytes)
         watching = _ATTEMPT.set(got)
         _watch_http_answers(litellm)
@@ -334,7 +384,7 @@ class LiteLLMClient:
             async with whole, quiet:
                 answer = await litellm.acompletion(
                     model=request.model,
-                    messages=list(request.messages),
+                    messages=[*request.messages, *(dict(t) for t in request.turns)],
                     stream=request.stream,
                     timeout=silence,  # httpx's read timeout: silence between two bytes
                     num_retries=0,  # attempts are the engine's, so they are counted and shown
@@ -369,7 +419,7 @@ class LiteLLMClient:
                 raise self._with_usage(error, request, got) from None
         finally:
             _ATTEMPT.reset(watching)
-        if not got.text.strip():
+        if not got.text.strip() and not (request.tools and got.tool_calls):
             reason = ("its answer held no text" if got.finish_reason or got.usage is not None
                       else "it sent nothing readable")
             raise InvalidAnswerError(
@@ -384,6 +434,7 @@ class LiteLLMClient:
             cost_usd=usage.cost_usd,
             headers=got.headers,
             finish_reason=got.finish_reason,
+            tool_calls=got.tool_calls,
         )
 
     @staticmethod
@@ -399,6 +450,7 @@ class LiteLLMClient:
             got.finish_reason = str(reason)
         delta = getattr(choices[0], "delta", None)
         text = getattr(delta, "content", None) if delta is not None else None
+        got.add_tool_calls(getattr(delta, "tool_calls", None))
         if not got.add(text, on_delta):
             on_delta("")
 
@@ -411,6 +463,7 @@ class LiteLLMClient:
         reason = getattr(choices[0], "finish_reason", None)
         got.finish_reason = str(reason) if reason else None
         message = getattr(choices[0], "message", None)
+        got.add_tool_calls(getattr(message, "tool_calls", None))
         got.add(getattr(message, "content", None) if message is not None else None, on_delta)
 
     def _usage(self, request: LLMRequest, got: _Received, *, estimated: bool) -> Usage:
@@ -716,6 +769,7 @@ def _read_answer_dict(data: dict[str, Any], part: str, got: _Received,
     if isinstance(reason, str) or part == "message":
         got.finish_reason = reason if isinstance(reason, str) else None
     message = choices[0].get(part)
+    got.add_tool_calls(message.get("tool_calls") if isinstance(message, dict) else None)
     got.add(message.get("content") if isinstance(message, dict) else None, on_delta)
     return True
 

@@ -32,6 +32,20 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+class ToolCall(BaseModel):
+    """One tool call a step made: what was asked and what came of it (never the result's text,
+    which is untrusted and may be large: its size and digest)."""
+
+    server: str
+    tool: str
+    arguments: dict[str, Any] | str  # as the model wrote them (text when not a JSON object)
+    started_at: float | None = None  # wall-clock epoch seconds
+    duration_ms: float = 0.0
+    result_chars: int = 0
+    result_digest: str | None = None
+    error: str | None = None
+
+
 class StepResult(BaseModel):
     """The outcome of one step. ``output`` is the worker's deliverable (empty unless succeeded)."""
 
@@ -53,6 +67,7 @@ class StepResult(BaseModel):
     cached: bool = False  # reused from an earlier run instead of calling the model
     cache_key: str | None = None
     fingerprint: str | None = None  # the step definition's digest, for resume
+    tool_calls: list[ToolCall] = Field(default_factory=list)  # MCP tools it called (tools.py)
     # What the step was asked (``digest_messages``), whatever the model or endpoint: a resume
     # reuses the answer only while this stays the same.
     messages_digest: str | None = Field(default=None, exclude=True)

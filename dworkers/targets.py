@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dworkers.errors import DworkersError, Problem, ProblemsError
 from dworkers.plans.base import BasePlan
+from dworkers.tenants.config import TenantConfig
 
 
 def looks_like_path(target: str) -> bool:
@@ -27,11 +28,22 @@ def resolve_plan(target: str) -> BasePlan:
     return plan_registry.get(target)
 
 
-def validate_target(target: str) -> tuple[list[Problem], str]:
-    """Every problem with a plan/tenant file or registered plan, and a one-line summary."""
+def resolve_tenant(name: str) -> TenantConfig:
+    """A tenant from a YAML path or a registered name; raises ``DworkersError``."""
+    from dworkers import loader
+    from dworkers.tenants.registry import tenant_registry
+
+    if looks_like_path(name):
+        return loader.load_tenant(name)
+    return tenant_registry.get(name)
+
+
+def validate_target(target: str,
+                    tenant: TenantConfig | None = None) -> tuple[list[Problem], str]:
+    """Every problem with a plan/tenant file or registered plan, and a one-line summary; a
+    plan is also checked against ``tenant`` when one is given (the tools its steps use)."""
     from dworkers import loader
     from dworkers.plans.registry import plan_registry
-    from dworkers.tenants.config import TenantConfig
 
     try:
         if looks_like_path(target):
@@ -49,8 +61,28 @@ def validate_target(target: str) -> tuple[list[Problem], str]:
         return [Problem(str(exc), code="not-found", file=target)], ""
     if isinstance(item, TenantConfig):
         return [], f"{target}: tenant {item.id!r} is valid"
+    if tenant is not None and (problems := tool_problems(item, tenant)):
+        return problems, ""
     steps = len(item.steps)
     return [], f"{target}: plan {item.name!r} is valid ({steps} step{'' if steps == 1 else 's'})"
 
 
-__all__ = ["looks_like_path", "resolve_plan", "validate_target"]
+def tool_problems(plan: BasePlan, tenant: TenantConfig) -> list[Problem]:
+    """Each step's ``tools`` entry naming an MCP server ``tenant`` does not declare, located
+    in the plan file (a role's default is checked with the tenant itself)."""
+    found = []
+    source = plan.source
+    for i, step in enumerate(plan.steps):
+        for j, entry in enumerate(step.tools):
+            error = tenant.unknown_tool_server(entry)
+            if error is None:
+                continue
+            line, column = source.at(("steps", i, "tools", j)) if source else (None, None)
+            found.append(Problem(f"step {step.step_id!r}: {error}", tenant.tool_hint(),
+                                 "unknown-tool-server",
+                                 source.file if source else f"<plan {plan.name}>", line, column))
+    return found
+
+
+__all__ = ["looks_like_path", "resolve_plan", "resolve_tenant", "tool_problems",
+           "validate_target"]

@@ -50,7 +50,7 @@ from dworkers.events import (
     StepStarted,
 )
 from dworkers.redact import redact
-from dworkers.results import MOCK_MODEL, StepResult, StepStatus
+from dworkers.results import MOCK_MODEL, StepResult, StepStatus, ToolCall
 from dworkers.text import crop, one_line
 
 if TYPE_CHECKING:
@@ -505,12 +505,34 @@ class RunTracer:
                 "error.type": "cancelled",
             }, started, event.at, result.error)
         state.started.clear()
+        for call in result.tool_calls:
+            self._tool_span(state.agent, call, event.at)
         state.agent.set_attributes(self._result_attributes(result))
         if result.status is StepStatus.FAILED:
             state.agent.set_attribute("error.type", state.last_error_type or "step_failed")
             state.agent.set_status(self._trace.StatusCode.ERROR, _error_text(result.error))
         state.agent.end(end_time=self._ns(event.at))
         del self._steps[(row, result.step_id)]
+
+    def _tool_span(self, agent: Span, call: ToolCall, ended: float) -> None:
+        """An ``execute_tool`` span for one MCP tool call of a step (``dworkers.tools``)."""
+        start = (int(call.started_at * 1e9) if call.started_at is not None
+                 else self._ns(ended) - int(call.duration_ms * 1e6))
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.tool,
+            "gen_ai.tool.type": "function", "dworkers.tool.server": call.server,
+            "dworkers.tool.result_chars": call.result_chars, "dworkers.run_id": self._run_id}
+        if call.result_digest:
+            attributes["dworkers.tool.result_digest"] = call.result_digest
+        if call.error:
+            attributes["error.type"] = "tool_error"
+        span = self._tracer.start_span(f"execute_tool {call.tool}",
+                                       context=self._trace.set_span_in_context(agent),
+                                       kind=self._trace.SpanKind.INTERNAL,
+                                       attributes=attributes, start_time=start)
+        if call.error:
+            span.set_status(self._trace.StatusCode.ERROR, _error_text(call.error))
+        span.end(end_time=start + int(call.duration_ms * 1e6))
 
     def _model_of(self, step_id: str) -> str:
         info = self._infos.get(step_id)

@@ -139,6 +139,8 @@ class Rule:
     pieces: int | None = None
     drop_after: int | None = None
     body_delay: float = 0.0
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_rounds: int = 1
     matched: int = 0
 
     def matches(self, text: str) -> bool:
@@ -606,6 +608,8 @@ class FakeLLMServer:
         pieces: int | None = None,
         drop_after: int | None = None,
         body_delay: float = 0.0,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_rounds: int = 1,
     ) -> Rule:
         """Add a behaviour rule; rules are tried in the order added.
 
@@ -637,6 +641,11 @@ class FakeLLMServer:
                 that breaks off half-way).
             body_delay: send a whole (not streamed) answer's body in ``pieces`` writes (default
                 8), this many seconds apart: a slow download of a large answer.
+            tool_calls: answer with these tool calls (``{"name": ..., "arguments": {...}}``,
+                ``finish_reason`` "tool_calls") while the request holds fewer than
+                ``tool_rounds`` assistant turns with tool calls; after that, answer ``content``
+                (default: ``"Tool results: "`` and the tool messages' contents joined).
+            tool_rounds: how many turns of tool calls to ask for before answering.
         """
         rule = Rule(
             contains=contains,
@@ -656,6 +665,8 @@ class FakeLLMServer:
             pieces=pieces,
             drop_after=drop_after,
             body_delay=body_delay,
+            tool_calls=[dict(call) for call in tool_calls] if tool_calls else None,
+            tool_rounds=tool_rounds,
         )
         with self._cond:
             self._rules.append(rule)
@@ -861,6 +872,16 @@ class FakeLLMServer:
                 rule.status, _error_payload(rule.status, rule.error_message), headers
             )
             return
+        if rule.tool_calls:
+            rounds = sum(1 for m in record.messages
+                         if m.get("role") == "assistant" and m.get("tool_calls"))
+            if rounds < rule.tool_rounds:
+                self._send_tool_calls(handler, record, rule, rounds, extra)
+                return
+            if rule.content is None:
+                rule = dataclasses.replace(rule, content="Tool results: " + " | ".join(
+                    content_text(m.get("content")) for m in record.messages
+                    if m.get("role") == "tool"))
         reply = rule.content if rule.content is not None else default_reply(record.messages)
         if rule.content is None and self.reply_tokens:
             reply = pad_reply(reply, self.reply_tokens)
@@ -950,6 +971,44 @@ class FakeLLMServer:
                     }
                 )
             )
+        handler._end_sse("[DONE]")
+
+
+    def _send_tool_calls(self, handler: _Handler, record: RequestRecord, rule: Rule,
+                         rounds: int, extra: dict[str, str]) -> None:
+        """Answer with ``rule.tool_calls`` (ids unique per round), whole or streamed."""
+        calls = [{"id": f"call_{rounds}_{n}", "type": "function",
+                  "function": {"name": call["name"],
+                               "arguments": json.dumps(call.get("arguments", {}))}}
+                 for n, call in enumerate(rule.tool_calls or [])]
+        record.status = 200
+        record.reply = ""
+        model = record.model or "fake-model"
+        usage = {"prompt_tokens": count_tokens(record.text), "completion_tokens": len(calls),
+                 "total_tokens": count_tokens(record.text) + len(calls)}
+        base = {"id": f"chatcmpl-fake-{record.index}", "created": int(time.time()),
+                "model": model}
+        if not record.stream:
+            handler._send_json(200, {**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": None,
+                                         "tool_calls": calls},
+                 "finish_reason": "tool_calls"}], "usage": usage}, extra)
+            return
+        handler._start_sse(extra)
+        for index, call in enumerate(calls):
+            # As providers stream them: the id and name first, the arguments after.
+            first = {"index": index, "id": call["id"], "type": "function",
+                     "function": {"name": call["function"]["name"], "arguments": ""}}
+            rest = {"index": index, "function": {"arguments": call["function"]["arguments"]}}
+            for delta in (first, rest):
+                handler._send_sse(json.dumps({**base, "object": "chat.completion.chunk",
+                                              "choices": [{"index": 0, "delta": {
+                                                  "tool_calls": [delta]},
+                                                  "finish_reason": None}]}))
+        handler._send_sse(json.dumps({**base, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
+        handler._send_sse(json.dumps({**base, "object": "chat.completion.chunk",
+                                      "choices": [], "usage": usage}))
         handler._end_sse("[DONE]")
 
 

@@ -95,7 +95,7 @@ def test_the_engine_has_no_import_circle() -> None:
 def test_each_job_of_the_engine_has_its_own_module() -> None:
     engine = {path.stem for path in (PACKAGE / "engine").glob("*.py")}
     assert engine == {"__init__", "settings", "preflight", "reuse", "instance", "calls",
-                      "engine", "dataset", "pool", "builder"}
+                      "engine", "dataset", "pool", "builder", "toolloop"}
     from dworkers.engine import Engine, PlanInstance, RunOptions, new_run_id
     from dworkers.engine.dataset import DatasetRun
 

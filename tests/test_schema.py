@@ -192,7 +192,7 @@ def test_defaults_are_shown_including_those_built_by_a_factory() -> None:
     assert tenant["properties"]["limits"]["default"] == {
         "max_concurrency": 8, "max_cost_usd": None, "timeout_seconds": 120,
         "retry_max": 2, "rate_limit_wait_seconds": 600,
-        "on_truncation": "keep", "rate_limits": {}}
+        "on_truncation": "keep", "max_tool_calls": 10, "rate_limits": {}}
     assert tenant["properties"]["models"]["default"]["default"] == "openai/gpt-4o-mini"
 
 

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"run", "show", "exports", "completion", "schema"},  # what the command line calls
     {"view", "engine", "executors", "history", "outputs", "report_files", "dataset", "targets"},
     {"llm", "loader", "prompts", "catalog", "ratelimit", "endpoints",
-     "deliverables", "documents", "tracing"},
+     "deliverables", "documents", "tracing", "tools"},
     {"plans", "tenants"},
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.
@@ -40,7 +40,7 @@ EXCEPTIONS = {
 ONLY = {"yaml": "loader", "litellm": "llm", "rich": "view", "ray": "executors",
         "pypdf": "documents", "docx": "documents", "openpyxl": "documents",
         "pptx": "documents", "reportlab": "documents", "markdown_it": "documents",
-        "opentelemetry": "tracing"}
+        "opentelemetry": "tracing", "mcp": "tools"}
 
 
 def _modules() -> list[tuple[str, Path]]:

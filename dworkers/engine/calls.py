@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from dworkers.budget import Hold
 from dworkers.engine.pool import Pool
 from dworkers.engine.settings import Policy, fmt_seconds
+from dworkers.engine.toolloop import cacheable, converse
 from dworkers.errors import LLMError, ProviderTimeoutError, RateLimitError, Usage
 from dworkers.events import AttemptFinished, Event, StepProgress, StepRetrying, StepStarted
 from dworkers.llm import Completion, LLMRequest, endpoint_of, estimate_tokens
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.ratelimit import RateGate
-from dworkers.results import StepResult, StepStatus
+from dworkers.results import StepResult, StepStatus, ToolCall
 
 EventCallback = Callable[[Event], None]
 Attempt = StepResult | LLMError
@@ -76,6 +77,7 @@ class StepRecords:
         self.policy = policy
         self.started: dict[str, tuple[float, float]] = {}  # monotonic, wall clock
         self.attempts: dict[str, int] = {}
+        self.tool_calls: dict[str, list[ToolCall]] = {}  # every attempt's, failed ones too
 
     def ended(self, step: PlanStep, status: StepStatus, error: str | None,
               model: str | None = None) -> StepResult:
@@ -95,6 +97,7 @@ class StepRecords:
             started_at=wall,
             finished_at=time.time() if wall is not None else None,
             fingerprint=step.fingerprint() if step else None,
+            tool_calls=self.tool_calls.get(sid, []),
         )
 
     def skipped(self, sid: str, reason: str) -> StepResult:
@@ -287,10 +290,15 @@ class StepCalls:
         # terminal and in cron. No separate bound on silence: shorter than the step's limit it
         # would need a setting of its own, and as long it could never fire first.
         bound = asyncio.timeout(request.timeout)
+        tool_calls = self.records.tool_calls.setdefault(step.step_id, [])
+
+        def calling(what: str) -> None:
+            self.emit(StepProgress(step.step_id, tokens, what, self.row_key))
         sent_at = time.monotonic()
         try:
             async with bound:
-                completion = await self.policy.client.complete(request, on_delta)
+                completion = await converse(self.policy, pool, step, request, on_delta,
+                                            calling, tool_calls)
         except TimeoutError:
             if progress.pieces:
                 message = (f"timed out: the answer took longer than {request.timeout:g}s "
@@ -317,7 +325,9 @@ class StepCalls:
                 await self.observe(gate, model, status, headers, 0, estimate)
             return exc
         self.report_attempt(step, request, sent_at, completion)
-        return await self.answered(step, model, completion, key, gate, prompt_chars, estimate)
+        result = await self.answered(step, model, completion, key, gate, prompt_chars, estimate)
+        return result if cacheable(self.policy, step) else result.model_copy(
+            update={"cache_key": None})
 
     def report_attempt(self, step: PlanStep, request: LLMRequest, sent_at: float,
                        outcome: Completion | LLMError) -> None:

@@ -19,6 +19,7 @@ from dworkers.engine.pool import Pool
 from dworkers.engine.preflight import check_before_calls, inputs_with_defaults
 from dworkers.engine.reuse import StepCache, applies_again, reusable_steps
 from dworkers.engine.settings import Policy, RunOptions, new_run_id
+from dworkers.engine.toolloop import close_tools, tools_closed
 from dworkers.llm import LLMClient
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.ratelimit import RateGate
@@ -75,10 +76,14 @@ class Engine(Policy):
         ``RunFinished`` event before ``CancelledError`` propagates."""
         values = self.resolve_inputs(inputs)
         self.preflight()
-        instance = PlanInstance(self, values, self.pool(stream=self.options.stream, probe=False),
-                                emit=self.on_event, reuse=self.reuse, cache=self.cache)
+        pool = self.pool(stream=self.options.stream, probe=False)
+        instance = PlanInstance(self, values, pool, emit=self.on_event, reuse=self.reuse,
+                                cache=self.cache)
         self.result = instance.result
-        return await instance.execute()
+        try:
+            return await instance.execute()
+        finally:
+            await close_tools(pool)  # however the run ended: no server outlives it
 
     def run_many(
         self,
@@ -91,8 +96,10 @@ class Engine(Policy):
         self.dataset_result = DatasetResult(
             run_id=self.options.run_id or new_run_id(), plan=self.plan.name,
             tenant=self.tenant.id, started_at=time.time())
-        return schedule_rows(self, rows, self.pool(stream=False, probe=True), self.dataset_result,
-                        emit=self.on_event, cache=self.cache, max_failures=max_failures)
+        pool = self.pool(stream=False, probe=True)
+        return tools_closed(schedule_rows(self, rows, pool, self.dataset_result,
+                                          emit=self.on_event, cache=self.cache,
+                                          max_failures=max_failures), pool)
 
     def pool(self, *, stream: bool, probe: bool) -> Pool:
         """The capacity one run (all its rows) shares."""

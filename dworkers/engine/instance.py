@@ -21,6 +21,7 @@ from dworkers.engine.calls import EventCallback, StepCalls, StepRecords
 from dworkers.engine.pool import Pool
 from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key
 from dworkers.engine.settings import Policy, new_run_id
+from dworkers.engine.toolloop import cacheable
 from dworkers.events import RunFinished, StepFinished
 from dworkers.llm import LLMRequest
 from dworkers.plans.base import PlanStep
@@ -251,7 +252,7 @@ class PlanInstance:
             messages = policy.messages_for(step, self.inputs, self.outputs)
             self.asked[step.step_id] = digest_messages(messages)
             key = cache_key(model, messages, policy.endpoint_for(model))
-            if self.cache is not None:
+            if self.cache is not None and cacheable(policy, step):
                 hit = self.cache.lookup(key)
                 if hit is not None:
                     now = time.time()

@@ -17,6 +17,7 @@ from dworkers.budget import Budget, LocalBudget, Reservations
 from dworkers.estimates import TokenEstimator
 from dworkers.ratelimit import LocalRateGate, RateGate
 from dworkers.tenants.config import TenantConfig
+from dworkers.tools import Toolbox
 from dworkers.types import WorkerRole
 
 
@@ -102,6 +103,7 @@ class Pool:
         self.on_idle: Callable[[], None] | None = None
         self.calls = 0
         self.rate_limited = 0
+        self.toolbox: Toolbox | None = None  # the run's MCP servers (engine/toolloop.py)
 
     @property
     def idle(self) -> bool:

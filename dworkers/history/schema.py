@@ -6,6 +6,7 @@ applies the missing ones in one transaction when it opens the file.
 
 from __future__ import annotations
 
+from dworkers.history.tools import TOOL_CALLS_TABLE
 from dworkers.results import RunStatus
 
 RUN_STATUSES = tuple(status.value for status in RunStatus)
@@ -147,6 +148,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE rows ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE runs ADD COLUMN rows_complete INTEGER NOT NULL DEFAULT 1",
     ),
+    # each MCP tool call of each step (history/tools.py)
+    TOOL_CALLS_TABLE,
 ]
 
 

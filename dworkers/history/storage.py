@@ -43,6 +43,7 @@ from dworkers.history.records import (
     step_record,
     step_row,
 )
+from dworkers.history.tools import record_tool_calls
 from dworkers.plans.base import BasePlan
 from dworkers.results import RunResult, RunStatus, StepResult
 
@@ -402,6 +403,7 @@ class History:
             text = found[0] if found else None
         conn.execute(_STEP_UPSERT, step_row(run_id, result, position=position, info=info,
                                             messages=text))
+        record_tool_calls(conn, run_id, result)
 
     @staticmethod
     def put_run_result(conn: sqlite3.Connection, result: RunResult) -> None:

@@ -78,6 +78,10 @@ class PlanStep(BaseModel):
         default=0, ge=0, le=86_400, allow_inf_nan=False, description="Seconds one attempt "
         "may take, from sending the request to the end of the whole answer, streamed or not; 0 "
         "means the tenant's limits.timeout_seconds.")
+    tools: list[str] = Field(
+        default_factory=list, description="MCP tools the worker may call: 'server' (all its "
+        "tools) or 'server.tool', servers declared in the tenant's mcp_servers (default: the "
+        "tenant's workers.<role>.tools).", json_schema_extra={"uniqueItems": True})
 
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dworkers.engine import Engine, RunOptions, new_run_id
-from dworkers.errors import DworkersError, InputError, Problem
+from dworkers.errors import DworkersError, InputError, PlanValidationError, Problem
 from dworkers.events import Event
 from dworkers.redact import redact_url
 from dworkers.run.inputs import FileRead, parse_inputs
@@ -218,7 +218,7 @@ def run_flow(request: RunRequest, mode_type: type[RunMode]) -> int:
 
 def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
     """The history, the resumed run, flags, plan, tenant and inputs, checked."""
-    from dworkers.targets import resolve_plan
+    from dworkers.targets import resolve_plan, resolve_tenant, tool_problems
 
     files: list[FileRead] = []
     inputs = parse_inputs(request.inputs, files)
@@ -252,6 +252,8 @@ def resolve(request: RunRequest, mode_type: type[RunMode]) -> Resolved:
         from dworkers.run.documents import declared_file_inputs
 
         inputs = declared_file_inputs(plan, request.inputs, inputs, files)
+    if problems := tool_problems(plan, tenant):
+        raise PlanValidationError(problems)
     spent = 0.0
     if resumed is not None and history is not None:
         if resumed.plan != plan.name:
@@ -317,14 +319,6 @@ def _name_or_path(registry: Any, name: str, path: object) -> str:
     return name if same else path
 
 
-def resolve_tenant(name: str) -> TenantConfig:
-    from dworkers import loader
-    from dworkers.targets import looks_like_path
-    from dworkers.tenants.registry import tenant_registry
-
-    if looks_like_path(name):
-        return loader.load_tenant(name)
-    return tenant_registry.get(name)
 
 
 def build_engine(request: RunRequest, resolved: Resolved, mode_type: type[RunMode]) -> Engine:

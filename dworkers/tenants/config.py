@@ -84,6 +84,9 @@ class WorkerConfig(_Strict):
     max_concurrent_tasks: int | None = Field(
         default=None, ge=1, le=10_000, description="At most this many steps of this role run at "
         "once (none: only limits.max_concurrency applies).")
+    tools: list[str] = Field(
+        default_factory=list, description="MCP tools every step of this role may call, unless "
+        "the step names its own: 'server' (all its tools) or 'server.tool' (see mcp_servers).")
 
 
 class RateLimitConfig(_Strict):
@@ -117,6 +120,9 @@ class LimitsConfig(_Strict):
     on_truncation: Literal["keep", "fail"] = Field(
         default="keep", description="An answer cut off at the model's token limit: 'keep' it "
         "(marked truncated) or 'fail' the step.")
+    max_tool_calls: int = Field(
+        default=10, ge=1, le=10_000, strict=True, description="The most MCP tool calls one "
+        "step may make; a model that asks for more fails its step.")
     rate_limits: dict[str, RateLimitConfig] = Field(
         default_factory=dict, description="Model (or glob such as 'openai/*') → its provider "
         "limits (rpm, tpm); calls stay under them and under what the provider's answers say.")
@@ -153,6 +159,32 @@ class BrandingConfig(_Strict):
                                       json_schema_extra=json_schema_pattern(COLOR))
     template: str | None = Field(default=None, description="A .docx, relative to the tenant "
                                  "file, whose styles, header and footer Word deliverables use.")
+
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class McpServerConfig(_Strict):
+    """One MCP server, as in the ``mcpServers`` entries editors keep: a ``command`` started
+    over stdio, or the ``url`` of a streamable HTTP server. Secrets are written as ``${VAR}``
+    and read from the environment when the server starts, never from the file."""
+
+    command: str | None = Field(default=None, description="The program that serves MCP over "
+                                "stdio, e.g. 'npx' or 'python'.")
+    args: list[str] = Field(default_factory=list, description="Its arguments.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for "
+                                "the program; '${VAR}' is replaced by the variable's value.")
+    url: str | None = Field(default=None, description="A streamable HTTP MCP endpoint "
+                            "(http or https URL).")
+    headers: dict[str, str] = Field(default_factory=dict, description="HTTP headers for url; "
+                                    "'${VAR}' is replaced by the variable's value.")
+    pure: bool = Field(default=False, description="Its tools answer the same arguments the "
+                       "same way and change nothing, so a step using them may be answered from "
+                       "the prompt cache.")
+    timeout_seconds: float = Field(default=60, gt=0, le=86_400, allow_inf_nan=False,
+                                   description="The longest one tool call may take.")
+    max_result_chars: int = Field(default=20_000, ge=100, le=10_000_000, description="A tool's "
+                                  "result is cut to this many characters (head and tail kept).")
 
 
 class TenantConfig(_Strict):
@@ -198,6 +230,10 @@ class TenantConfig(_Strict):
         ),
         json_schema_extra=json_schema_pattern(IDENTIFIER),
     )
+
+    mcp_servers: dict[str, McpServerConfig] = Field(
+        default_factory=dict, description="MCP servers whose tools steps may use (tools: "
+        "[server] or [server.tool]): a name → command/args/env (stdio) or url/headers (HTTP).")
 
     _source: SourceMap | None = PrivateAttr(default=None)
 
@@ -321,7 +357,53 @@ class TenantConfig(_Strict):
         if self.branding is not None:
             for path, message, hint, code in self._branding_problems(self.branding):
                 problem(path, message, hint, code)
+        for path, message, hint, code in self._tool_problems():
+            problem(path, message, hint, code)
         return found
+
+    def _tool_problems(self) -> list[tuple[SourcePath, str, str, str]]:
+        """MCP servers that name no way to reach them (or two), and role defaults naming a
+        server the tenant does not declare."""
+        found: list[tuple[SourcePath, str, str, str]] = []
+        for name, server in self.mcp_servers.items():
+            at: SourcePath = ("mcp_servers", name)
+            if not SLUG.match(name):
+                found.append((at, f"MCP server name {shown(name)} is not valid", SLUG_HINT,
+                              "invalid-server-name"))
+            if (server.command is None) == (server.url is None):
+                found.append((at, f"MCP server {shown(name)} needs either command (stdio) or "
+                              "url (streamable HTTP)", "give exactly one of them",
+                              "invalid-mcp-server"))
+            if server.url is not None and check_api_base(server.url) is not None:
+                found.append(((*at, "url"), f"url of MCP server {shown(name)} is not an http(s) "
+                              "URL without credentials", "write it as http://host:port/mcp and "
+                              "put secrets in headers as '${VAR}'", "invalid-url"))
+            if server.command is not None and not server.command.strip():
+                found.append(((*at, "command"), f"MCP server {shown(name)} has an empty "
+                              "command", "name the program to start", "invalid-mcp-server"))
+        for role, worker in self.workers.items():
+            for index, entry in enumerate(worker.tools):
+                error = self.unknown_tool_server(entry)
+                if error:
+                    found.append((("workers", role.value, "tools", index), error,
+                                  self.tool_hint(), "unknown-tool-server"))
+        return found
+
+    def unknown_tool_server(self, entry: str) -> str | None:
+        """Why ``entry`` (``server`` or ``server.tool``) names no server of this tenant."""
+        server = entry.split(".", 1)[0]
+        if server in self.mcp_servers:
+            return None
+        return f"tools names MCP server {shown(server)}, which tenant {self.id!r} does not declare"
+
+    def tool_hint(self) -> str:
+        declared = ", ".join(sorted(self.mcp_servers)[:10])
+        return (f"use one of: {declared}" if declared
+                else "declare it under mcp_servers: in the tenant file")
+
+    def tools_for(self, role: WorkerRole, step_tools: list[str]) -> list[str]:
+        """A step's tools: its own, else its role's default in this tenant."""
+        return step_tools or self.worker(role).tools
 
     def _branding_problems(self, brand: BrandingConfig,
                            ) -> list[tuple[SourcePath, str, str, str]]:
