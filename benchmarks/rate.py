@@ -146,6 +146,11 @@ def main() -> None:
                   f"accepted, {refused_here} refused")
     print(f"load average:        {os.getloadavg()[0]:.2f}")
     print(f"429 share:           {refused / len(requests):.2%} of {len(requests)} requests")
+    opening = min(r["started"] for r in requests) + 10.0
+    later = [r for r in requests if r["started"] >= opening]
+    if later:
+        print(f"  after the first 10s: {sum(r['rate_limited'] for r in later) / len(later):.2%} "
+              f"of {len(later)} (the opening burst, before any limit is known, excluded)")
     print(f"rows failed:         {failed} of {len(statuses)}")
     print(f"wall vs ideal:       {wall - (loaded - t0):.1f}s vs {ideal:.1f}s  "
           f"({(wall - (loaded - t0)) / ideal:.3f}×"

@@ -54,7 +54,7 @@ RECOVER = 0.005  # pace regained per answered call after a 429 (≈ 30 calls to 
 # and costs one or two calls. A 429 before enough answers to measure by starts the pace at
 # SLOW_START_RPM, doubling in about a second until the next.
 SLOW_START_RPM, SLOW_START_GROWTH = 120.0, 0.7
-BACKOFF, PROBE_GROWTH, ACCEPTED_WINDOW = 0.04, 0.008, 1.0
+BACKOFF, PROBE_GROWTH, ACCEPTED_WINDOW = 0.06, 0.004, 1.0
 MEASURED_ANSWERS, ACCEPTED_MEMORY = 10, 10.0  # a rate is measured over 10 answers at least
 PROBE_SPEEDUP_SECONDS = 5.0  # the probe's growth rises by its own size every this many seconds
 MAX_LEARNED_RPM = 1e7  # a provider that never refuses: the pace stops doubling here
