@@ -132,6 +132,9 @@ def _pace_parts(
         parts.append((f" of {_qty(rpm)}" if rpm else " (limit not known yet)", "dim"))
     parts.append(f" · tokens {_qty(tokens)}/min")
     parts.append((f" of {_qty(tpm)}" if tpm else "", "dim"))
+    binding = state.binding()
+    if binding:
+        parts.append((f" · held to {binding}", "yellow"))
     if state.cached:
         parts.append((f" · {_qty(state.cached)} cached", "blue"))
     shown_cost = fmt_cost(state.cost_usd, state.cost_known)
