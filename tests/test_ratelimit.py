@@ -152,6 +152,21 @@ def test_an_underestimate_is_settled_so_the_token_limit_still_holds() -> None:
     assert sustained_share(provider, 200) <= 1.0
 
 
+@pytest.mark.parametrize("estimate", [600, 1800, 5400])
+def test_long_prompts_under_a_token_limit_use_95_percent_of_it_however_far_off_the_estimate(
+        estimate: int) -> None:
+    # 1,800-token calls at 600,000 TPM (333 a minute; requests would allow 10,000), estimated
+    # at a third, exactly, or three times their size: the estimate settles against the usage
+    # each answer reports, and the limit comes from the x-ratelimit-*-tokens headers.
+    provider = SimulatedProvider(rpm=10_000, tpm=600_000)
+    pacer = Pacer()
+    simulate(provider, pacer, calls=1500, concurrency=64, tokens=1800, estimate=estimate)
+    assert sustained_share(provider, 600_000 / 1800) >= 0.95
+    assert provider.refused / 1500 <= 0.02
+    assert pacer.limits("openai/m") == RateLimits("openai/m", 10_000, 600_000, "headers")
+    assert pacer._pace("openai/m").token_ratio == pytest.approx(1800 / estimate, rel=0.01)
+
+
 def test_a_limit_the_provider_never_states_is_found_from_its_429s() -> None:
     provider = SimulatedProvider(rpm=1200, say_limits=False)
     pacer = Pacer()
