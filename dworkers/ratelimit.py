@@ -113,10 +113,10 @@ class _ModelPace:
     paused_until: float = 0.0
     probe_started: float | None = None  # the first call is out; the rest wait for its answer
     answered: bool = False
-    accepted: deque[float] = field(default_factory=deque)  # answer times in the last minute
+    accepted: deque[float] = field(default_factory=deque)  # recent answer times, in order
     last_cut: float = -math.inf
     grown: float = 0.0  # when a learned limit was last probed upwards
-    guessed: bool = False  # slow start: no 429 yet, the learned pace is a guess
+    guessed: bool = False  # slow start: too few answers to measure by, the pace is a guess
     token_ratio: float = 1.0  # tokens used ÷ tokens estimated, lately
     reported: tuple[float | None, float | None] = (None, None)
 
