@@ -194,6 +194,16 @@ def test_summary_names_every_status_and_where_the_files_are() -> None:
             "12 calls · 1,200 tokens · $0.1200 · 12.0s · 1 answered 429") in text
     assert "stopped: 2 rows failed (--max-failures 2)" in text
     assert "outputs: runs/r" in text
+    assert "start-up" not in text  # no cluster to start
+
+
+def test_summary_says_how_long_a_cluster_took_to_start() -> None:
+    result = DatasetResult(run_id="r", plan="audit", tenant="acme", calls=3,
+                           total_duration_ms=20_000, startup_ms=12_300)
+    result.counts[RowStatus.SUCCEEDED] = 1
+    out = Console(width=200, record=True, color_system=None)
+    out.print(dataset_run_summary(result))
+    assert "20.0s · cluster start-up 12.3s" in out.export_text()
 
 
 def test_the_finished_state_freezes_the_clock() -> None:

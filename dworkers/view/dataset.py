@@ -179,6 +179,8 @@ def dataset_run_summary(result: DatasetResult, out_dir: str | None = None) -> Te
                 f"{fmt_duration(result.total_duration_ms / 1000)}")
     if result.rate_limited:
         text.append(f" · {result.rate_limited:,} answered 429", style="yellow")
+    if result.startup_ms is not None:
+        text.append(f" · cluster start-up {fmt_duration(result.startup_ms / 1000)}", style="dim")
     if result.stop_reason:
         text.append(f"\nstopped: {result.stop_reason}", style="yellow")
     if out_dir:
