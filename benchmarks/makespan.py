@@ -7,6 +7,12 @@ step's measured per-call floor added, which isolates what the scheduler itself a
 "command line" runs ``dworkers run PLAN.yaml --json`` in a subprocess, off a terminal (so its
 calls are not streamed, as nobody watches them), with history and run files as a user gets
 them; its makespan is the run's own ``total_duration_ms``.
+
+``--profile`` instead runs a zero-latency chain of 30 steps through the command line under
+cProfile and prints where the client's time per step goes (dworkers' own functions, cumulative,
+per step): what sits between one step's answer and the next step's request.
+
+    python benchmarks/makespan.py [--profile]
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pstats
 import random
 import subprocess
 import sys
@@ -96,8 +103,38 @@ def measure_cli(name: str, graph: dict[str, list[str]], latency: dict[str, float
     return float(summary["total_duration_ms"]) / 1000
 
 
+def profile_cli(steps: int = 30) -> None:
+    """Where the command line's time per step goes, on a chain whose calls answer at once."""
+    chain = {f"c{i}": ([f"c{i - 1}"] if i else []) for i in range(steps)}
+    with tempfile.TemporaryDirectory() as tmp, server_process(dict.fromkeys(chain, 0.0)) as url:
+        work = Path(tmp)
+        (work / "chain.yaml").write_text(plan_yaml("chain", chain))
+        (work / "bench.yaml").write_text("id: bench\nmodels: {default: openai/bench-model}\n"
+                                         "limits: {max_concurrency: 1000, timeout_seconds: 60}\n")
+        env = {**os.environ, "DWORKERS_HOME": str(work / "home")}
+        done = subprocess.run(
+            [sys.executable, "-m", "cProfile", "-o", str(work / "cli.prof"), "-m", "dworkers.cli",
+             "run", str(work / "chain.yaml"), "--tenant", str(work / "bench.yaml"),
+             "--api-base", url, "--json", "--out", str(work / "out")],
+            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"dworkers run failed ({done.returncode}): {done.stderr[-2000:]}")
+        per_step = float(json.loads(done.stdout)["total_duration_ms"]) / steps
+        stats = pstats.Stats(str(work / "cli.prof")).stats  # type: ignore[attr-defined]
+    print(f"zero-latency chain of {steps} through the command line, profiled: "
+          f"{per_step:.1f} ms a step; dworkers' functions called about once a step or more:")
+    rows = [(cumulative, calls, f"{path.split('/dworkers/')[1]}:{line} {name}")
+            for (path, line, name), (_, calls, _, cumulative, _) in stats.items()
+            if "/dworkers/" in path and steps <= calls <= 4 * steps]
+    for cumulative, calls, where in sorted(rows, reverse=True)[:15]:
+        print(f"  {cumulative * 1000 / steps:6.2f} ms a step  ({calls:4d} calls)  {where}")
+
+
 def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark")
+    if "--profile" in sys.argv[1:]:
+        profile_cli()
+        return
     rng = random.Random(7)
     cases = []
     graph = diamond()

@@ -274,6 +274,7 @@ class DatasetResult(BaseModel):
     stop_reason: str | None = None  # why rows were left unstarted (max failures, budget)
     started_at: float = 0.0
     total_duration_ms: float = 0.0
+    startup_ms: float | None = None  # a cluster's start-up until its first rows came back
 
     @property
     def rows(self) -> int:

@@ -47,7 +47,10 @@ Rate limits (``rpm=``/``tpm=``, or ``--rpm``/``--tpm``)
     ``x-ratelimit-reset-requests`` (time until the bucket is full again, ``"20ms"``/``"1.5s"``)
     and the same three for ``-tokens``.  A request the bucket cannot pay for is answered 429
     with ``Retry-After``/``retry-after-ms`` (time until it could be paid) and costs nothing;
-    its record has ``rate_limited`` set.
+    its record has ``rate_limited`` set.  ``silent_limits=True`` (``--silent-limits``) sends
+    no ``x-ratelimit-*`` or ``retry-after-ms`` header at all, only 429 + Retry-After (whole
+    seconds), as many gateways and
+    self-hosted servers do.
 
 Reply length
     ``reply_tokens=N`` pads every default reply to N words; ``stream_chunk_tokens=K`` streams
@@ -484,6 +487,7 @@ class FakeLLMServer:
         verbose: log each HTTP request to stderr.
         rpm, tpm: requests / tokens per minute to enforce (see "Rate limits" above).
         burst: seconds' worth of each limit the buckets hold.
+        silent_limits: enforce the limits without ``x-ratelimit-*`` headers (429s only).
         reply_tokens: pad default replies to this many words.
         stream_chunk_tokens: words per streamed chunk.
     """
@@ -501,8 +505,10 @@ class FakeLLMServer:
         burst: float = 1.0,
         reply_tokens: int | None = None,
         stream_chunk_tokens: int | None = None,
+        silent_limits: bool = False,
     ) -> None:
         self.latency = latency
+        self.silent_limits = silent_limits
         self.reply_tokens = reply_tokens
         self.stream_chunk_tokens = stream_chunk_tokens
         self._buckets = {
@@ -714,13 +720,15 @@ class FakeLLMServer:
             for kind, bucket in self._buckets.items():
                 if not refused:
                     bucket.take(costs[kind])
-                headers.update(bucket.headers(kind))
+                if not self.silent_limits:
+                    headers.update(bucket.headers(kind))
             if refused:
                 record.rate_limited = True
                 wait = max(waits)
                 headers["status"] = "429"
                 headers["Retry-After"] = str(max(1, math.ceil(wait)))
-                headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+                if not self.silent_limits:  # such servers say whole seconds at most
+                    headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
         return headers
 
     # -- request log -----------------------------------------------------------
@@ -1024,6 +1032,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tpm", type=float, default=None, help="tokens per minute to enforce")
     parser.add_argument("--burst", type=float, default=1.0,
                         help="seconds' worth of each limit the buckets hold")
+    parser.add_argument("--silent-limits", action="store_true",
+                        help="no x-ratelimit-* headers: limits show only as 429 + Retry-After")
     parser.add_argument("--reply-tokens", type=int, default=None, help="words per reply")
     parser.add_argument("--stream-chunk-tokens", type=int, default=None,
                         help="words per streamed chunk")
@@ -1043,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
     server = FakeLLMServer(
         latency=args.latency, chunk_delay=args.chunk_delay, port=args.port, verbose=args.verbose,
         rpm=args.rpm, tpm=args.tpm, burst=args.burst, reply_tokens=args.reply_tokens,
-        stream_chunk_tokens=args.stream_chunk_tokens,
+        stream_chunk_tokens=args.stream_chunk_tokens, silent_limits=args.silent_limits,
     )
     if args.rules is not None:
         with open(args.rules, encoding="utf-8") as handle:
@@ -1061,6 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
                     log.write(json.dumps({"started": r.started, "finished": r.finished,
                                           "status": r.status, "stream": r.stream,
                                           "rate_limited": r.rate_limited,
+                                          "tokens": count_tokens(r.text)
+                                          + count_tokens(r.reply or ""),
                                           "reply": (r.reply or "")[:80]}) + "\n")
     return 0
 

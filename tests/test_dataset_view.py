@@ -86,7 +86,10 @@ def test_progress_shows_counts_pace_limits_cost_eta_and_last_failures() -> None:
     assert "12.0s · ETA 18.0s" in text  # 8 rows in 12 s: 12 left take 18 s
     assert "✓ 6 succeeded  ✗ 2 failed  ⠿ 1 running  ○ 11 left" in text
     # 12 calls and 1,200 tokens in 12 s, against what the headers allow
-    assert "calls 60/min of 60 · tokens 6,000/min of 40,000 · cost $0.1200 of $5.00 budget" in text
+    # and which limit holds the run back, and where it is from
+    assert ("calls 60/min of 60 · tokens 6,000/min of 40,000 · held to calls/min, stated by "
+            "the provider") in " ".join(text.split())
+    assert "cost $0.1200 of $5.00 budget" in text
     assert "last failures:" in text
     assert "row-3 — write: boom 3 more" in text and "row-7 — write: boom 7 more" in text
 
@@ -100,6 +103,22 @@ def test_progress_fits_a_narrow_terminal_and_says_when_limits_are_unknown() -> N
     assert "cost $0.0000" in text  # on its own line rather than cut off
     wide = render(state, width=120)
     assert "(limit not known yet)" in wide and "budget" not in wide
+
+
+def test_progress_says_a_limit_learned_from_429s_binds_and_not_one_far_from_use() -> None:
+    clock = Clock()
+    state = DatasetState(total=100, now=clock)
+    state.apply(started())
+    for _ in range(30):  # 30 calls in 30 s: 60 a minute, 6,000 tokens a minute
+        clock.now += 1.0
+        state.apply(StepFinished(step("scope", tokens=100), clock.now, row="k"))
+    state.apply(RateLimits("openai/m", 62.0, None, "429", clock.now))
+    assert state.binding() == "calls/min, learned from 429s"
+    assert "held to calls/min, learned from 429s" in render(state, width=160)
+    state.apply(RateLimits("openai/m", 600.0, 6_500.0, "tenant", clock.now))
+    assert state.binding() == "tokens/min, stated by the tenant"
+    state.apply(RateLimits("openai/m", 600.0, 60_000.0, "tenant", clock.now))
+    assert state.binding() is None and "held to" not in render(state, width=160)
 
 
 def test_throughput_counts_only_the_last_minute() -> None:
@@ -175,6 +194,16 @@ def test_summary_names_every_status_and_where_the_files_are() -> None:
             "12 calls · 1,200 tokens · $0.1200 · 12.0s · 1 answered 429") in text
     assert "stopped: 2 rows failed (--max-failures 2)" in text
     assert "outputs: runs/r" in text
+    assert "start-up" not in text  # no cluster to start
+
+
+def test_summary_says_how_long_a_cluster_took_to_start() -> None:
+    result = DatasetResult(run_id="r", plan="audit", tenant="acme", calls=3,
+                           total_duration_ms=20_000, startup_ms=12_300)
+    result.counts[RowStatus.SUCCEEDED] = 1
+    out = Console(width=200, record=True, color_system=None)
+    out.print(dataset_run_summary(result))
+    assert "20.0s · cluster start-up 12.3s" in out.export_text()
 
 
 def test_the_finished_state_freezes_the_clock() -> None:

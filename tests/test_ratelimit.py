@@ -14,19 +14,27 @@ import pytest
 from fake_llm_server import _Bucket
 
 from dworkers.events import RateLimits
-from dworkers.ratelimit import Pacer, Slot
+from dworkers.ratelimit import (
+    BACKOFF,
+    SLOW_START_RPM,
+    LocalRateGate,
+    Pacer,
+    Slot,
+    serving_order,
+)
 
 
 class SimulatedProvider:
     """The local test server's token buckets on a simulated clock, with its headers."""
 
     def __init__(self, rpm: float | None, tpm: float | None = None, burst: float = 1.0,
-                 say_limits: bool = True) -> None:
+                 say_limits: bool = True, whole_seconds: bool = False) -> None:
         self.buckets = {kind: _Bucket(limit, burst) for kind, limit
                         in (("requests", rpm), ("tokens", tpm)) if limit}
         for bucket in self.buckets.values():
             bucket.updated = 0.0
         self.say_limits = say_limits
+        self.whole_seconds = whole_seconds  # Retry-After in whole seconds only, as gateways do
         self.accepted: list[float] = []
         self.refused = 0
 
@@ -42,7 +50,10 @@ class SimulatedProvider:
                 headers.update(bucket.headers(kind))
         if refused:
             self.refused += 1
-            headers["retry-after-ms"] = str(math.ceil(max(waits) * 1000))
+            if self.whole_seconds:
+                headers["retry-after"] = str(max(1, math.ceil(max(waits))))
+            else:
+                headers["retry-after-ms"] = str(math.ceil(max(waits) * 1000))
             return 429, headers
         self.accepted.append(at)
         return 200, headers
@@ -141,6 +152,21 @@ def test_an_underestimate_is_settled_so_the_token_limit_still_holds() -> None:
     assert sustained_share(provider, 200) <= 1.0
 
 
+@pytest.mark.parametrize("estimate", [600, 1800, 5400])
+def test_long_prompts_under_a_token_limit_use_95_percent_of_it_however_far_off_the_estimate(
+        estimate: int) -> None:
+    # 1,800-token calls at 600,000 TPM (333 a minute; requests would allow 10,000), estimated
+    # at a third, exactly, or three times their size: the estimate settles against the usage
+    # each answer reports, and the limit comes from the x-ratelimit-*-tokens headers.
+    provider = SimulatedProvider(rpm=10_000, tpm=600_000)
+    pacer = Pacer()
+    simulate(provider, pacer, calls=1500, concurrency=64, tokens=1800, estimate=estimate)
+    assert sustained_share(provider, 600_000 / 1800) >= 0.95
+    assert provider.refused / 1500 <= 0.02
+    assert pacer.limits("openai/m") == RateLimits("openai/m", 10_000, 600_000, "headers")
+    assert pacer._pace("openai/m").token_ratio == pytest.approx(1800 / estimate, rel=0.01)
+
+
 def test_a_limit_the_provider_never_states_is_found_from_its_429s() -> None:
     provider = SimulatedProvider(rpm=1200, say_limits=False)
     pacer = Pacer()
@@ -150,6 +176,22 @@ def test_a_limit_the_provider_never_states_is_found_from_its_429s() -> None:
     assert 0.8 * 1200 <= limits.rpm <= 1.25 * 1200  # found by trying
     assert provider.refused / 3000 <= 0.10  # some 429s while it probes; every call answered
     assert sustained_share(provider, 1200) >= 0.75
+
+
+@pytest.mark.parametrize("rpm", [600, 1500, 3000])
+def test_a_limit_stated_only_by_429s_with_whole_second_retry_after_is_used_to_92_percent(
+        rpm: int) -> None:
+    # Two minutes' worth of calls at least: the opening burst and slow start are a few
+    # seconds of it.
+    calls = max(3000, 2 * rpm)
+    provider = SimulatedProvider(rpm=rpm, say_limits=False, whole_seconds=True)
+    pacer = Pacer()
+    simulate(provider, pacer, calls=calls, concurrency=64)
+    assert sustained_share(provider, rpm) >= 0.92
+    assert provider.refused / calls <= 0.05
+    limits = pacer.limits("openai/m")
+    assert limits.source == "429" and limits.rpm is not None
+    assert 0.8 * rpm <= limits.rpm <= 1.25 * rpm  # found by trying
 
 
 def test_a_tenant_stated_limit_holds_before_any_answer() -> None:
@@ -257,3 +299,79 @@ def test_the_test_server_enforces_its_limit_and_says_so_on_every_answer() -> Non
     assert 0 < wait_ms <= 60_000
     assert second.headers["retry-after"] == str(max(1, -(-wait_ms // 1000)))
     assert [r.rate_limited for r in log] == [False, True]
+
+
+def test_a_limit_stated_only_by_429s_is_probed_like_a_congestion_window() -> None:
+    """Unpaced until a 429; a slow start while too few answers came to measure by; then a cut
+    to a little under what the provider let through, an additive probe upwards, and a
+    Retry-After honoured in full once the server shows it means it."""
+    pacer, model = Pacer(), "openai/m"
+    pace = pacer._pace(model)
+    pacer.schedule(model, 10, 0.0)
+    pacer.observe(model, 200, {}, 10, 10, 0.5)
+    assert pace.learned_rpm is None  # no limit said, none met: no pacing
+    # The opening burst is refused before ten answers came: a slow start at 120 a minute.
+    pacer.observe(model, 429, {"retry-after": "1"}, 0, 10, 0.6)
+    assert pace.learned_rpm == SLOW_START_RPM and pace.guessed
+    assert pacer.limits(model).rpm is None  # a guess is not shown as a limit
+    # Whole-second Retry-After from a bucket that refills continuously: the model pauses for
+    # one call's interval, not the whole second.
+    assert pace.paused_until == pytest.approx(0.6 + 60 / SLOW_START_RPM)
+    for step in range(1, 21):  # answers while calls wait for the pace: it doubles
+        at = 1.0 + step * 0.05
+        pacer.schedule(model, 10, at)
+        pacer.schedule(model, 10, at)
+        pacer.observe(model, 200, {}, 10, 10, at)
+    grown = pace.learned_rpm
+    assert grown is not None and grown > 1.5 * SLOW_START_RPM
+    # Twenty answers in the last second: a 429 now cuts to a little under that rate.
+    pacer.observe(model, 429, {"retry-after": "1"}, 0, 10, 2.0)
+    assert not pace.guessed
+    assert pace.learned_rpm == pytest.approx(min(grown, 20 * 60) * (1 - BACKOFF))
+    assert pacer.limits(model) == RateLimits(model, pace.learned_rpm, None, "429")
+    cut = pace.learned_rpm
+    # Answers while paced: the probe adds a share of the cut pace per second, no more.
+    pacer.schedule(model, 10, 2.5)
+    pacer.schedule(model, 10, 2.5)
+    pacer.observe(model, 200, {}, 10, 10, 2.5)
+    assert cut < pace.learned_rpm < cut * 1.01
+    # Refused again within the second it asked for: the server counts by windows, so its
+    # Retry-After is now waited out in full.
+    pacer.observe(model, 429, {"retry-after": "3"}, 0, 10, 2.7)
+    assert pace.honours_retry_after and pace.paused_until == pytest.approx(5.7)
+
+
+def test_a_pace_that_demand_does_not_use_is_not_probed_upwards() -> None:
+    pacer, model = Pacer(probe=False), "openai/m"
+    pace = pacer._pace(model)
+    pacer.observe(model, 429, {"retry-after": "1"}, 0, 10, 0.0)
+    learned = pace.learned_rpm
+    for second in range(1, 30):  # one call every two seconds: far below the pace
+        pacer.schedule(model, 10, second * 2.0)
+        pacer.observe(model, 200, {}, 10, 10, second * 2.0 + 0.5)
+    assert pace.learned_rpm == learned
+
+
+def test_waiting_calls_are_served_by_row_then_step_not_by_arrival() -> None:
+    """Calls that arrive while the model is paused are let through in (row, step) order,
+    whatever order they came in."""
+    import asyncio
+
+    gate = LocalRateGate({"openai/m": (6000.0, None)}, probe=False)
+    served: list[tuple[int, int]] = []
+
+    async def call(row: int, step: int) -> None:
+        serving_order.set((row, step))
+        await gate.acquire("openai/m", 10)
+        served.append((row, step))
+
+    async def main() -> None:
+        # A 429 pauses the model for 1.5 s, longer than calls are booked ahead: every call
+        # below queues during the pause.
+        await gate.observe("openai/m", 429, {"retry-after-ms": "1500"}, 0, 10)
+        arrivals = [(5, 0), (1, 2), (3, 1), (1, 0), (0, 2), (4, 0), (3, 0), (0, 1)]
+        await asyncio.gather(*(call(row, step) for row, step in arrivals))
+
+    asyncio.run(main())
+    assert served == sorted(served)
+    assert len(served) == 8

@@ -25,6 +25,7 @@ from dworkers.engine.toolloop import cacheable
 from dworkers.events import RunFinished, StepFinished
 from dworkers.llm import LLMRequest
 from dworkers.plans.base import PlanStep
+from dworkers.ratelimit import serving_order
 from dworkers.results import Row, RunResult, StepResult, StepStatus, digest_messages
 
 STEP_CANCEL_WAIT = 10.0  # seconds in-flight calls get to wind down after an interruption
@@ -266,4 +267,6 @@ class PlanInstance:
             request = LLMRequest(model, messages, limit, step.step_id, step.worker_role.value,
                                  policy.api_base, api_key, total_timeout=limit,
                                  price=policy.price_for(model), stream=self.pool.stream)
+            # The rate gate serves rows in the order they started, a row's steps in plan order.
+            serving_order.set((self.priority, list(self.graph).index(step.step_id)))
             return await self.calls.attempts_of(step, request, key)

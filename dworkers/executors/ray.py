@@ -243,11 +243,12 @@ class RayExecutor:
     async def run_many(self, engine: Any, rows: Rows, *,
                        max_failures: int | None = None) -> AsyncIterator[RowResult]:
         engine.preflight()  # missing keys fail here, before a cluster starts
+        began = time.monotonic()
         try:
             if not ray.is_initialized() and engine.on_event is not None:
-                engine.on_event(ExecutorNotice("starting Ray…", time.monotonic()))
+                engine.on_event(ExecutorNotice("starting Ray…", began))
             self.connect()
-            self.run = _ClusterRun(engine, rows, max_failures, self.workers, self.keys)
+            self.run = _ClusterRun(engine, rows, max_failures, self.workers, self.keys, began)
             async for result in self.run.results():
                 yield result
         finally:
@@ -278,8 +279,9 @@ class _ClusterRun:
     """The driver's side of one dataset run on a cluster."""
 
     def __init__(self, engine: Any, rows: Rows, max_failures: int | None,
-                 workers: int | None, keys: str) -> None:
+                 workers: int | None, keys: str, began: float) -> None:
         self.engine = engine
+        self.began = began  # monotonic: when the cluster began to start, for its start-up time
         self.emit = engine.on_event or (lambda event: None)
         self.source = each_row(rows)
         self.source_done = False
@@ -416,6 +418,7 @@ class _ClusterRun:
             slot.heard = True
             if not self.ready:
                 self.ready = True
+                self.result.startup_ms = (time.monotonic() - self.began) * 1000
                 self.emit(ExecutorNotice("", time.monotonic()))
             if item.problems:
                 raise PreflightError([dataclasses.replace(p, message=f"on a Ray worker: "

@@ -138,6 +138,9 @@ def _pace_parts(
         parts.append((f" of {_qty(rpm)}" if rpm else " (limit not known yet)", "dim"))
     parts.append(f" · tokens {_qty(tokens)}/min")
     parts.append((f" of {_qty(tpm)}" if tpm else "", "dim"))
+    binding = state.binding()
+    if binding:
+        parts.append((f" · held to {binding}", "yellow"))
     if state.cached:
         parts.append((f" · {_qty(state.cached)} cached", "blue"))
     shown_cost = fmt_cost(state.cost_usd, state.cost_known)
@@ -182,6 +185,8 @@ def dataset_run_summary(result: DatasetResult, out_dir: str | None = None) -> Te
                 f"{fmt_duration(result.total_duration_ms / 1000)}")
     if result.rate_limited:
         text.append(f" · {result.rate_limited:,} answered 429", style="yellow")
+    if result.startup_ms is not None:
+        text.append(f" · cluster start-up {fmt_duration(result.startup_ms / 1000)}", style="dim")
     if result.stop_reason:
         text.append(f"\nstopped: {result.stop_reason}", style="yellow")
     if out_dir:

@@ -27,6 +27,7 @@ from dworkers.view.state import Clock
 
 WINDOW_SECONDS = 60
 FAILURES_SHOWN = 5
+BINDING_SHARE = 0.8  # a limit used this much is the one holding the run back
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,23 @@ class DatasetState:
             return None
         remaining = self.total - finished
         return max(remaining, 0) * elapsed / finished
+
+    def binding(self) -> str | None:
+        """Which limit the run is held to now and where it is from (``"calls/min, learned
+        from 429s"``), or ``None`` while neither is nearly used up."""
+        calls, tokens = self.per_minute()
+        rpm, tpm = self.limits()
+        shares = [(used / limit, kind) for used, limit, kind
+                  in ((calls, rpm, "calls/min"), (tokens, tpm, "tokens/min")) if limit]
+        if not shares or max(shares)[0] < BINDING_SHARE:
+            return None
+        kind = max(shares)[1]
+        sources = {pace.source for pace in self.paces.values()
+                   if (pace.rpm if kind == "calls/min" else pace.tpm)}
+        said = {"tenant": "stated by the tenant", "headers": "stated by the provider",
+                "429": "learned from 429s"}
+        how = said.get(sources.pop(), "") if len(sources) == 1 else "stated and learned"
+        return f"{kind}, {how}" if how else kind
 
     def limits(self) -> tuple[float | None, float | None]:
         """The requests and tokens a minute the run may use: the sum over the models paced."""
