@@ -6,6 +6,7 @@ from rich.console import Console
 
 from dworkers.events import (
     DatasetFinished,
+    ExecutorNotice,
     RateLimits,
     RowFinished,
     RowStarted,
@@ -173,6 +174,26 @@ def test_line_mode_prints_one_line_per_finished_row_and_quiet_only_failures() ->
             assert lines[0] == "[1/3] ✓ succeeded acme  2 steps, 1.5s, $0.0200"
             assert lines[2].endswith("initech  2 steps, 1.5s, $0.0000, 2 cached")
         assert "[2/3] ✗ failed    globex: scope: timed out after 10s" in lines
+
+
+def test_ray_starting_its_workers_is_shown_until_the_first_worker_reports() -> None:
+    # Starting a cluster takes seconds before any row moves: the display says what it waits
+    # for and for how long, instead of standing still; an empty notice clears it.
+    clock = Clock()
+    state = DatasetState(total=4, now=clock)
+    state.apply(ExecutorNotice("starting Ray: 2 workers…", clock.now))
+    state.apply(started())
+    clock.now += 7
+    assert "starting Ray: 2 workers… 7.0s" in render(state)
+    state.apply(ExecutorNotice("", clock.now))
+    assert "starting Ray" not in render(state)
+
+    out = Console(width=200, record=True, color_system=None)
+    for quiet in (False, True):
+        view = DatasetLineView(out, total=4, quiet=quiet)
+        view(ExecutorNotice("starting Ray: 2 workers…", clock.now))
+        view(ExecutorNotice("", clock.now))
+    assert out.export_text().splitlines() == ["starting Ray: 2 workers…"]
 
 
 def test_off_a_terminal_the_line_view_is_chosen_and_quiet_wins() -> None:

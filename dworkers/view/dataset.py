@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from dworkers.events import Event, RowFinished, RunStarted
+from dworkers.events import Event, ExecutorNotice, RowFinished, RunStarted
 from dworkers.results import DatasetResult, RowResult, RowStatus
 from dworkers.text import crop, one_line
 from dworkers.view import console, print_error
@@ -86,6 +86,9 @@ def progress(state: DatasetState, width: int) -> RenderableType:
     rows = f"{_qty(total)} rows" if total is not None else "rows"
     lines.append(_parts_line((head, "bold"), f" · {rows}",
                        (f" · run {state.run_id}" if state.run_id else "", "dim"), width=width))
+    if state.notice:  # Ray starting its workers: seconds pass before the first row moves
+        waited = state.now() - state.notice_at if state.notice_at is not None else 0.0
+        lines.append(_parts_line((f"{state.notice} {fmt_duration(waited)}", "dim"), width=width))
     done = state.done
     tail = (f" {_qty(done)}/{_qty(total)} rows {done * 100 // max(total, 1):>3}%"
             if total is not None else f" {_qty(done)} rows")
@@ -276,6 +279,8 @@ class DatasetLineView(DatasetView):
 
     def __call__(self, event: Event) -> None:
         self.state.apply(event)
+        if isinstance(event, ExecutorNotice) and event.text and not self.quiet:
+            self.console.print(Text(one_line(event.text), style="dim"), soft_wrap=True)
         if isinstance(event, RowFinished):
             row = event.result
             if self.quiet and row.status is RowStatus.SUCCEEDED:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from dworkers.events import (
     DatasetFinished,
     Event,
+    ExecutorNotice,
     RateLimits,
     RowFinished,
     RowStarted,
@@ -69,6 +70,8 @@ class DatasetState:
     paces: dict[str, Pace] = field(default_factory=dict)
     failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=FAILURES_SHOWN))
     result: DatasetResult | None = None
+    notice: str = ""  # what the executor is doing that no row shows (Ray starting workers)
+    notice_at: float | None = None  # monotonic
     # (second, calls, tokens) for the last WINDOW_SECONDS seconds
     _buckets: deque[list[int]] = field(default_factory=deque)
 
@@ -98,6 +101,8 @@ class DatasetState:
             self._finish_row(event.result)
         elif isinstance(event, RateLimits):
             self.paces[event.model] = Pace(event.rpm, event.tpm, event.source)
+        elif isinstance(event, ExecutorNotice):
+            self.notice, self.notice_at = event.text, event.at
         elif isinstance(event, DatasetFinished):
             self.result = event.result
             self.finished_at = event.at
