@@ -72,3 +72,20 @@ def test_planning_a_chain_whose_first_step_changed_is_linear() -> None:
         return lambda: decide(plan, steps)
 
     assert growth(planning, 1_000) < LINEAR
+
+
+def test_fields_added_later_leave_recorded_steps_unchanged_until_set() -> None:
+    # Steps recorded before a field existed were digested without it: a resume after an
+    # upgrade must still reuse them, and setting the field must still count as a change.
+    import hashlib
+    import json
+
+    from dworkers.plans.base import ADDED_FIELDS, PlanStep
+
+    step = PlanStep(step_id="a", name="A", description="d", prompt_template="Do {x}")
+    before = {k: v for k, v in step.model_dump(mode="json").items() if k not in ADDED_FIELDS}
+    recorded = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert step.fingerprint() == recorded
+    for name in ADDED_FIELDS:
+        changed = step.model_copy(update={name: ["regs"] if name == "tools" else True})
+        assert changed.fingerprint() != recorded, name

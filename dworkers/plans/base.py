@@ -47,6 +47,11 @@ def _is_unnamed(step_id: str) -> bool:
     return step_id.startswith("<step ") and step_id.endswith(">")
 
 
+# Fields added after runs were first recorded count in a step's fingerprint only when set, so
+# a new version of dworkers does not make every recorded step look changed on resume.
+ADDED_FIELDS = ("tools",)
+
+
 class PlanStep(BaseModel):
     """One unit of work: a worker with ``worker_role`` runs the step's prompt."""
 
@@ -88,7 +93,12 @@ class PlanStep(BaseModel):
         import hashlib  # only runs need it: keep `dworkers list` from loading OpenSSL
         import json
 
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        for name in ADDED_FIELDS:
+            field = type(self).model_fields[name]
+            if getattr(self, name) == field.get_default(call_default_factory=True):
+                del data[name]
+        payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
