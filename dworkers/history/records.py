@@ -180,6 +180,9 @@ STEP_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StepRecord))
 # columns of ``steps`` and ``row_steps`` alike.
 STEP_RESULT_COLUMNS: tuple[str, ...] = tuple(name for name in STEP_COLUMNS
                                              if name in StepResult.model_fields)
+# What a ``StepResult`` holds that is not a column of its own: the tool calls have their table
+# (``history.tools``).
+NOT_STEP_COLUMNS = frozenset({"tool_calls"})
 # Where a step sits in its plan is written when the run starts; the rest as it runs.
 STEP_PLACE = ("run_id", "step_id", "position", "name", "role", "depends_on")
 # A dataset row's step: its row and place, then its outcome (the plan's shape and the rendered
