@@ -24,6 +24,7 @@ from dworkers.names import (
     json_schema_pattern,
     slug_suggestion,
 )
+from dworkers.output_schema import is_schema_file
 from dworkers.plans.base import BasePlan, InputSpec, PlanStep, unnamed_step_id
 from dworkers.types import SourceMap, SourcePath
 
@@ -93,6 +94,7 @@ def plan_from_data(data: Any, source: SourceMap) -> BasePlan:
     plan = BasePlan(document.name, document.description, inputs=inputs, source=source,
                     on_truncation=document.on_truncation)
     for i, raw in enumerate(raw_steps):
+        raw = _with_schema_file(raw, i, source, plan, problems)
         plan.add_step(_step(raw, i, source, problems))
     checked = plan.check()
     if problems:  # "no steps" is already said when 'steps' is missing or not a list
@@ -114,6 +116,30 @@ def _partial_document(top: dict[str, Any], exc: ValidationError, source: SourceM
         return _PlanDocument.model_validate({**kept, "name": name, "steps": []})
     except ValidationError:  # pragma: no cover - every remaining key validated on its own
         return _PlanDocument.model_construct(name=name, description="", inputs=None, steps=[])
+
+
+def _with_schema_file(raw: Any, index: int, source: SourceMap, plan: BasePlan,
+                      problems: list[Problem]) -> Any:
+    """A step whose ``output_schema`` names a .json/.yaml file, with the file's contents in
+    its place (read relative to the plan with the same bounded reader; its own positions kept
+    in ``plan.schema_sources`` so problems inside it point into it)."""
+    if not isinstance(raw, dict) or not is_schema_file(raw.get("output_schema")):
+        return raw
+    name = str(raw["output_schema"])
+    file = Path(source.file).parent / name
+    try:
+        data, schema_source = read_yaml(file)
+    except LoadError as exc:
+        if exc.problems and exc.problems[0].code == "not-found":
+            problems.append(located(source, ("steps", index, "output_schema"),
+                                    f"schema file {shown(name)} not found (looked for {file})",
+                                    "write the path relative to the plan file",
+                                    "missing-file"))
+        else:
+            problems += exc.problems
+        return {**raw, "output_schema": None}
+    plan.schema_sources[index] = schema_source
+    return {**raw, "output_schema": data if data is not None else {}}
 
 
 def _step(raw: Any, index: int, source: SourceMap, problems: list[Problem]) -> PlanStep:
