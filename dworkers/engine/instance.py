@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dworkers import conditions
 from dworkers.engine.calls import EventCallback, StepCalls, StepRecords
 from dworkers.engine.pool import Pool
-from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key
+from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key, typed_again
 from dworkers.engine.settings import Policy, new_run_id
 from dworkers.events import RunFinished, StepFinished
 from dworkers.llm import LLMRequest
@@ -57,7 +58,8 @@ class PlanInstance:
                 self.dependents[dep].append(sid)
         self.waiting_on = {sid: set(deps) for sid, deps in self.graph.items()}
         self.decided: dict[str, StepResult] = {}
-        self.outputs: dict[str, str] = {}
+        self.outputs: dict[str, Any] = {}  # answers by step: a typed step's value, else text
+        self.skipped_why: dict[str, str] = {}  # steps whose when: was false, and why
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.records = StepRecords(self.plan, policy)
         self.calls = StepCalls(policy, pool, self.records, self.emit, self.row_key,
@@ -138,9 +140,15 @@ class PlanInstance:
         if sid in self.decided or sid in self.tasks:
             return
         step = self.plan.get_step(sid)
-        reused = self.reuse.get(sid)
+        if step.when is not None and not self.interrupted:
+            holds, why = self.condition_of(step)
+            if not holds:
+                skip = self.records.skipped(sid, why)
+                self.work.append((self._settle, skip.model_copy(update={"condition_false": True})))
+                return
+        reused = typed_again(step, self.reuse.get(sid))
         if reused is not None and applies_again(self.policy, step, reused, self.inputs,
-                                                self.outputs):
+                                                self.outputs, self.skipped_why):
             self.work.append((self._settle, as_reused(reused)))
             return
         if self.stop_reason or self.interrupted:
@@ -150,6 +158,16 @@ class PlanInstance:
         self.pool.step_started()
         task.add_done_callback(lambda done: self.never_started(done, step))
         self.tasks[sid] = task
+
+    def condition_of(self, step: PlanStep) -> tuple[bool, str]:
+        """Whether the step's ``when:`` holds over the inputs and the upstream answers (a
+        skipped step absent), and the reason shown when it does not."""
+        condition = step.when or ""
+        values = {**self.inputs, **self.outputs}
+        try:
+            return conditions.evaluate(condition, values), conditions.explain(condition, values)
+        except conditions.ConditionSyntaxError as exc:  # validated before the run; be safe
+            return False, f"when: {condition!r} cannot be read: {exc}"
 
     def never_started(self, task: asyncio.Task[None], step: PlanStep) -> None:
         """A task cancelled before its first step ran never reaches ``guarded``'s handler:
@@ -187,8 +205,11 @@ class PlanInstance:
             result = result.model_copy(update={"messages_digest": self.asked[sid]})
         self.decided[sid] = result
         self.emit(StepFinished(result, time.monotonic(), self.row_key))
-        if result.succeeded:
-            self.outputs[sid] = result.output
+        if result.condition_false:
+            self.skipped_why[sid] = result.error or "its when: condition was false"
+        if result.settled_well:
+            if result.succeeded:
+                self.outputs[sid] = result.answer
             for child in self.dependents[sid]:
                 self.waiting_on[child].discard(sid)
                 if not self.waiting_on[child]:
@@ -234,7 +255,7 @@ class PlanInstance:
                    if step.step_id in self.decided}
         self.result.outputs = ordered
         self.result.interrupted = interrupted
-        self.result.success = not interrupted and all(r.succeeded for r in ordered.values())
+        self.result.success = not interrupted and all(r.settled_well for r in ordered.values())
         self.result.total_duration_ms = (time.monotonic() - t0) * 1000
         if self.row is None:
             self.emit(RunFinished(self.result, time.monotonic()))
@@ -248,11 +269,11 @@ class PlanInstance:
                 return self.records.skipped(step.step_id, self.stop_reason)
             policy = self.policy
             model = policy.model_for(step)
-            messages = policy.messages_for(step, self.inputs, self.outputs)
+            messages = policy.messages_for(step, self.inputs, self.outputs, self.skipped_why)
             self.asked[step.step_id] = digest_messages(messages)
             key = cache_key(model, messages, policy.endpoint_for(model))
             if self.cache is not None:
-                hit = self.cache.lookup(key)
+                hit = typed_again(step, self.cache.lookup(key))
                 if hit is not None:
                     now = time.time()
                     return as_reused(hit, step_id=step.step_id, cache_key=key,
@@ -264,5 +285,7 @@ class PlanInstance:
             limit = policy.timeout_for(step)
             request = LLMRequest(model, messages, limit, step.step_id, step.worker_role.value,
                                  policy.api_base, api_key, total_timeout=limit,
-                                 price=policy.price_for(model), stream=self.pool.stream)
-            return await self.calls.attempts_of(step, request, key)
+                                 price=policy.price_for(model), stream=self.pool.stream,
+                                 output_schema=step.answer_schema())
+            return await self.calls.typed_attempts(step, request, key)
+

@@ -105,7 +105,7 @@ class PlanStep(BaseModel):
             return value.model_json_schema()  # a pydantic model class (Python API)
         return value
 
-    def schema(self) -> dict[str, Any] | None:
+    def answer_schema(self) -> dict[str, Any] | None:
         """The normalised JSON Schema of the answer, or ``None`` for an untyped step (or one
         whose schema ``check()`` refuses)."""
         raw = self.output_schema
