@@ -243,6 +243,11 @@ class RowResult(StepTotals, BaseModel):
         """Each succeeded step's output text, in plan order."""
         return {sid: r.output for sid, r in self.outputs.items() if r.succeeded}
 
+    def answers(self) -> dict[str, Any]:
+        """Each succeeded step's answer in plan order: a typed step's parsed object, else
+        its text."""
+        return {sid: r.answer for sid, r in self.outputs.items() if r.succeeded}
+
     def record(self) -> dict[str, Any]:
         """The row as one line of ``results.jsonl``."""
         return {
@@ -251,7 +256,7 @@ class RowResult(StepTotals, BaseModel):
             "inputs": self.inputs,
             "extra": self.extra,
             "line": self.line,
-            "outputs": self.texts(),
+            "outputs": self.answers(),
             "tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 6),
             "error": self.error,

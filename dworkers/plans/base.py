@@ -435,7 +435,7 @@ class _PlanChecker:
             if step.when is None and not typed_refs:
                 continue
             scope = conditions.scope_for(step.step_id, graph, declared, step_fields, conditional)
-            if parsed is not None and typed_refs and not parsed.issues:
+            if parsed is not None and typed_refs:
                 path: SourcePath = ("steps", i, "prompt_template")
                 typed = templates.ParsedTemplate(
                     tuple(p for p in parsed.parts if isinstance(p, templates.Placeholder)
