@@ -252,6 +252,10 @@ steps:
 """
 
 
+NOT_A_NAME = ("placeholder {x.y} in step 'a': 'x' is neither a declared input nor an upstream "
+              "step")
+
+
 def template_problems(template: str) -> list[tuple[str, int | None, int | None, str]]:
     text = TEMPLATE_PLAN.replace("TEMPLATE", template)
     try:
@@ -283,11 +287,11 @@ def template_problems(template: str) -> list[tuple[str, int | None, int | None, 
         ("Write {breif}", [("undeclared-input", 9, 28, "placeholder {breif} in step 'a' is not "
                             "a declared input")]),
         ('"Say {brief} {x.y} {zz}"', [
-            ("unknown-reference", 9, 35, "placeholder {x.y} in step 'a': 'x' is neither a declared input nor an upstream step"),
+            ("unknown-reference", 9, 35, NOT_A_NAME),
             ("undeclared-input", 9, 41, "placeholder {zz} in step 'a' is not a declared input"),
         ]),
-        ("'it''s {x.y}'", [("unknown-reference", 9, 22, "placeholder {x.y} in step 'a': 'x' is neither a declared input nor an upstream step")]),  # escaped: the scalar
-        ('"tab\\t{x.y}"', [("unknown-reference", 9, 22, "placeholder {x.y} in step 'a': 'x' is neither a declared input nor an upstream step")]),
+        ("'it''s {x.y}'", [("unknown-reference", 9, 22, NOT_A_NAME)]),  # escaped: the scalar
+        ('"tab\\t{x.y}"', [("unknown-reference", 9, 22, NOT_A_NAME)]),
     ],
 )
 def test_template_problems_point_into_the_template(
