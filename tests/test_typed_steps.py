@@ -245,3 +245,57 @@ def test_a_schema_file_is_read_beside_the_plan_and_its_problems_located_in_it(
         "type: object\nproperties:\n  severity: {type: string, enum: [low, high]}\n"
         "required: [severity]\n")
     assert invoke("validate", str(plan_file))[0] == 0
+
+
+# --- datasets -------------------------------------------------------------------------------------
+
+DATASET_PLAN = """\
+name: typed-rows
+inputs:
+  company: {}
+steps:
+  - step_id: triage
+    name: TRIAGE
+    output_schema:
+      severity: low|medium|high
+      in_scope: bool
+      owner: {name: str, team?: str}
+      areas: [str]
+    prompt_template: "Triage {company}"
+  - step_id: deep
+    name: DEEP
+    depends_on: [triage]
+    when: "company != 'Skipped Co'"
+    prompt_template: "Dig into {company}, severity {triage.severity}"
+"""
+
+
+def test_a_typed_dataset_run_writes_a_table_and_parsed_objects(
+        llm_server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.yaml").write_text(DATASET_PLAN)
+    (tmp_path / "rows.csv").write_text("id,company\na,Acme\nb,Skipped Co\n")
+    code, _, stderr = invoke("run", "plan.yaml", "--data", "rows.csv", "--model",
+                             "openai/test-model", "--api-base", llm_server.url, "--out", "runs")
+    assert code == 0, stderr
+    [run_dir] = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    with (run_dir / "results.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == ["key", "status", "company", "triage.severity", "triage.in_scope",
+                              "triage.owner.name", "triage.owner.team", "triage.areas",
+                              "cost_usd", "error"]
+    assert [(r["key"], r["status"], r["triage.severity"], r["triage.in_scope"],
+             r["triage.areas"]) for r in sorted(table, key=lambda r: r["key"])] == [
+        ("a", "succeeded", "low", "true", '["text"]'),
+        ("b", "succeeded", "low", "true", '["text"]')]
+    lines = {r["key"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text()
+                                      .splitlines())}
+    assert lines["a"]["outputs"]["triage"] == {  # type: ignore[index]
+        "severity": "low", "in_scope": True, "owner": {"name": "text", "team": "text"},
+        "areas": ["text"]}
+    assert "deep" not in lines["b"]["outputs"]  # type: ignore[operator]
+    # The skipped row's deep dive cost no call: three calls for two rows.
+    assert len(llm_server.requests) == 3
