@@ -70,7 +70,9 @@ class PlanStep(BaseModel):
         json_schema_extra={"uniqueItems": True})
     prompt_template: str = Field(
         default="", description="The step's prompt. {name} placeholders are filled from the "
-        "run's inputs; {{ and }} are literal braces.")
+        "run's inputs, {step} with an upstream step's answer, {step.field} with a field of a "
+        "typed one ({step.field ?? 'n/a'} when that step may be skipped); {{ and }} are "
+        "literal braces.")
     retry_max: int = Field(  # strict: `retry_max: yes` is a typo
         default=0, ge=0, le=100, strict=True, description="Retries after a timeout, a "
         "connection error or a 5xx answer (rate limits, 429, always wait and never count).")
