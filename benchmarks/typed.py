@@ -71,7 +71,7 @@ def main() -> None:
         extra = (calls - total) / invalid if invalid else float("nan")
         path = ", ".join(str(p) for p in row["paths"])  # type: ignore[union-attr]
         print(f"{model:22} {path:12} {total:>11} {ok / total:>9.2%} {calls:>6} {invalid:>8} "
-              f"{extra:>13.2f} {str(row['attempts'] == calls):>15}")
+              f"{extra:>13.2f} {row['attempts'] == calls!s:>15}")
 
 
 if __name__ == "__main__":
