@@ -205,7 +205,7 @@ def test_list_shows_the_builtin_library(cwd: Path) -> None:
     assert lines[0].split() == ["PLAN", "STEPS", "INPUTS", "SOURCE", "DESCRIPTION"]
     assert [line.split()[0] for line in lines[1:]] == BUILTIN_NAMES
     assert "Audit regulatory compliance and generate remediation plan" in out
-    assert lines[1].split()[:4] == ["compliance-audit", "5", "brief", "built-in"]
+    assert lines[1].split()[:4] == ["compliance-audit", "6", "brief", "built-in"]
 
 
 def test_list_json(cwd: Path) -> None:

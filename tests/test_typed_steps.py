@@ -299,3 +299,27 @@ def test_a_typed_dataset_run_writes_a_table_and_parsed_objects(
     assert "deep" not in lines["b"]["outputs"]  # type: ignore[operator]
     # The skipped row's deep dive cost no call: three calls for two rows.
     assert len(llm_server.requests) == 3
+
+
+def test_a_typed_answer_is_reused_with_its_value_and_an_invalid_one_never_is(
+        llm_server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DWORKERS_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.yaml").write_text(TYPED_PLAN)
+    args = ("run", "plan.yaml", "-i", "brief=Acme", "--model", "openai/test-model",
+            "--api-base", llm_server.url, "--json", "--out", "runs")
+    llm_server.add_rule("Score Acme", content="no JSON here", times=2)
+    code, stdout, _ = invoke(*args)
+    first = json.loads(stdout)
+    assert code == 1 and first["outputs"]["other"]["status"] == "failed"
+    calls = len(llm_server.requests)
+
+    code, stdout, _ = invoke(*args)
+    second = json.loads(stdout)
+    assert code == 0
+    # triage comes from the cache, parsed again; the step whose answers were invalid is asked.
+    assert second["outputs"]["triage"]["cached"] is True
+    assert second["outputs"]["triage"]["value"] == first["outputs"]["triage"]["value"]
+    assert second["outputs"]["other"]["cached"] is False
+    assert second["outputs"]["other"]["value"] == {"score": 1}
+    assert len(llm_server.requests) == calls + 1
