@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dworkers import templates
 from dworkers.plans.base import BasePlan
 from dworkers.results import StepResult, StepStatus
 
@@ -22,5 +23,7 @@ def sections(plan: BasePlan, outputs: Mapping[str, StepResult]) -> list[str]:
             continue
         if result.truncated:
             lines += ["> Truncated: the answer was cut off at the model's token limit.", ""]
-        lines += [result.output.strip(), ""]
+        # A typed answer reads as key: value lines and bullets, not as raw JSON.
+        shown = result.output if result.value is None else templates.render_value(result.value)
+        lines += [shown.strip(), ""]
     return lines

@@ -161,11 +161,15 @@ def _step(raw: Any, index: int, source: SourceMap, problems: list[Problem]) -> P
     if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
         depends_on = []
     template = raw.get("prompt_template")
+    when = raw.get("when")
     return PlanStep.model_construct(
         step_id=step_id if isinstance(step_id, str) else unnamed_step_id(index),
         name=str(raw.get("name", "")),
         depends_on=depends_on,
         prompt_template=template if isinstance(template, str) else "",
+        # Kept so that later steps' typed references are checked against it, not refused.
+        output_schema=raw.get("output_schema"),
+        when=when if isinstance(when, str) else None,
     )
 
 
