@@ -143,8 +143,8 @@ def test_the_live_tree_paints_and_finishes_on_a_terminal(tmp_path: Path) -> None
     code, screen = run_on_terminal(tmp_path)
     assert code == 0, screen[-2000:]
     assert "\x1b[" in screen  # drawn with cursor control, i.e. a live display
-    for step_id in ("triage", "scope-audit", "research-regulations", "analyze-gaps", "remediation-plan",
-                    "executive-briefing"):
+    for step_id in ("triage", "scope-audit", "research-regulations", "analyze-gaps",
+                    "remediation-plan", "executive-briefing"):
         assert step_id in screen
     assert "compliance-audit" in screen
     assert re.search(r"\d succeeded", screen)
