@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+from dworkers import templates
 from dworkers.plans.base import BasePlan
 from dworkers.results import StepResult, StepStatus
 from dworkers.text import crop, one_line
@@ -20,7 +21,9 @@ def named_sections(steps: Iterable[tuple[str, StepResult | None]]) -> list[tuple
             reason = result.error if result and result.error else ""
             pairs.append((name, f"> Not available: {status}{' — ' + reason if reason else ''}."))
             continue
-        body = result.output.strip()
+        # A typed answer reads as key: value lines and bullets, not as raw JSON.
+        shown = result.output if result.value is None else templates.render_value(result.value)
+        body = shown.strip()
         if result.truncated:
             body = f"> Truncated: the answer was cut off at the model's token limit.\n\n{body}"
         pairs.append((name, body))

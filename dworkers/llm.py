@@ -18,6 +18,7 @@ import contextvars
 import functools
 import hashlib
 import importlib
+import json
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dworkers import provider_headers
+from dworkers import output_schema, provider_headers
 from dworkers.errors import (
     AuthenticationError,
     BadRequestError,
@@ -89,6 +90,10 @@ class LLMRequest:
     # so far (the model's tool calls and their results), sent after ``messages``.
     tools: Sequence[Mapping[str, Any]] = ()
     turns: Sequence[Mapping[str, Any]] = ()
+
+    # A typed step's normalised output_schema: the client asks for it natively where the model
+    # supports that (``structured_mode``); the engine validates every answer itself.
+    output_schema: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +311,23 @@ _ATTEMPT: contextvars.ContextVar[_Received | None] = contextvars.ContextVar(
     "dworkers_attempt", default=None)
 
 
+@functools.lru_cache(maxsize=256)
+def _structured_mode(litellm: Any, model: str) -> str:
+    """``LiteLLMClient.structured_mode``, asked of litellm once per model."""
+    try:
+        if litellm.supports_response_schema(model=model):
+            return "native"
+    except Exception:  # a model litellm does not know: it cannot vouch for it
+        pass
+    try:
+        provider = litellm.get_llm_provider(model=model)[1]
+        supported = litellm.get_supported_openai_params(model=model,
+                                                         custom_llm_provider=provider)
+    except Exception:
+        return "instructions"
+    return "json_mode" if supported and "response_format" in supported else "instructions"
+
+
 class LiteLLMClient:
     """Calls any provider through ``litellm.acompletion`` with streaming and usage."""
 
@@ -352,6 +374,14 @@ class LiteLLMClient:
                 )
         return problems
 
+    def structured_mode(self, model: str) -> str:
+        """How a typed step's answer is asked of ``model``: ``"native"`` (a JSON Schema
+        ``response_format``, where litellm says the model supports one), ``"json_mode"``
+        (``{"type": "json_object"}``, where it accepts a response_format at all) or
+        ``"instructions"`` (the schema in the prompt only). The prompt carries the schema in
+        every case, and every answer is validated by the engine."""
+        return _structured_mode(self.litellm, model)
+
     def price_of(self, model: str) -> Price | None:
         """litellm's price list for ``model``, or ``None`` for a model it cannot price."""
         try:
@@ -372,6 +402,13 @@ class LiteLLMClient:
             options["stream_options"] = {"include_usage": True}
         if request.tools:
             options["tools"] = [dict(tool) for tool in request.tools]
+        if request.output_schema is not None:
+            mode = self.structured_mode(request.model)
+            if mode == "native":
+                options["response_format"] = output_schema.response_format(
+                    request.output_schema, request.step_id or "answer")
+            elif mode == "json_mode":
+                options["response_format"] = {"type": "json_object"}
         got = _Received(limit=self.max_answer_bytes)
         watching = _ATTEMPT.set(got)
         _watch_http_answers(litellm)
@@ -887,7 +924,11 @@ class MockClient:
         digest = hashlib.sha256(
             "".join(m["content"] for m in request.messages).encode()
         ).digest()
-        text = mock_text(request, digest.hex()[:8])
+        if request.output_schema is not None:  # deterministic JSON that fits the schema
+            text = json.dumps(output_schema.mock_value(request.output_schema, digest.hex()),
+                              ensure_ascii=False, indent=1)
+        else:
+            text = mock_text(request, digest.hex()[:8])
         words = text.split(" ")
         pieces = 12
         per_piece = self.latency * (0.4 + digest[0] / 255 * 1.2) / pieces

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
 
-from dworkers import templates
+from dworkers import output_schema, templates
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.tenants.config import TenantConfig
 from dworkers.types import WorkerRole
@@ -29,11 +30,12 @@ def system_message(tenant: TenantConfig, role: WorkerRole) -> str:
     return "\n\n".join(parts)
 
 
-def task_text(step: PlanStep, inputs: Mapping[str, str],
+def task_text(step: PlanStep, inputs: Mapping[str, Any],
               loose: Mapping[str, str] | None = None) -> str:
     """The step's rendered prompt; without a template, its description, then each of the
     ``loose`` inputs (those no template names) as a labelled section, so that a plan without
-    templates (the seed's ``engine.run(inputs={"brief": ...})``) still sees its inputs."""
+    templates (the seed's ``engine.run(inputs={"brief": ...})``) still sees its inputs.
+    ``inputs`` may also hold upstream answers by step id (``{triage.severity}``)."""
     if step.prompt_template.strip():
         return templates.render(step.prompt_template, inputs).strip()
     parts = [step.description.strip() or step.name]
@@ -41,7 +43,7 @@ def task_text(step: PlanStep, inputs: Mapping[str, str],
     return "\n\n".join(parts)
 
 
-def loose_inputs(plan: BasePlan, inputs: Mapping[str, str]) -> dict[str, str]:
+def loose_inputs(plan: BasePlan, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The inputs no template of ``plan`` names."""
     named = set(plan.placeholders())
     return {name: value for name, value in inputs.items() if name not in named}
@@ -50,13 +52,16 @@ def loose_inputs(plan: BasePlan, inputs: Mapping[str, str]) -> dict[str, str]:
 def user_message(
     plan: BasePlan,
     step: PlanStep,
-    inputs: Mapping[str, str],
-    dependency_outputs: Sequence[tuple[PlanStep, str]],
+    inputs: Mapping[str, Any],
+    dependency_outputs: Sequence[tuple[PlanStep, Any]],
     loose: Mapping[str, str] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> str:
-    """Plan and step, then each direct dependency's output as a labelled section, then the
-    task last, where models pay it the most attention. ``loose``: the inputs no template names
-    (see ``loose_inputs``; worked out from the plan when not given)."""
+    """Plan and step, then each direct dependency's output as a labelled section (a typed
+    answer rendered readably; a dependency skipped by its ``when:`` says so and why), then the
+    task last, where models pay it the most attention, with the JSON Schema a typed step must
+    answer in. ``loose``: the inputs no template names (see ``loose_inputs``; worked out from
+    the plan when not given). ``inputs`` may also hold upstream answers by step id."""
     parts = [f"# Plan: {plan.name}"]
     if plan.description:
         parts.append(plan.description)
@@ -64,10 +69,16 @@ def user_message(
     if step.description:
         parts.append(step.description)
     for dep, output in dependency_outputs:
-        parts.append(f"## Input from {dep.name} ({dep.step_id})\n\n{output.strip()}")
+        shown = (f"(This step was skipped and has no output: {skipped[dep.step_id]})"
+                 if skipped and dep.step_id in skipped else templates.render_value(output))
+        parts.append(f"## Input from {dep.name} ({dep.step_id})\n\n{shown.strip()}")
     if loose is None and not step.prompt_template.strip():
-        loose = loose_inputs(plan, inputs)
+        loose = {k: v for k, v in loose_inputs(plan, inputs).items()
+                 if not plan.has_step(k)}
     parts.append(f"## Your task\n\n{task_text(step, inputs, loose)}")
+    schema = step.answer_schema()
+    if schema is not None:
+        parts.append(output_schema.instructions(schema))
     return "\n\n".join(parts)
 
 
@@ -75,11 +86,13 @@ def messages(
     plan: BasePlan,
     step: PlanStep,
     tenant: TenantConfig,
-    inputs: Mapping[str, str],
-    dependency_outputs: Sequence[tuple[PlanStep, str]],
+    inputs: Mapping[str, Any],
+    dependency_outputs: Sequence[tuple[PlanStep, Any]],
     loose: Mapping[str, str] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> list[Message]:
     return [
         {"role": "system", "content": system_message(tenant, step.worker_role)},
-        {"role": "user", "content": user_message(plan, step, inputs, dependency_outputs, loose)},
+        {"role": "user", "content": user_message(plan, step, inputs, dependency_outputs, loose,
+                                                 skipped)},
     ]

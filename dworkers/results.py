@@ -71,10 +71,26 @@ class StepResult(BaseModel):
     # What the step was asked (``digest_messages``), whatever the model or endpoint: a resume
     # reuses the answer only while this stays the same.
     messages_digest: str | None = Field(default=None, exclude=True)
+    # A typed step's answer, parsed and checked against its output_schema (``output`` keeps
+    # the text); None for an untyped step.
+    value: Any = None
+    # Skipped because its ``when:`` was false (the reason is in ``error``): not a failure, and
+    # the steps that depend on it still run.
+    condition_false: bool = False
 
     @property
     def succeeded(self) -> bool:
         return self.status is StepStatus.SUCCEEDED
+
+    @property
+    def settled_well(self) -> bool:
+        """Succeeded, or skipped by its own ``when:``: neither fails a run."""
+        return self.succeeded or self.condition_false
+
+    @property
+    def answer(self) -> Any:
+        """What later steps read: the parsed value of a typed step, else the text."""
+        return self.value if self.value is not None else self.output
 
     @property
     def total_tokens(self) -> int:
@@ -242,6 +258,11 @@ class RowResult(StepTotals, BaseModel):
         """Each succeeded step's output text, in plan order."""
         return {sid: r.output for sid, r in self.outputs.items() if r.succeeded}
 
+    def answers(self) -> dict[str, Any]:
+        """Each succeeded step's answer in plan order: a typed step's parsed object, else
+        its text."""
+        return {sid: r.answer for sid, r in self.outputs.items() if r.succeeded}
+
     def record(self) -> dict[str, Any]:
         """The row as one line of ``results.jsonl``."""
         return {
@@ -250,7 +271,7 @@ class RowResult(StepTotals, BaseModel):
             "inputs": self.inputs,
             "extra": self.extra,
             "line": self.line,
-            "outputs": self.texts(),
+            "outputs": self.answers(),
             "tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 6),
             "error": self.error,

@@ -62,6 +62,17 @@ Stopping
     closed without a response.  A hang is also abandoned when the client
     disconnects or after ``max_hang`` seconds.
 
+Structured answers
+    A request asking for JSON (a ``response_format``, or a prompt that says "matches this JSON
+    Schema" followed by a fenced ```json block) gets a JSON object that fits the schema (the
+    first enum value, ``true``, the minimum number, one list item ...), unless a rule gives
+    the content.  ``invalid_first_structured=F`` answers a fraction F of *first* structured
+    requests (no assistant message yet: not a re-ask) invalidly, spread evenly (request n is
+    invalid when ``floor((n+1)F) > floor(nF)``), rotating through broken JSON, a missing
+    required field and a value outside an enum.  ``record.structured`` says how the JSON was
+    asked for: ``"native"`` (json_schema), ``"json_mode"`` (json_object) or ``"instructions"``;
+    ``record.invalid`` whether the answer was made invalid on purpose.
+
 Script mode (for benchmarks)::
 
     python tests/fake_llm_server.py --port 0 --latency 0.1
@@ -181,6 +192,8 @@ class RequestRecord:
     abandoned: bool = False
     rate_limited: bool = False
     body_sent: int = 0  # bytes of a slowly sent whole answer's body written so far
+    structured: str | None = None  # how JSON was asked for (see "Structured answers")
+    invalid: bool = False  # a structured answer made invalid on purpose
 
     @property
     def text(self) -> str:
@@ -226,6 +239,73 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
             last_user = content_text(message.get("content"))
             break
     return "Reply to: " + " ".join(last_user.split())[:60]
+
+
+_SCHEMA_IN_PROMPT = re.compile(r"matches this JSON Schema:\s*```json\n(.*?)\n```", re.S)
+
+
+def requested_schema(body: dict[str, Any], messages: list[dict[str, Any]]
+                     ) -> tuple[str | None, dict[str, Any] | None]:
+    """How a request asks for JSON, and the schema it gives (see "Structured answers")."""
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")  # type: ignore[union-attr]
+        return "native", schema if isinstance(schema, dict) else {}
+    found = _SCHEMA_IN_PROMPT.search(messages_text(messages[:2]))
+    schema = None
+    if found:
+        try:
+            schema = json.loads(found.group(1))
+        except ValueError:
+            schema = None
+    if kind == "json_object":
+        return "json_mode", schema or {}
+    return ("instructions", schema) if schema is not None else (None, None)
+
+
+def fitting_value(schema: Any, depth: int = 0) -> Any:
+    """A simple value that fits ``schema`` (the subset dworkers writes)."""
+    if not isinstance(schema, dict) or depth > 20:
+        return "text"
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if isinstance(schema.get("anyOf"), list) and schema["anyOf"]:
+        return fitting_value({**schema, "anyOf": None, **schema["anyOf"][0]}, depth + 1)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return {name: fitting_value(sub, depth + 1)
+                for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [fitting_value(schema.get("items"), depth + 1)
+                for _ in range(max(1, schema.get("minItems", 1)))]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0) + 1
+                         if "exclusiveMinimum" in schema else 1)
+        return int(low) if kind == "integer" else float(low)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "text".ljust(schema.get("minLength", 0), "x")
+
+
+def unfitting_reply(schema: dict[str, Any], value: Any, turn: int) -> str:
+    """An answer that does not fit: broken JSON, a missing required field, or a value
+    outside an enum, by turns (the next kind when a schema offers no such field)."""
+    required = [n for n in schema.get("required") or () if isinstance(value, dict) and n in value]
+    enums = [n for n, sub in (schema.get("properties") or {}).items()
+             if isinstance(sub, dict) and sub.get("enum") and isinstance(value, dict)]
+    kind = turn % 3
+    if kind == 1 and required:
+        return json.dumps({k: v for k, v in value.items() if k != required[0]})
+    if kind == 2 and enums:
+        return json.dumps({**value, enums[0]: "not-a-listed-value"})
+    return json.dumps(value)[:-1] + ",,"  # broken JSON
 
 
 def split_pieces(text: str, max_pieces: int = 8, min_pieces: int = 4) -> list[str]:
@@ -506,9 +586,12 @@ class FakeLLMServer:
         reply_tokens: int | None = None,
         stream_chunk_tokens: int | None = None,
         silent_limits: bool = False,
+        invalid_first_structured: float = 0.0,
     ) -> None:
         self.latency = latency
         self.silent_limits = silent_limits
+        self.invalid_first_structured = invalid_first_structured
+        self._first_structured = 0  # first structured requests seen (see "Structured answers")
         self.reply_tokens = reply_tokens
         self.stream_chunk_tokens = stream_chunk_tokens
         self._buckets = {
@@ -848,6 +931,26 @@ class FakeLLMServer:
             handler.close_connection = True
             finish()
 
+    def _structured_reply(self, record: RequestRecord) -> str | None:
+        """The JSON answer to a request that asks for JSON, or ``None`` (see "Structured
+        answers")."""
+        body = record.body if isinstance(record.body, dict) else {}
+        mode, schema = requested_schema(body, record.messages)
+        record.structured = mode
+        if mode is None:
+            return None
+        value = fitting_value(schema or {})
+        if any(m.get("role") == "assistant" for m in record.messages):
+            return json.dumps(value)  # a re-ask: answered right
+        with self._cond:
+            n = self._first_structured
+            self._first_structured += 1
+        rate = self.invalid_first_structured
+        if math.floor((n + 1) * rate) > math.floor(n * rate):
+            record.invalid = True
+            return unfitting_reply(schema or {}, value, math.floor(n * rate))
+        return json.dumps(value)
+
     def _respond(self, handler: _Handler, record: RequestRecord) -> None:
         conn: socket.socket = handler.connection
         limit_headers = self._charge(record)
@@ -890,8 +993,11 @@ class FakeLLMServer:
                 rule = dataclasses.replace(rule, content="Tool results: " + " | ".join(
                     content_text(m.get("content")) for m in record.messages
                     if m.get("role") == "tool"))
-        reply = rule.content if rule.content is not None else default_reply(record.messages)
-        if rule.content is None and self.reply_tokens:
+        reply = rule.content if rule.content is not None else self._structured_reply(record)
+        if reply is None:
+            reply = default_reply(record.messages)
+        # A structured answer is never padded: it would stop being JSON.
+        if rule.content is None and self.reply_tokens and record.structured is None:
             reply = pad_reply(reply, self.reply_tokens)
         record.reply = reply
         model = record.model or "fake-model"
@@ -1039,6 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="words per streamed chunk")
     parser.add_argument("--log", default=None,
                         help="on exit, write one JSON line per request (times, status) here")
+    parser.add_argument("--invalid-first-structured", type=float, default=0.0,
+                        help="fraction of first structured answers made invalid")
     parser.add_argument("--rules", default=None,
                         help="JSON file: a list of add_rule() keyword arguments, in order")
     args = parser.parse_args(argv)
@@ -1054,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency, chunk_delay=args.chunk_delay, port=args.port, verbose=args.verbose,
         rpm=args.rpm, tpm=args.tpm, burst=args.burst, reply_tokens=args.reply_tokens,
         stream_chunk_tokens=args.stream_chunk_tokens, silent_limits=args.silent_limits,
+        invalid_first_structured=args.invalid_first_structured,
     )
     if args.rules is not None:
         with open(args.rules, encoding="utf-8") as handle:
@@ -1073,6 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "rate_limited": r.rate_limited,
                                           "tokens": count_tokens(r.text)
                                           + count_tokens(r.reply or ""),
+                                          "structured": r.structured, "invalid": r.invalid,
                                           "reply": (r.reply or "")[:80]}) + "\n")
     return 0
 

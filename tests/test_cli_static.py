@@ -205,7 +205,7 @@ def test_list_shows_the_builtin_library(cwd: Path) -> None:
     assert lines[0].split() == ["PLAN", "STEPS", "INPUTS", "SOURCE", "DESCRIPTION"]
     assert [line.split()[0] for line in lines[1:]] == BUILTIN_NAMES
     assert "Audit regulatory compliance and generate remediation plan" in out
-    assert lines[1].split()[:4] == ["compliance-audit", "5", "brief", "built-in"]
+    assert lines[1].split()[:4] == ["compliance-audit", "6", "brief", "built-in"]
 
 
 def test_list_json(cwd: Path) -> None:
@@ -215,10 +215,10 @@ def test_list_json(cwd: Path) -> None:
     assert [p["name"] for p in plans] == BUILTIN_NAMES
     first = plans[0]
     assert {"name", "steps", "required_inputs", "description", "source"} <= set(first)
-    assert (first["steps"], first["required_inputs"], first["source"]) == (5, ["brief"],
+    assert (first["steps"], first["required_inputs"], first["source"]) == (6, ["brief"],
                                                                             "built-in")
     assert first["description"] == "Audit regulatory compliance and generate remediation plan"
-    assert [p["steps"] for p in plans] == [5, 6, 6, 6, 6]
+    assert [p["steps"] for p in plans] == [6, 6, 6, 6, 6]
 
 
 def test_a_local_plan_overrides_a_builtin_and_says_where_it_came_from(cwd: Path) -> None:
@@ -317,7 +317,7 @@ def test_show_tree(cwd: Path) -> None:
                         "remediation plan")
     # the input's description from the plan file, so a user knows what to pass
     assert lines[1].startswith("inputs: brief — What to audit, for whom, and why")
-    assert "├── scope-audit  analyst" in lines
+    assert "├── scope-audit  analyst  ← triage" in lines
     assert "remediation-plan  analyst  ← research-regulations, analyze-gaps" in out
 
 
@@ -328,7 +328,7 @@ def test_show_mermaid(cwd: Path) -> None:
     assert lines[0] == "flowchart TD"
     assert '    s_scope_audit["Scope Audit (analyst)"]' in lines
     assert "    s_remediation_plan --> s_executive_briefing" in lines
-    assert sum("-->" in line for line in lines) == 5
+    assert sum("-->" in line for line in lines) == 7
 
 
 def test_show_a_file_and_json(cwd: Path) -> None:
@@ -422,7 +422,7 @@ def test_static_commands_do_not_import_litellm(cwd: Path, args: list[str]) -> No
 
 # --- a broken file is never silently passed over ----------------------------------------------
 
-BROKEN_ROLE = "unknown worker role 'analystt' in step 'scope-audit' — did you mean 'analyst'?"
+BROKEN_ROLE = "unknown worker role 'analystt' in step 'triage' — did you mean 'analyst'?"
 
 
 def broken_builtin(name: str = "compliance-audit") -> str:

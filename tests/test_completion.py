@@ -24,7 +24,7 @@ from dworkers.tenants.registry import tenant_registry
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN_PLANS = ["compliance-audit", "customer-segmentation", "market-analysis",
                  "process-improvement", "technology-assessment"]
-STEPS = ["scope-audit", "research-regulations", "analyze-gaps", "remediation-plan",
+STEPS = ["triage", "scope-audit", "research-regulations", "analyze-gaps", "remediation-plan",
          "executive-briefing"]
 LOCAL_PLAN = """\
 name: my-local-plan

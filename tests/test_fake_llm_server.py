@@ -439,3 +439,28 @@ def test_script_mode_prints_url_and_exits_on_signal(signum: signal.Signals) -> N
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_structured_requests_get_fitting_json_and_a_share_of_first_answers_is_invalid() -> None:
+    schema = {"type": "object", "properties": {"level": {"type": "string", "enum": ["a", "b"]},
+                                               "ok": {"type": "boolean"}},
+              "required": ["level", "ok"], "additionalProperties": False}
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    with FakeLLMServer(invalid_first_structured=0.3) as server:
+        replies = []
+        for n in range(10):
+            body = {"model": "m", "messages": [{"role": "user", "content": f"q{n}"}],
+                    "response_format": response_format}
+            answer = httpx.post(f"{server.url}/chat/completions", json=body, timeout=10).json()
+            replies.append(answer["choices"][0]["message"]["content"])
+        reask = {"model": "m", "response_format": response_format, "messages": [
+            {"role": "user", "content": "q"}, {"role": "assistant", "content": "{"},
+            {"role": "user", "content": "fix it"}]}
+        httpx.post(f"{server.url}/chat/completions", json=reask, timeout=10)
+        records = server.requests
+    assert [r.structured for r in records] == ["native"] * 11
+    assert sum(r.invalid for r in records) == 3  # 30 % of ten first answers, spread evenly
+    assert not records[-1].invalid  # a re-ask is answered right
+    for record, reply in zip(records, replies, strict=False):
+        if not record.invalid:
+            assert json.loads(reply) == {"level": "a", "ok": True}

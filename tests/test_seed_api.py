@@ -115,8 +115,9 @@ def test_the_registry_without_registration_holds_the_builtin_library() -> None:
         "technology-assessment",
     ]
     builtin = plan_registry.get("compliance-audit")
+    # The seed's steps, after the typed triage that decides whether research is needed.
     assert [s.step_id for s in builtin.steps] == [
-        s.step_id for s in compliance_audit_plan().steps
+        "triage", *(s.step_id for s in compliance_audit_plan().steps)
     ]
     assert not plan_registry.has("no-such-plan")
     with pytest.raises(NotFoundError, match="did you mean 'compliance-audit'"):

@@ -252,6 +252,10 @@ steps:
 """
 
 
+NOT_A_NAME = ("placeholder {x.y} in step 'a': 'x' is neither a declared input nor an upstream "
+              "step")
+
+
 def template_problems(template: str) -> list[tuple[str, int | None, int | None, str]]:
     text = TEMPLATE_PLAN.replace("TEMPLATE", template)
     try:
@@ -267,8 +271,10 @@ def template_problems(template: str) -> list[tuple[str, int | None, int | None, 
         ("Write {brief} for {audience}; literal {{braces}}", []),
         ("Write {brief", [("template-syntax", 9, 28, "unclosed '{' in prompt_template")]),
         ("Write brief}", [("template-syntax", 9, 33, "single '}' in prompt_template")]),
-        ("Write {brief.title}", [("template-syntax", 9, 28, "placeholder {brief.title} uses "
-                                  "attribute access, which templates do not support")]),
+        # {x.y} names a typed field (issue 18): an input, being text, has none.
+        ("Write {brief.title}", [("input-has-no-fields", 9, 28, "placeholder {brief.title} in "
+                                  "step 'a': 'brief' is a run input (text); it has no field "
+                                  "'title'")]),
         ("Write {brief[0]}", [("template-syntax", 9, 28, "placeholder {brief[0]} uses index "
                                "access, which templates do not support")]),
         ("Write {brief!r}", [("template-syntax", 9, 28, "placeholder {brief!r} has a "
@@ -276,18 +282,16 @@ def template_problems(template: str) -> list[tuple[str, int | None, int | None, 
         ("Write {brief:>10}", [("template-syntax", 9, 28, "placeholder {brief:>10} has a "
                                 "format spec, which templates do not support")]),
         ("Write {}", [("template-syntax", 9, 28, "empty placeholder '{}' in prompt_template")]),
-        ("Write {0}", [("template-syntax", 9, 28, "placeholder {0} is not a valid input name")]),
+        ("Write {0}", [("template-syntax", 9, 28, "placeholder {0}: a placeholder holds one "
+                        "reference, optionally with '?? value'")]),
         ("Write {breif}", [("undeclared-input", 9, 28, "placeholder {breif} in step 'a' is not "
                             "a declared input")]),
         ('"Say {brief} {x.y} {zz}"', [
-            ("template-syntax", 9, 35, "placeholder {x.y} uses attribute access, which "
-             "templates do not support"),
+            ("unknown-reference", 9, 35, NOT_A_NAME),
             ("undeclared-input", 9, 41, "placeholder {zz} in step 'a' is not a declared input"),
         ]),
-        ("'it''s {x.y}'", [("template-syntax", 9, 22, "placeholder {x.y} uses attribute "
-                            "access, which templates do not support")]),  # escaped: the scalar
-        ('"tab\\t{x.y}"', [("template-syntax", 9, 22, "placeholder {x.y} uses attribute "
-                           "access, which templates do not support")]),
+        ("'it''s {x.y}'", [("unknown-reference", 9, 22, NOT_A_NAME)]),  # escaped: the scalar
+        ('"tab\\t{x.y}"', [("unknown-reference", 9, 22, NOT_A_NAME)]),
     ],
 )
 def test_template_problems_point_into_the_template(
@@ -425,7 +429,7 @@ def test_every_problem_is_reported_in_one_pass_sorted_by_position() -> None:
         ("unknown-key", 2, 1),
         ("invalid-step-id", 6, 14),
         ("unknown-role", 8, 18),
-        ("template-syntax", 9, 31),
+        ("unknown-reference", 9, 31),
         ("unknown-dependency", 12, 18),
         ("self-dependency", 12, 24),
         ("out-of-range", 13, 16),

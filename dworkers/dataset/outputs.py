@@ -1,4 +1,5 @@
 """The folder of a dataset run: ``results.jsonl`` (a line per row as it finishes),
+``results.csv`` (a table of the typed fields, when steps have an ``output_schema``),
 ``rows/<key>.md`` (each row's report), ``report.md`` (the summary) and ``run.json``.
 
 Rows are written as they finish and forgotten: memory stays flat whatever the number of rows.
@@ -11,13 +12,15 @@ as $0: ``cost_usd`` is null and ``cost_known`` false.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from dworkers import deliverables
+from dworkers import conditions, deliverables, output_schema
 from dworkers.dataset.reader import safe_name
 from dworkers.events import DatasetFinished, Event, RowFinished, RunStarted
 from dworkers.files import write_atomic
@@ -42,6 +45,8 @@ class DatasetWriter:
         self.data = data  # where the rows came from: file, key column, rows, fixed inputs
         self.started: RunStarted | None = None
         self.results: int | None = None  # results.jsonl, opened for appending
+        self.table: int | None = None  # results.csv, when steps are typed
+        self.columns = table_columns(plan)
         self.counts: dict[RowStatus, int] = dict.fromkeys(RowStatus, 0)
         self.cost_usd = 0.0
         self.cost_known = True  # False once a row's cost could not be known
@@ -64,6 +69,12 @@ class DatasetWriter:
             (self.directory / "rows").mkdir(parents=True, exist_ok=True)
             self.results = os.open(self.directory / "results.jsonl",
                                    os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            if self.columns[1]:
+                self.table = os.open(self.directory / "results.csv",
+                                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                append_line(self.table, csv_line(
+                    ["key", "status", *self.columns[0], *self.columns[1], "cost_usd",
+                     "error"]))
             self.write_run_json(None)
         elif isinstance(event, RowFinished):
             self.row(event.result)
@@ -82,6 +93,8 @@ class DatasetWriter:
                 self.more_failures += 1
         if self.results is not None:  # a reader (tail -f, a crash) sees whole lines; no fsync
             append_line(self.results, json_text(result_line(row), indent=None))
+        if self.table is not None:
+            append_line(self.table, csv_line(table_row(row, *self.columns)))
         if row.outputs:
             write_atomic(self.directory / "rows" / f"{safe_name(row.key)}.md",
                          row_report(self.plan, row), durable=False)
@@ -120,6 +133,9 @@ class DatasetWriter:
         if self.results is not None:
             os.close(self.results)
             self.results = None
+        if self.table is not None:
+            os.close(self.table)
+            self.table = None
 
 
 def append_line(fd: int, text: str) -> None:
@@ -130,6 +146,47 @@ def append_line(fd: int, text: str) -> None:
     while data:
         written = os.write(fd, data)
         data = data[written:]
+
+
+def table_columns(plan: BasePlan) -> tuple[list[str], list[str]]:
+    """The columns of ``results.csv``: the plan's inputs, and ``step.field`` for every field
+    of every typed step (a nested object's own fields, not the object; a list whole). No
+    typed step: no fields, and no table."""
+    inputs = list(plan.inputs) if plan.inputs is not None else plan.placeholders()
+    typed: list[str] = []
+    for step in plan.steps:
+        schema = step.answer_schema()
+        if schema is None:
+            continue
+        paths = list(output_schema.fields(schema))
+        typed += [f"{step.step_id}.{path}" for path in paths
+                  if not any(other.startswith(path + ".") for other in paths)]
+    return inputs, typed
+
+
+def table_row(row: RowResult, inputs: list[str], typed: list[str]) -> list[str]:
+    """A row of ``results.csv``: scalars as text, lists and objects as JSON text, a field
+    with no value (a failed or skipped step, an absent field) empty."""
+    answers = {sid: r.value for sid, r in row.outputs.items() if r.value is not None}
+    cells = [row.key, row.status.value, *(row.inputs.get(name, "") for name in inputs)]
+    for column in typed:
+        value = conditions.lookup(tuple(column.split(".")), answers)
+        if value is conditions.MISSING or value is None:
+            cells.append("")
+        elif isinstance(value, str):
+            cells.append(value)
+        else:
+            cells.append(json.dumps(value, ensure_ascii=False))
+    cost = cost_fields(row.cost_usd, row.cost_known)["cost_usd"]
+    cells += ["" if cost is None else f"{cost:.6f}", row.error or ""]
+    return cells
+
+
+def csv_line(cells: list[str]) -> str:
+    """One CSV record (quoted as needed; a newline inside a value stays inside its quotes)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(cells)
+    return buffer.getvalue()
 
 
 def cost_fields(cost_usd: float, known: bool) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from dworkers import output_schema
 from dworkers.budget import Hold
 from dworkers.engine.pool import Pool
 from dworkers.engine.settings import Policy, fmt_seconds
@@ -218,6 +219,42 @@ class StepCalls:
                                                   model=model))
             self.emit(StepRetrying(step.step_id, attempt, str(error), wait, self.row_key))
             await policy.options.sleep(wait)
+
+    async def typed_attempts(self, step: PlanStep, request: LLMRequest,
+                             key: str) -> StepResult:
+        """``attempts_of``, then the answer checked against the step's ``output_schema``
+        (``request.output_schema``). An answer that does not fit is shown back to the model
+        with the exact errors, up to ``output_retries`` times; every re-ask counts in the
+        attempts, tokens and cost. Then the step fails with the errors, and the answer is
+        neither kept nor cached."""
+        schema = request.output_schema
+        result = await self.attempts_of(step, request, key)
+        if schema is None:
+            return result
+        spent = FailedAttempts()  # answers that did not fit: paid for all the same
+        reasks = 0
+        while result.succeeded:
+            value, errors = output_schema.validate_answer(result.output, schema)
+            if not errors:
+                return spent.add_to(result.model_copy(update={"value": value}))
+            listed = "; ".join(error.render() for error in errors)
+            if reasks >= step.output_retries:
+                tried = f" after {reasks} re-ask{'s' * (reasks != 1)}" if reasks else ""
+                return spent.add_to(result.model_copy(update={
+                    "status": StepStatus.FAILED, "output": "", "value": None,
+                    "cache_key": None,
+                    "error": f"the answer does not match output_schema{tried}: {listed}"}))
+            reasks += 1
+            spent.count(Usage(result.prompt_tokens, result.completion_tokens,
+                              result.cost_usd if result.cost_known else None, result.estimated))
+            self.emit(StepRetrying(step.step_id, result.attempts,
+                                   f"the answer does not match output_schema: {listed}", 0.0,
+                                   self.row_key))
+            request = dataclasses.replace(request, messages=[
+                *request.messages, {"role": "assistant", "content": result.output},
+                {"role": "user", "content": output_schema.reask_message(result.output, errors)}])
+            result = await self.attempts_of(step, request, key)
+        return spent.add_to(result)
 
     async def hold_for_attempt(self, step: PlanStep, model: str,
                                prompt_chars: int) -> Hold | str:

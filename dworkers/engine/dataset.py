@@ -43,7 +43,7 @@ CANCEL_WAIT = 15.0  # seconds rows get to wind down after an interruption
 def row_result(row: Row, inputs: Mapping[str, str], run: RunResult) -> RowResult:
     """A finished run as a row: failed if a step failed, else cancelled or skipped if a step
     was, else succeeded; the error names the first step that did not succeed."""
-    statuses = {r.status for r in run.outputs.values()}
+    statuses = {r.status for r in run.outputs.values() if not r.condition_false}
     if run.interrupted:
         status = RowStatus.CANCELLED
     elif StepStatus.FAILED in statuses:
@@ -56,8 +56,9 @@ def row_result(row: Row, inputs: Mapping[str, str], run: RunResult) -> RowResult
         status = RowStatus.SUCCEEDED
     error = None
     if status is not RowStatus.SUCCEEDED:
-        first = next((r for r in run.outputs.values() if r.status is status), None)
-        first = first or next((r for r in run.outputs.values() if not r.succeeded), None)
+        first = next((r for r in run.outputs.values()
+                      if r.status is status and not r.condition_false), None)
+        first = first or next((r for r in run.outputs.values() if not r.settled_well), None)
         if first is not None:
             error = f"{first.step_id}: {first.error or first.status.value}"
         else:

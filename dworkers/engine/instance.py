@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dworkers import conditions
 from dworkers.engine.calls import EventCallback, StepCalls, StepRecords
 from dworkers.engine.pool import Pool
-from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key
+from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key, typed_again
 from dworkers.engine.settings import Policy, new_run_id
 from dworkers.engine.toolloop import cacheable
 from dworkers.events import RunFinished, StepFinished
@@ -53,13 +54,15 @@ class PlanInstance:
         self.cache = cache
         self.emit: EventCallback = emit or (lambda event: None)
         self.graph = self.plan.graph
+        self.place = {sid: n for n, sid in enumerate(self.graph)}  # plan order, for the gate
         self.dependents: dict[str, list[str]] = {sid: [] for sid in self.graph}
         for sid, deps in self.graph.items():
             for dep in deps:
                 self.dependents[dep].append(sid)
         self.waiting_on = {sid: set(deps) for sid, deps in self.graph.items()}
         self.decided: dict[str, StepResult] = {}
-        self.outputs: dict[str, str] = {}
+        self.outputs: dict[str, Any] = {}  # answers by step: a typed step's value, else text
+        self.skipped_why: dict[str, str] = {}  # steps whose when: was false, and why
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.records = StepRecords(self.plan, policy)
         self.calls = StepCalls(policy, pool, self.records, self.emit, self.row_key,
@@ -140,9 +143,15 @@ class PlanInstance:
         if sid in self.decided or sid in self.tasks:
             return
         step = self.plan.get_step(sid)
-        reused = self.reuse.get(sid)
+        if step.when is not None and not self.interrupted:
+            holds, why = self.condition_of(step)
+            if not holds:
+                skip = self.records.skipped(sid, why)
+                self.work.append((self._settle, skip.model_copy(update={"condition_false": True})))
+                return
+        reused = typed_again(step, self.reuse.get(sid))
         if reused is not None and applies_again(self.policy, step, reused, self.inputs,
-                                                self.outputs):
+                                                self.outputs, self.skipped_why):
             self.work.append((self._settle, as_reused(reused)))
             return
         if self.stop_reason or self.interrupted:
@@ -152,6 +161,16 @@ class PlanInstance:
         self.pool.step_started()
         task.add_done_callback(lambda done: self.never_started(done, step))
         self.tasks[sid] = task
+
+    def condition_of(self, step: PlanStep) -> tuple[bool, str]:
+        """Whether the step's ``when:`` holds over the inputs and the upstream answers (a
+        skipped step absent), and the reason shown when it does not."""
+        condition = step.when or ""
+        values = {**self.inputs, **self.outputs}
+        try:
+            return conditions.evaluate(condition, values), conditions.explain(condition, values)
+        except conditions.ConditionSyntaxError as exc:  # validated before the run; be safe
+            return False, f"when: {condition!r} cannot be read: {exc}"
 
     def never_started(self, task: asyncio.Task[None], step: PlanStep) -> None:
         """A task cancelled before its first step ran never reaches ``guarded``'s handler:
@@ -189,8 +208,11 @@ class PlanInstance:
             result = result.model_copy(update={"messages_digest": self.asked[sid]})
         self.decided[sid] = result
         self.emit(StepFinished(result, time.monotonic(), self.row_key))
-        if result.succeeded:
-            self.outputs[sid] = result.output
+        if result.condition_false:
+            self.skipped_why[sid] = result.error or "its when: condition was false"
+        if result.settled_well:
+            if result.succeeded:
+                self.outputs[sid] = result.answer
             for child in self.dependents[sid]:
                 self.waiting_on[child].discard(sid)
                 if not self.waiting_on[child]:
@@ -236,7 +258,7 @@ class PlanInstance:
                    if step.step_id in self.decided}
         self.result.outputs = ordered
         self.result.interrupted = interrupted
-        self.result.success = not interrupted and all(r.succeeded for r in ordered.values())
+        self.result.success = not interrupted and all(r.settled_well for r in ordered.values())
         self.result.total_duration_ms = (time.monotonic() - t0) * 1000
         if self.row is None:
             self.emit(RunFinished(self.result, time.monotonic()))
@@ -250,11 +272,11 @@ class PlanInstance:
                 return self.records.skipped(step.step_id, self.stop_reason)
             policy = self.policy
             model = policy.model_for(step)
-            messages = policy.messages_for(step, self.inputs, self.outputs)
+            messages = policy.messages_for(step, self.inputs, self.outputs, self.skipped_why)
             self.asked[step.step_id] = digest_messages(messages)
             key = cache_key(model, messages, policy.endpoint_for(model))
             if self.cache is not None and cacheable(policy, step):
-                hit = self.cache.lookup(key)
+                hit = typed_again(step, self.cache.lookup(key))
                 if hit is not None:
                     now = time.time()
                     return as_reused(hit, step_id=step.step_id, cache_key=key,
@@ -266,7 +288,8 @@ class PlanInstance:
             limit = policy.timeout_for(step)
             request = LLMRequest(model, messages, limit, step.step_id, step.worker_role.value,
                                  policy.api_base, api_key, total_timeout=limit,
-                                 price=policy.price_for(model), stream=self.pool.stream)
+                                 price=policy.price_for(model), stream=self.pool.stream,
+                                 output_schema=step.answer_schema())
             # The rate gate serves rows in the order they started, a row's steps in plan order.
-            serving_order.set((self.priority, list(self.graph).index(step.step_id)))
-            return await self.calls.attempts_of(step, request, key)
+            serving_order.set((self.priority, self.place[step.step_id]))
+            return await self.calls.typed_attempts(step, request, key)

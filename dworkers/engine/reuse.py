@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from dworkers import dag
+from dworkers import dag, output_schema
 from dworkers.engine.settings import Policy
 from dworkers.llm import Message
 from dworkers.plans.base import PlanStep
@@ -43,13 +43,14 @@ def as_reused(result: StepResult, **update: Any) -> StepResult:
 
 
 def applies_again(policy: Policy, step: PlanStep, reused: StepResult,
-                  inputs: Mapping[str, str], outputs: Mapping[str, str]) -> bool:
+                  inputs: Mapping[str, str], outputs: Mapping[str, Any],
+                  skipped: Mapping[str, str] | None = None) -> bool:
     """Whether an earlier run's result answers ``step`` now: it succeeded and the step would
     be asked exactly the same thing (other inputs or upstream outputs run it again), whatever
     model or endpoint answered it. Made-up ``--mock`` answers only do offline."""
     if not reused.succeeded or (reused.model == MOCK_MODEL and not policy.offline):
         return False
-    asked = policy.messages_for(step, inputs, outputs)
+    asked = policy.messages_for(step, inputs, outputs, skipped)
     if reused.messages_digest is None:  # an answer from before digests: the same call
         model = policy.model_for(step)
         return reused.cache_key == cache_key(model, asked, policy.endpoint_for(model))
@@ -62,11 +63,23 @@ def reusable_steps(policy: Policy, reuse: Mapping[str, StepResult],
     for it. A step below one that is called counts as called (its answer could only be reused
     if the new upstream answer came out the same)."""
     graph = policy.plan.graph
-    outputs: dict[str, str] = {}
+    outputs: dict[str, Any] = {}
     for sid in dag.topological_order(graph):
-        step, earlier = policy.plan.get_step(sid), reuse.get(sid)
+        step = policy.plan.get_step(sid)
+        earlier = typed_again(step, reuse.get(sid)) if step is not None else None
         if (step is not None and earlier is not None
                 and all(dep in outputs for dep in graph[sid])
                 and applies_again(policy, step, earlier, inputs, outputs)):
-            outputs[sid] = earlier.output
+            outputs[sid] = earlier.answer
     return {sid: sid in outputs for sid in graph}
+
+
+def typed_again(step: PlanStep, earlier: StepResult | None) -> StepResult | None:
+    """An earlier answer (resumed or cached) as a typed step needs it: with its value parsed
+    and checked against the step's schema now, or ``None`` when it does not fit (it is then
+    asked again). Untyped steps take it as it is."""
+    schema = step.answer_schema()
+    if earlier is None or schema is None or not earlier.succeeded:
+        return earlier
+    value, errors = output_schema.validate_answer(earlier.output, schema)
+    return None if errors else earlier.model_copy(update={"value": value})

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dworkers import dag, prompts
 from dworkers.endpoints import endpoint_for
@@ -156,16 +157,20 @@ class Policy:
         return stated
 
     def messages_for(
-        self, step: PlanStep, inputs: Mapping[str, str], outputs: Mapping[str, str]
+        self, step: PlanStep, inputs: Mapping[str, str], outputs: Mapping[str, Any],
+        skipped: Mapping[str, str] | None = None,
     ) -> list[Message]:
-        """What ``step`` is asked, given the run's inputs and its dependencies' outputs."""
+        """What ``step`` is asked, given the run's inputs and its dependencies' answers (a
+        typed step's parsed value, else its text); ``skipped``: why dependencies whose
+        ``when:`` was false did not run."""
         deps = []
         for dep_id in step.depends_on:
             dep = self.plan.get_step(dep_id)
             if dep is not None:
                 deps.append((dep, outputs.get(dep_id, "")))
         loose = {k: v for k, v in inputs.items() if k not in self.template_names}
-        return prompts.messages(self.plan, step, self.tenant, inputs, deps, loose)
+        return prompts.messages(self.plan, step, self.tenant, {**inputs, **outputs}, deps,
+                                loose, skipped)
 
     @functools.cached_property
     def template_names(self) -> frozenset[str]:

@@ -24,6 +24,7 @@ from dworkers.names import (
     json_schema_pattern,
     slug_suggestion,
 )
+from dworkers.output_schema import is_schema_file
 from dworkers.plans.base import BasePlan, InputSpec, PlanStep, unnamed_step_id
 from dworkers.types import SourceMap, SourcePath
 
@@ -96,6 +97,7 @@ def plan_from_data(data: Any, source: SourceMap) -> BasePlan:
     plan = BasePlan(document.name, document.description, inputs=inputs, source=source,
                     on_truncation=document.on_truncation, formats=document.formats)
     for i, raw in enumerate(raw_steps):
+        raw = _with_schema_file(raw, i, source, plan, problems)
         plan.add_step(_step(raw, i, source, problems))
     checked = plan.check()
     if problems:  # "no steps" is already said when 'steps' is missing or not a list
@@ -119,6 +121,30 @@ def _partial_document(top: dict[str, Any], exc: ValidationError, source: SourceM
         return _PlanDocument.model_construct(name=name, description="", inputs=None, steps=[])
 
 
+def _with_schema_file(raw: Any, index: int, source: SourceMap, plan: BasePlan,
+                      problems: list[Problem]) -> Any:
+    """A step whose ``output_schema`` names a .json/.yaml file, with the file's contents in
+    its place (read relative to the plan with the same bounded reader; its own positions kept
+    in ``plan.schema_sources`` so problems inside it point into it)."""
+    if not isinstance(raw, dict) or not is_schema_file(raw.get("output_schema")):
+        return raw
+    name = str(raw["output_schema"])
+    file = Path(source.file).parent / name
+    try:
+        data, schema_source = read_yaml(file)
+    except LoadError as exc:
+        if exc.problems and exc.problems[0].code == "not-found":
+            problems.append(located(source, ("steps", index, "output_schema"),
+                                    f"schema file {shown(name)} not found (looked for {file})",
+                                    "write the path relative to the plan file",
+                                    "missing-file"))
+        else:
+            problems += exc.problems
+        return {**raw, "output_schema": None}
+    plan.schema_sources[index] = schema_source
+    return {**raw, "output_schema": data if data is not None else {}}
+
+
 def _step(raw: Any, index: int, source: SourceMap, problems: list[Problem]) -> PlanStep:
     path: SourcePath = ("steps", index)
     if not isinstance(raw, dict):
@@ -138,11 +164,15 @@ def _step(raw: Any, index: int, source: SourceMap, problems: list[Problem]) -> P
     if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
         depends_on = []
     template = raw.get("prompt_template")
+    when = raw.get("when")
     return PlanStep.model_construct(
         step_id=step_id if isinstance(step_id, str) else unnamed_step_id(index),
         name=str(raw.get("name", "")),
         depends_on=depends_on,
         prompt_template=template if isinstance(template, str) else "",
+        # Kept so that later steps' typed references are checked against it, not refused.
+        output_schema=raw.get("output_schema"),
+        when=when if isinstance(when, str) else None,
     )
 
 

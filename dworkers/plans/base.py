@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
 
-from dworkers import dag, templates
+from dworkers import conditions, dag, output_schema, templates
 from dworkers.errors import (
     PlanNotFoundError,
     PlanValidationError,
@@ -49,7 +49,7 @@ def _is_unnamed(step_id: str) -> bool:
 
 # Fields added after runs were first recorded count in a step's fingerprint only when set, so
 # a new version of dworkers does not make every recorded step look changed on resume.
-ADDED_FIELDS = ("tools",)
+ADDED_FIELDS = ("tools", "output_schema", "when", "output_retries")
 
 
 class PlanStep(BaseModel):
@@ -75,7 +75,9 @@ class PlanStep(BaseModel):
         json_schema_extra={"uniqueItems": True})
     prompt_template: str = Field(
         default="", description="The step's prompt. {name} placeholders are filled from the "
-        "run's inputs; {{ and }} are literal braces.")
+        "run's inputs, {step} with an upstream step's answer, {step.field} with a field of a "
+        "typed one ({step.field ?? 'n/a'} when that step may be skipped); {{ and }} are "
+        "literal braces.")
     retry_max: int = Field(  # strict: `retry_max: yes` is a typo
         default=0, ge=0, le=100, strict=True, description="Retries after a timeout, a "
         "connection error or a 5xx answer (rate limits, 429, always wait and never count).")
@@ -87,6 +89,43 @@ class PlanStep(BaseModel):
         default_factory=list, description="MCP tools the worker may call: 'server' (all its "
         "tools) or 'server.tool', servers declared in the tenant's mcp_servers (default: the "
         "tenant's workers.<role>.tools).", json_schema_extra={"uniqueItems": True})
+    # Typed steps (issue 18): what the answer holds, and when the step runs at all.
+    output_schema: Any = Field(
+        default=None, description="What the answer must hold, checked on every answer: the "
+        "concise form (fields to types: {severity: low|medium|high, in_scope: bool, tags: "
+        "[str], risk: int(1..5), 'note?': str}), a JSON Schema mapping, or a path to a .json/"
+        ".yaml schema file relative to the plan. Later steps read its fields as "
+        "{step.field}; a dataset run writes them to results.csv.",
+        json_schema_extra={"type": ["object", "string", "null"]})
+    when: str | None = Field(
+        default=None, description="A condition over upstream typed fields and inputs, e.g. "
+        "\"triage.in_scope and triage.severity == 'high'\" (and, or, not, == != < <= > >= in, "
+        "'text', numbers, true/false/null, [lists], 'a ?? b' for a value to use when a step "
+        "was skipped). False: the step is skipped with the reason, at no cost, and its "
+        "dependents still run.")
+    output_retries: int = Field(
+        default=1, ge=0, le=10, strict=True, description="Re-asks when an answer does not fit "
+        "output_schema: the model is shown its answer and the exact errors; then the step "
+        "fails with them.")
+
+    _schema_memo: tuple[Any, dict[str, Any] | None] | None = PrivateAttr(default=None)
+
+    @field_serializer("output_schema")
+    def _schema_as_data(self, value: Any) -> Any:
+        if isinstance(value, type) and hasattr(value, "model_json_schema"):
+            return value.model_json_schema()  # a pydantic model class (Python API)
+        return value
+
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The normalised JSON Schema of the answer, or ``None`` for an untyped step (or one
+        whose schema ``check()`` refuses)."""
+        raw = self.output_schema
+        if raw is None or output_schema.is_schema_file(raw):
+            return None
+        memo = self._schema_memo
+        if memo is None or memo[0] is not raw:  # held, so the same object is the same schema
+            memo = self._schema_memo = (raw, output_schema.normalise_schema(raw)[0])
+        return memo[1]
 
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""
@@ -139,6 +178,8 @@ class BasePlan:
         self.description = description
         self.inputs = inputs
         self.source = source
+        # Schema files the loader read, by step index: their problems are located in them.
+        self.schema_sources: dict[int, SourceMap] = {}
         # An answer cut off at the model's token limit: kept (marked) or a failure; None: as the
         # tenant says.
         self.on_truncation = on_truncation
@@ -180,8 +221,10 @@ class BasePlan:
     def placeholders(self) -> list[str]:
         """Every placeholder used by a template, in order of first use."""
         names: dict[str, None] = {}
+        step_ids = frozenset(self._by_id)
         for step in self._steps:
-            names.update(dict.fromkeys(templates.parse(step.prompt_template).names))
+            parsed = templates.parse(step.prompt_template, typed=True)
+            names.update(dict.fromkeys(templates.input_names(parsed, step_ids)))
         return list(names)
 
     def required_inputs(self) -> list[str]:
@@ -257,6 +300,7 @@ class _PlanChecker:
         self.check_dependencies()
         self.check_cycles()
         self.check_templates()
+        self.check_typed()
         return sorted(
             self.problems, key=lambda p: (p.file or "", p.line or 0, p.column or 0, p.code)
         )
@@ -350,14 +394,14 @@ class _PlanChecker:
             if not step.prompt_template:
                 continue
             path: SourcePath = ("steps", i, "prompt_template")
-            parsed = templates.parse(step.prompt_template)
+            parsed = templates.parse(step.prompt_template, typed=True)
             for issue in parsed.issues:
                 self.problem(path, issue.message, issue.hint, "template-syntax",
                              at=self._inside(path, step.prompt_template, issue.offset))
             if declared is None:
                 continue
             for placeholder in parsed.placeholders:
-                if placeholder.name in declared:
+                if placeholder.name in declared or self._typed_reference(placeholder):
                     continue
                 guess = self.did_you_mean(placeholder.name, declared_names)
                 hint = (suggestion(placeholder.name, guess, "did you mean {{{}}}?") if guess
@@ -371,6 +415,86 @@ class _PlanChecker:
                     "undeclared-input",
                     at=self._inside(path, step.prompt_template, placeholder.offset),
                 )
+
+    def _typed_reference(self, placeholder: templates.Placeholder) -> bool:
+        """Whether a placeholder names a step or a field (``check_typed`` checks it)."""
+        return (placeholder.path[0] in self.plan._by_id or len(placeholder.path) > 1
+                or placeholder.has_default)
+
+    def check_typed(self) -> None:
+        """Output schemas, then every typed reference and ``when:`` against the scope of its
+        step (the upstream steps' schemas). Scopes are built only for steps that use them, so
+        a plan without typed references stays linear to check."""
+        plan = self.plan
+        step_fields: dict[str, Any] = {}
+        broken: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if step.output_schema is None:
+                continue
+            file_source = plan.schema_sources.get(i)
+            if file_source is None and output_schema.is_schema_file(step.output_schema):
+                self.problem(("steps", i, "output_schema"), "schema file "
+                             f"{shown(step.output_schema)} was not read: only a plan loaded "
+                             "from a file reads schema files beside it",
+                             "pass the schema itself (a mapping or a pydantic model class)",
+                             "invalid-output-schema")
+                broken.add(step.step_id)
+                continue
+            schema, problems = output_schema.normalise_schema(step.output_schema)
+            for problem in problems:
+                self._schema_problem(i, file_source, problem)
+            if schema is None:
+                broken.add(step.step_id)
+            else:
+                step_fields[step.step_id] = output_schema.fields(schema)
+        conditional = {s.step_id for s in self.steps if s.when is not None}
+        graph = plan.graph
+        declared = None if plan.inputs is None else list(plan.inputs)
+        for i, step in enumerate(self.steps):
+            parsed = (templates.parse(step.prompt_template, typed=True)
+                      if step.prompt_template else None)
+            typed_refs = parsed is not None and any(
+                self._typed_reference(p) for p in parsed.placeholders)
+            if step.when is None and not typed_refs:
+                continue
+            scope = conditions.scope_for(step.step_id, graph, declared, step_fields, conditional)
+            if parsed is not None and typed_refs:
+                path: SourcePath = ("steps", i, "prompt_template")
+                typed = templates.ParsedTemplate(
+                    tuple(p for p in parsed.parts if isinstance(p, templates.Placeholder)
+                          and self._typed_reference(p)), ())
+                for issue in templates.check_references(typed, scope):
+                    if self._about_broken(issue, broken):
+                        continue
+                    self.problem(path, issue.message, issue.hint, issue.code,
+                                 at=self._inside(path, step.prompt_template, issue.offset))
+            if step.when is not None:
+                path = ("steps", i, "when")
+                for issue in conditions.check_condition(step.when, scope):
+                    if self._about_broken(issue, broken):
+                        continue
+                    self.problem(path, f"when: of step {shown(step.step_id)}: {issue.message}",
+                                 issue.hint, issue.code,
+                                 at=self._inside(path, step.when, issue.offset))
+
+    @staticmethod
+    def _about_broken(issue: conditions.Issue, broken: set[str]) -> bool:
+        """An issue caused by an upstream schema that is itself reported as wrong."""
+        return issue.code in ("unknown-field", "untyped-step") and any(
+            repr(sid) in issue.message for sid in broken)
+
+    def _schema_problem(self, index: int, file_source: SourceMap | None,
+                        problem: output_schema.SchemaProblem) -> None:
+        """A problem inside a step's output schema, located in the schema file when it came
+        from one, else in the plan."""
+        message = f"output_schema of step {shown(self.steps[index].step_id)}: {problem.message}"
+        if file_source is None:
+            self.problem(("steps", index, "output_schema", *problem.path), message,
+                         problem.fix, "invalid-output-schema")
+            return
+        line, column = file_source.at(tuple(problem.path))
+        self.problems.append(Problem(message, problem.fix, "invalid-output-schema",
+                                     file_source.file, line, column))
 
     def _line_of(self, path: SourcePath) -> str:
         source = self.plan.source

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dworkers import output_schema
+from dworkers.plans.base import PlanStep
 from dworkers.results import RunResult
 from dworkers.run.flow import EXIT_OK, Console, Display, RunMode, RunRequest
 from dworkers.text import clean, json_text
@@ -141,12 +143,30 @@ def role_cap_note(engine: Engine, asked: int | None) -> str | None:
             "workers.<role>.max_concurrent_tasks in the tenant file to run more")
 
 
+def placeholder_answer(step: PlanStep) -> Any:
+    """What a dry run shows for a step's answer: ``<output of s>``, or for a typed step an
+    object whose every field reads ``<s.field>``."""
+    schema = step.answer_schema()
+    if schema is None:
+        return f"<output of {step.step_id}>"
+    answer: dict[str, Any] = {}
+    paths = list(output_schema.fields(schema))
+    for path in (p for p in paths if not any(o.startswith(p + ".") for o in paths)):
+        node = answer
+        *parents, last = path.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            node = child if isinstance(child, dict) else {}
+        node.setdefault(last, f"<{step.step_id}.{path}>")
+    return answer
+
+
 def render_prompts(engine: Engine, inputs: dict[str, str], *, as_json: bool,
                    reused: dict[str, bool] | None = None, resumed_from: str | None = None) -> int:
     """A dry run: render every prompt and the schedule without calling anything; resuming,
     say which steps the earlier run's answers would cover and which would be called."""
     schedule = engine.schedule()
-    placeholders = {s.step_id: f"<output of {s.step_id}>" for s in engine.plan.steps}
+    placeholders = {s.step_id: placeholder_answer(s) for s in engine.plan.steps}
     steps: list[dict[str, Any]] = []
     for step in engine.plan.steps:
         steps.append({
