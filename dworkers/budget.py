@@ -54,7 +54,9 @@ class LocalBudget:
             return "budget of $0 allows no calls"
         if self.spent >= limit:
             return f"budget of ${limit:g} reached (${self.spent:.4f} spent)"
-        if usd > 0 and self.spent + self.reserved + usd > limit:
+        # A hair of tolerance: in floating point 0.1 + 0.05 > 0.15, and a budget of exactly
+        # three $0.05 calls must allow the third.
+        if usd > 0 and self.spent + self.reserved + usd > limit * (1 + 1e-9):
             held = f", ${self.reserved:.4f} held by calls under way" if self.reserved else ""
             return (f"budget of ${limit:g} reached: the next call may cost ${usd:.4f} "
                     f"(${self.spent:.4f} spent{held})")

@@ -239,6 +239,22 @@ def test_the_budget_refuses_calls_once_spent_or_held_by_calls_in_flight() -> Non
     assert asyncio.run(LocalBudget(None).reserve(1e9)) is None
 
 
+def test_a_budget_of_exactly_n_calls_allows_the_nth() -> None:
+    # $0.15 at $0.05 a call is three calls, though 0.1 + 0.05 > 0.15 in floating point.
+    async def scenario() -> list[str | None]:
+        budget = LocalBudget(0.15)
+        seen = []
+        for _ in range(4):
+            refused = await budget.reserve(0.05)
+            seen.append(refused)
+            if refused is None:
+                await budget.commit(0.05, 0.05)
+        return seen
+
+    assert asyncio.run(scenario())[:3] == [None, None, None]
+    assert asyncio.run(scenario())[3] == "budget of $0.15 reached ($0.1500 spent)"
+
+
 def test_a_call_that_does_not_fit_waits_for_the_calls_under_way_to_be_paid() -> None:
     async def scenario() -> list[object]:
         reservations = Reservations(LocalBudget(1.0), 1.0)

@@ -183,7 +183,8 @@ def dataset_run_summary(result: DatasetResult, out_dir: str | None = None) -> Te
     text = Text.assemble((f"Dataset run {status}", style), f": {result.rows:,} rows — ")
     text.append(", ".join(f"{counts.get(s, 0):,} {s.value}" for s in RowStatus
                           if counts.get(s, 0) or s is RowStatus.SUCCEEDED))
-    text.append(f" · {result.calls:,} calls · {result.prompt_tokens + result.completion_tokens:,}"
+    calls, tokens = result.calls, result.prompt_tokens + result.completion_tokens
+    text.append(f" · {calls:,} call{'s' * (calls != 1)} · {tokens:,}"
                 f" tokens · {fmt_cost(result.cost_usd, result.cost_known)} · "
                 f"{fmt_duration(result.total_duration_ms / 1000)}")
     if result.rate_limited:
