@@ -21,6 +21,8 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # held at an approval gate (or downstream of one): not called yet
+    REJECTED = "rejected"  # its gate (or one upstream) was rejected: never called
 
 
 class RunStatus(StrEnum):
@@ -30,6 +32,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    WAITING = "waiting for approval"  # stopped at a gate: `dworkers approve`, then --resume
 
 
 class StepResult(BaseModel):
@@ -125,10 +128,17 @@ class RunResult(StepTotals, BaseModel):
         """How the run ended."""
         if self.interrupted:
             return RunStatus.INTERRUPTED
+        if self.waiting:
+            return RunStatus.WAITING
         return RunStatus.SUCCEEDED if self.success else RunStatus.FAILED
 
     def count(self, status: StepStatus) -> int:
         return sum(1 for r in self.outputs.values() if r.status is status)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether some step waits for approval (the run exits 3 and can be resumed)."""
+        return any(r.status is StepStatus.WAITING for r in self.outputs.values())
 
     def summary(self) -> dict[str, Any]:
         """Machine-readable result (``--json``, run.json): no prompts, no secrets."""
@@ -141,6 +151,7 @@ class RunResult(StepTotals, BaseModel):
             estimated=self.estimated,
             truncated=[r.step_id for r in self.outputs.values() if r.truncated],
             counts={s.value: self.count(s) for s in StepStatus},
+            status=self.status.value,  # "waiting for approval" while a gate holds it
         )
         return data
 
@@ -268,6 +279,11 @@ class DatasetResult(BaseModel):
     def success(self) -> bool:
         return not self.interrupted and self.counts[RowStatus.SUCCEEDED] == self.rows
 
+    @property
+    def waiting(self) -> bool:
+        """Whether some row waits at an approval gate (the run exits 3)."""
+        return not self.interrupted and self.counts[RowStatus.WAITING] > 0
+
     def add(self, row: RowResult) -> None:
         self.counts[row.status] += 1
         self.prompt_tokens += row.prompt_tokens
@@ -279,4 +295,6 @@ class DatasetResult(BaseModel):
         """Machine-readable totals (``--json``, run.json)."""
         data = self.model_dump(mode="json")
         data.update(rows=self.rows, success=self.success, cost_usd=round(self.cost_usd, 6))
+        if self.waiting:
+            data["status"] = "waiting for approval"
         return data

@@ -36,12 +36,14 @@ from dworkers.history.records import (
     RUN_COLUMNS,
     STEP_COLUMNS,
     STEP_PLACE,
+    STEP_STATUS_AS_READ,
     RunRecord,
     StepRecord,
     new_run_row,
     run_record,
     step_record,
     step_row,
+    stored_status,
 )
 from dworkers.plans.base import BasePlan
 from dworkers.results import RunResult, RunStatus, StepResult
@@ -409,7 +411,7 @@ class History:
         conn.execute(
             "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?, "
             "completion_tokens = ?, cost_usd = ?, cost_known = ?, inputs = ? WHERE run_id = ?",
-            (result.status.value, time.time(), result.total_duration_ms, result.prompt_tokens,
+            (stored_status(result.status.value), time.time(), result.total_duration_ms, result.prompt_tokens,
              result.completion_tokens, result.cost_usd, int(result.cost_known),
              json.dumps(result.inputs), result.run_id))
 
@@ -448,12 +450,12 @@ class History:
             where.append("status IN ('running', 'interrupted')")
         elif status is not None:
             where.append("status = ?")
-            params.append(status)
+            params.append(stored_status(status))  # waiting for approval: decided per run
         sql = f"SELECT {_RUNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, run_id DESC"
-        exact = status not in ("running", "interrupted")
+        exact = status not in ("running", "interrupted", "failed", RunStatus.WAITING.value)
         if limit is not None and exact:
             sql += f" LIMIT {int(limit)}"
         records = [r for r in self._records(self._read(sql, params))
@@ -640,8 +642,9 @@ class History:
         for chunk in range(0, len(ids), 500):
             part = ids[chunk:chunk + 500]
             for row in self._read(
-                    "SELECT run_id, status, count(*), sum(cached) FROM steps "
-                    f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, status",
+                    f"SELECT run_id, {STEP_STATUS_AS_READ} AS read, count(*), sum(cached) "
+                    f"FROM steps WHERE run_id IN ({', '.join('?' * len(part))}) "
+                    "GROUP BY run_id, read",
                     part):
                 mine = counts[str(row[0])]
                 mine[str(row[1])] = int(row[2])
@@ -666,6 +669,8 @@ class History:
             if status == "running" and row["host"] == host and not _alive(row["pid"]):
                 status = "interrupted"
             mine = counts[str(row["run_id"])]
+            if status == "failed" and mine.get("waiting"):  # stopped at a gate
+                status = RunStatus.WAITING.value
             total = sum(v for k, v in mine.items() if k not in ("cached", "rows"))
             record = run_record(row, status, {"total": total, **mine})
             if record.run_id in so_far:

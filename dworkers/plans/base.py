@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from dworkers import dag, templates
 from dworkers.errors import (
@@ -78,13 +78,22 @@ class PlanStep(BaseModel):
         default=0, ge=0, le=86_400, allow_inf_nan=False, description="Seconds one attempt "
         "may take, from sending the request to the end of the whole answer, streamed or not; 0 "
         "means the tenant's limits.timeout_seconds.")
+    # Approval gates (dworkers.approvals): the run stops before calling this step until a
+    # person approves it.
+    approve: StrictBool | Annotated[str, StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=2000)] = Field(
+        default=False, description="A gate: true, or the question for the approver. Once its "
+        "dependencies are done the run stops before calling this step (exit 3) until "
+        "`dworkers approve RUN STEP` (then `dworkers run --resume RUN`), or `dworkers reject` "
+        "skips it and everything downstream of it.")
 
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""
         import hashlib  # only runs need it: keep `dworkers list` from loading OpenSSL
         import json
 
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # A gate does not change what the step is asked: adding or answering one reuses answers.
+        payload = json.dumps(self.model_dump(mode="json", exclude={"approve"}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
