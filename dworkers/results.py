@@ -277,7 +277,8 @@ class DatasetResult(BaseModel):
 
     @property
     def success(self) -> bool:
-        return not self.interrupted and self.counts[RowStatus.SUCCEEDED] == self.rows
+        done = self.counts[RowStatus.SUCCEEDED] + self.counts[RowStatus.REJECTED]
+        return not self.interrupted and done == self.rows  # a rejection is a decision
 
     @property
     def waiting(self) -> bool:

@@ -264,7 +264,8 @@ class PlanInstance:
                    if step.step_id in self.decided}
         self.result.outputs = ordered
         self.result.interrupted = interrupted
-        self.result.success = not interrupted and all(r.succeeded for r in ordered.values())
+        self.result.success = not interrupted and all(  # a rejection is a decision
+            r.succeeded or r.status is StepStatus.REJECTED for r in ordered.values())
         self.result.total_duration_ms = (time.monotonic() - t0) * 1000
         if self.row is None:
             self.emit(RunFinished(self.result, time.monotonic()))

@@ -211,16 +211,16 @@ def decode(column: str, value: Any) -> Any:
         return default
 
 
-# A step's status as read: held and rejected steps are told apart by their reason (a step id
-# has no spaces nor colons, so no other reason starts this way).
-STEP_STATUS_AS_READ = (
+# A step's (or a row's) status as read: held and rejected ones are told apart by their reason
+# (a step id has no spaces nor colons, so no other reason starts this way).
+STATUS_AS_READ = (
     f"CASE WHEN status != 'skipped' THEN status WHEN error LIKE '{WAITING_FOR_APPROVAL}%' "
     f"THEN 'waiting' WHEN error LIKE '{REJECTED} by %' OR error LIKE '{REJECTED}:%' "
     "THEN 'rejected' ELSE status END")
 
 
 def status_as_read(status: str, error: str | None) -> str:
-    """A stored step (or row) status as dworkers names it (``STEP_STATUS_AS_READ`` in Python)."""
+    """A stored step (or row) status as dworkers names it (``STATUS_AS_READ`` in Python)."""
     reason = error or ""
     if status != "skipped":
         return status
@@ -253,6 +253,7 @@ def row_record(row: sqlite3.Row) -> RowRecord:
     values = {name: decode(name, row[name]) for name in ROW_COLUMNS}
     for flag in _FLAGS[1:]:
         values[flag] = bool(values[flag])
+    values["status"] = status_as_read(values["status"], values["error"])
     return RowRecord(**values)
 
 

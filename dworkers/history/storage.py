@@ -36,7 +36,7 @@ from dworkers.history.records import (
     RUN_COLUMNS,
     STEP_COLUMNS,
     STEP_PLACE,
-    STEP_STATUS_AS_READ,
+    STATUS_AS_READ,
     RunRecord,
     StepRecord,
     new_run_row,
@@ -642,7 +642,7 @@ class History:
         for chunk in range(0, len(ids), 500):
             part = ids[chunk:chunk + 500]
             for row in self._read(
-                    f"SELECT run_id, {STEP_STATUS_AS_READ} AS read, count(*), sum(cached) "
+                    f"SELECT run_id, {STATUS_AS_READ} AS read, count(*), sum(cached) "
                     f"FROM steps WHERE run_id IN ({', '.join('?' * len(part))}) "
                     "GROUP BY run_id, read",
                     part):
@@ -652,8 +652,8 @@ class History:
                     mine["cached"] = int(row[3] or 0)
             # A dataset run counts its rows (its steps live per row, in history.dataset).
             for row in self._read(
-                    "SELECT run_id, status, count(*) FROM rows "
-                    f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, status",
+                    f"SELECT run_id, {STATUS_AS_READ} AS read, count(*) FROM rows "
+                    f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, read",
                     part):
                 mine = counts[str(row[0])]
                 mine[str(row[1])] = int(row[2])
