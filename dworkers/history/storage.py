@@ -34,9 +34,9 @@ from dworkers.files import data_dir
 from dworkers.history import resume, schema
 from dworkers.history.records import (
     RUN_COLUMNS,
+    STATUS_AS_READ,
     STEP_COLUMNS,
     STEP_PLACE,
-    STATUS_AS_READ,
     RunRecord,
     StepRecord,
     new_run_row,
@@ -411,8 +411,9 @@ class History:
         conn.execute(
             "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?, "
             "completion_tokens = ?, cost_usd = ?, cost_known = ?, inputs = ? WHERE run_id = ?",
-            (stored_status(result.status.value), time.time(), result.total_duration_ms, result.prompt_tokens,
-             result.completion_tokens, result.cost_usd, int(result.cost_known),
+            (stored_status(result.status.value), time.time(), result.total_duration_ms,
+             result.prompt_tokens, result.completion_tokens, result.cost_usd,
+             int(result.cost_known),
              json.dumps(result.inputs), result.run_id))
 
     @classmethod

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dworkers import dag, templates
 from dworkers.errors import (
@@ -36,6 +36,9 @@ MAX_COMPARISONS = 200_000
 """"Did you mean" compares a name with every known one; this bounds the comparisons per check,
 so a plan with thousands of typos among thousands of steps does not make validation quadratic
 (a small plan gets a suggestion for every typo)."""
+
+
+MAX_QUESTION = 2000  # characters of an approval gate's question
 
 
 def unnamed_step_id(index: int) -> str:
@@ -80,12 +83,23 @@ class PlanStep(BaseModel):
         "means the tenant's limits.timeout_seconds.")
     # Approval gates (dworkers.approvals): the run stops before calling this step until a
     # person approves it.
-    approve: StrictBool | Annotated[str, StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=2000)] = Field(
+    approve: bool | str = Field(
         default=False, description="A gate: true, or the question for the approver. Once its "
         "dependencies are done the run stops before calling this step (exit 3) until "
         "`dworkers approve RUN STEP` (then `dworkers run --resume RUN`), or `dworkers reject` "
-        "skips it and everything downstream of it.")
+        "skips it and everything downstream of it.",
+        json_schema_extra={"anyOf": [{"type": "boolean"},
+                                     {"type": "string", "minLength": 1, "maxLength": 2000}]})
+
+    @field_validator("approve", mode="before")
+    @classmethod
+    def _gate(cls, value: object) -> bool | str:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and 0 < len(value.strip()) <= MAX_QUESTION:
+            return value.strip()
+        raise ValueError(f"must be true, false, or the question for the approver (1 to "
+                         f"{MAX_QUESTION} characters of text), not {shown(str(value))[:60]}")
 
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""

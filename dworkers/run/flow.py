@@ -536,5 +536,5 @@ def interrupt_cancels(task: asyncio.Task[Any] | None) -> None:
             loop.add_signal_handler(number, task.cancel)
 
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_WAITING", "FanOut", "Resolved", "RunMode",
-           "RunRequest", "run_flow"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_WAITING", "FanOut", "Resolved",
+           "RunMode", "RunRequest", "run_flow"]

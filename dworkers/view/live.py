@@ -16,8 +16,8 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
-from dworkers.events import Event, RunFinished, RunStarted, StepFinished
 from dworkers.approvals import WAITING_FOR_APPROVAL
+from dworkers.events import Event, RunFinished, RunStarted, StepFinished
 from dworkers.results import RunResult, StepStatus
 from dworkers.text import cells, clean, crop, crop_left, fit, one_line
 from dworkers.view import console
