@@ -259,4 +259,4 @@ def test_validate_refuses_an_empty_question(tmp_path: Path) -> None:
     path.write_text(PLAN.replace('approve: "Send the briefing to the client?"', 'approve: ""'))
     code, _, stderr = invoke("validate", str(path))
     assert code == 2
-    assert f"{path}:17:14: approve: must be true, false, or the question" in stderr
+    assert f"{path}:15:14: approve: must be true, false, or the question" in stderr
