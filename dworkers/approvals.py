@@ -10,7 +10,7 @@ gets them here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 WAITING_FOR_APPROVAL = "waiting for approval"  # how a held step's reason begins
@@ -71,10 +71,5 @@ def question_of(approve: bool | str, step_name: str) -> str:
     return f"Run {step_name!r}?"
 
 
-def gate_ids(steps: Iterable[tuple[str, bool | str]]) -> list[str]:
-    """The ids of the gated steps among ``(step_id, approve)`` pairs."""
-    return [sid for sid, approve in steps if approve is not False]
-
-
-__all__ = ["PRE_APPROVER", "REJECTED", "WAITING_FOR_APPROVAL", "Decision", "Gates", "gate_ids",
-           "held_below", "question_of", "waiting_reason"]
+__all__ = ["PRE_APPROVER", "REJECTED", "WAITING_FOR_APPROVAL", "Decision", "Gates", "held_below",
+           "question_of", "waiting_reason"]

@@ -423,12 +423,12 @@ GateArgument = Annotated[str, typer.Argument(help="The gated step waiting for ap
 def _decide(run_ref: str, step: str, approved: bool, note: str, rows: str | None,
             all_rows: bool) -> None:
     from dworkers import view
-    from dworkers.run.gates import GateDecision, decide
+    from dworkers.run.gates import GateDecision, decide_gate
 
     request = GateDecision(run_ref, step.strip(), approved, note,
                            rows.split(",") if rows is not None else None, all_rows)
     try:
-        said = decide(request)
+        said = decide_gate(request)
     except DworkersError as exc:
         _fail(exc)
     view.print_ok(view.console(), said)

@@ -48,9 +48,9 @@ def show_recorded_run(ref: str, step_or_key: str | None, *, as_json: bool) -> No
 def pending_gates(history: History, record: RunRecord) -> list[dict[str, Any]]:
     """The gates a run waits at, each with what its approver would approve: the question, the
     step, and its dependencies' outputs (a file's path when the run folder still has it)."""
-    from dworkers.run.gates import held_gates
+    from dworkers.history.approvals import GateHistory
 
-    held = held_gates(history, record.run_id)
+    held = GateHistory(history).held(record.run_id)
     if not held:
         return []
     steps = {s.step_id: s for s in history.steps(record.run_id)}

@@ -191,6 +191,7 @@ def test_show_lists_the_pending_gate_with_what_it_would_approve(
     run_id = start_held_run(llm_server, plan_file, tmp_path)
     code, stdout, _ = invoke("show", run_id)
     assert code == 0
+    assert "⏸ briefing" in stdout  # the tree marks the gate
     assert "briefing waits for approval: Send the briefing to the client?" in stdout
     assert f"from scope (succeeded): {last_run(tmp_path) / 'steps' / 'scope.md'}" in stdout
     code, stdout, _ = invoke("show", run_id, "--json")

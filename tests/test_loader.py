@@ -180,7 +180,8 @@ def test_a_bom_is_accepted(tmp_path: Path) -> None:
           "mean 'description'?")),
         ("name: p\nsteps:\n  - step_id: a\n    color: red\n    name: A\n",
          ("unknown-key", 4, 5, "unknown key 'color' in step 'a' — allowed keys: step_id, name, "
-          "description, worker_role, depends_on, prompt_template, retry_max, timeout_seconds")),
+          "description, worker_role, depends_on, prompt_template, retry_max, timeout_seconds, "
+              "approve")),
     ],
 )
 def test_unknown_keys_are_rejected_with_a_suggestion(

@@ -87,7 +87,7 @@ class GateDecision:
     all_rows: bool = False
 
 
-def decide(request: GateDecision) -> str:
+def decide_gate(request: GateDecision) -> str:
     """Record an approver's decision on a held gate; returns what to tell them. Raises
     ``DworkersError`` (exit 2) for a run, step or row that cannot be decided."""
     from dworkers.history import History
@@ -167,11 +167,5 @@ def _not_held(history: History, run_id: str, step: str, held: list[HeldGate], da
     return DworkersError(f"run {run_id} has no gate {step!r} waiting — {waiting}")
 
 
-def held_gates(history: History, run_id: str) -> list[HeldGate]:
-    from dworkers.history.approvals import GateHistory
-
-    return GateHistory(history).held(run_id)
-
-
-__all__ = ["GateDecision", "approver", "check_pre_approvals", "decide",
-           "held_gates", "record_pre_approvals", "run_gates"]
+__all__ = ["GateDecision", "approver", "check_pre_approvals", "decide_gate",
+           "record_pre_approvals", "run_gates"]
