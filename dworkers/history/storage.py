@@ -555,7 +555,8 @@ class History:
         if record.succeeded:
             return record.output
         why = {"pending": "it never started", "running": "it did not finish",
-               "skipped": "it was skipped", "cancelled": "it was cancelled"}.get(
+               "skipped": "it was skipped", "cancelled": "it was cancelled",
+               "waiting": "it waits for approval", "rejected": "it was rejected"}.get(
             record.status, f"it {record.status}")
         raise NoOutputError(f"step {step_id!r} of run {record.run_id} has no output: {why}"
                             + (f" ({record.error})" if record.error else ""))
