@@ -25,6 +25,15 @@ class StepStatus(StrEnum):
     REJECTED = "rejected"  # its gate (or one upstream) was rejected: never called
 
 
+GATE_STATUSES = frozenset({StepStatus.WAITING, StepStatus.REJECTED})
+
+
+def shown_counts(counts: Mapping[StepStatus, int]) -> dict[str, int]:
+    """Counts by status, for files and ``--json``: a gate's statuses only when some step (or
+    row) has one, so a plan without gates reads as it always has."""
+    return {s.value: n for s, n in counts.items() if n or s not in GATE_STATUSES}
+
+
 class RunStatus(StrEnum):
     """Where a run stands: ``running`` while its process lives, then how it ended."""
 
@@ -150,7 +159,7 @@ class RunResult(StepTotals, BaseModel):
             cost_known=self.cost_known,
             estimated=self.estimated,
             truncated=[r.step_id for r in self.outputs.values() if r.truncated],
-            counts={s.value: self.count(s) for s in StepStatus},
+            counts=shown_counts({s: self.count(s) for s in StepStatus}),
             status=self.status.value,  # "waiting for approval" while a gate holds it
         )
         return data
@@ -295,7 +304,8 @@ class DatasetResult(BaseModel):
     def summary(self) -> dict[str, Any]:
         """Machine-readable totals (``--json``, run.json)."""
         data = self.model_dump(mode="json")
-        data.update(rows=self.rows, success=self.success, cost_usd=round(self.cost_usd, 6))
+        data.update(rows=self.rows, success=self.success, cost_usd=round(self.cost_usd, 6),
+                    counts=shown_counts(self.counts))
         if self.waiting:
             data["status"] = "waiting for approval"
         return data

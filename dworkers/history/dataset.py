@@ -46,7 +46,15 @@ from dworkers.history.records import (
 from dworkers.history.storage import History, WriteJob
 from dworkers.history.writer import PATIENCE, HistoryWriter, Statement
 from dworkers.plans.base import BasePlan
-from dworkers.results import MOCK_MODEL, DatasetResult, Row, RowResult, RowStatus, StepResult
+from dworkers.results import (
+    GATE_STATUSES,
+    MOCK_MODEL,
+    DatasetResult,
+    Row,
+    RowResult,
+    RowStatus,
+    StepResult,
+)
 
 ROW_STATUSES = ("pending", "running", *(s.value for s in RowStatus))
 BATCH = 500  # rows read or written per statement
@@ -185,7 +193,9 @@ class DatasetHistory:
         found = {str(r[0]): int(r[1]) for r in self._read(
             f"SELECT {STATUS_AS_READ} AS read, count(*) FROM rows WHERE run_id = ? "
             "GROUP BY read", (run_id,))}
-        return {status: found.get(status, 0) for status in ROW_STATUSES if status != "running"}
+        gates = {s.value for s in GATE_STATUSES}  # shown only when some row has one
+        return {status: found.get(status, 0) for status in ROW_STATUSES
+                if status != "running" and (status not in gates or found.get(status))}
 
     def not_succeeded(self, run_id: str, limit: int = 50) -> list[RowRecord]:
         """The first rows (in dataset order) that did not succeed."""
