@@ -445,6 +445,14 @@ def run(
                      "dworkers[otel]) [default: on when OTEL_EXPORTER_OTLP_ENDPOINT is set].",
                      show_default=False),
     ] = None,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option("--approve", help="Approve this gated step up front (repeatable): the "
+                     "run does not stop there.", show_default=False),
+    ] = None,
+    approve_all: Annotated[
+        bool, typer.Option("--approve-all", help="Approve every gated step up front.")
+    ] = False,
 ) -> None:
     """Run a plan: steps start as soon as their dependencies finish; outputs are saved."""
     from dworkers.run import RunRequest, execute
@@ -454,7 +462,8 @@ def run(
         max_concurrency=max_concurrency, max_cost=max_cost, fail_fast=fail_fast, mock=mock,
         dry_run=dry_run, out=out, json=as_json, quiet=quiet, resume=resume, no_cache=no_cache,
         data=data, key=key, max_failures=max_failures, executor=executor,
-        ray_address=ray_address, formats=formats, trace=trace,
+        ray_address=ray_address, formats=formats, trace=trace, approve=approve or [],
+        approve_all=approve_all,
     )
     try:
         code = execute(request)
@@ -495,6 +504,44 @@ def export(
     out_console = view.console()
     for path in written:
         view.print_ok(out_console, f"wrote {path}")
+NoteOption = Annotated[str, typer.Option("--note", help="Why: kept with the decision, shown "
+                                         "in the report.")]
+RowsOption = Annotated[str | None, typer.Option(
+    "--rows", help="Dataset runs: the rows to decide, keys separated by commas.",
+    show_default=False)]
+AllRowsOption = Annotated[bool, typer.Option(
+    "--all-rows", help="Dataset runs: every row waiting at the step.")]
+RunArgument = Annotated[str, typer.Argument(help="The run (id, prefix or 'last').",
+                                            autocompletion=completion.runs)]
+GateArgument = Annotated[str, typer.Argument(help="The gated step waiting for approval.")]
+
+
+def _decide(run_ref: str, step: str, approved: bool, note: str, rows: str | None,
+            all_rows: bool) -> None:
+    from dworkers import view
+    from dworkers.run.gates import GateDecision, decide_gate
+
+    request = GateDecision(run_ref, step.strip(), approved, note,
+                           rows.split(",") if rows is not None else None, all_rows)
+    try:
+        said = decide_gate(request)
+    except DworkersError as exc:
+        _fail(exc)
+    view.print_ok(view.console(), said)
+
+
+@app.command()
+def approve(run_ref: RunArgument, step: GateArgument, note: NoteOption = "",
+            rows: RowsOption = None, all_rows: AllRowsOption = False) -> None:
+    """Approve a gated step a run waits at; then `dworkers run --resume RUN` continues."""
+    _decide(run_ref, step, True, note, rows, all_rows)
+
+
+@app.command()
+def reject(run_ref: RunArgument, step: GateArgument, note: NoteOption = "",
+           rows: RowsOption = None, all_rows: AllRowsOption = False) -> None:
+    """Reject a gated step: on resume it and everything downstream of it are skipped."""
+    _decide(run_ref, step, False, note, rows, all_rows)
 
 
 class SchemaKind(StrEnum):

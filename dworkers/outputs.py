@@ -112,9 +112,7 @@ class RunWriter:
 
 
 def run_status(result: RunResult) -> str:
-    if result.interrupted:
-        return "interrupted"
-    return "succeeded" if result.success else "failed"
+    return result.status.value  # "waiting for approval" too
 
 
 def report(plan: BasePlan, result: RunResult) -> str:

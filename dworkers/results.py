@@ -21,6 +21,17 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # held at an approval gate (or downstream of one): not called yet
+    REJECTED = "rejected"  # its gate (or one upstream) was rejected: never called
+
+
+GATE_STATUSES = frozenset({StepStatus.WAITING, StepStatus.REJECTED})
+
+
+def shown_counts(counts: Mapping[StepStatus, int]) -> dict[str, int]:
+    """Counts by status, for files and ``--json``: a gate's statuses only when some step (or
+    row) has one, so a plan without gates reads as it always has."""
+    return {s.value: n for s, n in counts.items() if n or s not in GATE_STATUSES}
 
 
 class RunStatus(StrEnum):
@@ -30,6 +41,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    WAITING = "waiting for approval"  # stopped at a gate: `dworkers approve`, then --resume
 
 
 class ToolCall(BaseModel):
@@ -156,10 +168,17 @@ class RunResult(StepTotals, BaseModel):
         """How the run ended."""
         if self.interrupted:
             return RunStatus.INTERRUPTED
+        if self.waiting:
+            return RunStatus.WAITING
         return RunStatus.SUCCEEDED if self.success else RunStatus.FAILED
 
     def count(self, status: StepStatus) -> int:
         return sum(1 for r in self.outputs.values() if r.status is status)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether some step waits for approval (the run exits 3 and can be resumed)."""
+        return any(r.status is StepStatus.WAITING for r in self.outputs.values())
 
     def summary(self) -> dict[str, Any]:
         """Machine-readable result (``--json``, run.json): no prompts, no secrets."""
@@ -171,7 +190,8 @@ class RunResult(StepTotals, BaseModel):
             cost_known=self.cost_known,
             estimated=self.estimated,
             truncated=[r.step_id for r in self.outputs.values() if r.truncated],
-            counts={s.value: self.count(s) for s in StepStatus},
+            counts=shown_counts({s: self.count(s) for s in StepStatus}),
+            status=self.status.value,  # "waiting for approval" while a gate holds it
         )
         return data
 
@@ -303,7 +323,13 @@ class DatasetResult(BaseModel):
 
     @property
     def success(self) -> bool:
-        return not self.interrupted and self.counts[RowStatus.SUCCEEDED] == self.rows
+        done = self.counts[RowStatus.SUCCEEDED] + self.counts[RowStatus.REJECTED]
+        return not self.interrupted and done == self.rows  # a rejection is a decision
+
+    @property
+    def waiting(self) -> bool:
+        """Whether some row waits at an approval gate (the run exits 3)."""
+        return not self.interrupted and self.counts[RowStatus.WAITING] > 0
 
     def add(self, row: RowResult) -> None:
         self.counts[row.status] += 1
@@ -315,5 +341,8 @@ class DatasetResult(BaseModel):
     def summary(self) -> dict[str, Any]:
         """Machine-readable totals (``--json``, run.json)."""
         data = self.model_dump(mode="json")
-        data.update(rows=self.rows, success=self.success, cost_usd=round(self.cost_usd, 6))
+        data.update(rows=self.rows, success=self.success, cost_usd=round(self.cost_usd, 6),
+                    counts=shown_counts(self.counts))
+        if self.waiting:
+            data["status"] = "waiting for approval"
         return data

@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"discovery"},
     # Pure, no I/O beyond files.py: these may import one another.
     {"templates", "dag", "errors", "events", "types", "names", "files", "redact", "text",
-     "provider_headers", "budget", "estimates", "conditions", "output_schema", "results"},
+     "provider_headers", "budget", "estimates", "conditions", "output_schema", "results",
+     "approvals"},
 ]
 # Deliberate upward imports, each with its reason.
 EXCEPTIONS = {

@@ -25,7 +25,7 @@ from dworkers.dataset.reader import safe_name
 from dworkers.events import DatasetFinished, Event, RowFinished, RunStarted
 from dworkers.files import write_atomic
 from dworkers.plans.base import BasePlan
-from dworkers.results import DatasetResult, RowResult, RowStatus
+from dworkers.results import DatasetResult, RowResult, RowStatus, shown_counts
 from dworkers.text import clean, crop, json_text, one_line
 
 RUN_JSON_INTERVAL = 2.0  # seconds between rewrites of run.json while rows finish
@@ -118,7 +118,7 @@ class DatasetWriter:
                 "plan": self.plan.name,
                 "tenant": started.tenant if started else None,
                 "status": "running",
-                "counts": {s.value: n for s, n in self.counts.items()},
+                "counts": shown_counts(self.counts),
                 "tokens": self.tokens,
                 **cost_fields(self.cost_usd, self.cost_known),
             }
@@ -213,7 +213,7 @@ def dataset_summary(result: DatasetResult) -> dict[str, Any]:
     data = result.model_dump(mode="json")
     data["status"] = dataset_status(result)
     data["rows"] = result.rows
-    data["counts"] = {s.value: result.counts.get(s, 0) for s in RowStatus}
+    data["counts"] = shown_counts({s: result.counts.get(s, 0) for s in RowStatus})
     data["tokens"] = result.prompt_tokens + result.completion_tokens
     data.update(cost_fields(result.cost_usd, result.cost_known))
     return data
@@ -254,7 +254,8 @@ def dataset_report(plan: BasePlan, result: DatasetResult,
     if result.stop_reason:
         lines.append(f"- Stopped: {result.stop_reason}")
     lines += ["", "| status | rows |", "|---|---:|"]
-    lines += [f"| {s.value} | {result.counts.get(s, 0):,} |" for s in RowStatus]
+    lines += [f"| {status} | {n:,} |" for status, n in shown_counts(
+        {s: result.counts.get(s, 0) for s in RowStatus}).items()]
     if failures:
         lines += ["", "## Rows that did not succeed", "", "| row | status | error |",
                   "|---|---|---|"]

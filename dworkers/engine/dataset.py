@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 
+from dworkers import approvals
 from dworkers.engine.calls import EventCallback
 from dworkers.engine.instance import PlanInstance
 from dworkers.engine.pool import Pool
@@ -33,11 +34,21 @@ from dworkers.results import (
     Rows,
     RowStatus,
     RunResult,
+    StepResult,
     StepStatus,
     each_row,
 )
 
 CANCEL_WAIT = 15.0  # seconds rows get to wind down after an interruption
+
+
+def gate_reason(result: StepResult) -> str:
+    """A held or rejected row's error: it begins as its steps' do (the history tells held and
+    rejected rows apart by it), and names the gate."""
+    reason = result.error or result.status.value
+    if reason.startswith((approvals.WAITING_FOR_APPROVAL + ":", approvals.REJECTED + " by ")):
+        return approvals.held_below(result.step_id, reason)  # the gate itself
+    return reason
 
 
 def row_result(row: Row, inputs: Mapping[str, str], run: RunResult) -> RowResult:
@@ -50,8 +61,12 @@ def row_result(row: Row, inputs: Mapping[str, str], run: RunResult) -> RowResult
         status = RowStatus.FAILED
     elif StepStatus.CANCELLED in statuses:
         status = RowStatus.CANCELLED
+    elif StepStatus.WAITING in statuses:  # held at a gate: resumed once decided
+        status = RowStatus.WAITING
     elif StepStatus.SKIPPED in statuses:
         status = RowStatus.SKIPPED
+    elif StepStatus.REJECTED in statuses:
+        status = RowStatus.REJECTED
     else:
         status = RowStatus.SUCCEEDED
     error = None
@@ -59,7 +74,9 @@ def row_result(row: Row, inputs: Mapping[str, str], run: RunResult) -> RowResult
         first = next((r for r in run.outputs.values()
                       if r.status is status and not r.condition_false), None)
         first = first or next((r for r in run.outputs.values() if not r.settled_well), None)
-        if first is not None:
+        if first is not None and first.status in (StepStatus.WAITING, StepStatus.REJECTED):
+            error = gate_reason(first)
+        elif first is not None:
             error = f"{first.step_id}: {first.error or first.status.value}"
         else:
             error = "cancelled (run interrupted)"

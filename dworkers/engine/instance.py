@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dworkers import conditions
+from dworkers import approvals, conditions
 from dworkers.engine.calls import EventCallback, StepCalls, StepRecords
 from dworkers.engine.pool import Pool
 from dworkers.engine.reuse import StepCache, applies_again, as_reused, cache_key, typed_again
@@ -157,6 +157,10 @@ class PlanInstance:
         if self.stop_reason or self.interrupted:
             self.work.append((self._settle, self.not_started(step)))
             return
+        held = self.held_at_gate(step)
+        if held is not None:
+            self.work.append((self._settle, held))
+            return
         task = asyncio.create_task(self.guarded(step), name=f"step:{sid}")
         self.pool.step_started()
         task.add_done_callback(lambda done: self.never_started(done, step))
@@ -171,6 +175,20 @@ class PlanInstance:
             return conditions.evaluate(condition, values), conditions.explain(condition, values)
         except conditions.ConditionSyntaxError as exc:  # validated before the run; be safe
             return False, f"when: {condition!r} cannot be read: {exc}"
+
+    def held_at_gate(self, step: PlanStep) -> StepResult | None:
+        """A gate not approved: waiting for its decision, or rejected (never called)."""
+        if step.approve is False:
+            return None
+        gates = self.options.gates or approvals.Gates()
+        decision = gates.decision(self.row_key, step.step_id)
+        if decision is None:
+            question = approvals.question_of(step.approve, step.name)
+            return self.records.ended(step, StepStatus.WAITING,
+                                      approvals.waiting_reason(question))
+        if decision.approved:
+            return None
+        return self.records.ended(step, StepStatus.REJECTED, decision.reason(step.step_id))
 
     def never_started(self, task: asyncio.Task[None], step: PlanStep) -> None:
         """A task cancelled before its first step ran never reaches ``guarded``'s handler:
@@ -224,13 +242,24 @@ class PlanInstance:
             self.cancel_reason = self._stop_reason
             for task in self.tasks.values():
                 task.cancel()
-        verb = {StepStatus.FAILED: "failed", StepStatus.SKIPPED: "was skipped",
-                StepStatus.CANCELLED: "was cancelled"}[result.status]
-        reason = result.error if result.status is StepStatus.SKIPPED else f"{sid} {verb}"
+        status, reason = self.fate_below(result)
         for child in self.dependents[sid]:
             if child not in self.decided and child not in self.tasks:
-                self.work.append((self._settle, self.records.skipped(
-                    child, reason or f"{sid} {verb}")))
+                self.work.append((self._settle, self.records.ended_id(child, status, reason)))
+
+    def fate_below(self, result: StepResult) -> tuple[StepStatus, str]:
+        """What becomes of the steps below one that did not succeed, and why."""
+        sid, status = result.step_id, result.status
+        if status in (StepStatus.WAITING, StepStatus.REJECTED):
+            # Held or rejected at a gate: its descendants share its fate, and say whose.
+            if self.plan.get_step(sid).approve is False:  # itself below a gate
+                return status, result.error or status.value
+            return status, approvals.held_below(sid, result.error or "")
+        if status is StepStatus.SKIPPED and result.error:
+            return StepStatus.SKIPPED, result.error
+        verb = {StepStatus.FAILED: "failed", StepStatus.SKIPPED: "was skipped",
+                StepStatus.CANCELLED: "was cancelled"}[status]
+        return StepStatus.SKIPPED, f"{sid} {verb}"
 
     async def cancel_all(self, reason: str) -> None:
         self.cancel_reason = reason
@@ -258,7 +287,8 @@ class PlanInstance:
                    if step.step_id in self.decided}
         self.result.outputs = ordered
         self.result.interrupted = interrupted
-        self.result.success = not interrupted and all(r.settled_well for r in ordered.values())
+        self.result.success = not interrupted and all(  # a rejection is a decision
+            r.settled_well or r.status is StepStatus.REJECTED for r in ordered.values())
         self.result.total_duration_ms = (time.monotonic() - t0) * 1000
         if self.row is None:
             self.emit(RunFinished(self.result, time.monotonic()))

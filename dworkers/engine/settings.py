@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dworkers import dag, prompts
+from dworkers.approvals import Gates
 from dworkers.endpoints import endpoint_for
 from dworkers.events import RunStarted, StepInfo
 from dworkers.llm import LLMClient, Message, Price
@@ -45,6 +46,8 @@ class RunOptions:
     # live tree). Dataset runs never stream.
     stream: bool = True
     row_window: int | None = None  # dataset runs: rows active at once (default 2 × slots + 8)
+    # Decisions on approval gates; without them every gate holds the run (exit 3).
+    gates: Gates | None = None
 
 
 def new_run_id() -> str:

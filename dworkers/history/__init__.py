@@ -4,6 +4,7 @@ The package, one job per module (imports point down this list):
 
 - ``dataset``: dataset runs — their rows and row-steps: ``DatasetRecorder``, ``DatasetHistory``
   (queries, resume rows), ``DatasetStepCache``.
+- ``approvals``: ``GateHistory`` — decisions on approval gates, and the gates a run holds.
 - ``recorder``: ``HistoryRecorder``, an ``on_event`` callback that records a run as it goes.
 - ``writer``: ``HistoryWriter``, a run's writes on a thread of their own, patient with locks.
 - ``cache``: ``HistoryCache``, the engine's step cache answered from every succeeded step.

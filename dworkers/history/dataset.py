@@ -34,17 +34,27 @@ from dworkers.history.cache import HistoryCache
 from dworkers.history.records import (
     ROW_COLUMNS,
     ROW_STEP_COLUMNS,
+    STATUS_AS_READ,
     STEP_RESULT_COLUMNS,
     RowRecord,
     StepRecord,
     row_record,
     row_step_row,
     step_record,
+    stored_status,
 )
 from dworkers.history.storage import History, WriteJob
 from dworkers.history.writer import PATIENCE, HistoryWriter, Statement
 from dworkers.plans.base import BasePlan
-from dworkers.results import MOCK_MODEL, DatasetResult, Row, RowResult, RowStatus, StepResult
+from dworkers.results import (
+    GATE_STATUSES,
+    MOCK_MODEL,
+    DatasetResult,
+    Row,
+    RowResult,
+    RowStatus,
+    StepResult,
+)
 
 ROW_STATUSES = ("pending", "running", *(s.value for s in RowStatus))
 BATCH = 500  # rows read or written per statement
@@ -98,7 +108,8 @@ def _finished_row(run_id: str, result: RowResult,
             "completion_tokens = ?, cost_usd = ?, cost_known = ?, estimated = ?, "
             "truncated = ?, started_at = ?, finished_at = ?, inputs = ? "
             "WHERE run_id = ? AND key = ?",
-            (result.status.value, result.error, result.duration_ms, result.prompt_tokens,
+            (stored_status(result.status.value), result.error, result.duration_ms,
+             result.prompt_tokens,
              result.completion_tokens, result.cost_usd, int(result.cost_known),
              int(result.estimated), int(any(s.truncated for s in result.outputs.values())),
              result.started_at, result.finished_at or time.time(),
@@ -107,7 +118,7 @@ def _finished_row(run_id: str, result: RowResult,
 
 
 def _dataset_result(result: DatasetResult, cost_known: bool) -> Statement:
-    status = ("interrupted" if result.interrupted
+    status = ("interrupted" if result.interrupted  # waiting: "failed", read back as waiting
               else "succeeded" if result.success else "failed")
     return Statement(
         "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?,"
@@ -180,8 +191,11 @@ class DatasetHistory:
     def counts(self, run_id: str) -> dict[str, int]:
         """Rows by status (``pending`` rows never finished), in a fixed order."""
         found = {str(r[0]): int(r[1]) for r in self._read(
-            "SELECT status, count(*) FROM rows WHERE run_id = ? GROUP BY status", (run_id,))}
-        return {status: found.get(status, 0) for status in ROW_STATUSES if status != "running"}
+            f"SELECT {STATUS_AS_READ} AS read, count(*) FROM rows WHERE run_id = ? "
+            "GROUP BY read", (run_id,))}
+        gates = {s.value for s in GATE_STATUSES}  # shown only when some row has one
+        return {status: found.get(status, 0) for status in ROW_STATUSES
+                if status != "running" and (status not in gates or found.get(status))}
 
     def not_succeeded(self, run_id: str, limit: int = 50) -> list[RowRecord]:
         """The first rows (in dataset order) that did not succeed."""

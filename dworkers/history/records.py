@@ -22,7 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from dworkers.approvals import REJECTED, WAITING_FOR_APPROVAL
 from dworkers.events import StepInfo
+from dworkers.history.schema import STORED_STATUS
 from dworkers.results import RunStatus, StepResult, StepStatus, digest_messages
 
 
@@ -212,6 +214,31 @@ def decode(column: str, value: Any) -> Any:
         return default
 
 
+# A step's (or a row's) status as read: held and rejected ones are told apart by their reason
+# (a step id has no spaces nor colons, so no other reason starts this way).
+STATUS_AS_READ = (
+    f"CASE WHEN status != 'skipped' THEN status WHEN error LIKE '{WAITING_FOR_APPROVAL}%' "
+    f"THEN 'waiting' WHEN error LIKE '{REJECTED} by %' OR error LIKE '{REJECTED}:%' "
+    "THEN 'rejected' ELSE status END")
+
+
+def status_as_read(status: str, error: str | None) -> str:
+    """A stored step (or row) status as dworkers names it (``STATUS_AS_READ`` in Python)."""
+    reason = error or ""
+    if status != "skipped":
+        return status
+    if reason.startswith(WAITING_FOR_APPROVAL):
+        return StepStatus.WAITING.value
+    if reason.startswith((f"{REJECTED} by ", f"{REJECTED}:")):
+        return StepStatus.REJECTED.value
+    return status
+
+
+def stored_status(status: str) -> str:
+    """How a status is stored: the tables' CHECKs predate gates (schema.STORED_STATUS)."""
+    return STORED_STATUS.get(status, status)
+
+
 def step_record(row: sqlite3.Row) -> StepRecord:
     """A ``steps`` row (selected with ``STEP_COLUMNS``) or a ``row_steps`` row (selected with
     ``ROW_STEP_COLUMNS``: no plan place nor prompt) as a record."""
@@ -220,6 +247,7 @@ def step_record(row: sqlite3.Row) -> StepRecord:
               for name in STEP_COLUMNS}
     for flag in _FLAGS:
         values[flag] = bool(values[flag])
+    values["status"] = status_as_read(values["status"], values["error"])
     return StepRecord(**values)
 
 
@@ -228,6 +256,7 @@ def row_record(row: sqlite3.Row) -> RowRecord:
     values = {name: decode(name, row[name]) for name in ROW_COLUMNS}
     for flag in _FLAGS[1:]:
         values[flag] = bool(values[flag])
+    values["status"] = status_as_read(values["status"], values["error"])
     return RowRecord(**values)
 
 
@@ -258,7 +287,7 @@ def new_run_row(run_id: str, plan: str, tenant: str, *, inputs: Mapping[str, str
 def step_result_values(result: StepResult) -> dict[str, Any]:
     """A step's outcome as stored, keyed by ``STEP_RESULT_COLUMNS``."""
     values = {name: getattr(result, name) for name in STEP_RESULT_COLUMNS}
-    values["status"] = result.status.value
+    values["status"] = stored_status(result.status.value)
     for flag in _FLAGS:
         values[flag] = int(values[flag])
     return values

@@ -10,6 +10,10 @@ from dworkers.history.tools import TOOL_CALLS_TABLE
 from dworkers.results import RunStatus
 
 RUN_STATUSES = tuple(status.value for status in RunStatus)
+# How a status the tables' CHECKs predate is stored: a run waiting for approval as 'failed'
+# (read back as waiting while one of its steps waits), a held or rejected step (or row) as
+# 'skipped', with its reason, which says which (records.status_as_read).
+STORED_STATUS = {"waiting for approval": "failed", "waiting": "skipped", "rejected": "skipped"}
 
 # Each migration is a list of statements, applied in order inside one transaction; the schema
 # version (PRAGMA user_version) is the number of migrations applied. Never edit a released
@@ -150,6 +154,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # each MCP tool call of each step (history/tools.py)
     TOOL_CALLS_TABLE,
+    # approval gates (history.approvals): each decision on a gated step — who, when, the note.
+    # Held and rejected steps are stored 'skipped' with their reason (STORED_STATUS); ``row``
+    # is '' for a single run, or for every row of a dataset run.
+    (
+        """
+        CREATE TABLE approvals (
+            run_id            TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            row               TEXT NOT NULL DEFAULT '',
+            step_id           TEXT NOT NULL,
+            decision          TEXT NOT NULL CHECK (decision IN ('approved', 'rejected')),
+            decided_by        TEXT NOT NULL,
+            decided_at        REAL NOT NULL,
+            note              TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (run_id, row, step_id)
+        )
+        """,
+    ),
 ]
 
 

@@ -34,6 +34,7 @@ from dworkers.files import data_dir
 from dworkers.history import resume, schema
 from dworkers.history.records import (
     RUN_COLUMNS,
+    STATUS_AS_READ,
     STEP_COLUMNS,
     STEP_PLACE,
     RunRecord,
@@ -42,6 +43,7 @@ from dworkers.history.records import (
     run_record,
     step_record,
     step_row,
+    stored_status,
 )
 from dworkers.history.tools import record_tool_calls
 from dworkers.plans.base import BasePlan
@@ -411,8 +413,9 @@ class History:
         conn.execute(
             "UPDATE runs SET status = ?, finished_at = ?, duration_ms = ?, prompt_tokens = ?, "
             "completion_tokens = ?, cost_usd = ?, cost_known = ?, inputs = ? WHERE run_id = ?",
-            (result.status.value, time.time(), result.total_duration_ms, result.prompt_tokens,
-             result.completion_tokens, result.cost_usd, int(result.cost_known),
+            (stored_status(result.status.value), time.time(), result.total_duration_ms,
+             result.prompt_tokens, result.completion_tokens, result.cost_usd,
+             int(result.cost_known),
              json.dumps(result.inputs), result.run_id))
 
     @classmethod
@@ -450,12 +453,12 @@ class History:
             where.append("status IN ('running', 'interrupted')")
         elif status is not None:
             where.append("status = ?")
-            params.append(status)
+            params.append(stored_status(status))  # waiting for approval: decided per run
         sql = f"SELECT {_RUNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, run_id DESC"
-        exact = status not in ("running", "interrupted")
+        exact = status not in ("running", "interrupted", "failed", RunStatus.WAITING.value)
         if limit is not None and exact:
             sql += f" LIMIT {int(limit)}"
         records = [r for r in self._records(self._read(sql, params))
@@ -554,7 +557,8 @@ class History:
         if record.succeeded:
             return record.output
         why = {"pending": "it never started", "running": "it did not finish",
-               "skipped": "it was skipped", "cancelled": "it was cancelled"}.get(
+               "skipped": "it was skipped", "cancelled": "it was cancelled",
+               "waiting": "it waits for approval", "rejected": "it was rejected"}.get(
             record.status, f"it {record.status}")
         raise NoOutputError(f"step {step_id!r} of run {record.run_id} has no output: {why}"
                             + (f" ({record.error})" if record.error else ""))
@@ -642,8 +646,9 @@ class History:
         for chunk in range(0, len(ids), 500):
             part = ids[chunk:chunk + 500]
             for row in self._read(
-                    "SELECT run_id, status, count(*), sum(cached) FROM steps "
-                    f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, status",
+                    f"SELECT run_id, {STATUS_AS_READ} AS read, count(*), sum(cached) "
+                    f"FROM steps WHERE run_id IN ({', '.join('?' * len(part))}) "
+                    "GROUP BY run_id, read",
                     part):
                 mine = counts[str(row[0])]
                 mine[str(row[1])] = int(row[2])
@@ -651,8 +656,8 @@ class History:
                     mine["cached"] = int(row[3] or 0)
             # A dataset run counts its rows (its steps live per row, in history.dataset).
             for row in self._read(
-                    "SELECT run_id, status, count(*) FROM rows "
-                    f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, status",
+                    f"SELECT run_id, {STATUS_AS_READ} AS read, count(*) FROM rows "
+                    f"WHERE run_id IN ({', '.join('?' * len(part))}) GROUP BY run_id, read",
                     part):
                 mine = counts[str(row[0])]
                 mine[str(row[1])] = int(row[2])
@@ -668,6 +673,8 @@ class History:
             if status == "running" and row["host"] == host and not _alive(row["pid"]):
                 status = "interrupted"
             mine = counts[str(row["run_id"])]
+            if status == "failed" and mine.get("waiting"):  # stopped at a gate
+                status = RunStatus.WAITING.value
             total = sum(v for k, v in mine.items() if k not in ("cached", "rows"))
             record = run_record(row, status, {"total": total, **mine})
             if record.run_id in so_far:

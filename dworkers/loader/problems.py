@@ -144,7 +144,8 @@ def from_validation_error(
             found.append(located(source, path, f"{field} must be {word} "
                                   f"(got {describe(value)})", hint, "invalid-type"))
         else:
-            found.append(located(source, path, f"{field}: {error['msg']}",
+            said = str(error["msg"]).removeprefix("Value error, ")  # a validator's own words
+            found.append(located(source, path, f"{field}: {said}",
                                   "see the format in the README", "invalid-value"))
     return found
 

@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, field_validator
 
 from dworkers import conditions, dag, output_schema, templates
 from dworkers.errors import (
@@ -36,6 +36,9 @@ MAX_COMPARISONS = 200_000
 """"Did you mean" compares a name with every known one; this bounds the comparisons per check,
 so a plan with thousands of typos among thousands of steps does not make validation quadratic
 (a small plan gets a suggestion for every typo)."""
+
+
+MAX_QUESTION = 2000  # characters of an approval gate's question
 
 
 def unnamed_step_id(index: int) -> str:
@@ -127,12 +130,33 @@ class PlanStep(BaseModel):
             memo = self._schema_memo = (raw, output_schema.normalise_schema(raw)[0])
         return memo[1]
 
+    # Approval gates (dworkers.approvals): the run stops before calling this step until a
+    # person approves it.
+    approve: bool | str = Field(
+        default=False, description="A gate: true, or the question for the approver. Once its "
+        "dependencies are done the run stops before calling this step (exit 3) until "
+        "`dworkers approve RUN STEP` (then `dworkers run --resume RUN`), or `dworkers reject` "
+        "skips it and everything downstream of it.",
+        json_schema_extra={"anyOf": [{"type": "boolean"},
+                                     {"type": "string", "minLength": 1, "maxLength": 2000}]})
+
+    @field_validator("approve", mode="before")
+    @classmethod
+    def _gate(cls, value: object) -> bool | str:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and 0 < len(value.strip()) <= MAX_QUESTION:
+            return value.strip()
+        raise ValueError(f"must be true, false, or the question for the approver (1 to "
+                         f"{MAX_QUESTION} characters of text), not {shown(str(value))[:60]}")
+
     def fingerprint(self) -> str:
         """A digest of the definition: a changed step (or prompt) must run again on resume."""
         import hashlib  # only runs need it: keep `dworkers list` from loading OpenSSL
         import json
 
-        data = self.model_dump(mode="json")
+        # A gate does not change what the step is asked: adding or answering one reuses answers.
+        data = self.model_dump(mode="json", exclude={"approve"})
         for name in ADDED_FIELDS:
             field = type(self).model_fields[name]
             if getattr(self, name) == field.get_default(call_default_factory=True):

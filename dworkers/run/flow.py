@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from dworkers.results import StepResult
     from dworkers.tenants.config import TenantConfig
     from dworkers.tracing import RunTracer
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_WAITING = 0, 1, 130, 3
 Console = Any  # the view's rich console: only the view imports rich
 
 
@@ -68,6 +68,9 @@ class RunRequest:
     ray_address: str | None = None  # with "ray": an existing cluster to join
     formats: list[str] | None = None  # --format md,docx,pdf; None: the plan's, tenant's, or md
     trace: bool | None = None  # --trace/--no-trace; None: on when an OTLP endpoint is set
+    # Approval gates decided up front (for automation): these steps, or every gate.
+    approve: list[str] = field(default_factory=list)
+    approve_all: bool = False
 
     @property
     def names_a_dataset(self) -> bool:
@@ -96,6 +99,9 @@ class Outcome(Protocol):
 
     @property
     def success(self) -> bool: ...
+
+    @property
+    def waiting(self) -> bool: ...
 
 
 class Consumer(Protocol):
@@ -328,6 +334,10 @@ def build_engine(request: RunRequest, resolved: Resolved, mode_type: type[RunMod
     options = RunOptions(max_concurrency=request.max_concurrency, max_cost_usd=request.max_cost,
                          fail_fast=bool(request.fail_fast), run_id=new_run_id(),
                          stream=mode_type.streams, spent_before_usd=resolved.spent_before_usd)
+    from dworkers.run.gates import run_gates
+
+    options.gates = run_gates(resolved.plan, resolved.history, resolved.resumed,
+                              request.approve, request.approve_all)
     reuse, cache = mode_type.engine_parts(resolved, request)
     return PlanBuilder(resolved.plan, resolved.tenant, request.model, api_base=request.api_base,
                        mock=bool(request.mock), options=options, reuse=reuse,
@@ -434,6 +444,7 @@ def run_live(mode: RunMode) -> int:
                 err.print("interrupted before the run started")
                 return EXIT_INTERRUPTED
             unsaved = not_saved(writer, recorder, fan_out, out_dir)
+            unsaved += keep_pre_approvals(mode, history, run_id, recorder)
             mode.print_summary(err, outcome, out_dir, unsaved)
             if request.json:
                 document = json_text(mode.document(outcome, out_dir)) + "\n"
@@ -471,6 +482,25 @@ def end_tracing(tracer: RunTracer | None, err: Console) -> None:
                   markup=False, highlight=False)
 
 
+def keep_pre_approvals(mode: RunMode, history: History | None, run_id: str,
+                       recorder: Recorder | None) -> list[str]:
+    """``--approve``/``--approve-all``: in the history, as the run's own decisions; what
+    could not be saved."""
+    request = mode.request
+    if history is None or recorder is None or recorder.error is not None or not (
+            request.approve or request.approve_all):
+        return []
+    from dworkers.errors import HistoryError
+    from dworkers.run.gates import record_pre_approvals
+
+    try:
+        record_pre_approvals(history, run_id, mode.engine.plan, request.approve,
+                             request.approve_all)
+    except HistoryError as exc:  # the run is recorded; only who approved its gates is not
+        return [f"the run history's approvals: {exc}"]
+    return []
+
+
 def not_saved(writer: Consumer, recorder: Consumer | None, fan_out: FanOut,
               out_dir: Path) -> list[str]:
     """What the run's folder or history lacks: the run is not done without it."""
@@ -484,6 +514,8 @@ def not_saved(writer: Consumer, recorder: Consumer | None, fan_out: FanOut,
 def exit_code(outcome: Outcome, interrupted: bool, unsaved: list[str]) -> int:
     if interrupted or outcome.interrupted:
         return EXIT_INTERRUPTED
+    if outcome.waiting and not unsaved:
+        return EXIT_WAITING  # everything finished is saved; a person decides the rest
     return EXIT_OK if outcome.success and not unsaved else EXIT_FAILED
 
 
@@ -553,5 +585,5 @@ def interrupt_cancels(task: asyncio.Task[Any] | None) -> None:
             loop.add_signal_handler(number, task.cancel)
 
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "FanOut", "Resolved", "RunMode",
-           "RunRequest", "run_flow"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_WAITING", "FanOut", "Resolved",
+           "RunMode", "RunRequest", "run_flow"]

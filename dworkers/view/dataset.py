@@ -64,6 +64,8 @@ ICONS: dict[RowStatus, tuple[str, str]] = {
     RowStatus.FAILED: ("✗", "bold red"),
     RowStatus.SKIPPED: ("–", "dim"),
     RowStatus.CANCELLED: ("⊘", "yellow"),
+    RowStatus.WAITING: ("⏸", "magenta"),
+    RowStatus.REJECTED: ("⊗", "dim"),
 }
 LINE_WIDTH = 160
 
@@ -112,7 +114,8 @@ def progress(state: DatasetState, width: int) -> RenderableType:
     left = state.left
     if left is not None:
         counts += [(f"○ {_qty(left)} left", "dim"), "  "]
-    for status in (RowStatus.SKIPPED, RowStatus.CANCELLED):
+    for status in (RowStatus.WAITING, RowStatus.SKIPPED, RowStatus.REJECTED,
+                   RowStatus.CANCELLED):
         if state.count(status):
             icon, style = ICONS[status]
             counts += [(f"{icon} {_qty(state.count(status))} {status.value}", style), "  "]
@@ -178,8 +181,9 @@ def dataset_run_summary(result: DatasetResult, out_dir: str | None = None) -> Te
     be known), time, where the files are."""
     counts = result.counts
     status = ("interrupted" if result.interrupted else "succeeded" if result.success
-              else "finished with failures")
-    style = "yellow" if result.interrupted else "green" if result.success else "bold red"
+              else "is waiting for approval" if result.waiting else "finished with failures")
+    style = ("yellow" if result.interrupted else "green" if result.success
+             else "magenta" if result.waiting else "bold red")
     text = Text.assemble((f"Dataset run {status}", style), f": {result.rows:,} rows — ")
     text.append(", ".join(f"{counts.get(s, 0):,} {s.value}" for s in RowStatus
                           if counts.get(s, 0) or s is RowStatus.SUCCEEDED))

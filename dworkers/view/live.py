@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
+from dworkers.approvals import WAITING_FOR_APPROVAL
 from dworkers.events import Event, RunFinished, RunStarted, StepFinished
 from dworkers.results import RunResult, StepStatus
 from dworkers.text import cells, clean, crop, crop_left, fit, one_line
@@ -48,6 +49,8 @@ ICONS: dict[Phase, tuple[str, str]] = {
     Phase.SKIPPED: ("–", "dim"),
     Phase.CANCELLED: ("⊘", "yellow"),
     Phase.CACHED: ("↺", "blue"),
+    Phase.HELD: ("⏸", "magenta"),
+    Phase.REJECTED: ("⊗", "dim"),
 }
 _ID_STYLE = {
     Phase.WAITING: "dim",
@@ -56,6 +59,7 @@ _ID_STYLE = {
     Phase.FAILED: "bold red",
     Phase.SKIPPED: "dim",
     Phase.CANCELLED: "dim",
+    Phase.REJECTED: "dim",
 }
 
 
@@ -135,13 +139,15 @@ def run_tree(
 
 
 _SECOND_RANK = {Phase.FAILED: 0, Phase.RETRYING: 1, Phase.CANCELLED: 2, Phase.SKIPPED: 3,
-                Phase.RUNNING: 4, Phase.WAITING: 5, Phase.SUCCEEDED: 5, Phase.CACHED: 5}
+                Phase.RUNNING: 4, Phase.WAITING: 5, Phase.SUCCEEDED: 5, Phase.CACHED: 5,
+                Phase.HELD: 1, Phase.REJECTED: 3}
 _FOLD_ORDER = ("ok", "active", "failed", "queued", "waiting", "skipped")  # top to bottom
 _FOLD_RANK = {"active": 0, "failed": 1, "queued": 2, "waiting": 3, "skipped": 4, "ok": 5}
 _FOLD_GROUP = {
     Phase.RUNNING: "active", Phase.RETRYING: "active", Phase.FAILED: "failed",
     Phase.WAITING: "waiting", Phase.SUCCEEDED: "ok", Phase.CACHED: "ok",
     Phase.SKIPPED: "skipped", Phase.CANCELLED: "skipped",
+    Phase.HELD: "failed", Phase.REJECTED: "skipped",
 }
 
 
@@ -277,6 +283,10 @@ def _step_lines(state: RunState, step: StepState, layout: _Layout, now: float) -
         reason_inline_or_below("skipped", step.reason or "no reason given", "dim")
     elif phase is Phase.CANCELLED:
         reason_inline_or_below("cancelled", step.reason or "no reason given", "yellow")
+    elif phase is Phase.HELD:
+        reason_inline_or_below("waiting", step.reason or "waiting for approval", "magenta")
+    elif phase is Phase.REJECTED:
+        reason_inline_or_below("rejected", step.reason or "rejected", "dim")
     detail.truncate(room, overflow="ellipsis")
     row.append_text(detail)
     row.rstrip()
@@ -316,6 +326,8 @@ def summary(
     cached = sum(1 for r in result.outputs.values() if r.cached)
     if result.interrupted:
         icon, style, verb = "⊘", "yellow", "interrupted"
+    elif result.waiting:
+        icon, style, verb = "⏸", "magenta", "is waiting for approval"
     elif result.success and unsaved:
         icon, style, verb = "✗", "red", "ran, but not everything was saved"
     elif result.success:
@@ -353,6 +365,12 @@ def summary(
     if out_dir:
         label = "  outputs (incomplete): " if unsaved else "  outputs: "
         parts.append(_Whole(Text.assemble((label, "dim"), (clean(out_dir), "bold"))))
+    gates = [r.step_id for r in result.outputs.values() if r.status is StepStatus.WAITING
+             and (r.error or "").startswith(WAITING_FOR_APPROVAL + ":")]
+    if gates and not result.interrupted:
+        parts.append(_Whole(Text.assemble(("  decide: ", "dim"), (
+            f"dworkers approve {result.run_id} {gates[0]}", "bold"), (
+            f"  (or reject; waiting: {', '.join(gates)})", "dim"))))
     if result.interrupted or not result.success:
         parts.append(_Whole(Text.assemble(("  finish it: ", "dim"),
                                           (f"dworkers run --resume {result.run_id}", "bold"))))

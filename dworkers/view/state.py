@@ -42,6 +42,8 @@ class Phase(StrEnum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
     CACHED = "cached"
+    HELD = "waiting for approval"  # at an approval gate, or below one
+    REJECTED = "rejected"
 
     @property
     def finished(self) -> bool:
@@ -58,6 +60,8 @@ _FINAL_PHASE = {
     StepStatus.FAILED: Phase.FAILED,
     StepStatus.SKIPPED: Phase.SKIPPED,
     StepStatus.CANCELLED: Phase.CANCELLED,
+    StepStatus.WAITING: Phase.HELD,
+    StepStatus.REJECTED: Phase.REJECTED,
 }
 
 
@@ -95,7 +99,7 @@ class StepState:
     def reason(self) -> str | None:
         """Why the step failed, was skipped or was cancelled (None otherwise)."""
         if self.result is not None and self.phase in (
-            Phase.FAILED, Phase.SKIPPED, Phase.CANCELLED
+            Phase.FAILED, Phase.SKIPPED, Phase.CANCELLED, Phase.HELD, Phase.REJECTED
         ):
             return one_line(self.result.error or "") or None
         return None
@@ -439,6 +443,12 @@ def line_for(state: RunState, event: Event) -> str | None:
         if result.status is StepStatus.SKIPPED:
             return _cropped(f"{count} {'SKIP':<6} {result.step_id}",
                             f": {reason or 'skipped'}")
+        if result.status is StepStatus.WAITING:
+            return _cropped(f"{count} {'HOLD':<6} {result.step_id}",
+                            f": {reason or 'waiting for approval'}")
+        if result.status is StepStatus.REJECTED:
+            return _cropped(f"{count} {'REJECT':<6} {result.step_id}",
+                            f": {reason or 'rejected'}")
         return _cropped(f"{count} {'CANCEL':<6} {result.step_id}", f": {reason or 'cancelled'}")
     return None
 
