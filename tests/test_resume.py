@@ -83,9 +83,13 @@ def test_fields_added_later_leave_recorded_steps_unchanged_until_set() -> None:
     from dworkers.plans.base import ADDED_FIELDS, PlanStep
 
     step = PlanStep(step_id="a", name="A", description="d", prompt_template="Do {x}")
-    before = {k: v for k, v in step.model_dump(mode="json").items() if k not in ADDED_FIELDS}
+    before = {k: v for k, v in step.model_dump(mode="json").items()
+              if k not in (*ADDED_FIELDS, "approve")}  # a gate never changes what is asked
     recorded = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert step.fingerprint() == recorded
-    for name in ADDED_FIELDS:
-        changed = step.model_copy(update={name: ["regs"] if name == "tools" else True})
+    set_to = {"tools": ["regs"], "output_schema": {"severity": "low|high"},
+              "when": "x == 'y'", "output_retries": 3}
+    assert set(set_to) == set(ADDED_FIELDS)
+    for name, value in set_to.items():
+        changed = step.model_copy(update={name: value})
         assert changed.fingerprint() != recorded, name
