@@ -183,8 +183,9 @@ STEP_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StepRecord))
 STEP_RESULT_COLUMNS: tuple[str, ...] = tuple(name for name in STEP_COLUMNS
                                              if name in StepResult.model_fields)
 # What a ``StepResult`` holds that is not a column of its own: the tool calls have their table
-# (``history.tools``).
-NOT_STEP_COLUMNS = frozenset({"tool_calls"})
+# (``history.tools``); a typed step's value is parsed again from its stored output; a step
+# skipped by its ``when:`` is stored as skipped with the condition's reason.
+NOT_STEP_COLUMNS = frozenset({"tool_calls", "value", "condition_false"})
 # Where a step sits in its plan is written when the run starts; the rest as it runs.
 STEP_PLACE = ("run_id", "step_id", "position", "name", "role", "depends_on")
 # A dataset row's step: its row and place, then its outcome (the plan's shape and the rendered
