@@ -360,6 +360,15 @@ def test_a_resumed_run_reuses_a_step_without_calling_its_tools_again(
     assert [c["tool"] for c in calls_logged(log)] == ["lookup"]  # not called again
     data = json.loads(stdout)
     assert data["outputs"]["look"]["cached"] is True
+    # The reused step's calls stay on the resume's record: its summary, run.json and history.
+    assert [c["tool"] for c in data["outputs"]["look"]["tool_calls"]] == ["lookup"]
+    resumed_dir = tmp_path / "runs" / data["run_id"]
+    resumed = json.loads((resumed_dir / "run.json").read_text())
+    assert [c["arguments"] for c in resumed["outputs"]["look"]["tool_calls"]] == [
+        {"query": "R-9"}]
+    with contextlib.closing(sqlite3.connect(history_path())) as db:
+        assert db.execute("SELECT step_id, tool FROM tool_calls WHERE run_id = ?",
+                          (data["run_id"],)).fetchall() == [("look", "lookup")]
     appendix = (run_dir / "report.md").read_text().split("## Appendix: tool calls")[1]
     assert '| look | regs.lookup | {"query": "R-9"} |' in appendix
 
