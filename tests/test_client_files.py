@@ -211,11 +211,15 @@ def test_word_and_pdf_deliverables_read_back_with_structure_and_brand(
     (tmp_path / "brief.txt").write_text("SOX")
     tenant = tmp_path / "acme.yaml"
     tenant.write_text("id: acme\nname: ACME Corp\nbranding:\n  primary_color: '#1F4E79'\n")
-    code, _, stderr = invoke("run", "audit.yaml", "-i", "brief=@brief.txt", "-i",
-                             "evidence=@brief.txt", "--tenant", str(tenant), "--format",
-                             "md,docx,pdf", *server_args(llm_server))
+    code, stdout, stderr = invoke("run", "audit.yaml", "-i", "brief=@brief.txt", "-i",
+                                  "evidence=@brief.txt", "--tenant", str(tenant), "--format",
+                                  "md,docx,pdf", "--json", *server_args(llm_server))
     assert code == 0, stderr
     run_dir = only_run_dir(tmp_path / "runs")
+    summary = json.loads(stdout)  # a script finds every deliverable from --json alone
+    assert Path(summary["out_dir"]).resolve() == run_dir.resolve()
+    assert summary["files"] == ["report.docx", "report.md", "report.pdf", "run.json",
+                                *(f"steps/{s}.md" for s in sorted(summary["outputs"]))]
     document = docx.Document(str(run_dir / "report.docx"))
     headings = [p.text for p in document.paragraphs if p.style.name == "Heading 1"]
     assert headings == ["Evidence review", "Audit memo"]  # the step names, in plan order

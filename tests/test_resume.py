@@ -87,7 +87,7 @@ def test_fields_added_later_leave_recorded_steps_unchanged_until_set() -> None:
               if k not in (*ADDED_FIELDS, "approve")}  # a gate never changes what is asked
     recorded = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert step.fingerprint() == recorded
-    set_to = {"tools": ["regs"], "output_schema": {"severity": "low|high"},
+    set_to = {"tools": ["regs"], "max_tool_calls": 4, "output_schema": {"severity": "low|high"},
               "when": "x == 'y'", "output_retries": 3}
     assert set(set_to) == set(ADDED_FIELDS)
     for name, value in set_to.items():

@@ -44,8 +44,8 @@ def tool_tenant(log: Path, *, url: str | None = None, **server: Any) -> TenantCo
 
 
 def run_with_tools(server: FakeLLMServer, tenant: TenantConfig, tools: list[str],
-                   log: EventLog | None = None) -> RunResult:
-    plan = make_plan({"a": []}, tools=tools)
+                   log: EventLog | None = None, **step_options: Any) -> RunResult:
+    plan = make_plan({"a": []}, tools=tools, **step_options)
     engine = PlanBuilder(plan, tenant, api_base=server.url,
                          options=RunOptions(retry_base_delay=0.05), on_event=log).build()
     return asyncio.run(engine.run({}))
@@ -116,6 +116,21 @@ def test_more_tool_calls_than_allowed_fail_the_step_clearly(llm_server: FakeLLMS
     assert len(llm_server.requests) == 2  # 2 calls, then 2 more would pass 3: no third turn
     assert [c.tool for c in step.tool_calls] == ["lookup", "lookup"]  # recorded all the same
     assert len(calls_logged(tmp_path / "calls.jsonl")) == 2
+
+
+def test_a_steps_own_max_tool_calls_overrides_the_tenants(llm_server: FakeLLMServer,
+                                                         tmp_path: Path) -> None:
+    llm_server.add_rule(marker("a"), tool_calls=[
+        {"name": "regs__lookup", "arguments": {"query": "x"}}] * 2, tool_rounds=100)
+    result = run_with_tools(llm_server, tool_tenant(tmp_path / "calls.jsonl"), ["regs"],
+                            max_tool_calls=5)  # the tenant allows 10
+
+    step = result.outputs["a"]
+    assert step.status is StepStatus.FAILED
+    assert "more than 5 tool calls" in (step.error or "")
+    assert "the step's max_tool_calls" in (step.error or "")
+    assert len(llm_server.requests) == 3  # 2 + 2 calls made, 2 more would pass 5
+    assert len(step.tool_calls) == 4
 
 
 def test_a_hung_tool_times_out_and_the_model_is_told(llm_server: FakeLLMServer,
@@ -345,6 +360,15 @@ def test_a_resumed_run_reuses_a_step_without_calling_its_tools_again(
     assert [c["tool"] for c in calls_logged(log)] == ["lookup"]  # not called again
     data = json.loads(stdout)
     assert data["outputs"]["look"]["cached"] is True
+    # The reused step's calls stay on the resume's record: its summary, run.json and history.
+    assert [c["tool"] for c in data["outputs"]["look"]["tool_calls"]] == ["lookup"]
+    resumed_dir = tmp_path / "runs" / data["run_id"]
+    resumed = json.loads((resumed_dir / "run.json").read_text())
+    assert [c["arguments"] for c in resumed["outputs"]["look"]["tool_calls"]] == [
+        {"query": "R-9"}]
+    with contextlib.closing(sqlite3.connect(history_path())) as db:
+        assert db.execute("SELECT step_id, tool FROM tool_calls WHERE run_id = ?",
+                          (data["run_id"],)).fetchall() == [("look", "lookup")]
     appendix = (run_dir / "report.md").read_text().split("## Appendix: tool calls")[1]
     assert '| look | regs.lookup | {"query": "R-9"} |' in appendix
 

@@ -111,6 +111,11 @@ class Policy:
         ``limits.timeout_seconds``."""
         return step.timeout_seconds or self.tenant.limits.timeout_seconds
 
+    def tool_calls_for(self, step: PlanStep) -> int:
+        """The most tool calls ``step`` may make: its own ``max_tool_calls``, else the
+        tenant's ``limits.max_tool_calls``."""
+        return step.max_tool_calls or self.tenant.limits.max_tool_calls
+
     def retries_for(self, step: PlanStep) -> int:
         """Retries after a retryable failure: the step's own ``retry_max`` if it sets one,
         else the tenant's ``limits.retry_max``."""

@@ -3,7 +3,8 @@
 A step with ``tools`` (its own, or its role's in the tenant) sends the tools' schemas with its
 call. While the model answers with tool calls, they run — those asked in one turn at the same
 time — and their results go back to the model, until it answers with text or the step has
-made ``limits.max_tool_calls`` calls, which fails it. The run's MCP servers belong to its pool
+made its ``max_tool_calls`` (else the tenant's ``limits.max_tool_calls``) calls, which fails
+it. The run's MCP servers belong to its pool
 (``Pool.toolbox``): started on first use, shared by its steps and rows, and stopped when the
 run ends (``tools_closed``), however it ends.
 """
@@ -99,7 +100,9 @@ async def converse(policy: Policy, pool: Pool, step: PlanStep, request: LLMReque
         tools = {tool.function_name: tool for tool in await box.tools_for(entries)}
     except ToolServerError as exc:
         raise ToolLoopError(f"tools: {exc}") from None
-    limit = policy.tenant.limits.max_tool_calls
+    limit = policy.tool_calls_for(step)
+    where = ("the step's max_tool_calls" if step.max_tool_calls
+             else "limits.max_tool_calls in the tenant")
     request = dataclasses.replace(request, tools=tuple(t.schema() for t in tools.values()))
     turns: list[dict[str, Any]] = []
     totals = _Totals()
@@ -115,8 +118,8 @@ async def converse(policy: Policy, pool: Pool, step: PlanStep, request: LLMReque
         if len(log) + len(asked) > limit:
             raise ToolLoopError(
                 f"the model asked for more than {limit} tool calls (it had made {len(log)}, "
-                f"then asked for {len(asked)} more) — raise limits.max_tool_calls in the "
-                "tenant, or ask for fewer lookups in the step's prompt", usage=totals.usage())
+                f"then asked for {len(asked)} more) — raise {where}, or ask for fewer "
+                "lookups in the step's prompt", usage=totals.usage())
         turns.append({"role": "assistant", "content": completion.text or None, "tool_calls": [
             {"id": call.call_id, "type": "function",
              "function": {"name": call.name, "arguments": call.arguments}} for call in asked]})

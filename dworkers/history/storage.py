@@ -45,7 +45,7 @@ from dworkers.history.records import (
     step_row,
     stored_status,
 )
-from dworkers.history.tools import record_tool_calls
+from dworkers.history.tools import TOOL_CALLS_OF_RUN, record_tool_calls, tool_calls_by_step
 from dworkers.plans.base import BasePlan
 from dworkers.results import RunResult, RunStatus, StepResult
 
@@ -566,7 +566,9 @@ class History:
     def to_run_result(self, run_ref: str) -> RunResult:
         """A recorded run as a ``RunResult`` (steps that never finished read as cancelled)."""
         run = self.get_run(run_ref)
-        return _run_result(run, self.steps(run.run_id))
+        result = _run_result(run, self.steps(run.run_id))
+        result.outputs = self._with_tool_calls(run.run_id, result.outputs)
+        return result
 
     def replay(self, run_ref: str) -> list[Event]:
         """A recorded run as the events the engine emitted, for a view to draw: its start, each
@@ -596,7 +598,8 @@ class History:
     def reuse_for(self, run_ref: str, plan: BasePlan) -> dict[str, StepResult]:
         """The results a resume of that run reuses: pass as ``PlanBuilder(..., reuse=...)``."""
         records = self.steps(run_ref)
-        return resume.reusable(resume.decide(plan, records), records)
+        reused = resume.reusable(resume.decide(plan, records), records)
+        return self._with_tool_calls(records[0].run_id, reused) if reused else reused
 
     def spent(self, run_ref: str) -> RunSpending:
         """What a run has spent so far in all, with every run it resumed (and they resumed):
@@ -637,6 +640,13 @@ class History:
         return step_record(rows[0]).to_step_result() if rows else None
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _with_tool_calls(self, run_id: str,
+                         results: dict[str, StepResult]) -> dict[str, StepResult]:
+        """``results`` with the tool calls each step made in run ``run_id``."""
+        calls = tool_calls_by_step(self._read(TOOL_CALLS_OF_RUN, (run_id,)))
+        return {step_id: result.model_copy(update={"tool_calls": calls[step_id]})
+                if step_id in calls else result for step_id, result in results.items()}
 
     def _records(self, rows: Sequence[sqlite3.Row]) -> list[RunRecord]:
         if not rows:

@@ -52,7 +52,7 @@ def _is_unnamed(step_id: str) -> bool:
 
 # Fields added after runs were first recorded count in a step's fingerprint only when set, so
 # a new version of dworkers does not make every recorded step look changed on resume.
-ADDED_FIELDS = ("tools", "output_schema", "when", "output_retries")
+ADDED_FIELDS = ("tools", "max_tool_calls", "output_schema", "when", "output_retries")
 
 
 class PlanStep(BaseModel):
@@ -92,6 +92,10 @@ class PlanStep(BaseModel):
         default_factory=list, description="MCP tools the worker may call: 'server' (all its "
         "tools) or 'server.tool', servers declared in the tenant's mcp_servers (default: the "
         "tenant's workers.<role>.tools).", json_schema_extra={"uniqueItems": True})
+    max_tool_calls: int = Field(  # strict: `max_tool_calls: lots` is a typo
+        default=0, ge=0, le=10_000, strict=True, description="The most MCP tool calls this "
+        "step may make; a model that asks for more fails the step. 0 means the tenant's "
+        "limits.max_tool_calls.")
     # Typed steps (issue 18): what the answer holds, and when the step runs at all.
     output_schema: Any = Field(
         default=None, description="What the answer must hold, checked on every answer: the "

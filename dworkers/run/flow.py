@@ -447,7 +447,9 @@ def run_live(mode: RunMode) -> int:
             unsaved += keep_pre_approvals(mode, history, run_id, recorder)
             mode.print_summary(err, outcome, out_dir, unsaved)
             if request.json:
-                document = json_text(mode.document(outcome, out_dir)) + "\n"
+                summary = {**mode.document(outcome, out_dir), "out_dir": str(out_dir),
+                           "files": files_written(out_dir)}
+                document = json_text(summary) + "\n"
                 if not view.write_stdout(document, err):
                     unsaved.append("the JSON result")
         return exit_code(outcome, interrupted, unsaved)
@@ -458,6 +460,23 @@ def run_live(mode: RunMode) -> int:
             # Never leave litellm half imported at exit: a finalizer waiting on the import
             # lock would hang the interpreter's shutdown. Ctrl-C still ends this wait.
             prefetch.join()
+
+
+def files_written(out_dir: Path) -> list[str]:
+    """The run folder's files, relative to it, for ``--json``: the deliverables (``report.md``,
+    ``.docx``, ``.pdf``), ``run.json``, a dataset's ``results.*`` and a run's ``steps/*.md``. A
+    dataset's ``rows/`` folder is named, not listed (it holds a file per row)."""
+    try:
+        entries = sorted(out_dir.iterdir())
+    except OSError:
+        return []
+    files = [entry.name for entry in entries if entry.is_file()]
+    steps = out_dir / "steps"
+    if steps.is_dir():
+        files += sorted(f"steps/{entry.name}" for entry in steps.iterdir() if entry.is_file())
+    if (out_dir / "rows").is_dir():
+        files.append("rows/")
+    return files
 
 
 def start_tracing(request: RunRequest, resumed: RunRecord | None) -> RunTracer | None:
