@@ -261,3 +261,47 @@ def test_validate_refuses_an_empty_question(tmp_path: Path) -> None:
     code, _, stderr = invoke("validate", str(path))
     assert code == 2
     assert f"{path}:15:14: approve: must be true, false, or the question" in stderr
+
+
+# --- a failure and a gate in one run ----------------------------------------------------------
+
+
+def test_a_failure_dominates_a_gate_yet_the_summary_says_how_to_approve(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("side"), status=400, error_message="bad side request", times=1)
+    code, _, stderr = invoke("run", str(plan_file), "-i", "topic=tea",
+                             *common(llm_server, tmp_path))
+    assert code == 1, stderr  # not 3: a step failed, and that is what a script must see
+    assert "gated failed: 1 succeeded, 1 failed, 2 waiting" in stderr
+    run_id = json.loads((last_run(tmp_path) / "run.json").read_text())["run_id"]
+    assert f"decide: dworkers approve {run_id} briefing" in stderr
+    assert f"dworkers run --resume {run_id}" in stderr
+    assert json.loads((last_run(tmp_path) / "run.json").read_text())["status"] == "failed"
+    assert json.loads(invoke("runs", "--json")[1])[0]["status"] == "failed"
+
+    assert invoke("approve", run_id, "briefing")[0] == 0  # the gate can still be decided
+    code, _, stderr = invoke("run", "--resume", run_id, *common(llm_server, tmp_path))
+    assert code == 0, stderr
+    assert [calls(llm_server, s) for s in STEPS] == [1, 2, 1, 1]  # only side is asked again
+
+
+def test_a_dataset_run_with_a_failed_row_and_a_waiting_row_exits_1(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,topic\na,alpha\nb,beta\n")
+    llm_server.add_rule("Side work on beta", status=400, error_message="bad row")
+    code, stdout, stderr = invoke("run", str(plan_file), "--data", str(rows), "--json",
+                                  *common(llm_server, tmp_path))
+    assert code == 1, stderr
+    data = json.loads(stdout)
+    assert data["status"] == "failed"
+    assert (data["counts"]["waiting"], data["counts"]["failed"]) == (1, 1)
+    run_id = data["run_id"]
+    assert "Dataset run finished with failures" in stderr
+    assert "1 row waits for approval — decide: " in stderr
+    assert f"dworkers approve {run_id} briefing --all-rows" in stderr
+    statuses = {r["key"]: r["status"] for r in map(
+        json.loads, (last_run(tmp_path) / "results.jsonl").read_text().splitlines())}
+    assert statuses == {"a": "waiting", "b": "failed"}
