@@ -305,3 +305,79 @@ def test_a_dataset_run_with_a_failed_row_and_a_waiting_row_exits_1(
     statuses = {r["key"]: r["status"] for r in map(
         json.loads, (last_run(tmp_path) / "results.jsonl").read_text().splitlines())}
     assert statuses == {"a": "waiting", "b": "failed"}
+
+
+# --- what a dry run and `show PLAN` say of gates -----------------------------------------------
+
+
+def test_a_dry_run_names_each_gate_and_what_a_run_would_do_there(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    code, stdout, _ = invoke("run", str(plan_file), "-i", "topic=tea", "--dry-run")
+    assert code == 0
+    assert ("Gates (a person approves before the call; undecided, the run stops there and "
+            "exits 3):\n  briefing: Send the briefing to the client? — waits for approval\n"
+            ) in stdout
+    [header] = [line for line in stdout.splitlines() if line.startswith("=== briefing ")]
+    assert header.endswith(") · gate")
+    assert "Conditions" not in stdout  # no step has a when:
+    code, stdout, _ = invoke("run", str(plan_file), "-i", "topic=tea", "--dry-run", "--json",
+                             "--approve", "briefing")
+    steps = {s["step_id"]: s for s in json.loads(stdout)["steps"]}
+    assert steps["briefing"]["gate"] == {"question": "Send the briefing to the client?",
+                                         "state": "approved by --approve"}
+    assert steps["scope"]["gate"] is None and steps["scope"]["when"] is None
+
+    run_id = start_held_run(llm_server, plan_file, tmp_path)
+    assert invoke("reject", run_id, "briefing", "--note", "not yet")[0] == 0
+    before = len(llm_server.requests)
+    code, stdout, _ = invoke("run", "--resume", run_id, "--dry-run")
+    assert code == 0 and len(llm_server.requests) == before
+    assert "briefing: Send the briefing to the client? — rejected by alice: not yet" in stdout
+
+
+def test_show_plan_marks_gates_conditions_typed_answers_and_file_inputs(tmp_path: Path) -> None:
+    path = tmp_path / "marked.yaml"
+    path.write_text("""\
+name: marked
+inputs:
+  contract: {type: file, description: The signed contract}
+  notes: {type: file, default: notes.md}
+  client: {}
+steps:
+  - step_id: triage
+    name: Triage
+    output_schema: {severity: low|high, areas: [str]}
+    prompt_template: "Triage {client}: {contract} {notes}"
+  - step_id: deep
+    name: Deep dive
+    depends_on: [triage]
+    when: "triage.severity == 'high'"
+  - step_id: send
+    name: Send
+    depends_on: [deep]
+    approve: true
+""")
+    code, stdout, _ = invoke("show", str(path))
+    assert code == 0
+    assert stdout.splitlines() == [
+        "marked",
+        "inputs:",
+        "  contract (file) — The signed contract",
+        "  client",
+        "  notes (file, optional, default 'notes.md')",
+        "├── triage  analyst",
+        "│   answers: severity, areas",
+        "├── deep  analyst  ← triage",
+        "│   when: triage.severity == 'high'",
+        "└── send  analyst  ← deep",
+        "    ⏸ gate: Run 'Send'?",
+    ]
+    code, stdout, _ = invoke("run", str(path), "-i", "client=x", "-i", "contract=@@c",
+                             "--dry-run")
+    assert ("Conditions (a false when: skips the step: no call, not a failure):\n"
+            "  deep: when: triage.severity == 'high'\n") in stdout
+    assert "Gates (a person approves before the call; undecided, the run stops there and " \
+           "exits 3):\n  send: Run 'Send'? — waits for approval\n" in stdout
+    [header] = [line for line in stdout.splitlines() if line.startswith("=== deep ")]
+    assert header.endswith(") · when: triage.severity == 'high'")
