@@ -279,6 +279,8 @@ def test_a_failure_dominates_a_gate_yet_the_summary_says_how_to_approve(
     assert f"dworkers run --resume {run_id}" in stderr
     assert json.loads((last_run(tmp_path) / "run.json").read_text())["status"] == "failed"
     assert json.loads(invoke("runs", "--json")[1])[0]["status"] == "failed"
+    code, stdout, _ = invoke("show", run_id)  # the gate is still there to decide
+    assert "briefing waits for approval: Send the briefing to the client?" in stdout
 
     assert invoke("approve", run_id, "briefing")[0] == 0  # the gate can still be decided
     code, _, stderr = invoke("run", "--resume", run_id, *common(llm_server, tmp_path))
