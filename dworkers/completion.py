@@ -270,7 +270,7 @@ def waiting_rows(ctx: typer.Context, incomplete: str) -> Items:
         if not history_path().is_file():
             return []
         with History() as history:
-            keys = GateHistory(history).waiting_rows(
+            keys = GateHistory(history).rows_waiting_at(
                 history.get_run(run_ref).run_id, step.strip(), start,
                 ROW_KEYS_OFFERED + len(chosen))
         offered = [key for key in keys if key not in chosen]

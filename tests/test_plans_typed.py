@@ -88,8 +88,8 @@ def test_the_market_report_quotes_the_sizing_figures_exactly(
     # design-report does not depend on the sizing directly: only its typed fields bring the
     # figures, unchanged by the synthesis in between.
     assert "## Input from Size the Market" not in report.text
-    assert ("in EUR million a year:\nTAM 1250.5, SAM 480, SOM 36; 5-year annual\ngrowth -3% to "
-            "12% (base\n4.5%); sizing confidence medium.") in report.text
+    assert ("in\nEUR million a year: TAM 1250.5, SAM 480,\nSOM 36; 5-year annual growth -3% to"
+            "\n12% (base 4.5%); sizing\nconfidence medium.") in report.text
 
 
 # --- results.csv in a spreadsheet ---------------------------------------------------------------

@@ -78,8 +78,8 @@ class GateHistory:
                                   None if row["row"] is None else str(row["row"])))
         return gates
 
-    def waiting_rows(self, run_id: str, step_id: str, start: str = "",
-                     limit: int = 50) -> list[str]:
+    def rows_waiting_at(self, run_id: str, step_id: str, start: str = "",
+                        limit: int = 50) -> list[str]:
         """The keys, in key order, of at most ``limit`` rows of ``run_id`` that wait at gate
         ``step_id`` and start with ``start`` (one indexed range query, however many rows)."""
         prefix = WAITING_FOR_APPROVAL + ":"
