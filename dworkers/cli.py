@@ -508,12 +508,13 @@ NoteOption = Annotated[str, typer.Option("--note", help="Why: kept with the deci
                                          "in the report.")]
 RowsOption = Annotated[str | None, typer.Option(
     "--rows", help="Dataset runs: the rows to decide, keys separated by commas.",
-    show_default=False)]
+    show_default=False, autocompletion=completion.waiting_rows)]
 AllRowsOption = Annotated[bool, typer.Option(
     "--all-rows", help="Dataset runs: every row waiting at the step.")]
 RunArgument = Annotated[str, typer.Argument(help="The run (id, prefix or 'last').",
-                                            autocompletion=completion.runs)]
-GateArgument = Annotated[str, typer.Argument(help="The gated step waiting for approval.")]
+                                            autocompletion=completion.gated_runs)]
+GateArgument = Annotated[str, typer.Argument(help="The gated step waiting for approval.",
+                                             autocompletion=completion.held_gates)]
 
 
 def _decide(run_ref: str, step: str, approved: bool, note: str, rows: str | None,

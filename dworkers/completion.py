@@ -1,5 +1,6 @@
 """What tab completion offers: plan and tenant names, a plan's inputs, run ids, step ids (or a
-dataset run's row keys), and the values of ``--executor`` and ``show --format``.
+dataset run's row keys), the gates ``approve``/``reject`` can decide and the rows waiting at
+them, and the values of ``--executor`` and ``show --format``.
 
 Each function is a Typer ``autocompletion`` callback, called on every <TAB>. They import what
 they need inside, so the command line loads nothing for them until a shell asks, and litellm is
@@ -21,6 +22,7 @@ from dworkers.text import crop, one_line
 
 if TYPE_CHECKING:
     from dworkers.plans.base import BasePlan
+    from dworkers.results import RunSummary
 
 Items = list[tuple[str, str]]
 RECENT_RUNS = 30
@@ -151,7 +153,16 @@ def _load_plan(ref: str) -> BasePlan:
 
 def runs(incomplete: str) -> Items:
     """The most recent run ids (and ``last``) starting with ``incomplete``, newest first."""
+    return _recent_runs(incomplete, lambda record: True)
 
+
+def gated_runs(incomplete: str) -> Items:
+    """What ``approve`` and ``reject`` take first: the recent runs with a step (or row)
+    waiting for approval — failed ones too — and ``last`` when the last run is one."""
+    return _recent_runs(incomplete, lambda record: bool(record.counts.get("waiting")))
+
+
+def _recent_runs(incomplete: str, keep: Callable[[RunSummary], bool]) -> Items:
     def find() -> Items:
         from dworkers.history import History, history_path
 
@@ -160,8 +171,8 @@ def runs(incomplete: str) -> Items:
         with History() as history:
             records = history.list_runs(limit=RECENT_RUNS)
         found = [(r.run_id, f"{r.plan} · {r.status}") for r in records
-                 if r.run_id.startswith(incomplete)]
-        if records and "last".startswith(incomplete):
+                 if r.run_id.startswith(incomplete) and keep(r)]
+        if records and keep(records[0]) and "last".startswith(incomplete):
             found.insert(0, ("last", f"{records[0].run_id} · {records[0].plan}"))
         return found
 
@@ -206,6 +217,66 @@ def _row_keys(history: Any, run_id: str, incomplete: str) -> Items:
         "SELECT key, status FROM rows WHERE run_id = ? AND key >= ? ORDER BY key LIMIT ?",
         (run_id, incomplete, ROW_KEYS_OFFERED))
     return [(str(key), str(status)) for key, status in found if str(key).startswith(incomplete)]
+
+
+def _argument(ctx: typer.Context, name: str, position: int) -> str | None:
+    """A command's argument typed before the word being completed: parsed into
+    ``ctx.params``, or (while an option still waits for its value) left in ``ctx.args``."""
+    value = ctx.params.get(name)
+    if value is None and len(ctx.args) > position:
+        value = ctx.args[position]
+    return value if isinstance(value, str) else None
+
+
+def held_gates(ctx: typer.Context, incomplete: str) -> Items:
+    """What ``approve RUN`` and ``reject RUN`` take next: the gates the run waits at, with
+    each one's question (and, in a dataset run, how many rows wait there)."""
+    run_ref = _argument(ctx, "run_ref", 0)
+    if run_ref is None:
+        return []
+
+    def find() -> Items:
+        from dworkers.history import History, history_path
+        from dworkers.history.approvals import GateHistory
+
+        if not history_path().is_file():
+            return []
+        with History() as history:
+            held = GateHistory(history).held(history.get_run(run_ref).run_id)
+        rows: dict[str, int] = {}
+        questions: dict[str, str] = {}
+        for gate in held:
+            questions.setdefault(gate.step_id, gate.question)
+            rows[gate.step_id] = rows.get(gate.step_id, 0) + (gate.row is not None)
+        return [(sid, f"{rows[sid]:,} rows · {question}" if rows[sid] else question)
+                for sid, question in questions.items() if sid.startswith(incomplete)]
+
+    return _offered_safely(find)
+
+
+def waiting_rows(ctx: typer.Context, incomplete: str) -> Items:
+    """What ``--rows`` takes: the keys of the rows waiting at the gate named before it, as a
+    comma-separated list that grows by one key each time (keys already listed are left out)."""
+    run_ref, step = _argument(ctx, "run_ref", 0), _argument(ctx, "step", 1)
+    if run_ref is None or step is None:
+        return []
+    listed, comma, start = incomplete.rpartition(",")
+    chosen = set(listed.split(",")) if comma else set()
+
+    def find() -> Items:
+        from dworkers.history import History, history_path
+        from dworkers.history.approvals import GateHistory
+
+        if not history_path().is_file():
+            return []
+        with History() as history:
+            keys = GateHistory(history).rows_waiting_at(
+                history.get_run(run_ref).run_id, step.strip(), start,
+                ROW_KEYS_OFFERED + len(chosen))
+        offered = [key for key in keys if key not in chosen]
+        return [(f"{listed}{comma}{key}", "waiting") for key in offered[:ROW_KEYS_OFFERED]]
+
+    return _offered_safely(find)
 
 
 def executors(incomplete: str) -> Items:

@@ -168,7 +168,7 @@ class RunResult(StepTotals, BaseModel):
         """How the run ended."""
         if self.interrupted:
             return RunStatus.INTERRUPTED
-        if self.waiting:
+        if self.waiting and not self.failed:  # a failure is reported first
             return RunStatus.WAITING
         return RunStatus.SUCCEEDED if self.success else RunStatus.FAILED
 
@@ -177,8 +177,15 @@ class RunResult(StepTotals, BaseModel):
 
     @property
     def waiting(self) -> bool:
-        """Whether some step waits for approval (the run exits 3 and can be resumed)."""
+        """Whether some step waits for approval (the run can be resumed once it is decided)."""
         return any(r.status is StepStatus.WAITING for r in self.outputs.values())
+
+    @property
+    def failed(self) -> bool:
+        """Whether some step failed, or was cancelled or skipped other than by its own
+        ``when:``: the run exits 1 even while another step waits for approval."""
+        return any(not r.settled_well and r.status not in GATE_STATUSES
+                   for r in self.outputs.values())
 
     def summary(self) -> dict[str, Any]:
         """Machine-readable result (``--json``, run.json): no prompts, no secrets."""
@@ -328,8 +335,14 @@ class DatasetResult(BaseModel):
 
     @property
     def waiting(self) -> bool:
-        """Whether some row waits at an approval gate (the run exits 3)."""
+        """Whether some row waits at an approval gate (the run exits 3 unless a row failed)."""
         return not self.interrupted and self.counts[RowStatus.WAITING] > 0
+
+    @property
+    def failed(self) -> bool:
+        """Whether some row did not succeed and neither waits at a gate nor was rejected at
+        one: the run exits 1 even while other rows wait for approval."""
+        return sum(self.counts[s] for s in (RowStatus.SUCCEEDED, *GATE_STATUSES)) < self.rows
 
     def add(self, row: RowResult) -> None:
         self.counts[row.status] += 1
@@ -343,6 +356,6 @@ class DatasetResult(BaseModel):
         data = self.model_dump(mode="json")
         data.update(rows=self.rows, success=self.success, cost_usd=round(self.cost_usd, 6),
                     counts=shown_counts(self.counts))
-        if self.waiting:
+        if self.waiting and not self.failed:
             data["status"] = "waiting for approval"
         return data

@@ -261,3 +261,125 @@ def test_validate_refuses_an_empty_question(tmp_path: Path) -> None:
     code, _, stderr = invoke("validate", str(path))
     assert code == 2
     assert f"{path}:15:14: approve: must be true, false, or the question" in stderr
+
+
+# --- a failure and a gate in one run ----------------------------------------------------------
+
+
+def test_a_failure_dominates_a_gate_yet_the_summary_says_how_to_approve(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    llm_server.add_rule(marker("side"), status=400, error_message="bad side request", times=1)
+    code, _, stderr = invoke("run", str(plan_file), "-i", "topic=tea",
+                             *common(llm_server, tmp_path))
+    assert code == 1, stderr  # not 3: a step failed, and that is what a script must see
+    assert "gated failed: 1 succeeded, 1 failed, 2 waiting" in stderr
+    run_id = json.loads((last_run(tmp_path) / "run.json").read_text())["run_id"]
+    assert f"decide: dworkers approve {run_id} briefing" in stderr
+    assert f"dworkers run --resume {run_id}" in stderr
+    assert json.loads((last_run(tmp_path) / "run.json").read_text())["status"] == "failed"
+    assert json.loads(invoke("runs", "--json")[1])[0]["status"] == "failed"
+    code, stdout, _ = invoke("show", run_id)  # the gate is still there to decide
+    assert "briefing waits for approval: Send the briefing to the client?" in stdout
+
+    assert invoke("approve", run_id, "briefing")[0] == 0  # the gate can still be decided
+    code, _, stderr = invoke("run", "--resume", run_id, *common(llm_server, tmp_path))
+    assert code == 0, stderr
+    assert [calls(llm_server, s) for s in STEPS] == [1, 2, 1, 1]  # only side is asked again
+
+
+def test_a_dataset_run_with_a_failed_row_and_a_waiting_row_exits_1(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,topic\na,alpha\nb,beta\n")
+    llm_server.add_rule("Side work on beta", status=400, error_message="bad row")
+    code, stdout, stderr = invoke("run", str(plan_file), "--data", str(rows), "--json",
+                                  *common(llm_server, tmp_path))
+    assert code == 1, stderr
+    data = json.loads(stdout)
+    assert data["status"] == "failed"
+    assert (data["counts"]["waiting"], data["counts"]["failed"]) == (1, 1)
+    run_id = data["run_id"]
+    assert "Dataset run finished with failures" in stderr
+    assert "1 row waits for approval — decide: " in stderr
+    assert f"dworkers approve {run_id} briefing --all-rows" in stderr
+    statuses = {r["key"]: r["status"] for r in map(
+        json.loads, (last_run(tmp_path) / "results.jsonl").read_text().splitlines())}
+    assert statuses == {"a": "waiting", "b": "failed"}
+
+
+# --- what a dry run and `show PLAN` say of gates -----------------------------------------------
+
+
+def test_a_dry_run_names_each_gate_and_what_a_run_would_do_there(
+    llm_server: FakeLLMServer, plan_file: Path, tmp_path: Path
+) -> None:
+    code, stdout, _ = invoke("run", str(plan_file), "-i", "topic=tea", "--dry-run")
+    assert code == 0
+    assert ("Gates (a person approves before the call; undecided, the run stops there and "
+            "exits 3):\n  briefing: Send the briefing to the client? — waits for approval\n"
+            ) in stdout
+    [header] = [line for line in stdout.splitlines() if line.startswith("=== briefing ")]
+    assert header.endswith(") · gate")
+    assert "Conditions" not in stdout  # no step has a when:
+    code, stdout, _ = invoke("run", str(plan_file), "-i", "topic=tea", "--dry-run", "--json",
+                             "--approve", "briefing")
+    steps = {s["step_id"]: s for s in json.loads(stdout)["steps"]}
+    assert steps["briefing"]["gate"] == {"question": "Send the briefing to the client?",
+                                         "state": "approved by --approve"}
+    assert steps["scope"]["gate"] is None and steps["scope"]["when"] is None
+
+    run_id = start_held_run(llm_server, plan_file, tmp_path)
+    assert invoke("reject", run_id, "briefing", "--note", "not yet")[0] == 0
+    before = len(llm_server.requests)
+    code, stdout, _ = invoke("run", "--resume", run_id, "--dry-run")
+    assert code == 0 and len(llm_server.requests) == before
+    assert "briefing: Send the briefing to the client? — rejected by alice: not yet" in stdout
+
+
+def test_show_plan_marks_gates_conditions_typed_answers_and_file_inputs(tmp_path: Path) -> None:
+    path = tmp_path / "marked.yaml"
+    path.write_text("""\
+name: marked
+inputs:
+  contract: {type: file, description: The signed contract}
+  notes: {type: file, default: notes.md}
+  client: {}
+steps:
+  - step_id: triage
+    name: Triage
+    output_schema: {severity: low|high, areas: [str]}
+    prompt_template: "Triage {client}: {contract} {notes}"
+  - step_id: deep
+    name: Deep dive
+    depends_on: [triage]
+    when: "triage.severity == 'high'"
+  - step_id: send
+    name: Send
+    depends_on: [deep]
+    approve: true
+""")
+    code, stdout, _ = invoke("show", str(path))
+    assert code == 0
+    assert stdout.splitlines() == [
+        "marked",
+        "inputs:",
+        "  contract (file) — The signed contract",
+        "  client",
+        "  notes (file, optional, default 'notes.md')",
+        "├── triage  analyst",
+        "│   answers: severity, areas",
+        "├── deep  analyst  ← triage",
+        "│   when: triage.severity == 'high'",
+        "└── send  analyst  ← deep",
+        "    ⏸ gate: Run 'Send'?",
+    ]
+    code, stdout, _ = invoke("run", str(path), "-i", "client=x", "-i", "contract=@@c",
+                             "--dry-run")
+    assert ("Conditions (a false when: skips the step: no call, not a failure):\n"
+            "  deep: when: triage.severity == 'high'\n") in stdout
+    assert "Gates (a person approves before the call; undecided, the run stops there and " \
+           "exits 3):\n  send: Run 'Send'? — waits for approval\n" in stdout
+    [header] = [line for line in stdout.splitlines() if line.startswith("=== deep ")]
+    assert header.endswith(") · when: triage.severity == 'high'")

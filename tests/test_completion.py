@@ -202,6 +202,56 @@ def test_show_dataset_run_offers_its_row_keys(tmp_path: Path) -> None:
     assert complete("dworkers show last b", "fish") == ["beta\tsucceeded"]
 
 
+GATED = """\
+name: gated
+inputs:
+  topic: {}
+steps:
+  - step_id: scope
+    name: Scope
+    prompt_template: "Scope {topic}"
+  - step_id: briefing
+    name: Briefing
+    depends_on: [scope]
+    approve: "Send the briefing to the client?"
+    prompt_template: "Brief on {topic}"
+"""
+
+
+def test_approve_offers_waiting_runs_then_their_gates(tmp_path: Path, cwd: Path) -> None:
+    [finished] = mock_runs(1, tmp_path)
+    (cwd / "gated.yaml").write_text(GATED, encoding="utf-8")
+    code, out, err = invoke("run", "gated.yaml", "-i", "topic=tea", "--mock", "--json",
+                            "--out", str(tmp_path / "runs"))
+    assert code == 3, err
+    held = json.loads(out)["run_id"]
+    # Only the run that waits: a finished run has nothing to approve.
+    assert complete("dworkers approve ") == ["last", held]
+    assert finished not in complete("dworkers reject ")
+    assert complete(f"dworkers approve {held} ") == ["briefing"]
+    assert complete("dworkers reject last b", "fish") == [
+        "briefing\tSend the briefing to the client?"]
+    assert complete(f"dworkers approve {held} s") == []  # scope succeeded: nothing to decide
+    assert complete("dworkers approve no-such-run ") == []
+
+
+def test_rows_offers_the_keys_waiting_at_the_gate_one_more_each_time(
+        tmp_path: Path, cwd: Path) -> None:
+    (cwd / "gated.yaml").write_text(GATED, encoding="utf-8")
+    (cwd / "rows.csv").write_text("id,topic\nalpha,a\nbeta,b\ngamma,c\n", encoding="utf-8")
+    code, out, err = invoke("run", "gated.yaml", "--data", "rows.csv", "--mock", "--json",
+                            "--out", str(tmp_path / "runs"))
+    assert code == 3, err
+    run_id = json.loads(out)["run_id"]
+    assert complete(f"dworkers approve {run_id} ", "fish") == ["briefing\t3 rows · Send the "
+                                                               "briefing to the client?"]
+    assert complete(f"dworkers approve {run_id} briefing --rows ") == ["alpha", "beta", "gamma"]
+    assert complete("dworkers approve last briefing --rows g") == ["gamma"]
+    assert complete("dworkers reject last briefing --note no --rows alpha,") == [
+        "alpha,beta", "alpha,gamma"]
+    assert complete("dworkers approve last scope --rows ") == []  # not a gate
+
+
 def test_executor_and_format_offer_their_values() -> None:
     from dworkers.executors import EXECUTORS
 

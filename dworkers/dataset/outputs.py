@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,9 @@ class DatasetWriter:
             if self.columns[1]:
                 self.table = os.open(self.directory / "results.csv",
                                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-                append_line(self.table, csv_line(
-                    ["key", "status", *self.columns[0], *self.columns[1], "cost_usd",
-                     "error"]))
+                append_line(self.table, csv_line([spreadsheet_text(name) for name in (
+                    "key", "status", *self.columns[0], *self.columns[1], "cost_usd",
+                    "error")]))
             self.write_run_json(None)
         elif isinstance(event, RowFinished):
             self.row(event.result)
@@ -166,20 +167,39 @@ def table_columns(plan: BasePlan) -> tuple[list[str], list[str]]:
 
 def table_row(row: RowResult, inputs: list[str], typed: list[str]) -> list[str]:
     """A row of ``results.csv``: scalars as text, lists and objects as JSON text, a field
-    with no value (a failed or skipped step, an absent field) empty."""
+    with no value (a failed or skipped step, an absent field) empty. Text from the data file
+    or a model's answer is made safe to open in a spreadsheet (``spreadsheet_text``); a typed
+    number is written as the number it is."""
     answers = {sid: r.value for sid, r in row.outputs.items() if r.value is not None}
     cells = [row.key, row.status.value, *(row.inputs.get(name, "") for name in inputs)]
+    cells = [spreadsheet_text(cell) for cell in cells]
     for column in typed:
         value = conditions.lookup(tuple(column.split(".")), answers)
         if value is conditions.MISSING or value is None:
             cells.append("")
         elif isinstance(value, str):
-            cells.append(value)
-        else:
+            cells.append(spreadsheet_text(value))
+        else:  # a number, true/false, or a list or object as JSON text: never a formula
             cells.append(json.dumps(value, ensure_ascii=False))
     cost = cost_fields(row.cost_usd, row.cost_known)["cost_usd"]
-    cells += ["" if cost is None else f"{cost:.6f}", row.error or ""]
+    cells += ["" if cost is None else f"{cost:.6f}", spreadsheet_text(row.error or "")]
     return cells
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula."""
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def spreadsheet_text(text: str) -> str:
+    """``text`` as a ``results.csv`` cell that a spreadsheet cannot run: one that would start a
+    formula (``=HYPERLINK(...)``, ``@SUM(...)``, ``-2+3``; a data file or a model's answer
+    may hold anything) gets a leading apostrophe, as OWASP advises, and shows as the text it
+    is. A plain number such as ``-3`` or ``+1.5`` is left as it is: a spreadsheet reads it as
+    that number, and it can call nothing."""
+    if text.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def csv_line(cells: list[str]) -> str:
@@ -204,6 +224,8 @@ def result_line(row: RowResult) -> dict[str, Any]:
 def dataset_status(result: DatasetResult) -> str:
     if result.interrupted:
         return "interrupted"
+    if result.waiting and not result.failed:
+        return "waiting for approval"
     return "succeeded" if result.success else "failed"
 
 
@@ -283,4 +305,5 @@ def row_report(plan: BasePlan, row: RowResult) -> str:
     return clean("\n".join(lines)).rstrip() + "\n"
 
 
-__all__ = ["DatasetWriter", "dataset_report", "dataset_summary", "result_line", "row_report"]
+__all__ = ["DatasetWriter", "dataset_report", "dataset_summary", "result_line", "row_report",
+           "spreadsheet_text"]

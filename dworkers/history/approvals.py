@@ -78,5 +78,17 @@ class GateHistory:
                                   None if row["row"] is None else str(row["row"])))
         return gates
 
+    def rows_waiting_at(self, run_id: str, step_id: str, start: str = "",
+                        limit: int = 50) -> list[str]:
+        """The keys, in key order, of at most ``limit`` rows of ``run_id`` that wait at gate
+        ``step_id`` and start with ``start`` (one indexed range query, however many rows)."""
+        prefix = WAITING_FOR_APPROVAL + ":"
+        found = self.history._read(
+            "SELECT row FROM row_steps WHERE run_id = ? AND step_id = ? AND status = 'skipped' "
+            "AND substr(error, 1, ?) = ? AND row >= ? ORDER BY row LIMIT ?",
+            (run_id, step_id, len(prefix), prefix, start, limit),
+            doing="reading the rows waiting at a gate")
+        return [str(row["row"]) for row in found if str(row["row"]).startswith(start)]
+
 
 __all__ = ["EVERY_ROW", "GateHistory", "HeldGate"]

@@ -683,7 +683,8 @@ class History:
             if status == "running" and row["host"] == host and not _alive(row["pid"]):
                 status = "interrupted"
             mine = counts[str(row["run_id"])]
-            if status == "failed" and mine.get("waiting"):  # stopped at a gate
+            if status == "failed" and mine.get("waiting") and not (
+                    mine.get("failed") or mine.get("cancelled")):  # stopped at a gate only
                 status = RunStatus.WAITING.value
             total = sum(v for k, v in mine.items() if k not in ("cached", "rows"))
             record = run_record(row, status, {"total": total, **mine})

@@ -185,9 +185,11 @@ class DatasetMode(RunMode):
 
     def print_summary(self, err: Console, outcome: DatasetResult, out_dir: Path,
                       unsaved: list[str]) -> None:
+        from dworkers.run.gates import gated_steps
         from dworkers.view.dataset import print_dataset_summary
 
-        print_dataset_summary(err, outcome, str(out_dir), unsaved)
+        print_dataset_summary(err, outcome, str(out_dir), unsaved,
+                              gated_steps(self.engine.plan))
 
     def document(self, outcome: DatasetResult, out_dir: Path) -> dict[str, Any]:
         from dworkers.dataset.outputs import dataset_summary

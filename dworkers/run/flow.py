@@ -103,6 +103,9 @@ class Outcome(Protocol):
     @property
     def waiting(self) -> bool: ...
 
+    @property
+    def failed(self) -> bool: ...
+
 
 class Consumer(Protocol):
     """An ``on_event`` callback whose failures the flow reports as "not saved"."""
@@ -533,7 +536,7 @@ def not_saved(writer: Consumer, recorder: Consumer | None, fan_out: FanOut,
 def exit_code(outcome: Outcome, interrupted: bool, unsaved: list[str]) -> int:
     if interrupted or outcome.interrupted:
         return EXIT_INTERRUPTED
-    if outcome.waiting and not unsaved:
+    if outcome.waiting and not outcome.failed and not unsaved:
         return EXIT_WAITING  # everything finished is saved; a person decides the rest
     return EXIT_OK if outcome.success and not unsaved else EXIT_FAILED
 

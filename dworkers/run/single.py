@@ -175,6 +175,8 @@ def render_prompts(engine: Engine, inputs: dict[str, str], *, as_json: bool,
             "model": engine.model_for(step),
             "timeout_seconds": engine.timeout_for(step),
             "retry_max": engine.retries_for(step),
+            "when": step.when,
+            "gate": gate_state(engine, step),
             "messages": engine.messages_for(step, inputs, placeholders),
         })
         if reused is not None:
@@ -186,6 +188,16 @@ def render_prompts(engine: Engine, inputs: dict[str, str], *, as_json: bool,
     out = [f"Plan {engine.plan.name} for tenant {engine.tenant.id}: {len(steps)} steps", "",
            "Schedule (steps on one line start together):"]
     out += [f"  {i}. {', '.join(wave)}" for i, wave in enumerate(schedule, 1)]
+    gated = [s for s in steps if s["gate"] is not None]
+    if gated:
+        out += ["", "Gates (a person approves before the call; undecided, the run stops there "
+                "and exits 3):"]
+        out += [f"  {s['step_id']}: {s['gate']['question']} — {s['gate']['state']}"
+                for s in gated]
+    conditional = [s for s in steps if s["when"]]
+    if conditional:
+        out += ["", "Conditions (a false when: skips the step: no call, not a failure):"]
+        out += [f"  {s['step_id']}: when: {s['when']}" for s in conditional]
     if reused is not None:
         kept = [sid for sid, hit in reused.items() if hit]
         called = [sid for sid, hit in reused.items() if not hit]
@@ -194,11 +206,28 @@ def render_prompts(engine: Engine, inputs: dict[str, str], *, as_json: bool,
                 f"  called ({len(called)}): {', '.join(called) or '-'}"]
     for step_data in steps:
         out += ["", f"=== {step_data['step_id']} ({step_data['role']}, {step_data['model']}, "
-                    f"timeout {step_data['timeout_seconds']:g}s, retries {step_data['retry_max']})"]
+                    f"timeout {step_data['timeout_seconds']:g}s, retries {step_data['retry_max']})"
+                + (" · gate" if step_data["gate"] else "")
+                + (f" · when: {step_data['when']}" if step_data["when"] else "")]
         for message in step_data["messages"]:
             out += [f"--- {message['role']}", message["content"]]
     sys.stdout.write(clean("\n".join(out)) + "\n")
     return EXIT_OK
 
 
-__all__ = ["SingleMode", "render_prompts", "role_cap_note"]
+def gate_state(engine: Engine, step: PlanStep) -> dict[str, str] | None:
+    """A gated step's question, and what a run would do there now: wait for approval, or
+    go on as decided (``--approve``, or a resumed run's decision)."""
+    if step.approve is False:
+        return None
+    from dworkers import approvals
+
+    gates = engine.options.gates or approvals.Gates()
+    decision = gates.decision(None, step.step_id)
+    state = ("waits for approval" if decision is None
+             else f"approved by {decision.by}" if decision.approved
+             else decision.reason(step.step_id))
+    return {"question": approvals.question_of(step.approve, step.name), "state": state}
+
+
+__all__ = ["SingleMode", "gate_state", "render_prompts", "role_cap_note"]

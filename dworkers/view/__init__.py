@@ -26,7 +26,7 @@ from dworkers.text import cells, clean, fit, fit_right, one_line
 
 if TYPE_CHECKING:
     from dworkers.catalog import PlanSummary
-    from dworkers.plans.base import BasePlan
+    from dworkers.plans.base import BasePlan, PlanStep
     from dworkers.results import RunSummary
     from dworkers.view.live import (
         LineView as LineView,
@@ -160,8 +160,9 @@ def source_label(origin: str, path: str | os.PathLike[str] | None) -> str:
 
 
 def plan_tree(plan: BasePlan) -> Tree:
-    """The plan as a tree: its inputs (with their descriptions), then the steps in dependency
-    order with role and what each waits for."""
+    """The plan as a tree: its inputs (with their descriptions; files marked), then the steps
+    in dependency order with role and what each waits for, and below a step what sets it
+    apart: the fields of a typed answer, its ``when:``, its approval gate."""
     from dworkers import dag
 
     head = Text.assemble((one_line(plan.name), "bold"))
@@ -179,8 +180,27 @@ def plan_tree(plan: BasePlan) -> Tree:
                               (step.worker_role.value, "magenta"))
         if step.depends_on:
             label.append("  ← " + ", ".join(map(one_line, step.depends_on)), style="dim")
+        for line, style in step_notes(step):
+            label.append("\n" + line, style=style)
         root.add(label)
     return root
+
+
+def step_notes(step: PlanStep) -> list[tuple[str, str]]:
+    """What ``show PLAN`` says below a step, each with its style: a typed answer's fields,
+    its ``when:`` condition, its approval gate and question."""
+    from dworkers.approvals import question_of
+
+    notes = []
+    schema = step.answer_schema()
+    if schema is not None:
+        fields = ", ".join(one_line(name) for name in schema.get("properties") or {})
+        notes.append((f"answers: {fit(fields, 60).rstrip()}", "cyan"))
+    if step.when:
+        notes.append((f"when: {one_line(step.when)}", "yellow"))
+    if step.approve is not False:
+        notes.append((f"⏸ gate: {one_line(question_of(step.approve, step.name))}", "magenta"))
+    return notes
 
 
 def input_lines(plan: BasePlan) -> list[str]:
@@ -190,11 +210,13 @@ def input_lines(plan: BasePlan) -> list[str]:
     for name in plan.required_inputs():
         spec = (plan.inputs or {}).get(name)
         about = one_line(spec.description) if spec is not None else ""
-        lines.append(f"{one_line(name)} — {about}" if about else one_line(name))
+        shown = one_line(name) + (" (file)" if spec is not None and spec.type == "file" else "")
+        lines.append(f"{shown} — {about}" if about else shown)
     for name, default in plan.optional_inputs().items():
         spec = (plan.inputs or {})[name]
         about = one_line(spec.description)
-        optional = f"(optional, default {one_line(default)!r})"
+        kind = "file, " if spec.type == "file" else ""
+        optional = f"({kind}optional, default {one_line(default)!r})"
         lines.append(f"{one_line(name)} {optional}" + (f" — {about}" if about else ""))
     return lines
 

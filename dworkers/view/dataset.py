@@ -176,14 +176,17 @@ def row_line(row: RowResult, done: int, total: int | None) -> Text:
     return text
 
 
-def dataset_run_summary(result: DatasetResult, out_dir: str | None = None) -> Text:
+def dataset_run_summary(result: DatasetResult, out_dir: str | None = None,
+                        gates: Sequence[str] = ()) -> Text:
     """The end of a dataset run: rows by status, tokens, cost (never $0 for one that could not
-    be known), time, where the files are."""
+    be known), time, where the files are; with rows waiting at one of ``gates`` (the plan's
+    gated steps), how to decide them — even when other rows failed."""
     counts = result.counts
+    held = result.waiting and not result.failed  # a failure is reported first
     status = ("interrupted" if result.interrupted else "succeeded" if result.success
-              else "is waiting for approval" if result.waiting else "finished with failures")
+              else "is waiting for approval" if held else "finished with failures")
     style = ("yellow" if result.interrupted else "green" if result.success
-             else "magenta" if result.waiting else "bold red")
+             else "magenta" if held else "bold red")
     text = Text.assemble((f"Dataset run {status}", style), f": {result.rows:,} rows — ")
     text.append(", ".join(f"{counts.get(s, 0):,} {s.value}" for s in RowStatus
                           if counts.get(s, 0) or s is RowStatus.SUCCEEDED))
@@ -199,14 +202,23 @@ def dataset_run_summary(result: DatasetResult, out_dir: str | None = None) -> Te
         text.append(f"\nstopped: {result.stop_reason}", style="yellow")
     if out_dir:
         text.append(f"\noutputs: {out_dir}", style="dim")
+    waiting = counts.get(RowStatus.WAITING, 0)
+    if result.waiting and gates:
+        more = f"; gates: {', '.join(gates)}" if len(gates) > 1 else ""
+        verb = "row waits" if waiting == 1 else "rows wait"
+        text.append(f"\n{waiting:,} {verb} for approval — decide: ",
+                    style="magenta")
+        text.append(f"dworkers approve {result.run_id} {gates[0]} --all-rows", style="bold")
+        text.append(f"  (or --rows KEY,...; or reject{more}; see them: dworkers show "
+                    f"{result.run_id})", style="dim")
     return text
 
 
 def print_dataset_summary(out: Console, result: DatasetResult, out_dir: str,
-                          unsaved: Sequence[str]) -> None:
+                          unsaved: Sequence[str], gates: Sequence[str] = ()) -> None:
     """Print ``dataset_run_summary``, then what could not be saved (the run is not done
     without it)."""
-    out.print(dataset_run_summary(result, out_dir), soft_wrap=True)
+    out.print(dataset_run_summary(result, out_dir, gates), soft_wrap=True)
     for problem in unsaved:
         print_error(out, f"not saved: {problem}")
 

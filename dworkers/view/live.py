@@ -326,7 +326,7 @@ def summary(
     cached = sum(1 for r in result.outputs.values() if r.cached)
     if result.interrupted:
         icon, style, verb = "⊘", "yellow", "interrupted"
-    elif result.waiting:
+    elif result.waiting and not result.failed:  # a failure is reported first
         icon, style, verb = "⏸", "magenta", "is waiting for approval"
     elif result.success and unsaved:
         icon, style, verb = "✗", "red", "ran, but not everything was saved"
