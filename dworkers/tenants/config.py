@@ -187,6 +187,10 @@ class McpServerConfig(_Strict):
                                   "result is cut to this many characters (head and tail kept).")
 
 
+StructuredMode = Literal["native", "json_mode", "instructions"]
+"""How a typed step's JSON is asked for (see ``dworkers.llm.LiteLLMClient.structured_mode``)."""
+
+
 class TenantConfig(_Strict):
     """Everything a run needs to know about the company it works for. Never holds secrets:
     ``api_key_env`` names the environment variable that holds the key for the provider of
@@ -218,6 +222,12 @@ class TenantConfig(_Strict):
         default_factory=dict, description="Context windows in tokens of models litellm does not "
         "know (self-hosted, behind a gateway), by model string or glob: {'openai/local-*': "
         "32768}. A run whose prompt would not fit stops before any call.")
+    structured_output: dict[str, StructuredMode] = Field(
+        default_factory=dict, description="How typed steps ask a model for JSON where litellm "
+        "cannot tell (a gateway's own model names), by model string or glob: 'native' (a JSON "
+        "Schema response_format), 'json_mode' (response_format json_object) or 'instructions' "
+        "(no response_format: the schema in the prompt only). Default: native where litellm "
+        "says the model takes a JSON Schema, else json_mode.")
     formats: list[Literal["md", "docx", "pdf"]] | None = Field(
         default=None, description="The deliverables 'dworkers run' writes when --format is not "
         "given (default: md): any of md, docx, pdf.")
@@ -285,6 +295,14 @@ class TenantConfig(_Strict):
                 return price
         return None
 
+    def structured_output_for(self, model: str) -> StructuredMode | None:
+        """How typed steps ask ``model`` for JSON, if the tenant says: an exact entry, else the
+        first matching glob; ``None``: as litellm says of the model."""
+        if model in self.structured_output:
+            return self.structured_output[model]
+        return next((mode for pattern, mode in self.structured_output.items()
+                     if fnmatch.fnmatchcase(model, pattern)), None)
+
     def context_window_for(self, model: str) -> int | None:
         """The context window the tenant states for ``model``: an exact entry, else the first
         matching glob."""
@@ -346,6 +364,11 @@ class TenantConfig(_Strict):
             if not pattern.strip():
                 problem(("security", "allowed_models", i), "empty pattern in allowed_models",
                         "remove it, or write a glob such as 'openai/*'", "invalid-pattern")
+        for pattern in self.structured_output:
+            if not pattern.strip():
+                problem(("structured_output", pattern), "empty model pattern in "
+                        "structured_output", "write a model or a glob such as 'openai/*'",
+                        "invalid-pattern")
         if self.api_key_env is not None and not IDENTIFIER.match(self.api_key_env):
             problem(("api_key_env",), f"api_key_env {shown(self.api_key_env)} is not an "
                     "environment variable name",
