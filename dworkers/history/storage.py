@@ -81,7 +81,8 @@ class HistoryLockedError(HistoryError):
 
 @dataclass(frozen=True, slots=True)
 class RunSpending:
-    """What a run has spent, with every run it resumed (for a resume's budget to count).
+    """What a run has spent, with every run it resumed and every other resume of those (for a
+    resume's budget to count).
 
     ``cost_known`` is false when some call's cost could not be known (``cost_usd`` is then what
     is known of it); ``complete`` is false when a run of the chain died without finishing
