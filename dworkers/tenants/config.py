@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -187,6 +188,18 @@ class McpServerConfig(_Strict):
                                   "result is cut to this many characters (head and tail kept).")
 
 
+Entry = TypeVar("Entry")
+
+
+def entry_for(table: Mapping[str, Entry], model: str) -> Entry | None:
+    """``table``'s entry for ``model`` (keys are model strings or globs): its own, else the
+    first glob that matches it."""
+    if model in table:
+        return table[model]
+    return next((entry for pattern, entry in table.items()
+                 if fnmatch.fnmatchcase(model, pattern)), None)
+
+
 StructuredMode = Literal["native", "json_mode", "instructions"]
 """How a typed step's JSON is asked for (see ``dworkers.llm.LiteLLMClient.structured_mode``)."""
 
@@ -288,35 +301,22 @@ class TenantConfig(_Strict):
 
     def price_for(self, model: str) -> ModelPrice | None:
         """The declared price of ``model``: an exact entry, else the first matching glob."""
-        if model in self.prices:
-            return self.prices[model]
-        for pattern, price in self.prices.items():
-            if fnmatch.fnmatchcase(model, pattern):
-                return price
-        return None
+        return entry_for(self.prices, model)
 
     def structured_output_for(self, model: str) -> StructuredMode | None:
         """How typed steps ask ``model`` for JSON, if the tenant says: an exact entry, else the
         first matching glob; ``None``: as litellm says of the model."""
-        if model in self.structured_output:
-            return self.structured_output[model]
-        return next((mode for pattern, mode in self.structured_output.items()
-                     if fnmatch.fnmatchcase(model, pattern)), None)
+        return entry_for(self.structured_output, model)
 
     def context_window_for(self, model: str) -> int | None:
         """The context window the tenant states for ``model``: an exact entry, else the first
         matching glob."""
-        if model in self.context_windows:
-            return self.context_windows[model]
-        return next((size for pattern, size in self.context_windows.items()
-                     if fnmatch.fnmatchcase(model, pattern)), None)
+        return entry_for(self.context_windows, model)
 
     def rate_limits_for(self, model: str) -> tuple[float | None, float | None]:
         """(rpm, tpm) the tenant states for ``model``: its own entry, else the first glob that
         matches it, else (None, None)."""
-        limits = self.limits.rate_limits
-        entry = limits.get(model) or next(
-            (v for k, v in limits.items() if fnmatch.fnmatchcase(model, k)), None)
+        entry = entry_for(self.limits.rate_limits, model)
         return (entry.rpm, entry.tpm) if entry else (None, None)
 
     def worker(self, role: WorkerRole) -> WorkerConfig:
