@@ -457,8 +457,8 @@ class LiteLLMClient:
             # cannot parse it, the hook kept it, and it is read as the stream it is.
             if got.event_stream is None or not _read_event_stream(got, on_delta):
                 error = self._translate(exc, (request.api_key,), request.api_base)
-                if mode == "native" and isinstance(error, BadRequestError):
-                    error = _native_refused(error, request.model)
+                if mode in _PLAINER and isinstance(error, BadRequestError):
+                    error = _refused_format(error, request.model, mode)
                 raise self._with_usage(error, request, got) from None
         finally:
             _ATTEMPT.reset(watching)
@@ -622,12 +622,18 @@ class LiteLLMClient:
         return BadRequestError(f"{type(exc).__name__}: {message}", headers=headers)
 
 
-def _native_refused(error: BadRequestError, model: str) -> BadRequestError:
-    """A refusal of a request that asked for a JSON Schema natively, saying the way out: an
-    endpoint behind a gateway may not take one though litellm vouches for the model's name."""
+# A structured mode → what its request holds, and the plainer mode to ask in instead.
+_PLAINER = {"native": ("a JSON Schema response_format", "json_mode"),
+            "json_mode": ("response_format json_object", "instructions")}
+
+
+def _refused_format(error: BadRequestError, model: str, mode: str) -> BadRequestError:
+    """A refusal of a request that held a ``response_format``, saying the way out: an endpoint
+    behind a gateway may not take one though litellm vouches for the model's name."""
+    held, plainer = _PLAINER[mode]
     return BadRequestError(
-        f"{error} — if the endpoint does not take a JSON Schema response_format, set "
-        f"structured_output: {{{model!r}: json_mode}} in the tenant",
+        f"{error} — if the endpoint does not take {held}, set structured_output: "
+        f"{{{model!r}: {plainer}}} in the tenant",
         headers=error.headers, status=error.status, usage=error.usage)
 
 

@@ -53,20 +53,26 @@ def test_the_tenant_decides_how_a_model_behind_a_gateway_is_asked_for_json(
     assert "matches this JSON Schema" in request.text  # in the prompt on every path
 
 
-def test_a_refused_native_request_says_how_to_ask_in_json_mode_instead(
-    llm_server: FakeLLMServer,
+@pytest.mark.parametrize(("model", "structured", "hint"), [
+    ("openai/gpt-4o", None, "— if the endpoint does not take a JSON Schema response_format, "
+     "set structured_output: {'openai/gpt-4o': json_mode} in the tenant"),
+    ("openai/team-default", None, "— if the endpoint does not take response_format json_object, "
+     "set structured_output: {'openai/team-default': instructions} in the tenant"),
+    ("openai/team-default", {"openai/*": "instructions"}, None),  # nothing plainer to ask
+])
+def test_a_refused_response_format_names_the_plainer_way_to_ask(
+    llm_server: FakeLLMServer, model: str, structured: dict[str, str] | None, hint: str | None,
 ) -> None:
-    refusal = "response_format json_schema is not supported by this server"
+    refusal = "response_format is not supported by this server"
     llm_server.add_rule(marker("triage"), status=400, error_message=refusal)
 
-    native = run(llm_server, "openai/gpt-4o").outputs["triage"]
-    plain = run(llm_server, "openai/gpt-4o", {"openai/gpt-4o": "json_mode"}).outputs["triage"]
+    error = run(llm_server, model, structured).outputs["triage"].error or ""
 
-    assert refusal in (native.error or "")
-    assert (native.error or "").endswith(
-        "— if the endpoint does not take a JSON Schema response_format, set structured_output: "
-        "{'openai/gpt-4o': json_mode} in the tenant")
-    assert refusal in (plain.error or "") and "structured_output" not in (plain.error or "")
+    assert refusal in error
+    if hint is None:
+        assert "structured_output" not in error
+    else:
+        assert error.endswith(hint)
 
 
 @pytest.mark.parametrize("answer", [
