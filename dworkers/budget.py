@@ -57,10 +57,21 @@ class LocalBudget:
         # A hair of tolerance: in floating point 0.1 + 0.05 > 0.15, and a budget of exactly
         # three $0.05 calls must allow the third.
         if usd > 0 and self.spent + self.reserved + usd > limit * (1 + 1e-9):
-            held = f", ${self.reserved:.4f} held by calls under way" if self.reserved else ""
-            return (f"budget of ${limit:g} reached: the next call may cost ${usd:.4f} "
-                    f"(${self.spent:.4f} spent{held})")
+            return self.estimate_refusal(limit, usd)
         return None
+
+    def estimate_refusal(self, limit: float, usd: float) -> str:
+        """Why a call whose estimate ``usd`` does not fit may not start: the budget is not
+        spent, the estimate would pass it. Says how far to raise it for that call."""
+        raise_it = (f"raise it to at least ${self.spent + self.reserved + usd:.4f} "
+                    "(--max-cost, limits.max_cost_usd)")
+        if not self.spent and not self.reserved:
+            return (f"budget of ${limit:g} is too small: the next call may cost ${usd:.4f} "
+                    f"and nothing is spent yet — {raise_it}")
+        left = max(0.0, limit - self.spent - self.reserved)
+        held = f", ${self.reserved:.4f} held by calls under way" if self.reserved else ""
+        return (f"budget of ${limit:g} would be passed: the next call may cost ${usd:.4f} and "
+                f"${left:.4f} is left (${self.spent:.4f} spent{held}) — {raise_it}")
 
     async def reserve(self, usd: float) -> str | None:
         refused = self.refusal(max(0.0, usd))

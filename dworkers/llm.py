@@ -94,6 +94,9 @@ class LLMRequest:
     # A typed step's normalised output_schema: the client asks for it natively where the model
     # supports that (``structured_mode``); the engine validates every answer itself.
     output_schema: Mapping[str, Any] | None = None
+    # How to ask for it when the tenant says (``structured_output``): a gateway's own model
+    # names tell litellm nothing. ``None``: as litellm says of the model.
+    structured_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,8 +405,9 @@ class LiteLLMClient:
             options["stream_options"] = {"include_usage": True}
         if request.tools:
             options["tools"] = [dict(tool) for tool in request.tools]
+        mode = None
         if request.output_schema is not None:
-            mode = self.structured_mode(request.model)
+            mode = request.structured_mode or self.structured_mode(request.model)
             if mode == "native":
                 options["response_format"] = output_schema.response_format(
                     request.output_schema, request.step_id or "answer")
@@ -453,6 +457,8 @@ class LiteLLMClient:
             # cannot parse it, the hook kept it, and it is read as the stream it is.
             if got.event_stream is None or not _read_event_stream(got, on_delta):
                 error = self._translate(exc, (request.api_key,), request.api_base)
+                if mode in _PLAINER and isinstance(error, BadRequestError):
+                    error = _refused_format(error, request.model, mode)
                 raise self._with_usage(error, request, got) from None
         finally:
             _ATTEMPT.reset(watching)
@@ -614,6 +620,21 @@ class LiteLLMClient:
             return BadRequestError(f"request refused ({status}): {message}", headers=headers,
                                    status=status)
         return BadRequestError(f"{type(exc).__name__}: {message}", headers=headers)
+
+
+# A structured mode → what its request holds, and the plainer mode to ask in instead.
+_PLAINER = {"native": ("a JSON Schema response_format", "json_mode"),
+            "json_mode": ("response_format json_object", "instructions")}
+
+
+def _refused_format(error: BadRequestError, model: str, mode: str) -> BadRequestError:
+    """A refusal of a request that held a ``response_format``, saying the way out: an endpoint
+    behind a gateway may not take one though litellm vouches for the model's name."""
+    held, plainer = _PLAINER[mode]
+    return BadRequestError(
+        f"{error} — if the endpoint does not take {held}, set structured_output: "
+        f"{{{model!r}: {plainer}}} in the tenant",
+        headers=error.headers, status=error.status, usage=error.usage)
 
 
 def _int(value: Any) -> int:

@@ -933,9 +933,11 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 def parse_answer(text: str) -> tuple[Any, AnswerError | None]:
     """The JSON value in a model's answer: the whole answer, else the one fenced block
-    (```json ... ```), else the object that starts at the first '{' after leading prose and
-    runs to the end of the answer. Nothing is guessed beyond that (no repair of broken JSON:
-    the re-ask fixes it with the model's own knowledge of what it meant)."""
+    (```json ... ```), else the object that starts at the first '{' after leading prose. Prose
+    after a complete value is let go ("Let me know if ..."), as prose before it is, unless it
+    holds JSON punctuation (a second object, a stray brace): that answer is ambiguous. Nothing
+    is guessed beyond that (no repair of broken JSON: the re-ask fixes it with the model's
+    own knowledge of what it meant)."""
     if len(text) > MAX_ANSWER_CHARS:
         return None, AnswerError("$", f"JSON of at most {MAX_ANSWER_CHARS} characters",
                                  f"{len(text)} characters")
@@ -956,7 +958,7 @@ def parse_answer(text: str) -> tuple[Any, AnswerError | None]:
         except (ValueError, RecursionError) as exc:
             first_error = first_error or _json_problem(exc)
             continue
-        if candidate[end:].strip():
+        if not _closing_prose(candidate[end:]):
             first_error = first_error or f"text after the JSON value at character {end + 1}"
             continue
         if _deeper_than(value, MAX_VALUE_DEPTH):
@@ -965,6 +967,14 @@ def parse_answer(text: str) -> tuple[Any, AnswerError | None]:
         return value, None
     return None, AnswerError("$", "a JSON object", f"text that is not JSON ({first_error})"
                              if first_error else "an empty answer")
+
+
+def _closing_prose(rest: str) -> bool:
+    """Whether what follows a complete JSON value is nothing, or words that cannot be part
+    of it: no brackets or braces anywhere, and no comma, colon or quote right after it."""
+    rest = rest.strip()
+    return not rest or (not any(mark in rest for mark in "{}[]")
+                        and not rest.startswith((",", ":", '"')))
 
 
 def _json_problem(exc: BaseException) -> str:

@@ -9,9 +9,11 @@ prompt tokens free, $0.001 a completion token, so a step's first call reserves
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import pytest
-from support import FakeLLMServer, llm_server, make_plan, make_tenant
+from support import FakeLLMServer, invoke, llm_server, make_plan, make_tenant, marker
 
 from dworkers.budget import LocalBudget, Reservations
 from dworkers.engine import Engine, PlanBuilder, RunOptions
@@ -69,8 +71,8 @@ def test_the_budget_stops_new_calls_once_what_is_spent_leaves_no_room(
     [skipped] = [s for s in result.outputs.values() if s.status is StepStatus.SKIPPED]
     error = skipped.error or ""
     # The gateway's word ($0.30 for a short answer) prices the next call above the tenant's.
-    assert error.startswith("budget of $0.4 reached: the next call may cost $0.")
-    assert error.endswith("($0.3000 spent)")
+    assert error.startswith("budget of $0.4 would be passed: the next call may cost $0.")
+    assert "and $0.1000 is left ($0.3000 spent) — raise it to at least $0." in error
     assert len(llm_server.requests) == 1 and result.cost_usd == pytest.approx(0.3)
 
 
@@ -96,7 +98,7 @@ def test_a_dataset_makes_only_the_calls_its_budget_holds(
     assert sum(r.succeeded for r in results) == 3
     assert sum(r.cost_usd for r in results) == pytest.approx(0.75)
     skipped = [r for r in results if r.status is RowStatus.SKIPPED]
-    assert len(skipped) == 7 and all("budget of $0.8 reached" in (r.error or "")
+    assert len(skipped) == 7 and all("budget of $0.8 would be passed" in (r.error or "")
                                      for r in skipped)
 
 
@@ -107,12 +109,16 @@ def test_a_call_whose_estimate_alone_passes_the_budget_never_starts(
     result = run(llm_server, {"a": []}, priced_tenant(0.2))
 
     assert result.outputs["a"].status is StepStatus.SKIPPED
-    assert "the next call may cost $0.2560" in (result.outputs["a"].error or "")
+    # Nothing was spent: the message says the budget is too small, not that it was reached.
+    assert result.outputs["a"].error == (
+        "budget of $0.2 is too small: the next call may cost $0.2560 and nothing is spent yet "
+        "— raise it to at least $0.2560 (--max-cost, limits.max_cost_usd)")
     assert llm_server.requests == []
 
 
 @pytest.mark.parametrize(("before", "error"), [
-    (0.3, "budget of $0.4 reached: the next call may cost $0.2560 ($0.3000 spent)"),
+    (0.3, "budget of $0.4 would be passed: the next call may cost $0.2560 and $0.1000 is left "
+          "($0.3000 spent) — raise it to at least $0.5560 (--max-cost, limits.max_cost_usd)"),
     (0.5, "budget of $0.4 reached ($0.5000 spent)"),
 ])
 def test_a_resumed_run_counts_what_it_spent_before(
@@ -142,6 +148,38 @@ def test_a_model_priced_only_by_its_endpoint_goes_alone_once_then_in_parallel(
     assert first.finished is not None and second.finished is not None
     assert second.started >= first.finished and third.started >= first.finished
     assert third.started < second.finished  # the rest ran side by side
+
+
+def test_resuming_a_run_again_counts_what_its_other_resumes_spent(
+    llm_server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every answer is 200 words: $0.2 a call; a step's first call reserves $0.256. $0.6 holds
+    # the first run's a ($0.2) and the second run's b ($0.2), not a third call after them.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.yaml").write_text(
+        "name: two\ndescription: two steps\nsteps:\n"
+        "  - {step_id: a, name: A, prompt_template: 'Start'}\n"
+        "  - {step_id: b, name: B, depends_on: [a], prompt_template: 'Go on'}\n")
+    (tmp_path / "priced.yaml").write_text(
+        "id: priced\nprices:\n  openai/test-model: {input_per_million: 0, "
+        "output_per_million: 1000}\n")
+    llm_server.reply_tokens = 200
+    llm_server.add_rule(marker("b"), status=400, error_message="refused once", times=1)
+    common = ("--model", "openai/test-model", "--api-base", llm_server.url, "--tenant",
+              "priced.yaml", "--out", "runs", "--json")
+    code, stdout, stderr = invoke("run", "plan.yaml", "--max-cost", "0.6", *common)
+    assert code == 1, stderr
+    original = json.loads(stdout)["run_id"]
+    code, _, stderr = invoke("run", "--resume", original, *common)  # b succeeds: $0.4 in all
+    assert code == 0 and len(llm_server.requests) == 3, stderr
+
+    # Resumed again from the original run, whose b failed (not from the cache, which holds the
+    # second run's b): what the other resume spent counts.
+    code, stdout, stderr = invoke("run", "--resume", original, "--no-cache", *common)
+    assert code == 1 and len(llm_server.requests) == 3, stderr
+    error = json.loads(stdout)["outputs"]["b"]["error"]
+    assert error.startswith("budget of $0.6 would be passed: the next call may cost $0.2560 "
+                            "and $0.2000 is left ($0.4000 spent)"), error
 
 
 def test_a_model_nobody_can_price_stops_a_budgeted_run_after_one_call(
@@ -232,8 +270,9 @@ def test_the_budget_refuses_calls_once_spent_or_held_by_calls_in_flight() -> Non
 
     first, second, third, under, over, after = asyncio.run(scenario())
     assert first is None and second is None and under is None
-    assert third == ("budget of $1 reached: the next call may cost $0.4000 ($0.0000 spent, "
-                     "$0.8000 held by calls under way)")
+    assert third == ("budget of $1 would be passed: the next call may cost $0.4000 and $0.2000 "
+                     "is left ($0.0000 spent, $0.8000 held by calls under way) — raise it to "
+                     "at least $1.2000 (--max-cost, limits.max_cost_usd)")
     assert over == after == "budget of $1 reached ($1.0500 spent)"
     assert asyncio.run(LocalBudget(0).reserve(0)) == "budget of $0 allows no calls"
     assert asyncio.run(LocalBudget(None).reserve(1e9)) is None
@@ -271,7 +310,7 @@ def test_a_call_that_does_not_fit_waits_for_the_calls_under_way_to_be_paid() -> 
         return [await reservations.hold("m", lambda: 0.6), reservations.holding]
 
     refused, holding = asyncio.run(scenario())
-    assert isinstance(refused, str) and refused.startswith("budget of $1 reached")
+    assert isinstance(refused, str) and refused.startswith("budget of $1 would be passed")
     assert holding == 0
 
 

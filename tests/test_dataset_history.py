@@ -391,7 +391,9 @@ def test_what_a_run_spent_counts_every_run_it_resumed(hist: History) -> None:
     assert spent.runs == ("r2", "r1")
     assert spent.cost_usd == pytest.approx(0.5 * 3 + 0.5 * 2)  # reused answers cost nothing
     assert spent.prompt_tokens == 3 * 5 and spent.cost_known and spent.complete
-    assert hist.spent("r1").cost_usd == pytest.approx(1.5)
+    # Resuming r1 again counts what its resume r2 spent too: the budget is the whole run's.
+    assert hist.spent("r1").runs == ("r1", "r2")
+    assert hist.spent("r1").cost_usd == pytest.approx(spent.cost_usd)
 
 
 def test_what_a_killed_run_spent_is_what_its_steps_on_record_spent(hist: History) -> None:

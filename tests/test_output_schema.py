@@ -246,8 +246,10 @@ GOOD = {"severity": "high", "in_scope": True, "risk": 4, "findings": [], "tags":
     "Here is the triage:\n\n```\n" + json.dumps(GOOD) + "\n```\nThat is all.",
     "Sure. Here is the JSON: " + json.dumps(GOOD),
     "\n  " + json.dumps(GOOD) + "\n",
+    json.dumps(GOOD) + " Hope this helps!",  # what gateways' chattier models add
+    "Sure! " + json.dumps(GOOD, indent=1) + "\n\nLet me know if you need anything else.",
 ])
-def test_an_answer_is_found_in_a_fence_or_after_leading_prose(text: str) -> None:
+def test_an_answer_is_found_in_a_fence_or_among_prose(text: str) -> None:
     assert validate_answer(text, triage_schema()) == (GOOD, [])
 
 
@@ -256,8 +258,12 @@ def test_an_answer_is_found_in_a_fence_or_after_leading_prose(text: str) -> None
     ("I cannot do that.", "text that is not JSON (Expecting value at line 1 column 1)"),
     ('{"severity": "high",', "text that is not JSON (Expecting property name enclosed in double "
      "quotes at line 1 column 21)"),
-    (json.dumps(GOOD) + " Hope this helps!", "text that is not JSON (text after the JSON value "
-     f"at character {len(json.dumps(GOOD)) + 1})"),
+    (json.dumps(GOOD) + ' {"severity": "low"}', "text that is not JSON (text after the JSON "
+     f"value at character {len(json.dumps(GOOD)) + 1})"),  # two answers: which one?
+    (json.dumps(GOOD) + ', "risk": 2}', "text that is not JSON (text after the JSON value at "
+     f"character {len(json.dumps(GOOD)) + 1})"),  # a stray brace: not the object meant
+    (json.dumps(GOOD) + "\nOr, if in doubt: [\"x\"]", "text that is not JSON (text after the "
+     f"JSON value at character {len(json.dumps(GOOD)) + 1})"),
     ('{"risk": NaN}', "text that is not JSON (NaN is not JSON)"),
     ('{"risk": 1e999}', "text that is not JSON (number 1e999 is too large)"),
     ("[" * 100_000 + "]" * 100_000, "text that is not JSON (nested too deeply)"),

@@ -571,7 +571,7 @@ def test_no_retry_once_the_budget_is_spent(llm_server: FakeLLMServer) -> None:
 
     step = result.outputs["a"]
     assert step.status is StepStatus.FAILED and step.attempts == 1
-    assert f"not retried: budget of ${budget:g} reached" in (step.error or "")
+    assert f"not retried: budget of ${budget:g} would be passed" in (step.error or "")
     assert len(llm_server.requests) == 1
 
 

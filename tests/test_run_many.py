@@ -240,7 +240,7 @@ def test_the_budget_covers_the_whole_dataset(llm_server: FakeLLMServer) -> None:
     skipped = [r for r in results if r.status is RowStatus.SKIPPED]
     assert succeeded and skipped and len(succeeded) + len(skipped) == 60
     assert all(r.cost_usd > 0 for r in succeeded)
-    assert all("budget of $0.0005 reached" in (r.error or "") for r in skipped)
+    assert all("budget of $0.0005 would be passed" in (r.error or "") for r in skipped)
     assert sum(r.cost_usd for r in results) <= budget  # every call reserved before it started
     assert len(llm_server.requests) == len(succeeded)
 

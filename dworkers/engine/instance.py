@@ -319,7 +319,8 @@ class PlanInstance:
             request = LLMRequest(model, messages, limit, step.step_id, step.worker_role.value,
                                  policy.api_base, api_key, total_timeout=limit,
                                  price=policy.price_for(model), stream=self.pool.stream,
-                                 output_schema=step.answer_schema())
+                                 output_schema=step.answer_schema(),
+                                 structured_mode=policy.tenant.structured_output_for(model))
             # The rate gate serves rows in the order they started, a row's steps in plan order.
             serving_order.set((self.priority, self.place[step.step_id]))
             return await self.calls.typed_attempts(step, request, key)

@@ -81,7 +81,8 @@ class HistoryLockedError(HistoryError):
 
 @dataclass(frozen=True, slots=True)
 class RunSpending:
-    """What a run has spent, with every run it resumed (for a resume's budget to count).
+    """What a run has spent, with every run it resumed and every other resume of those (for a
+    resume's budget to count).
 
     ``cost_known`` is false when some call's cost could not be known (``cost_usd`` is then what
     is known of it); ``complete`` is false when a run of the chain died without finishing
@@ -92,7 +93,7 @@ class RunSpending:
     completion_tokens: int
     cost_known: bool
     complete: bool
-    runs: tuple[str, ...]  # the run and those it resumed, newest first
+    runs: tuple[str, ...]  # the run and those it resumed, newest first; then other resumes
 
 
 class ResumeInProgressError(DworkersError):
@@ -602,17 +603,36 @@ class History:
         return self._with_tool_calls(records[0].run_id, reused) if reused else reused
 
     def spent(self, run_ref: str) -> RunSpending:
-        """What a run has spent so far in all, with every run it resumed (and they resumed):
-        for a resume's budget, which covers the whole run. Reused and cached steps cost
-        nothing, so nothing is counted twice; a run still going, or whose process died,
-        counts what its steps on record spent (``complete`` is then false)."""
-        chain = self.resume_chain(run_ref)
+        """What a run has spent so far in all, with every run it resumed (and they resumed)
+        and every other resume of those: for a resume's budget, which covers the whole run,
+        however often and from wherever it was resumed (resuming A again after B resumed it
+        counts A and B). Reused and cached steps cost nothing, so nothing is counted twice; a
+        run still going, or whose process died, counts what its steps on record spent
+        (``complete`` is then false)."""
+        chain = self.resume_family(run_ref)
         totals = self._step_totals(list(chain)).values()
         return RunSpending(cost_usd=sum(t[0] for t in totals),
                      prompt_tokens=sum(t[1] for t in totals),
                      completion_tokens=sum(t[2] for t in totals),
                      cost_known=all(t[3] for t in totals), complete=all(chain.values()),
                      runs=tuple(chain))
+
+    def resume_family(self, run_ref: str) -> dict[str, bool]:
+        """``resume_chain`` of the run, then every other run that resumed one of the runs
+        found (each: whether it finished), at most ``RESUME_CHAIN`` runs in all."""
+        family = self.resume_chain(run_ref)
+        parents = list(family)
+        while parents and len(family) < RESUME_CHAIN:
+            found = self._read(
+                "SELECT run_id, finished_at FROM runs WHERE resumed_from IN "
+                f"({', '.join('?' * len(parents[:500]))}) ORDER BY started_at",
+                parents[:500])
+            parents = parents[500:]
+            for row in found:
+                if row["run_id"] not in family and len(family) < RESUME_CHAIN:
+                    family[row["run_id"]] = row["finished_at"] is not None
+                    parents.append(row["run_id"])
+        return family
 
     def resume_chain(self, run_ref: str) -> dict[str, bool]:
         """The run and the runs it resumed, newest first (each: whether it finished); a run

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -187,6 +188,22 @@ class McpServerConfig(_Strict):
                                   "result is cut to this many characters (head and tail kept).")
 
 
+Entry = TypeVar("Entry")
+
+
+def entry_for(table: Mapping[str, Entry], model: str) -> Entry | None:
+    """``table``'s entry for ``model`` (keys are model strings or globs): its own, else the
+    first glob that matches it."""
+    if model in table:
+        return table[model]
+    return next((entry for pattern, entry in table.items()
+                 if fnmatch.fnmatchcase(model, pattern)), None)
+
+
+StructuredMode = Literal["native", "json_mode", "instructions"]
+"""How a typed step's JSON is asked for (see ``dworkers.llm.LiteLLMClient.structured_mode``)."""
+
+
 class TenantConfig(_Strict):
     """Everything a run needs to know about the company it works for. Never holds secrets:
     ``api_key_env`` names the environment variable that holds the key for the provider of
@@ -218,6 +235,12 @@ class TenantConfig(_Strict):
         default_factory=dict, description="Context windows in tokens of models litellm does not "
         "know (self-hosted, behind a gateway), by model string or glob: {'openai/local-*': "
         "32768}. A run whose prompt would not fit stops before any call.")
+    structured_output: dict[str, StructuredMode] = Field(
+        default_factory=dict, description="How typed steps ask a model for JSON where litellm "
+        "cannot tell (a gateway's own model names), by model string or glob: 'native' (a JSON "
+        "Schema response_format), 'json_mode' (response_format json_object) or 'instructions' "
+        "(no response_format: the schema in the prompt only). Default: native where litellm "
+        "says the model takes a JSON Schema, else json_mode.")
     formats: list[Literal["md", "docx", "pdf"]] | None = Field(
         default=None, description="The deliverables 'dworkers run' writes when --format is not "
         "given (default: md): any of md, docx, pdf.")
@@ -278,27 +301,22 @@ class TenantConfig(_Strict):
 
     def price_for(self, model: str) -> ModelPrice | None:
         """The declared price of ``model``: an exact entry, else the first matching glob."""
-        if model in self.prices:
-            return self.prices[model]
-        for pattern, price in self.prices.items():
-            if fnmatch.fnmatchcase(model, pattern):
-                return price
-        return None
+        return entry_for(self.prices, model)
+
+    def structured_output_for(self, model: str) -> StructuredMode | None:
+        """How typed steps ask ``model`` for JSON, if the tenant says: an exact entry, else the
+        first matching glob; ``None``: as litellm says of the model."""
+        return entry_for(self.structured_output, model)
 
     def context_window_for(self, model: str) -> int | None:
         """The context window the tenant states for ``model``: an exact entry, else the first
         matching glob."""
-        if model in self.context_windows:
-            return self.context_windows[model]
-        return next((size for pattern, size in self.context_windows.items()
-                     if fnmatch.fnmatchcase(model, pattern)), None)
+        return entry_for(self.context_windows, model)
 
     def rate_limits_for(self, model: str) -> tuple[float | None, float | None]:
         """(rpm, tpm) the tenant states for ``model``: its own entry, else the first glob that
         matches it, else (None, None)."""
-        limits = self.limits.rate_limits
-        entry = limits.get(model) or next(
-            (v for k, v in limits.items() if fnmatch.fnmatchcase(model, k)), None)
+        entry = entry_for(self.limits.rate_limits, model)
         return (entry.rpm, entry.tpm) if entry else (None, None)
 
     def worker(self, role: WorkerRole) -> WorkerConfig:
@@ -346,6 +364,11 @@ class TenantConfig(_Strict):
             if not pattern.strip():
                 problem(("security", "allowed_models", i), "empty pattern in allowed_models",
                         "remove it, or write a glob such as 'openai/*'", "invalid-pattern")
+        for pattern in self.structured_output:
+            if not pattern.strip():
+                problem(("structured_output", pattern), "empty model pattern in "
+                        "structured_output", "write a model or a glob such as 'openai/*'",
+                        "invalid-pattern")
         if self.api_key_env is not None and not IDENTIFIER.match(self.api_key_env):
             problem(("api_key_env",), f"api_key_env {shown(self.api_key_env)} is not an "
                     "environment variable name",
