@@ -53,7 +53,7 @@ class LocalBudget:
         if limit == 0:
             return "budget of $0 allows no calls"
         if self.spent >= limit:
-            return f"budget of ${limit:g} reached (${self.spent:.4f} spent)"
+            return f"budget of {dollars(limit)} reached (${self.spent:.4f} spent)"
         # A hair of tolerance: in floating point 0.1 + 0.05 > 0.15, and a budget of exactly
         # three $0.05 calls must allow the third.
         if usd > 0 and self.spent + self.reserved + usd > limit * (1 + 1e-9):
@@ -66,12 +66,12 @@ class LocalBudget:
         raise_it = (f"raise it to at least ${self.spent + self.reserved + usd:.4f} "
                     "(--max-cost, limits.max_cost_usd)")
         if not self.spent and not self.reserved:
-            return (f"budget of ${limit:g} is too small: the next call may cost ${usd:.4f} "
-                    f"and nothing is spent yet — {raise_it}")
+            return (f"budget of {dollars(limit)} is too small: the next call may cost "
+                    f"${usd:.4f} and nothing is spent yet — {raise_it}")
         left = max(0.0, limit - self.spent - self.reserved)
         held = f", ${self.reserved:.4f} held by calls under way" if self.reserved else ""
-        return (f"budget of ${limit:g} would be passed: the next call may cost ${usd:.4f} and "
-                f"${left:.4f} is left (${self.spent:.4f} spent{held}) — {raise_it}")
+        return (f"budget of {dollars(limit)} would be passed: the next call may cost "
+                f"${usd:.4f} and ${left:.4f} is left (${self.spent:.4f} spent{held}) — {raise_it}")
 
     async def reserve(self, usd: float) -> str | None:
         refused = self.refusal(max(0.0, usd))
@@ -85,11 +85,16 @@ class LocalBudget:
         return self.refusal()
 
 
+def dollars(usd: float) -> str:
+    """A budget as a person wrote it: ``$0.2``, ``$5``, ``$0.00001`` (never ``$1e-05``)."""
+    return "$" + (f"{usd:.10f}".rstrip("0").rstrip(".") or "0")
+
+
 def unpriced_refusal(model: str, limit: float) -> str:
     """Why a budget cannot hold for ``model``, and the two ways out. The ``prices:`` entry is a
     shape to fill in: its placeholders cannot pass for the model's real price."""
     return (f"model {model!r} has no known price and its endpoint reports no cost, so the "
-            f"budget of ${limit:g} cannot be kept — declare its price in the tenant "
+            f"budget of {dollars(limit)} cannot be kept — declare its price in the tenant "
             f"(prices: {{{model!r}: {{input_per_million: X.XX, output_per_million: Y.YY}}}}, "
             "USD per million prompt and completion tokens), or run without a budget "
             "(--max-cost, limits.max_cost_usd)")

@@ -327,3 +327,10 @@ def test_token_estimates_learn_prompt_density_and_each_steps_answer_length() -> 
     rate = estimator.usd_per_token("m")
     assert rate is not None and 0.00001 * 0.95 < rate <= 0.00001
     assert estimator.usd_per_token("other-model") is None
+
+
+def test_a_tiny_budget_reads_as_written_not_in_exponent_form() -> None:
+    budget = LocalBudget(0.00001)
+    refusal = asyncio.run(budget.reserve(0.0002)) or ""
+    assert refusal.startswith("budget of $0.00001 is too small"), refusal
+    assert "e-05" not in refusal
