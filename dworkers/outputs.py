@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from dworkers import deliverables
 from dworkers.events import Event, RunFinished, RunStarted, StepFinished
@@ -57,7 +56,7 @@ class RunWriter:
         self.files = FileQueue("dworkers-run-files")
         # ``results`` grows on the event loop while the queue's thread renders run.json.
         self._results_lock = threading.Lock()
-        self._dumped: dict[str, tuple[StepResult, dict[str, Any]]] = {}  # per result, once
+        self._step_texts: dict[str, tuple[StepResult, str]] = {}  # run.json's, per result
 
     @property
     def error(self) -> str | None:
@@ -128,29 +127,36 @@ class RunWriter:
             self.unsaved.pop(name, None)  # a later version made it (run.json is rewritten)
 
     def running_json(self, status: str = "running") -> str:
-        """run.json while the run goes: every result so far, each turned into JSON once."""
+        """run.json while the run goes, as ``json.dumps(..., indent=2)`` would write it: each
+        step's part is made once, so a rewrite costs little more than joining them (it runs
+        beside the event loop, and holds the interpreter while it runs)."""
         with self._results_lock:
             results = list(self.results.items())
-        outputs: dict[str, Any] = {}
-        for sid, result in results:
-            kept = self._dumped.get(sid)
-            if kept is None or kept[0] is not result:
-                dumped = result.model_dump(mode="json")
-                dumped.pop("output", None)  # outputs live in steps/*.md
-                kept = self._dumped[sid] = (result, dumped)
-            outputs[sid] = kept[1]
         started = self.started
-        data: dict[str, Any] = {
+        head = json.dumps({
             "run_id": started.run_id if started else None,
             "plan": self.plan.name,
             "tenant": started.tenant if started else None,
             "inputs": self.inputs,
             "status": status,
-            "outputs": outputs,
-        }
+        }, indent=2)
+        steps = ",\n".join(f"    {json.dumps(sid)}: {self._step_json(sid, result)}"
+                           for sid, result in results)
+        text = head[:-2] + ',\n  "outputs": ' + (f"{{\n{steps}\n  }}" if steps else "{}")
         if started is not None:
-            data["models"] = {s.step_id: s.model for s in started.steps}
-        return json.dumps(data, indent=2) + "\n"
+            models = {s.step_id: s.model for s in started.steps}
+            text += ',\n  "models": ' + json.dumps(models, indent=2).replace("\n", "\n  ")
+        return text + "\n}\n"
+
+    def _step_json(self, sid: str, result: StepResult) -> str:
+        """One step's entry in run.json's outputs, indented as there; made once a result."""
+        kept = self._step_texts.get(sid)
+        if kept is None or kept[0] is not result:
+            dumped = result.model_dump(mode="json")
+            dumped.pop("output", None)  # outputs live in steps/*.md
+            text = json.dumps(dumped, indent=2).replace("\n", "\n    ")
+            kept = self._step_texts[sid] = (result, text)
+        return kept[1]
 
     def write_run_json(self, *, status: str = "running", result: RunResult | None = None,
                        durable: bool = True) -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from support import FakeLLMServer, llm_server, make_plan, make_tenant, marker
 
-from dworkers.events import Event, RunFinished, RunStarted
+from dworkers.events import Event, RunFinished, RunStarted, StepFinished, StepInfo
 from dworkers.file_queue import FileQueue
 from dworkers.outputs import RunWriter
 from dworkers.plans.builder import PlanBuilder
+from dworkers.results import StepResult, StepStatus
 
 __all__ = ["llm_server"]
 
@@ -48,8 +49,9 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_files_queued_when_a_run_is_interrupted_are_written_before_it_ends(
     llm_server: FakeLLMServer, tmp_path: Path
 ) -> None:
-    """The disk is slow (files wait until the writer asks for them): the steps after 'quick' still start, and
-    when Ctrl-C ends the run every finished step's file is on disk before run.json says so."""
+    """The disk is slow (files wait until the writer asks for them): the steps after 'quick'
+    still start, and when Ctrl-C ends the run every finished step's file is on disk before
+    run.json says so."""
     llm_server.add_rule(marker("hang"), hang=True)
     plan = make_plan({"quick": [], "next": ["quick"], "hang": ["next"]})
     run_dir = tmp_path / "run"
@@ -154,3 +156,36 @@ def test_a_job_that_raises_neither_stops_the_queue_nor_hangs_a_flush() -> None:
     queue.close()
     assert done == [1]
     assert isinstance(queue.failure, RuntimeError)
+
+
+def test_run_json_while_running_is_what_json_dumps_would_write(tmp_path: Path) -> None:
+    """run.json is assembled from each step's part, made once: byte for byte the document
+    ``json.dumps(..., indent=2)`` makes of the run so far, nested values and escapes included."""
+    plan = make_plan({"a": [], "b": ["a"]})
+    writer = RunWriter(tmp_path / "run", plan, {"brief": 'two\nlines, "quoted", é'})
+
+    def expected() -> str:
+        started = writer.started
+        data: dict[str, object] = {
+            "run_id": started.run_id if started else None, "plan": plan.name,
+            "tenant": started.tenant if started else None, "inputs": writer.inputs,
+            "status": "running",
+            "outputs": {sid: {k: v for k, v in result.model_dump(mode="json").items()
+                              if k != "output"} for sid, result in writer.results.items()}}
+        if started is not None:
+            data["models"] = {info.step_id: info.model for info in started.steps}
+        return json.dumps(data, indent=2) + "\n"
+
+    assert writer.running_json() == expected()  # nothing known yet
+    writer(RunStarted("run-1", plan.name, "acme", (
+        StepInfo("a", "A", "analyst", "openai/x", ()), StepInfo("b", "B", "analyst", "m", ())),
+        0.0))
+    assert writer.running_json() == expected()
+    writer(StepFinished(StepResult(step_id="a", status=StepStatus.SUCCEEDED, attempts=1,
+                                   output="{}", value={"rows": [1, {"k": "v\n"}], "none": None},
+                                   cost_usd=0.5), 1.0))
+    writer(StepFinished(StepResult(step_id="b", status=StepStatus.FAILED, attempts=2,
+                                   error="bad\tthing"), 2.0))
+    assert writer.running_json() == expected()
+    writer.close()
+    assert (tmp_path / "run" / "run.json").read_text() == expected()
