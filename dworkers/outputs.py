@@ -4,7 +4,7 @@ and ``report.md`` assembling the deliverables in plan order when the run ends.
 Every file is written atomically (temporary file + rename), so a crash or Ctrl-C leaves either
 the previous or the new version of a file, never half of one.
 
-While the run goes, files are written on a ``FileQueue``'s thread: a step's dependents start
+While the run goes, files are written on a ``JobQueue``'s thread: a step's dependents start
 while its file is written, not after (writing held each one up by most of the client's time
 per step). Each step's file is queued the moment the step finishes; run.json's rewrites
 coalesce when steps finish faster than they can be written. When the run ends — finished,
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from dworkers import deliverables
 from dworkers.events import Event, RunFinished, RunStarted, StepFinished
-from dworkers.file_queue import FileQueue
 from dworkers.files import write_atomic
+from dworkers.job_queue import JobQueue
 from dworkers.plans.base import BasePlan
 from dworkers.results import RunResult, StepResult
 from dworkers.text import clean, crop, one_line
@@ -53,7 +53,7 @@ class RunWriter:
         self.last_write = 0.0
         self.throttle = RUN_JSON_INTERVAL if len(plan.steps) > LARGE_PLAN_STEPS else 0.0
         self.unsaved: dict[str, str] = {}  # file, relative to the run directory -> why
-        self.files = FileQueue("dworkers-run-files")
+        self.files = JobQueue("dworkers-run-files")
         # ``results`` grows on the event loop while the queue's thread renders run.json.
         self._results_lock = threading.Lock()
         self._step_texts: dict[str, tuple[StepResult, str]] = {}  # run.json's, per result
@@ -71,7 +71,7 @@ class RunWriter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.files.close()  # an earlier run's files, if this writer saw one
-            self.files = FileQueue("dworkers-run-files")
+            self.files = JobQueue("dworkers-run-files")
             self.started = event
             self.write("steps", None)
             self.write_run_json(status="running")

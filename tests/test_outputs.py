@@ -12,7 +12,7 @@ import pytest
 from support import FakeLLMServer, llm_server, make_plan, make_tenant, marker
 
 from dworkers.events import Event, RunFinished, RunStarted, StepFinished, StepInfo
-from dworkers.file_queue import FileQueue
+from dworkers.job_queue import JobQueue
 from dworkers.outputs import RunWriter
 from dworkers.plans.builder import PlanBuilder
 from dworkers.results import StepResult, StepStatus
@@ -22,12 +22,12 @@ __all__ = ["llm_server"]
 BOUND = 60.0  # seconds a test waits for a server-side event at most (a hang guard, no criterion)
 
 
-class SlowDisk(FileQueue):
+class SlowDisk(JobQueue):
     """A queue whose first job holds every later one until someone waits for the queue: the
     files a run queues stay unwritten until the writer asks for them."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__("slow disk")
         self.free = threading.Event()
         self.submit(lambda: self.free.wait(BOUND))
 
@@ -125,7 +125,7 @@ def test_close_writes_what_is_queued_when_the_run_s_last_event_never_came(
 
 
 def test_file_queue_runs_jobs_in_order_and_a_waiting_rewrite_only_once(tmp_path: Path) -> None:
-    queue = FileQueue()
+    queue = JobQueue("test")
     free = threading.Event()
     done: list[str] = []
     queue.submit(lambda: free.wait(BOUND))
@@ -145,7 +145,7 @@ def test_file_queue_runs_jobs_in_order_and_a_waiting_rewrite_only_once(tmp_path:
 
 
 def test_a_job_that_raises_neither_stops_the_queue_nor_hangs_a_flush() -> None:
-    queue = FileQueue()
+    queue = JobQueue("test")
     done: list[int] = []
 
     def broken() -> None:

@@ -1,11 +1,15 @@
-"""``FileQueue``: file writes on a thread of their own, so the next step is not kept waiting.
+"""``JobQueue``: work done on a thread of its own, so the next step is not kept waiting.
 
-A run's files are written as its steps finish, and its events arrive on the event loop: writing
-there (rendering run.json, creating, writing and renaming files) held up every step's dependents
-by the time it took. The queue takes each write as a job and runs it on its own thread, in the
-order given. A job given a ``key`` reads the state it writes when it runs, so while one with
-that key waits its turn, another is not queued: rewrites of a file (run.json after every step)
-coalesce into one when steps finish faster than the disk takes them.
+A run's events arrive on the event loop, and what consumes them there (writing the run's files,
+building its trace's spans) held up every step's dependents by the time it took. A queue takes
+each piece of work as a job and runs it on its own thread, in the order given. A job given a
+``key`` reads the state it writes when it runs, so while one with that key waits its turn,
+another is not queued: rewrites of a file (run.json after every step) coalesce into one when
+steps finish faster than the disk takes them.
+
+The thread still shares the interpreter with the event loop: a ``pace`` makes it run what has
+queued up at most that often, in one go, rather than wake at every job (each wake-up takes the
+interpreter from the loop, often just as it was about to send the next request).
 
 ``flush`` waits until every job given so far has run; ``close`` also ends the thread, and a job
 given after that runs at once in the caller's thread, so nothing is ever dropped. Standard
@@ -21,15 +25,17 @@ from collections.abc import Callable, Hashable
 Job = Callable[[], None]
 
 
-class FileQueue:
+class JobQueue:
     """Runs jobs in order on a daemon thread started by the first one (see the module)."""
 
-    def __init__(self, name: str = "dworkers-files") -> None:
+    def __init__(self, name: str, *, pace: float = 0.0) -> None:
         self.name = name
+        self.pace = pace  # seconds the thread lets jobs gather before it runs them
         self._jobs: deque[tuple[Hashable | None, Job]] = deque()
         self._queued_keys: set[Hashable] = set()
         self._changed = threading.Condition()
         self._running = False
+        self._waiting = 0  # callers of flush/close: the thread hurries while there are any
         self._closed = False
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None  # a job that raised (a bug): kept, not lost
@@ -38,10 +44,7 @@ class FileQueue:
         """Run ``job`` after those given before; with a ``key``, not if a job with that key
         has not started yet (that one will do: it reads the state when it runs)."""
         with self._changed:
-            if self._closed:
-                run_now = True
-            else:
-                run_now = False
+            if not self._closed:
                 if key is not None:
                     if key in self._queued_keys:
                         return
@@ -51,36 +54,51 @@ class FileQueue:
                     self._thread = threading.Thread(target=self._work, name=self.name,
                                                     daemon=True)
                     self._thread.start()
-                self._changed.notify_all()
-        if run_now:
-            self._run(job)
+                if not self.pace:
+                    self._changed.notify_all()
+                return
+        self._run(job)
 
     def flush(self) -> None:
         """Wait until every job given so far has run."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._jobs and not self._running)
+            self._drained()
 
     def close(self) -> None:
         """``flush``, then end the thread; later jobs run at once in the caller's thread."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._jobs and not self._running)
+            self._drained()
             self._closed = True
             self._changed.notify_all()
             thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def _drained(self) -> None:
+        self._waiting += 1
+        self._changed.notify_all()
+        try:
+            self._changed.wait_for(lambda: not self._jobs and not self._running)
+        finally:
+            self._waiting -= 1
+
     def _work(self) -> None:
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._jobs or self._closed)
+                if self.pace:  # let more gather, unless someone waits for them
+                    self._changed.wait_for(lambda: self._closed or self._waiting, self.pace)
                 if not self._jobs:
-                    return
-                key, job = self._jobs.popleft()
-                self._queued_keys.discard(key)
+                    return  # closed
+                batch = list(self._jobs)
+                self._jobs.clear()
                 self._running = True
             try:
-                self._run(job)
+                for key, job in batch:
+                    if key is not None:
+                        with self._changed:  # from now on, a rewrite comes after this one
+                            self._queued_keys.discard(key)
+                    self._run(job)
             finally:
                 with self._changed:
                     self._running = False
@@ -93,4 +111,4 @@ class FileQueue:
             self.failure = self.failure or exc
 
 
-__all__ = ["FileQueue", "Job"]
+__all__ = ["Job", "JobQueue"]
