@@ -11,7 +11,9 @@ The thread still shares the interpreter with the event loop: a ``pace`` makes it
 queued up at most that often, in one go, rather than wake at every job (each wake-up takes the
 interpreter from the loop, often just as it was about to send the next request).
 
-``flush`` waits until every job given so far has run; ``close`` also ends the thread, and a job
+Past ``MOST_QUEUED`` jobs waiting, ``submit`` waits for the thread to take them, so memory
+stays flat when work comes faster than the thread gets through it. ``flush`` waits until every
+job given so far has run; ``close`` also ends the thread, and a job
 given after that runs at once in the caller's thread, so nothing is ever dropped. Standard
 library only.
 """
@@ -23,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 
 Job = Callable[[], None]
+MOST_QUEUED = 10_000  # jobs waiting at most before ``submit`` waits for the thread
 
 
 class JobQueue:
@@ -49,6 +52,13 @@ class JobQueue:
                     if key in self._queued_keys:
                         return
                     self._queued_keys.add(key)
+                if len(self._jobs) >= MOST_QUEUED:  # the thread falls behind: memory stays flat
+                    self._waiting += 1
+                    self._changed.notify_all()
+                    try:
+                        self._changed.wait_for(lambda: len(self._jobs) < MOST_QUEUED)
+                    finally:
+                        self._waiting -= 1
                 self._jobs.append((key, job))
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._work, name=self.name,
@@ -111,4 +121,4 @@ class JobQueue:
             self.failure = self.failure or exc
 
 
-__all__ = ["Job", "JobQueue"]
+__all__ = ["MOST_QUEUED", "Job", "JobQueue"]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
 from support import FakeLLMServer, llm_server, make_plan, make_tenant, marker
 
+from dworkers import job_queue
 from dworkers.events import Event, RunFinished, RunStarted, StepFinished, StepInfo
 from dworkers.job_queue import JobQueue
 from dworkers.outputs import RunWriter
@@ -189,3 +191,18 @@ def test_run_json_while_running_is_what_json_dumps_would_write(tmp_path: Path) -
     assert writer.running_json() == expected()
     writer.close()
     assert (tmp_path / "run" / "run.json").read_text() == expected()
+
+
+def test_job_queue_stays_flat_when_jobs_come_faster_than_its_thread_takes_them(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_queue, "MOST_QUEUED", 5)
+    queue = JobQueue("test", pace=BOUND)  # would gather for a minute, unless it must hurry
+    most: list[int] = []
+    done: list[int] = []
+    for n in range(50):
+        queue.submit(partial(done.append, n))
+        most.append(len(queue._jobs))
+    queue.close()
+    assert done == list(range(50))
+    assert max(most) <= 5
