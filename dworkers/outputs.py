@@ -32,6 +32,9 @@ from dworkers.text import clean, crop, one_line
 # step would be quadratic: there it is rewritten at most every RUN_JSON_INTERVAL seconds.
 LARGE_PLAN_STEPS = 200
 RUN_JSON_INTERVAL = 0.5
+# The file thread lets a finished step's files wait this long, so that the event loop, which
+# shares the interpreter with it, gets the dependents' requests out first.
+FILES_PACE_SECONDS = 0.03
 
 
 class RunWriter:
@@ -53,7 +56,7 @@ class RunWriter:
         self.last_write = 0.0
         self.throttle = RUN_JSON_INTERVAL if len(plan.steps) > LARGE_PLAN_STEPS else 0.0
         self.unsaved: dict[str, str] = {}  # file, relative to the run directory -> why
-        self.files = JobQueue("dworkers-run-files")
+        self.files = JobQueue("dworkers-run-files", pace=FILES_PACE_SECONDS)
         # ``results`` grows on the event loop while the queue's thread renders run.json.
         self._results_lock = threading.Lock()
         self._step_texts: dict[str, tuple[StepResult, str]] = {}  # run.json's, per result
@@ -71,7 +74,7 @@ class RunWriter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.files.close()  # an earlier run's files, if this writer saw one
-            self.files = JobQueue("dworkers-run-files")
+            self.files = JobQueue("dworkers-run-files", pace=FILES_PACE_SECONDS)
             self.started = event
             self.write("steps", None)
             self.write_run_json(status="running")
