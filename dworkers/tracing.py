@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -49,6 +50,7 @@ from dworkers.events import (
     StepRetrying,
     StepStarted,
 )
+from dworkers.job_queue import JobQueue
 from dworkers.redact import redact
 from dworkers.results import MOCK_MODEL, StepResult, StepStatus, ToolCall
 from dworkers.text import crop, one_line
@@ -65,6 +67,12 @@ TIMEOUT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TI
 # How long one export may take, retries included, unless a timeout variable says: a collector
 # that is down then delays the end of a run by this much, not by the SDK's default 10 s.
 EXPORT_TIMEOUT_SECONDS = 3.0
+# Spans are exported this often while the run goes (unless OTEL_BSP_SCHEDULE_DELAY says), on
+# the batch processor's thread while the event loop waits for answers: the SDK's 5 s would
+# leave a short run's every span to be encoded and sent at its end.
+EXPORT_EVERY_MILLIS = 250
+# How often the tracer's thread turns the events that came meanwhile into spans, in one go.
+SPAN_PACE_SECONDS = 0.1
 KEPT_EXPORT_PROBLEMS = 20
 SEMCONV_SCHEMA = "https://opentelemetry.io/schemas/1.41.0"
 SERVICE_NAME = "dworkers"
@@ -124,7 +132,7 @@ def tracer_for(
             file="--trace")]) from None
     capture = content_requested() if capture_content is None else capture_content
     tracer = RunTracer([processor], capture_content=capture, resumed_from=resumed_from,
-                       resumed_trace_id=resumed_trace_id)
+                       resumed_trace_id=resumed_trace_id, background=True)
     _keep_sdk_logs(tracer.export_problems)
     return tracer
 
@@ -183,7 +191,8 @@ def _otlp_processor() -> SpanProcessor:
             f"OTLP protocol {protocol!r} is not supported",
             "set OTEL_EXPORTER_OTLP_PROTOCOL to http/protobuf (or grpc)", "invalid-option",
             file="environment")])
-    return BatchSpanProcessor(exporter)
+    delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip() else EXPORT_EVERY_MILLIS
+    return BatchSpanProcessor(exporter, schedule_delay_millis=delay)
 
 
 # --- ids ---------------------------------------------------------------------------------------
@@ -252,6 +261,10 @@ class RunTracer:
     ``close()`` at the end of the run exports what is left (the SDK also does at exit).
 
     A tracer never fails a run: an error while tracing is kept in ``error`` and tracing stops.
+
+    ``background``: spans are built on a thread of the tracer's own, from the events that came
+    in the last ``SPAN_PACE_SECONDS``, not on the event loop as each event comes (which held up
+    each step's dependents, and each step's request); ``close`` builds what is left.
     """
 
     def __init__(
@@ -261,6 +274,7 @@ class RunTracer:
         capture_content: bool = False,
         resumed_from: str | None = None,
         resumed_trace_id: str | None = None,
+        background: bool = False,
     ) -> None:
         from opentelemetry import trace  # type: ignore[import-not-found, unused-ignore]
         from opentelemetry.sdk.resources import Resource  # type: ignore[import-not-found, unused-ignore]
@@ -287,6 +301,8 @@ class RunTracer:
         self.error: BaseException | None = None
         self.export_problems: list[str] = []  # what the exporter reported (``tracer_for``'s)
         self.closed = False
+        self._jobs = JobQueue("dworkers-trace", pace=SPAN_PACE_SECONDS) if background else None
+        self._now = 0.0  # when the event being handled came: the time of one that has none
         # One offset for every event: monotonic seconds → epoch nanoseconds.
         self._epoch_offset_ns = time.time_ns() - time.monotonic_ns()
         self._run_id = self._plan = self._tenant = ""
@@ -305,21 +321,33 @@ class RunTracer:
         handler = self._handlers.get(type(event))
         if handler is None or self.error is not None:
             return
+        if self._jobs is not None:
+            self._jobs.submit(partial(self._handle, handler, event, time.monotonic()))
+        else:
+            self._handle(handler, event, time.monotonic())
+
+    def _handle(self, handler: Callable[[Any], None], event: object, now: float) -> None:
+        if self.error is not None:
+            return
+        self._now = now
         try:
             handler(event)
         except Exception as exc:  # tracing is an observer: it must never fail the run
             self.error = exc
 
     def close(self) -> None:
-        """Export every span still buffered, and stop (once; later calls do nothing)."""
+        """Build the spans of the events still queued, export every span still buffered, and
+        stop (once; later calls do nothing)."""
         if not self.closed:
             self.closed = True
+            if self._jobs is not None:
+                self._jobs.close()
             self.provider.shutdown()
 
     # --- handlers ------------------------------------------------------------------------------
 
     def _ns(self, at: float) -> int:
-        return int((at or time.monotonic()) * 1e9) + self._epoch_offset_ns
+        return int((at or self._now) * 1e9) + self._epoch_offset_ns
 
     def _run_started(self, event: RunStarted) -> None:
         self._run_id, self._plan, self._tenant = event.run_id, event.plan, event.tenant
@@ -407,7 +435,7 @@ class RunTracer:
         state = self._step(event.row, event.step_id, event.at)
         if event.messages:
             state.messages = event.messages
-        state.started[event.attempt] = event.at or time.monotonic()
+        state.started[event.attempt] = event.at or self._now
 
     def _attempt_finished(self, event: AttemptFinished) -> None:
         state = self._step(event.row, event.step_id, event.started_at or event.at)

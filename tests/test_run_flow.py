@@ -77,6 +77,10 @@ def test_a_step_file_that_cannot_be_written_fails_the_exit_code_and_is_named(
 ) -> None:
     def break_the_steps_folder() -> None:
         [run_dir] = list((tmp_path / "runs").iterdir())
+        for _ in range(500):  # the first step's file lands beside the run, a moment after it
+            if (run_dir / "steps" / "first.md").exists():
+                break
+            time.sleep(0.01)
         shutil.rmtree(run_dir / "steps")
         (run_dir / "steps").write_text("not a folder")  # every later step file fails
 

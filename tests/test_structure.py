@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     # Pure, no I/O beyond files.py: these may import one another.
     {"templates", "dag", "errors", "events", "types", "names", "files", "redact", "text",
      "provider_headers", "budget", "estimates", "conditions", "output_schema", "results",
-     "approvals"},
+     "approvals", "job_queue"},
 ]
 # Deliberate upward imports, each with its reason.
 EXCEPTIONS = {

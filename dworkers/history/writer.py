@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -33,6 +33,9 @@ from dworkers.history.storage import History, WriteJob
 PATIENCE = 120.0  # seconds a transaction waits for another process's lock, in all
 MOST_PER_TRANSACTION = 2000  # queued writes grouped into one transaction at most
 MOST_QUEUED = 1000  # writes waiting at most before ``submit`` waits for the thread
+# Seconds the thread lets writes gather before it takes them (unless someone waits for them):
+# it shares the interpreter with the event loop, which meanwhile sends the next requests.
+GATHER_SECONDS = 0.03
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class HistoryWriter:
         self._jobs: deque[_Queued] = deque()
         self._changed = threading.Condition()
         self._writing = False
+        self._waiting = 0  # callers waiting for the queue: the thread does not gather then
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -80,7 +84,8 @@ class HistoryWriter:
         with self._changed:
             if self._closed:
                 raise RuntimeError("HistoryWriter.submit after close")
-            self._changed.wait_for(lambda: len(self._jobs) < MOST_QUEUED)
+            if len(self._jobs) >= MOST_QUEUED:
+                self._wait_for(lambda: len(self._jobs) < MOST_QUEUED)
             self._jobs.append(_Queued(doing, job, about, whole))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="dworkers-history",
@@ -100,8 +105,17 @@ class HistoryWriter:
         """Wait until every write submitted so far is written or given up; returns ``error``.
         Bounded: each transaction waits at most ``patience`` seconds for a lock."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._jobs and not self._writing)
+            self._wait_for(lambda: not self._jobs and not self._writing)
             return self.error
+
+    def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait (holding ``_changed``) until ``predicate`` holds; the thread hurries meanwhile."""
+        self._waiting += 1
+        self._changed.notify_all()
+        try:
+            self._changed.wait_for(predicate)
+        finally:
+            self._waiting -= 1
 
     def close(self) -> HistoryError | None:
         """``flush``, then end the thread and close the connection; returns ``error``."""
@@ -124,6 +138,7 @@ class HistoryWriter:
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._jobs or self._closed)
+                self._changed.wait_for(lambda: self._closed or self._waiting > 0, GATHER_SECONDS)
                 if not self._jobs:
                     return
                 batch = [self._jobs.popleft()

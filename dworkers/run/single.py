@@ -111,6 +111,10 @@ class SingleMode(RunMode):
     async def body(self) -> None:
         await self.engine.run(self.values)
 
+    def close(self) -> None:
+        if self.run_writer is not None:  # files still queued land before the summary
+            self.run_writer.close()
+
     def outcome(self, interrupted: bool) -> RunResult | None:
         return self.engine.result
 
