@@ -667,6 +667,35 @@ def test_a_writer_drops_queued_writes_a_later_one_rewrites_and_bounds_its_queue(
     assert written == ["first", "b:step", "a:row", "last"]
 
 
+def test_a_writer_gathers_the_writes_that_come_while_it_waits_and_flush_cuts_it_short(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by the first write, the thread lets the next ones join its transaction rather
+    than writing each on its own; someone waiting in ``flush`` does not wait out the gathering
+    (a gathering longer than any test here shows that)."""
+    from dworkers.history import writer as writer_module
+
+    hist.open()
+    monkeypatch.setattr(writer_module, "GATHER_SECONDS", 3600.0)
+    transactions: list[int] = []
+    written: list[int] = []
+    writer = HistoryWriter(History(hist.path))
+    patiently = writer.history.write_patiently
+
+    def counting(doing: str, jobs: Sequence[Any], **kwargs: Any) -> None:
+        transactions.append(len(jobs))
+        patiently(doing, jobs, **kwargs)
+
+    monkeypatch.setattr(writer.history, "write_patiently", counting)
+    for n in range(100):
+        writer.submit("a write", lambda conn, n=n: written.append(n))
+    assert writer.flush() is None
+    assert written == list(range(100)) and transactions == [100]
+    writer.submit("one more", lambda conn: written.append(100))
+    assert writer.close() is None
+    assert written[-1] == 100 and transactions == [100, 1]
+
+
 def test_a_recorder_whose_history_stays_locked_keeps_the_error(hist: History) -> None:
     hist.open()
     blocker = sqlite3.connect(hist.path, isolation_level=None)

@@ -15,6 +15,9 @@ writes about it queued in the same transaction unnecessary, and they are dropped
 as ``Statement``s run as one ``executemany`` per statement for the whole transaction (each
 call into SQLite hands the interpreter to the busy event loop, and waits to get it back); and
 past ``MOST_QUEUED`` writes, ``submit`` waits for the thread to catch up, so memory stays flat.
+The thread is woken only when it has nothing to do, and then lets the writes of the next
+``GATHER_SECONDS`` join the first one (less, when someone waits for them): waking it for every
+write would hand the interpreter back and forth thousands of times a second.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dworkers.history.storage import History, WriteJob
 PATIENCE = 120.0  # seconds a transaction waits for another process's lock, in all
 MOST_PER_TRANSACTION = 2000  # queued writes grouped into one transaction at most
 MOST_QUEUED = 1000  # writes waiting at most before ``submit`` waits for the thread
+GATHER_SECONDS = 0.05  # how long a write waits for others to share its transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class HistoryWriter:
         self._jobs: deque[_Queued] = deque()
         self._changed = threading.Condition()
         self._writing = False
+        self._idle = False  # the thread waits for a write: ``submit`` must wake it
+        self._flushing = 0  # callers waiting in ``flush``: the thread does not gather for them
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -86,7 +92,8 @@ class HistoryWriter:
                 self._thread = threading.Thread(target=self._work, name="dworkers-history",
                                                 daemon=True)
                 self._thread.start()
-            self._changed.notify_all()
+            elif self._idle or len(self._jobs) >= MOST_QUEUED:
+                self._changed.notify_all()
 
     def write_now(self, doing: str, jobs: Sequence[WriteJob]) -> None:
         """Write ``jobs`` in one transaction in the calling thread, after everything queued
@@ -100,7 +107,12 @@ class HistoryWriter:
         """Wait until every write submitted so far is written or given up; returns ``error``.
         Bounded: each transaction waits at most ``patience`` seconds for a lock."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._jobs and not self._writing)
+            self._flushing += 1
+            self._changed.notify_all()  # the thread stops gathering
+            try:
+                self._changed.wait_for(lambda: not self._jobs and not self._writing)
+            finally:
+                self._flushing -= 1
             return self.error
 
     def close(self) -> HistoryError | None:
@@ -123,9 +135,14 @@ class HistoryWriter:
     def _work(self) -> None:
         while True:
             with self._changed:
+                self._idle = True
                 self._changed.wait_for(lambda: self._jobs or self._closed)
+                self._idle = False
                 if not self._jobs:
                     return
+                self._changed.wait_for(lambda: self._closed or self._flushing > 0
+                                       or len(self._jobs) >= MOST_QUEUED,
+                                       timeout=GATHER_SECONDS)
                 batch = [self._jobs.popleft()
                          for _ in range(min(len(self._jobs), MOST_PER_TRANSACTION))]
                 self._writing = True
