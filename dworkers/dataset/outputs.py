@@ -7,8 +7,8 @@ Every file is whole whatever happens: a row report is written to a temporary fil
 (``write_row_file``: not fsynced — at 10,000 rows fsync alone would take minutes, and the
 history holds every row — and in as few system calls as that takes: creating 100,000 files is
 much of what such a run costs), each ``results.jsonl`` line is appended in one write,
-``run.json`` and ``report.md`` are replaced atomically. A cost that could not be known (a model without a price) is never written
-as $0: ``cost_usd`` is null and ``cost_known`` false.
+``run.json`` and ``report.md`` are replaced atomically. A cost that could not be known (a
+model without a price) is never written as $0: ``cost_usd`` is null and ``cost_known`` false.
 """
 
 from __future__ import annotations
