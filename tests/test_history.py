@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -45,6 +46,7 @@ from dworkers.history import (
     schema as history_schema,
     schema_version,
 )
+from dworkers.history.writer import Statement
 from dworkers.llm import Completion, DeltaCallback, LLMClient, LLMRequest, MockClient
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.results import RunResult, StepResult, StepStatus
@@ -694,6 +696,34 @@ def test_a_writer_gathers_the_writes_that_come_while_it_waits_and_flush_cuts_it_
     writer.submit("one more", lambda conn: written.append(100))
     assert writer.close() is None
     assert written[-1] == 100 and transactions == [100, 1]
+
+
+def test_a_write_a_later_one_covers_is_never_even_made(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row's step is recorded lazily: when the row (with all its steps) is written in the
+    same transaction, the step's own parameters are never made; a step alone is written."""
+    from dworkers.history import writer as writer_module
+
+    hist.open()
+    monkeypatch.setattr(writer_module, "GATHER_SECONDS", 3600.0)
+    made: list[str] = []
+    sql = "INSERT INTO runs (run_id, plan, tenant, status, started_at) VALUES (?, 'p', 't', ?, 0)"
+
+    def params(run_id: str, status: str) -> tuple[str, str]:
+        made.append(run_id)
+        return run_id, status
+
+    writer = HistoryWriter(History(hist.path))
+    writer.submit("a row's step", [Statement(sql, partial(params, "covered", "running"))],
+                  about="a")
+    writer.submit("a step of another row", [Statement(sql, partial(params, "alone", "running"))],
+                  about="b")
+    writer.submit("the row", [Statement(sql, ("row-a", "succeeded"))], about="a", whole=True)
+    assert writer.close() is None
+    assert made == ["alone"]
+    assert hist.get_run("alone").status == "running"
+    assert hist.get_run("row-a").status == "succeeded"
 
 
 def test_a_recorder_whose_history_stays_locked_keeps_the_error(hist: History) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,13 +39,18 @@ MOST_QUEUED = 1000  # writes waiting at most before ``submit`` waits for the thr
 GATHER_SECONDS = 0.05  # how long a write waits for others to share its transaction
 
 
+Params = Mapping[str, Any] | Sequence[Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Statement:
     """One SQL statement and its parameters, as a write: the queued statements of a
-    transaction that share their SQL run as one ``executemany``."""
+    transaction that share their SQL run as one ``executemany``. ``params`` may be a function
+    that makes them, called on the writer's thread when the statement is written: a write a
+    later one covers (see ``submit``) is dropped without its parameters ever being made."""
 
     sql: str
-    params: Mapping[str, Any] | Sequence[Any]
+    params: Params | Callable[[], Params]
 
 
 Write = WriteJob | Sequence[Statement]  # what ``submit`` takes
@@ -174,7 +179,7 @@ def _grouped(writes: Sequence[Write]) -> list[WriteJob]:
     """The writes of a transaction as jobs, in order, each run of ``Statement``s between two
     other jobs turned into one ``executemany`` per SQL (in the order each SQL first came)."""
     jobs: list[WriteJob] = []
-    statements: dict[str, list[Mapping[str, Any] | Sequence[Any]]] = {}
+    statements: dict[str, list[Params]] = {}
 
     def run_statements() -> None:
         for sql, params in statements.items():
@@ -187,13 +192,15 @@ def _grouped(writes: Sequence[Write]) -> list[WriteJob]:
             jobs.append(write)
             continue
         for statement in write:
-            statements.setdefault(statement.sql, []).append(statement.params)
+            params = statement.params
+            statements.setdefault(statement.sql, []).append(
+                params() if callable(params) else params)
     run_statements()
     return jobs
 
 
 def _execute_many(conn: sqlite3.Connection, sql: str,
-                  params: list[Mapping[str, Any] | Sequence[Any]]) -> None:
+                  params: list[Params]) -> None:
     conn.executemany(sql, params)
 
 
