@@ -16,6 +16,7 @@ typed steps existed.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -185,11 +186,18 @@ def _base_name(field: str, mark: str) -> str:
     return base if IDENTIFIER.match(base) and len(base) <= 40 else "name"
 
 
+@functools.lru_cache(maxsize=256)
+def parsed_for_rendering(template: str) -> ParsedTemplate:
+    """``parse(template, typed=True)``, once per template: a dataset run renders the same few
+    prompts for every row (a parse is immutable, so it can be shared)."""
+    return parse(template, typed=True)
+
+
 def render(template: str, values: Mapping[str, Any]) -> str:
     """Fill a template. ``values``: run inputs as text, upstream steps by id (a typed step's
     parsed object, an untyped step's text; a skipped step left out). Callers validate first; a
     missing value without a default raises ``KeyError``."""
-    parsed = parse(template, typed=True)
+    parsed = parsed_for_rendering(template)
     if parsed.issues:
         raise ValueError(parsed.issues[0].message)
     return "".join(

@@ -221,6 +221,64 @@ def test_keys_that_only_look_different_are_duplicates(tmp_path: Path, first: str
     assert says in str(problem)
 
 
+def test_each_repeated_key_names_the_first_row_it_repeats_among_other_problems(
+        tmp_path: Path) -> None:
+    long_key = "k" * 300
+    path = write(tmp_path, "rows.csv", "id,brief\n"
+                 f"{long_key},x\n"  # line 2: refused as a key, so not the first 'k…' row
+                 "Acme,\n"  # line 3: a missing input, but its key counts
+                 "beta,x\n"
+                 "ACME,y\n"  # line 5 repeats line 3
+                 f"{long_key},y\n"  # line 6: refused again, never a repeat
+                 "beta,z\n"  # line 7 repeats line 4
+                 "acme,z\n")  # line 8 repeats line 3, not line 5
+    found = problems(path)
+    assert [re.sub(r"\s+", " ", p) for p in found if "repeats" in p] == [
+        f"{path}:5: key 'ACME' repeats key 'Acme' of line 3 (keys differing only in case "
+        "would share a file) — keys must be unique: fix the value, or choose another --key "
+        "column",
+        f"{path}:7: key 'beta' repeats the key of line 4 — keys must be unique: fix the value,"
+        " or choose another --key column",
+        f"{path}:8: key 'acme' repeats key 'Acme' of line 3 (keys differing only in case "
+        "would share a file) — keys must be unique: fix the value, or choose another --key "
+        "column"]
+    assert sum("longer than" in p for p in found) == 2 and sum("empty value" in p
+                                                               for p in found) == 1
+
+
+def test_past_the_problems_shown_repeats_are_counted_and_those_shown_say_their_line(
+        tmp_path: Path) -> None:
+    rows = "".join(f"k{n},x\n" for n in range(150))
+    path = write(tmp_path, "rows.csv", "id,brief\n" + rows + rows)
+    found = problems(path)
+    assert len(found) == dataset.MAX_PROBLEMS + 1 and "50 more problems" in found[-1]
+    for n, problem in enumerate(found[:-1]):
+        assert f":{152 + n}: key 'k{n}' repeats the key of line {2 + n} " in problem
+
+
+def test_checking_keeps_a_set_of_the_keys_not_every_key_and_line(tmp_path: Path) -> None:
+    """What ``check`` holds at its peak grows by a set of keys: one string a row (and its slot
+    in the set), not the key and its line as well, nor the row itself."""
+    import sys
+    import tracemalloc
+
+    prefix = "k" * 150
+
+    def peak_of(rows: int) -> int:
+        path = write(tmp_path, f"rows-{rows}.csv", "id,brief,note\n" + "".join(
+            f"{prefix}{n:06d},brief {n},{'a note to carry along ' * 4}\n" for n in range(rows)))
+        tracemalloc.start()
+        try:
+            check(path, required=["brief"])
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak_of(1_000), peak_of(21_000)
+    one_key = sys.getsizeof(prefix + "000000")
+    assert (large - small) / 20_000 < 2 * one_key
+
+
 def test_a_key_is_read_without_surrounding_spaces(tmp_path: Path) -> None:
     path = write(tmp_path, "rows.csv", "id,brief\n  acme ,x\n")
     assert [row.key for row in check(path, required=["brief"]).rows()] == ["acme"]

@@ -204,6 +204,20 @@ def test_a_row_report_is_replaced_whole_or_not_at_all(tmp_path: Path,
     assert writer.error is not None and "No space left" in writer.error
 
 
+def test_a_row_report_gets_the_permissions_every_other_file_of_the_run_gets(
+        tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "run", PLAN, data={})
+    writer(RunStarted("r1", PLAN.name, "acme", STEPS, 0.0, dataset=True))
+    writer(RowFinished(result("acme")))
+    writer.close()
+    mode = (tmp_path / "run" / "rows" / "acme.md").stat().st_mode & 0o777
+    assert mode == (tmp_path / "run" / "run.json").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # as the umask allows: not mkstemp's 0600
+    assert [p.name for p in (tmp_path / "run" / "rows").iterdir()] == ["acme.md"]
+
+
 def test_each_results_line_is_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writes: list[bytes] = []
     real = os.write

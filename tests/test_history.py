@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -45,6 +46,7 @@ from dworkers.history import (
     schema as history_schema,
     schema_version,
 )
+from dworkers.history.writer import Statement
 from dworkers.llm import Completion, DeltaCallback, LLMClient, LLMRequest, MockClient
 from dworkers.plans.base import BasePlan, PlanStep
 from dworkers.results import RunResult, StepResult, StepStatus
@@ -665,6 +667,63 @@ def test_a_writer_drops_queued_writes_a_later_one_rewrites_and_bounds_its_queue(
     assert writer.close() is None and writer.lost == 0
     # The row's step went in with the row that rewrote it: written once, not twice.
     assert written == ["first", "b:step", "a:row", "last"]
+
+
+def test_a_writer_gathers_the_writes_that_come_while_it_waits_and_flush_cuts_it_short(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by the first write, the thread lets the next ones join its transaction rather
+    than writing each on its own; someone waiting in ``flush`` does not wait out the gathering
+    (a gathering longer than any test here shows that)."""
+    from dworkers.history import writer as writer_module
+
+    hist.open()
+    monkeypatch.setattr(writer_module, "GATHER_SECONDS", 3600.0)
+    transactions: list[int] = []
+    written: list[int] = []
+    writer = HistoryWriter(History(hist.path))
+    patiently = writer.history.write_patiently
+
+    def counting(doing: str, jobs: Sequence[Any], **kwargs: Any) -> None:
+        transactions.append(len(jobs))
+        patiently(doing, jobs, **kwargs)
+
+    monkeypatch.setattr(writer.history, "write_patiently", counting)
+    for n in range(100):
+        writer.submit("a write", lambda conn, n=n: written.append(n))
+    assert writer.flush() is None
+    assert written == list(range(100)) and transactions == [100]
+    writer.submit("one more", lambda conn: written.append(100))
+    assert writer.close() is None
+    assert written[-1] == 100 and transactions == [100, 1]
+
+
+def test_a_write_a_later_one_covers_is_never_even_made(
+    hist: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row's step is recorded lazily: when the row (with all its steps) is written in the
+    same transaction, the step's own parameters are never made; a step alone is written."""
+    from dworkers.history import writer as writer_module
+
+    hist.open()
+    monkeypatch.setattr(writer_module, "GATHER_SECONDS", 3600.0)
+    made: list[str] = []
+    sql = "INSERT INTO runs (run_id, plan, tenant, status, started_at) VALUES (?, 'p', 't', ?, 0)"
+
+    def params(run_id: str, status: str) -> tuple[str, str]:
+        made.append(run_id)
+        return run_id, status
+
+    writer = HistoryWriter(History(hist.path))
+    writer.submit("a row's step", [Statement(sql, partial(params, "covered", "running"))],
+                  about="a")
+    writer.submit("a step of another row", [Statement(sql, partial(params, "alone", "running"))],
+                  about="b")
+    writer.submit("the row", [Statement(sql, ("row-a", "succeeded"))], about="a", whole=True)
+    assert writer.close() is None
+    assert made == ["alone"]
+    assert hist.get_run("alone").status == "running"
+    assert hist.get_run("row-a").status == "succeeded"
 
 
 def test_a_recorder_whose_history_stays_locked_keeps_the_error(hist: History) -> None:

@@ -4,14 +4,16 @@
 
 Rows are written as they finish and forgotten: memory stays flat whatever the number of rows.
 Every file is whole whatever happens: a row report is written to a temporary file and renamed
-(not fsynced: at 10,000 rows fsync alone would take minutes, and the history holds every row),
-each ``results.jsonl`` line is appended in one write, ``run.json`` and ``report.md`` are
-replaced atomically. A cost that could not be known (a model without a price) is never written
-as $0: ``cost_usd`` is null and ``cost_known`` false.
+(``write_row_file``: not fsynced — at 10,000 rows fsync alone would take minutes, and the
+history holds every row — and in as few system calls as that takes: creating 100,000 files is
+much of what such a run costs), each ``results.jsonl`` line is appended in one write,
+``run.json`` and ``report.md`` are replaced atomically. A cost that could not be known (a
+model without a price) is never written as $0: ``cost_usd`` is null and ``cost_known`` false.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -97,8 +99,8 @@ class DatasetWriter:
         if self.table is not None:
             append_line(self.table, csv_line(table_row(row, *self.columns)))
         if row.outputs:
-            write_atomic(self.directory / "rows" / f"{safe_name(row.key)}.md",
-                         row_report(self.plan, row), durable=False)
+            write_row_file(self.directory / "rows", f"{safe_name(row.key)}.md",
+                           row_report(self.plan, row))
         if time.monotonic() - self.last_write >= RUN_JSON_INTERVAL:
             self.write_run_json(None)
 
@@ -143,10 +145,35 @@ def append_line(fd: int, text: str) -> None:
     """Append ``text`` and a newline to an ``O_APPEND`` file in one write (a short write, on a
     full disk say, is finished by the next ones), so no reader ever sees a line cut in two
     by another line. Lone surrogates from a model's answer are replaced, as text files do."""
-    data = (text + "\n").encode("utf-8", errors="replace")
+    write_all(fd, text + "\n")
+
+
+def write_all(fd: int, text: str) -> None:
+    """Write ``text`` as UTF-8 (lone surrogates replaced), finishing any short write."""
+    data = text.encode("utf-8", errors="replace")
     while data:
         written = os.write(fd, data)
         data = data[written:]
+
+
+def write_row_file(directory: Path, name: str, text: str) -> None:
+    """Write ``directory/name`` whole: to ``.name.tmp``, then renamed over it (a reader or a
+    killed run never sees half a file). Four system calls, where ``write_atomic`` takes about
+    ten: no random temporary name (only this run writes its folder), no mode to set afterwards
+    (created with the usual permissions), no folder to check, no fsync."""
+    path = os.path.join(directory, name)
+    temporary = os.path.join(directory, f".{name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        try:
+            write_all(fd, text)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def table_columns(plan: BasePlan) -> tuple[list[str], list[str]]:
@@ -306,4 +333,4 @@ def row_report(plan: BasePlan, row: RowResult) -> str:
 
 
 __all__ = ["DatasetWriter", "dataset_report", "dataset_summary", "result_line", "row_report",
-           "spreadsheet_text"]
+           "spreadsheet_text", "write_row_file"]

@@ -4,10 +4,11 @@ stream of rows, and checks every row before a dataset run spends anything.
 A dataset is untrusted input, like a plan file: lines, rows, columns and keys are bounded, bytes
 that are not UTF-8, duplicate names and values that cannot be an input are reported, and nothing
 a file holds can raise anything but ``InputError``. The file is read exactly once: ``check``
-copies what it reads to an unnamed temporary file while it checks (keeping only the keys in
-memory, to prove them unique), and ``rows`` reads that copy, one row at a time. So the rows that
-run are the rows that were checked, even if the file changes meanwhile, and a pipe or FIFO
-given as ``--data`` works (it could not be opened a second time).
+copies what it reads to an unnamed temporary file while it checks (keeping only a set of the
+keys in memory, to prove them unique: which earlier row a repeated key repeats is looked up in
+the copy, only when some key repeats), and ``rows`` reads that copy, one row at a time. So the
+rows that run are the rows that were checked, even if the file changes meanwhile, and a pipe
+or FIFO given as ``--data`` works (it could not be opened a second time).
 
 Each row's key names it in results, history and files: ``--key COLUMN``, by default the ``id``
 column when there is one, else the 1-based row number; surrounding spaces are not part of a
@@ -453,6 +454,9 @@ class _Checker:
         self.problems: list[Problem] = []
         self.more = 0
         self.row_required: list[str] = []
+        # Repeated keys, each with the index of its problem, told once the earlier rows are
+        # known: (index, folded key, key, line).
+        self.repeats: list[tuple[int, str, str, int]] = []
 
     def add(self, problem: Problem) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -492,7 +496,7 @@ class _Checker:
         columns: list[str] = []
         column_set: set[str] = set()
         key_column = self.key
-        keys: dict[str, tuple[str, int]] = {}  # folded key → (key, line): files need unique names
+        keys: set[str] = set()  # folded keys: files need unique names
         rows = 0
         decided = False
         input_columns: list[str] = []
@@ -536,6 +540,9 @@ class _Checker:
                         f"no column gives the plan's required input {shown(name)}",
                         self._column_hint(name, columns), "missing-input", file=self.file,
                         line=1))
+        if self.repeats:
+            copy.flush()
+            self._tell_repeats(path, fmt, copy, key_column)
         if self.more:
             self.problems.append(Problem(f"... and {self.more:,} more problems", "fix the ones "
                                          "above and check again", "more", file=self.file))
@@ -576,7 +583,7 @@ class _Checker:
         return f"add a {name!r} column, or pass -i {name}=... to give every row the same value"
 
     def _check_row(self, values: dict[str, str], line: int, number: int, key_column: str | None,
-                   keys: dict[str, tuple[str, int]]) -> None:
+                   keys: set[str]) -> None:
         missing = [name for name in self.row_required if values.get(name, "") == ""]
         if missing:
             empty = [name for name in missing if name in values]
@@ -586,29 +593,59 @@ class _Checker:
                              f" {names}", "fill it in, or remove the row", "missing-input",
                              file=self.file, line=line))
         key = row_key(number, values, key_column)
-        if key_column is not None:
+        if key_column is not None and not _usable_key(key, key_column):
             if key == "":
                 self.add(Problem(f"row has no key (column {shown(key_column)} is "
                                  f"{'empty' if key_column in values else 'missing'})",
                                  "give every row a unique key, or choose another --key column",
                                  "missing-key", file=self.file, line=line))
-                return
-            if len(key) > MAX_KEY_CHARS or _CONTROL.search(key):
+            else:
                 what = (f"is longer than {MAX_KEY_CHARS} characters" if len(key) > MAX_KEY_CHARS
                         else "holds control characters (line breaks, tabs, ...)")
                 self.add(Problem(f"key {shown(key)} {what}", "keys name rows in results and "
                                  "files: use short plain text, or choose another --key column",
                                  "bad-key", file=self.file, line=line))
-                return
-        folded = folded_key(key)
-        earlier = keys.get(folded)
-        if earlier is not None:
-            self.add(Problem(
-                f"key {shown(key)} repeats {_how_alike(earlier[0], key, earlier[1])}",
-                "keys must be unique: fix the value, or choose another --key column",
-                "duplicate-key", file=self.file, line=line))
             return
-        keys[folded] = (key, line)
+        folded = folded_key(key)
+        if folded in keys:
+            if len(self.problems) < MAX_PROBLEMS:  # told by ``_tell_repeats``
+                self.repeats.append((len(self.problems), folded, key, line))
+            self.add(Problem(f"key {shown(key)} repeats an earlier key", "keys must be unique:"
+                             " fix the value, or choose another --key column", "duplicate-key",
+                             file=self.file, line=line))
+            return
+        keys.add(folded)
+
+    def _tell_repeats(self, path: Path, fmt: Format, copy: IO[bytes],
+                      key_column: str | None) -> None:
+        """Say which earlier key each repeated one repeats, and on which line: the first row
+        with that key, read again from the copy (only the keys themselves were kept)."""
+        wanted = {folded for _, folded, _, _ in self.repeats}
+        first: dict[str, tuple[str, int]] = {}
+        for record in _DataFileReader(path, fmt).records(copy.fileno()):
+            if isinstance(record, Problem):
+                continue
+            number, line, values = record
+            key = row_key(number, values, key_column)
+            folded = folded_key(key)
+            if folded in wanted and folded not in first and _usable_key(key, key_column):
+                first[folded] = (key, line)
+                if len(first) == len(wanted):
+                    break
+        for index, folded, key, line in self.repeats:
+            if folded not in first:  # cannot be: the copy is what was checked
+                continue
+            earlier, earlier_line = first[folded]
+            self.problems[index] = Problem(
+                f"key {shown(key)} repeats {_how_alike(earlier, key, earlier_line)}",
+                "keys must be unique: fix the value, or choose another --key column",
+                "duplicate-key", file=self.file, line=line)
+
+
+def _usable_key(key: str, key_column: str | None) -> bool:
+    """Whether ``_check_row`` takes ``key`` as a row's key (it reports the others)."""
+    return key_column is None or (key != "" and len(key) <= MAX_KEY_CHARS
+                                  and not _CONTROL.search(key))
 
 
 def _how_alike(earlier: str, key: str, line: int) -> str:

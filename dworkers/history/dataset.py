@@ -93,8 +93,12 @@ def _put_rows(conn: sqlite3.Connection, run_id: str, batch: Sequence[tuple[Any, 
                 "--key column")
 
 
-def _row_step(run_id: str, row: str, position: int, result: StepResult) -> Statement:
-    return Statement(_ROW_STEP_UPSERT, row_step_row(run_id, row, position, result))
+def _row_step(run_id: str, row: str, position: int, result: StepResult, *,
+              lazily: bool = False) -> Statement:
+    """The statement that records a row's step; ``lazily``: its parameters are made when it
+    is written (a step whose row finishes meanwhile is written with the row, and never made)."""
+    params = partial(row_step_row, run_id, row, position, result)
+    return Statement(_ROW_STEP_UPSERT, params if lazily else params())
 
 
 def _finished_row(run_id: str, result: RowResult,
@@ -377,8 +381,8 @@ class DatasetRecorder:
             result = event.result
             if result.succeeded and not result.cached:  # paid for: keep it now
                 writer.submit("recording a row's step", [_row_step(
-                    run_id, event.row, self.positions.get(result.step_id, 0), result)],
-                    about=event.row)
+                    run_id, event.row, self.positions.get(result.step_id, 0), result,
+                    lazily=True)], about=event.row)
         elif isinstance(event, RowFinished):
             self.cost_known = self.cost_known and event.result.cost_known
             writer.submit("recording a row",

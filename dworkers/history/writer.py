@@ -15,6 +15,9 @@ writes about it queued in the same transaction unnecessary, and they are dropped
 as ``Statement``s run as one ``executemany`` per statement for the whole transaction (each
 call into SQLite hands the interpreter to the busy event loop, and waits to get it back); and
 past ``MOST_QUEUED`` writes, ``submit`` waits for the thread to catch up, so memory stays flat.
+The thread is woken only when it has nothing to do, and then lets the writes of the next
+``GATHER_SECONDS`` join the first one (less, when someone waits for them): waking it for every
+write would hand the interpreter back and forth thousands of times a second.
 """
 
 from __future__ import annotations
@@ -33,18 +36,21 @@ from dworkers.history.storage import History, WriteJob
 PATIENCE = 120.0  # seconds a transaction waits for another process's lock, in all
 MOST_PER_TRANSACTION = 2000  # queued writes grouped into one transaction at most
 MOST_QUEUED = 1000  # writes waiting at most before ``submit`` waits for the thread
-# Seconds the thread lets writes gather before it takes them (unless someone waits for them):
-# it shares the interpreter with the event loop, which meanwhile sends the next requests.
-GATHER_SECONDS = 0.03
+GATHER_SECONDS = 0.05  # how long a write waits for others to share its transaction
+
+
+Params = Mapping[str, Any] | Sequence[Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Statement:
     """One SQL statement and its parameters, as a write: the queued statements of a
-    transaction that share their SQL run as one ``executemany``."""
+    transaction that share their SQL run as one ``executemany``. ``params`` may be a function
+    that makes them, called on the writer's thread when the statement is written: a write a
+    later one covers (see ``submit``) is dropped without its parameters ever being made."""
 
     sql: str
-    params: Mapping[str, Any] | Sequence[Any]
+    params: Params | Callable[[], Params]
 
 
 Write = WriteJob | Sequence[Statement]  # what ``submit`` takes
@@ -71,7 +77,8 @@ class HistoryWriter:
         self._jobs: deque[_Queued] = deque()
         self._changed = threading.Condition()
         self._writing = False
-        self._waiting = 0  # callers waiting for the queue: the thread does not gather then
+        self._idle = False  # the thread waits for a write: ``submit`` must wake it
+        self._flushing = 0  # callers waiting in ``flush``: the thread does not gather for them
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -84,14 +91,14 @@ class HistoryWriter:
         with self._changed:
             if self._closed:
                 raise RuntimeError("HistoryWriter.submit after close")
-            if len(self._jobs) >= MOST_QUEUED:
-                self._wait_for(lambda: len(self._jobs) < MOST_QUEUED)
+            self._changed.wait_for(lambda: len(self._jobs) < MOST_QUEUED)
             self._jobs.append(_Queued(doing, job, about, whole))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="dworkers-history",
                                                 daemon=True)
                 self._thread.start()
-            self._changed.notify_all()
+            elif self._idle or len(self._jobs) >= MOST_QUEUED:
+                self._changed.notify_all()
 
     def write_now(self, doing: str, jobs: Sequence[WriteJob]) -> None:
         """Write ``jobs`` in one transaction in the calling thread, after everything queued
@@ -105,17 +112,13 @@ class HistoryWriter:
         """Wait until every write submitted so far is written or given up; returns ``error``.
         Bounded: each transaction waits at most ``patience`` seconds for a lock."""
         with self._changed:
-            self._wait_for(lambda: not self._jobs and not self._writing)
+            self._flushing += 1
+            self._changed.notify_all()  # the thread stops gathering
+            try:
+                self._changed.wait_for(lambda: not self._jobs and not self._writing)
+            finally:
+                self._flushing -= 1
             return self.error
-
-    def _wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Wait (holding ``_changed``) until ``predicate`` holds; the thread hurries meanwhile."""
-        self._waiting += 1
-        self._changed.notify_all()
-        try:
-            self._changed.wait_for(predicate)
-        finally:
-            self._waiting -= 1
 
     def close(self) -> HistoryError | None:
         """``flush``, then end the thread and close the connection; returns ``error``."""
@@ -137,10 +140,14 @@ class HistoryWriter:
     def _work(self) -> None:
         while True:
             with self._changed:
+                self._idle = True
                 self._changed.wait_for(lambda: self._jobs or self._closed)
-                self._changed.wait_for(lambda: self._closed or self._waiting > 0, GATHER_SECONDS)
+                self._idle = False
                 if not self._jobs:
                     return
+                self._changed.wait_for(lambda: self._closed or self._flushing > 0
+                                       or len(self._jobs) >= MOST_QUEUED,
+                                       timeout=GATHER_SECONDS)
                 batch = [self._jobs.popleft()
                          for _ in range(min(len(self._jobs), MOST_PER_TRANSACTION))]
                 self._writing = True
@@ -172,7 +179,7 @@ def _grouped(writes: Sequence[Write]) -> list[WriteJob]:
     """The writes of a transaction as jobs, in order, each run of ``Statement``s between two
     other jobs turned into one ``executemany`` per SQL (in the order each SQL first came)."""
     jobs: list[WriteJob] = []
-    statements: dict[str, list[Mapping[str, Any] | Sequence[Any]]] = {}
+    statements: dict[str, list[Params]] = {}
 
     def run_statements() -> None:
         for sql, params in statements.items():
@@ -185,13 +192,15 @@ def _grouped(writes: Sequence[Write]) -> list[WriteJob]:
             jobs.append(write)
             continue
         for statement in write:
-            statements.setdefault(statement.sql, []).append(statement.params)
+            params = statement.params
+            statements.setdefault(statement.sql, []).append(
+                params() if callable(params) else params)
     run_statements()
     return jobs
 
 
 def _execute_many(conn: sqlite3.Connection, sql: str,
-                  params: list[Mapping[str, Any] | Sequence[Any]]) -> None:
+                  params: list[Params]) -> None:
     conn.executemany(sql, params)
 
 

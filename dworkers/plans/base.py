@@ -6,6 +6,7 @@ plan was loaded from YAML, and says how to fix it. Everything here is linear in 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -53,6 +54,15 @@ def _is_unnamed(step_id: str) -> bool:
 # Fields added after runs were first recorded count in a step's fingerprint only when set, so
 # a new version of dworkers does not make every recorded step look changed on resume.
 ADDED_FIELDS = ("tools", "max_tool_calls", "output_schema", "when", "output_retries")
+
+
+@functools.cache
+def added_field_defaults(step_class: type[BaseModel]) -> dict[str, Any]:
+    """The defaults of ``ADDED_FIELDS``, worked out once per class: pydantic inspects a default
+    factory's signature on every ``get_default``, and a fingerprint is taken for every step of
+    every row (a third of a 100,000-row run's time, before this was kept)."""
+    fields = step_class.model_fields
+    return {name: fields[name].get_default(call_default_factory=True) for name in ADDED_FIELDS}
 
 
 class PlanStep(BaseModel):
@@ -161,9 +171,8 @@ class PlanStep(BaseModel):
 
         # A gate does not change what the step is asked: adding or answering one reuses answers.
         data = self.model_dump(mode="json", exclude={"approve"})
-        for name in ADDED_FIELDS:
-            field = type(self).model_fields[name]
-            if getattr(self, name) == field.get_default(call_default_factory=True):
+        for name, default in added_field_defaults(type(self)).items():
+            if getattr(self, name) == default:
                 del data[name]
         payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
