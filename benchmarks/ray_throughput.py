@@ -8,8 +8,9 @@ prints medians:
 - each executor's throughput end to end (calls / the command's wall time, start-up included:
   what a user waits for; goal ≥ 1.3× with 6,000 rows × 3 steps on 2 cores) and in the steady
   state (calls/s between the server's 10th and 90th percentile request), their ratios;
-- the CPU seconds per call of everything the command ran (driver, Ray and its workers; the
-  server not included), start-up included: on a shared machine the figure that does not move;
+- the CPU seconds per call of everything the command ran (driver, Ray and its workers, as last
+  sampled; the server not included), start-up included: on a shared machine, the figure that
+  moves least;
 - Ray's start-up, part by part (``startup_parts`` of the run's JSON: Ray's own start, the
   driver's preparation, the coordinator, worker processes, workers built, first rows back),
   and how much later the first call reaches the server than with ``local``;
@@ -28,10 +29,8 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import ctypes
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -97,62 +96,38 @@ def steady_rate(times: list[float]) -> float:
     return (high - low) / (times[high] - times[low])
 
 
-RAY_PARTS = {"workers": "ray::RowWorker", "coordinator": "ray::Coordinator",
+RAY_PARTS = {"workers": "RowWorker", "coordinator": "Coordinator",
              "ray itself": ("raylet", "gcs_server", "runtime_env", "log_monitor", "monitor.py",
                             "dashboard", "ray::IDLE")}
 
 
-def ray_processes() -> dict[int, str]:
-    """Pid → part for this machine's Ray processes."""
-    found = {}
+def ray_processes(root: int) -> dict[int, str]:
+    """Pid → part for the Ray processes ``root`` started (its descendants)."""
+    parents, commands = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        commands[int(entry.name)] = command
+    found = {}
+    for pid, command in commands.items():
+        ancestor, hops = parents.get(pid), 0
+        while ancestor not in (None, 0, 1, root) and hops < 20:  # bounded: no cycles in /proc
+            ancestor, hops = parents.get(ancestor), hops + 1
+        if ancestor != root:
             continue
         for part, marks in RAY_PARTS.items():
             if any(mark in command for mark in ((marks,) if isinstance(marks, str) else marks)):
-                found[int(entry.name)] = part
+                found[pid] = part
                 break
+        else:
+            found[pid] = "ray itself"
     return found
-
-
-def adopt_orphans() -> None:
-    """Become the reaper of this process's orphaned descendants (Linux), so that the CPU time
-    of every process a run starts (Ray's, whoever their parent was) is counted once they are
-    reaped (``RUSAGE_CHILDREN``)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
-def reap_descendants(keep: int, seen: set[int], seconds: float = 30.0) -> None:
-    """Wait for every child but ``keep`` (the server), and every process in ``seen`` (they
-    become children when their parent exits first), to exit: a run's leftover processes."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(-1, os.WNOHANG)[0] != 0:
-                continue
-        alive = [pid for pid in seen if Path(f"/proc/{pid}").exists()]
-        if not alive and not [child for child in own_children() if child != keep]:
-            return
-        time.sleep(0.1)
-
-
-def own_children() -> list[int]:
-    children = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(entry.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                children.append(int(entry.parent.name))
-    return children
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_cli(folder: Path, executor: str, rpm: float | None = None) -> dict[str, Any]:
@@ -168,7 +143,6 @@ def run_cli(folder: Path, executor: str, rpm: float | None = None) -> dict[str, 
     scanned = 0.0
     with server_process(log, rpm) as (url, server_pid):
         server_cpu = cpu_seconds(server_pid) or 0.0
-        client_cpu = children_cpu()
         started = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, "-m", "dworkers.cli", "run", str(plan), "--data", str(data),
@@ -177,7 +151,7 @@ def run_cli(folder: Path, executor: str, rpm: float | None = None) -> dict[str, 
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         while proc.poll() is None:
             if executor == "ray" and time.monotonic() - scanned > 1.0:
-                pids.update(ray_processes())
+                pids.update(ray_processes(proc.pid))
                 scanned = time.monotonic()
             for pid in [proc.pid, *pids]:
                 cpu = cpu_seconds(pid)
@@ -190,8 +164,7 @@ def run_cli(folder: Path, executor: str, rpm: float | None = None) -> dict[str, 
             time.sleep(0.05)
         stdout, err = proc.communicate()
         wall = time.monotonic() - started
-        reap_descendants(keep=server_pid, seen=set(pids))
-        client_cpu = children_cpu() - client_cpu
+        client_cpu = sum(last_cpu.values())  # as last sampled: every process the run started
         server_cpu = (cpu_seconds(server_pid) or server_cpu) - server_cpu
     if proc.returncode != 0:
         raise SystemExit(f"{executor} run failed ({proc.returncode}):\n{err[-2000:]}")
@@ -201,14 +174,15 @@ def run_cli(folder: Path, executor: str, rpm: float | None = None) -> dict[str, 
     # CPU per row of each part while rows flow (10 % to 90 % of them): start-up excluded.
     low = next(s for s in samples if s[0] >= ROWS * 0.1)
     high = next(s for s in samples if s[0] >= ROWS * 0.9)
+    if high[0] <= low[0]:  # results.jsonl grew in one go: the whole run then
+        low, high = (0, {}), (ROWS, dict(last_cpu))
     pids[proc.pid] = "driver"  # a Ray process is counted as what it last was (IDLE → worker)
     per_row: dict[str, float] = {}
     for pid, cpu in high[1].items():
         part = pids.get(pid, "ray itself")
         used = (cpu - low[1].get(pid, 0.0)) / (high[0] - low[0]) * 1000
         per_row[part] = per_row.get(part, 0.0) + used
-    return {
-        **{f"ms_{part}": value for part, value in per_row.items()},
+    figures = {
         "wall": wall,
         "end_to_end": len(requests) / wall,
         "cpu_ms_per_call": client_cpu / len(requests) * 1000,
@@ -219,7 +193,13 @@ def run_cli(folder: Path, executor: str, rpm: float | None = None) -> dict[str, 
         "limited": sum(1 for r in requests if r["status"] == 429),
         "driver_ms_per_row": per_row["driver"],
         "server_ms_per_call": server_cpu / len(requests) * 1000,
+        **{f"ms_{part}": value for part, value in per_row.items()},
     }
+    print(f"  {executor}: {figures['end_to_end']:.1f} calls/s end to end, "
+          f"{figures['rate']:.1f} steady, wall {wall:.1f}s, first call "
+          f"{figures['first_call']:.2f}s, {figures['cpu_ms_per_call']:.2f} ms CPU per call, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    return figures
 
 
 def coordinator_pairs_per_second(seconds: float = 5.0) -> tuple[float, float]:
@@ -302,7 +282,6 @@ def main() -> None:
                         help="skip the shared-limit run and the coordinator's figures")
     args = parser.parse_args()
     ROWS, STEPS, REPLY_TOKENS = args.rows, args.steps, args.reply_tokens
-    adopt_orphans()
     print(f"{ROWS} rows × {STEPS} step(s), {REPLY_TOKENS}-word answers, zero-latency server in "
           "its own process, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")

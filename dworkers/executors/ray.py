@@ -130,6 +130,9 @@ def runtime_env_for(engine: Any, mode: str, environ: Mapping[str, str] | None = 
 # --- the cluster ----------------------------------------------------------------------------
 
 
+_AUTH_TOKEN = secrets.token_hex(32)  # this process's private Ray instances' (``local_cluster``)
+
+
 @contextlib.contextmanager
 def local_cluster(num_cpus: int | None = None) -> Iterator[Path]:
     """A private Ray instance on this machine for the duration of the block; yields the
@@ -139,8 +142,9 @@ def local_cluster(num_cpus: int | None = None) -> Iterator[Path]:
         # Ray's runtime-env agent logs every environment it creates, values included, at INFO.
         "RAY_LOGGER_LEVEL": "warning",
         # A new local instance is protected by a token, which Ray would write to
-        # ~/.ray/auth_token; a token of our own in the environment is used instead.
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        # ~/.ray/auth_token; a token of our own in the environment is used instead. Ray reads
+        # it once per process: every instance this process starts gets the same one.
+        "RAY_AUTH_TOKEN": _AUTH_TOKEN,
         "RAY_USAGE_STATS_ENABLED": "0",
         # Every actor call would also be reported for a dashboard nobody opens: CPU per call.
         "RAY_enable_task_events": "0",
