@@ -254,11 +254,12 @@ def print_startup(runs: list[dict[str, Any]], local_first_call: float) -> None:
     names = list(dict.fromkeys(name for run in runs for name in run["startup_parts"]))
     parts = {name: statistics.median(run["startup_parts"][name] for run in runs
                                      if name in run["startup_parts"]) for name in names}
-    previous = 0.0
+    previous: float | None = None
     print("Ray start-up (median s after Ray began to start; + the part's own share):")
     for name, at in sorted(parts.items(), key=lambda part: part[1]):
-        print(f"  {name:26} {at:6.2f}s  (+{at - previous:.2f}s)")
-        previous = max(previous, at)
+        share = "" if previous is None else f"  (+{at - previous:.2f}s)"
+        print(f"  {name:26} {at:6.2f}s{share}")
+        previous = at
     first_call = median_of(runs, "first_call")
     print(f"  first call at the server   {first_call:6.2f}s after the command started "
           f"(local: {local_first_call:.2f}s) → Ray's start-up cost "
