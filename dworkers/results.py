@@ -323,6 +323,8 @@ class DatasetResult(BaseModel):
     started_at: float = 0.0
     total_duration_ms: float = 0.0
     startup_ms: float | None = None  # a cluster's start-up until its first rows came back
+    # …and where it went: seconds from its beginning until each part of it was done.
+    startup_parts: dict[str, float] | None = None
 
     @property
     def rows(self) -> int:

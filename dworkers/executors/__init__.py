@@ -28,9 +28,11 @@ class Executor(Protocol):
         ...
 
 
-def executor_for(name: str, *, ray_address: str | None = None) -> Executor:
+def executor_for(name: str, *, ray_address: str | None = None,
+                 offline: bool = False) -> Executor:
     """The executor called ``name``; ``ray_address`` joins an existing Ray cluster. The Ray
-    executor joins (or starts) its cluster at once, so Ray starts while the run is prepared."""
+    executor joins (or starts) its cluster at once, so Ray starts while the run is prepared;
+    ``offline``: the run calls no model (``--mock``)."""
     if name == "local":
         if ray_address:
             raise InputError([Problem("--ray-address only applies to --executor ray",
@@ -46,7 +48,7 @@ def executor_for(name: str, *, ray_address: str | None = None) -> Executor:
                                       file="--executor")])
         from dworkers.executors.ray import RayExecutor
 
-        return RayExecutor(address=ray_address, connect=True)
+        return RayExecutor(address=ray_address, connect=True, offline=offline)
     raise InputError([Problem(f"unknown executor {name!r}",
                               f"choose one of: {', '.join(EXECUTORS)}", "invalid-option",
                               file="--executor")])

@@ -38,6 +38,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -52,7 +53,8 @@ from dworkers.budget import LocalBudget
 from dworkers.errors import DworkersError, InputError, PreflightError, Problem
 from dworkers.events import DatasetFinished, ExecutorNotice, RowFinished, RowStarted, StepFinished
 from dworkers.executors.ray_coordinator import start_coordinator
-from dworkers.executors.ray_workers import Batch, RowWorker
+from dworkers.executors.ray_workers import Batch, RowWorker, process_started
+from dworkers.llm import load_litellm
 from dworkers.ratelimit import LocalRateGate
 from dworkers.results import DatasetResult, Row, RowResult, Rows, RowStatus, each_row
 
@@ -108,16 +110,27 @@ def keys_mode(environ: Mapping[str, str] | None = None) -> str:
     return mode
 
 
-def runtime_env_for(engine: Any, mode: str,
-                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def runtime_env_for(engine: Any, mode: str, environ: Mapping[str, str] | None = None,
+                    inherited: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The Ray environment workers start with: the providers' variables (``send``), or
-    nothing at all (``worker-env``: workers use their node's own environment)."""
+    nothing at all (``worker-env``: workers use their node's own environment).
+
+    ``inherited``: the environment the workers have anyway (a private cluster's workers are
+    started with this process's environment as it was when the cluster started). Variables
+    they already have with the same value are not sent: an actor with a ``runtime_env`` of
+    its own cannot use the worker processes Ray started in advance and waits for new ones."""
     if mode == "worker-env":
         return {}
-    return {"env_vars": worker_environment(engine, environ)}
+    wanted = worker_environment(engine, environ)
+    if inherited is not None:
+        wanted = {name: value for name, value in wanted.items() if inherited.get(name) != value}
+    return {"env_vars": wanted} if wanted else {}
 
 
 # --- the cluster ----------------------------------------------------------------------------
+
+
+_AUTH_TOKEN = secrets.token_hex(32)  # this process's private Ray instances' (``local_cluster``)
 
 
 @contextlib.contextmanager
@@ -129,8 +142,9 @@ def local_cluster(num_cpus: int | None = None) -> Iterator[Path]:
         # Ray's runtime-env agent logs every environment it creates, values included, at INFO.
         "RAY_LOGGER_LEVEL": "warning",
         # A new local instance is protected by a token, which Ray would write to
-        # ~/.ray/auth_token; a token of our own in the environment is used instead.
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        # ~/.ray/auth_token; a token of our own in the environment is used instead. Ray reads
+        # it once per process: every instance this process starts gets the same one.
+        "RAY_AUTH_TOKEN": _AUTH_TOKEN,
         "RAY_USAGE_STATS_ENABLED": "0",
         # Every actor call would also be reported for a dashboard nobody opens: CPU per call.
         "RAY_enable_task_events": "0",
@@ -170,6 +184,11 @@ def joined_cluster(address: str) -> Iterator[None]:
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
+
+
+def starts_private_cluster(address: str | None) -> bool:
+    """Whether ``cluster(address)`` would start a private Ray instance."""
+    return not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS"))
 
 
 @contextlib.contextmanager
@@ -212,43 +231,89 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, *,
-                 connect: bool = False, keys: str | None = None) -> None:
+                 connect: bool = False, keys: str | None = None, offline: bool = False) -> None:
         """``connect``: join or start the cluster now rather than when the run starts (the
         command line does, so that Ray starts while the run is being prepared). ``keys``:
         ``send`` or ``worker-env`` (default: ``DWORKERS_RAY_KEYS``; see the module's
-        docstring)."""
+        docstring). ``offline``: the run calls no model (``--mock``), so a private cluster's
+        workers need not import litellm while the run is prepared."""
         self.address = address
         self.workers = workers  # default: one per CPU of the cluster
         self.keys = keys_mode({KEYS_VARIABLE: keys} if keys is not None else None)
+        self.offline = offline
         self.run: _ClusterRun | None = None  # the current run (tests reach its workers here)
         self._cluster = contextlib.ExitStack()
         self._connected = False
+        # A private cluster's workers start with this process's environment as it was then.
+        self.inherited: dict[str, str] | None = None
+        self.began: float | None = None  # monotonic: when this executor began to start Ray
+        self.cluster_ready: float | None = None  # …and when Ray was up
+        self.standby: list[Any] = []  # workers started with a private cluster (``connect``)
         if connect:
             self.connect()
 
     def connect(self) -> None:
-        """Join the cluster, or start a private one (see ``cluster``)."""
+        """Join the cluster, or start a private one (see ``cluster``). A private cluster's
+        workers start at once, on the worker processes Ray starts with itself, and import what
+        they need (litellm: seconds of CPU) while this process prepares the run."""
         if not self._connected:
-            self._cluster.enter_context(cluster(self.address))
+            joined, private = ray.is_initialized(), starts_private_cluster(self.address)
+            started = time.monotonic()
+            inherited = dict(os.environ)
+            # This process's preflight imports litellm (seconds of CPU) next: it does so while
+            # it waits for Ray's processes to start.
+            loading = None
+            if private and not self.offline:
+                loading = threading.Thread(target=load_litellm, name="dworkers-load-litellm",
+                                           daemon=True)
+                loading.start()
+            try:
+                self._cluster.enter_context(cluster(self.address))
+            except BaseException:
+                if loading is not None:
+                    loading.join()  # never left half imported (see ``run.flow``)
+                raise
             self._connected = True
             atexit.register(self.close)  # a run that never started must not leave Ray behind
+            if not joined:
+                self.began, self.cluster_ready = started, time.monotonic()
+            if private:
+                # Its workers start now, on the worker processes Ray started with itself.
+                self.inherited = inherited
+                count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+                self.standby = [start_worker(f"dworkers-worker-{index}", {},
+                                             warm_litellm=not self.offline)
+                                for index in range(count)]
+            if loading is not None:
+                loading.join()  # while the workers import it too
+
+    def take_standby(self, runtime_env: dict[str, Any]) -> list[Any]:
+        """The workers started with the cluster, for a run whose workers need
+        ``runtime_env``: none if that is not the one they have (they are stopped)."""
+        standby, self.standby = self.standby, []
+        if runtime_env:
+            for handle in standby:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
+            return []
+        return standby
 
     def close(self) -> None:
         """Leave the cluster (a private one stops and its files are removed)."""
         if self._connected:
             self._connected = False
+            self.standby = []
             atexit.unregister(self.close)
             self._cluster.close()
 
     async def run_many(self, engine: Any, rows: Rows, *,
                        max_failures: int | None = None) -> AsyncIterator[RowResult]:
         engine.preflight()  # missing keys fail here, before a cluster starts
-        began = time.monotonic()
         try:
             if not ray.is_initialized() and engine.on_event is not None:
-                engine.on_event(ExecutorNotice("starting Ray…", began))
+                engine.on_event(ExecutorNotice("starting Ray…", time.monotonic()))
             self.connect()
-            self.run = _ClusterRun(engine, rows, max_failures, self.workers, self.keys, began)
+            self.run = _ClusterRun(engine, rows, max_failures, self)
             async for result in self.run.results():
                 yield result
         finally:
@@ -279,14 +344,23 @@ class _ClusterRun:
     """The driver's side of one dataset run on a cluster."""
 
     def __init__(self, engine: Any, rows: Rows, max_failures: int | None,
-                 workers: int | None, keys: str, began: float) -> None:
+                 executor: RayExecutor) -> None:
         self.engine = engine
-        self.began = began  # monotonic: when the cluster began to start, for its start-up time
+        self.executor = executor
+        # Monotonic: when the cluster began to start (Ray's own start-up included when this
+        # run's executor started it), for the start-up time; and the moments of its parts.
+        now = time.monotonic()
+        self.began = executor.began if executor.began is not None else now
+        self.startup_marks: dict[str, float] = {"run prepared": now}
+        if (command_started := process_started()) is not None:
+            self.startup_marks["command started"] = command_started
+        if executor.cluster_ready is not None:
+            self.startup_marks["ray.init"] = executor.cluster_ready
         self.emit = engine.on_event or (lambda event: None)
         self.source = each_row(rows)
         self.source_done = False
         self.max_failures = max_failures
-        self.requested_workers = workers
+        self.requested_workers = executor.workers
         self.retry: deque[Row] = deque()
         self.deaths: dict[str, int] = {}
         self.slots: list[_Slot] = []
@@ -302,7 +376,7 @@ class _ClusterRun:
         self.coordinator_lost = False
         self.ready = False  # a worker has reported: Ray's start-up is over
         self.shipped: Any = None
-        self.keys = keys
+        self.keys = executor.keys
         self.runtime_env: dict[str, Any] = {}
         self.capacity = 2 * int(getattr(engine, "max_concurrency", 8)) + 8
         self.result = DatasetResult(run_id=engine.options.run_id or "", plan=engine.plan.name,
@@ -332,27 +406,30 @@ class _ClusterRun:
         shipped.rate_gate = None
         shipped.budget = None
         self.shipped = ray.put(shipped)
-        self.runtime_env = runtime_env_for(engine, self.keys)
+        self.runtime_env = runtime_env_for(engine, self.keys, inherited=self.executor.inherited)
         count = self.requested_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.max_restarts = 2 * count
         self.initial_workers = count
         self.emit(dataclasses.replace(engine.describe(self.result.run_id), dataset=True))
         self.emit(ExecutorNotice(f"starting Ray: {count} worker{'s' if count != 1 else ''}…",
                                  time.monotonic()))
-        for _ in range(count):
-            self.add_worker()
+        standby = self.executor.take_standby(self.runtime_env)
+        for handle in standby[count:]:
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+        for index in range(count):
+            self.add_worker(standby[index] if index < len(standby) else None)
 
-    def add_worker(self) -> _Slot:
+    def add_worker(self, handle: Any = None) -> _Slot:
+        """Give a worker the run (a new one unless ``handle``, one started with the cluster)."""
         index = len(self.slots)
-        handle = ray.remote(RowWorker).options(
-            name=f"dworkers-{self.result.run_id}-worker-{index}",  # findable: `ray list actors`
-            num_cpus=1, max_concurrency=100_000, scheduling_strategy="SPREAD",
-            runtime_env=self.runtime_env,
-        ).remote(self.shipped, self.coordinator, unlimited_budget=self.unlimited,
-                 version=__version__)
+        if handle is None:
+            handle = start_worker(f"dworkers-{self.result.run_id}-worker-{index}",
+                                  self.runtime_env, warm_litellm=not self.engine.offline)
         slot = _Slot(handle, index, self.capacity)
         self.slots.append(slot)
-        stream = handle.run.options(num_returns="streaming").remote()
+        stream = handle.run.options(num_returns="streaming").remote(
+            self.shipped, self.coordinator, unlimited_budget=self.unlimited)
         slot.consumer = asyncio.create_task(self.consume(slot, stream),
                                             name=f"ray-worker-{index}")
         return slot
@@ -372,6 +449,8 @@ class _ClusterRun:
     async def watch_coordinator(self) -> None:
         """Tell the loop when the coordinator dies (its ``watch`` never returns otherwise)."""
         try:
+            await self.coordinator.totals.remote()
+            self.startup_marks["coordinator ready"] = time.monotonic()
             await self.coordinator.watch.remote()
         except RayActorError:
             self.inbox.put_nowait((None, RayActorError))
@@ -418,8 +497,12 @@ class _ClusterRun:
             slot.heard = True
             if not self.ready:
                 self.ready = True
+                self.startup_marks["first rows back"] = time.monotonic()
                 self.result.startup_ms = (time.monotonic() - self.began) * 1000
                 self.emit(ExecutorNotice("", time.monotonic()))
+            if item.startup is not None:
+                self.note_worker_startup(item)
+                self.result.startup_parts = self.startup_parts()
             if item.problems:
                 raise PreflightError([dataclasses.replace(p, message=f"on a Ray worker: "
                                                           f"{p.message}")
@@ -436,10 +519,25 @@ class _ClusterRun:
             return self.worker_died(slot)
         raise item
 
+    def note_worker_startup(self, batch: Batch) -> None:
+        """A worker's start-up marks (the last worker's count)."""
+        assert batch.startup is not None
+        offset = _clock_offset(batch)
+        for name, mark in (("worker processes started", "process_started"),
+                           ("workers built", "constructed"),
+                           ("litellm ready in workers", "litellm_ready"),
+                           ("workers given the run", "attached")):
+            if mark in batch.startup:
+                at = batch.startup[mark] + offset
+                self.startup_marks[name] = max(at, self.startup_marks.get(name, at))
+
+    def startup_parts(self) -> dict[str, float]:
+        """Seconds from the start-up's beginning to each of its parts, in order."""
+        parts = {name: round(at - self.began, 3) for name, at in self.startup_marks.items()}
+        return dict(sorted(parts.items(), key=lambda part: part[1]))
+
     async def take(self, slot: _Slot, batch: Batch) -> list[RowResult]:
-        offset = time.monotonic() - batch.sent_at
-        if abs(offset) < 1.0:  # the same machine's clock (Linux: one monotonic clock)
-            offset = 0.0
+        offset = _clock_offset(batch)
         finished = []
         for event in batch.events:
             if offset and hasattr(event, "at"):
@@ -656,6 +754,20 @@ class _ClusterRun:
                 ray.kill(self.coordinator, no_restart=True)
         for task in list(self.pending_feeds):
             task.cancel()
+
+
+def start_worker(name: str, runtime_env: dict[str, Any], *, warm_litellm: bool) -> Any:
+    """A ``RowWorker`` actor, one CPU, ``name`` findable (``ray list actors``)."""
+    return ray.remote(RowWorker).options(
+        name=name, num_cpus=1, max_concurrency=100_000, scheduling_strategy="SPREAD",
+        runtime_env=runtime_env,
+    ).remote(version=__version__, warm_litellm=warm_litellm)
+
+
+def _clock_offset(batch: Batch) -> float:
+    """Seconds to add to a worker's monotonic times to get this process's."""
+    offset = time.monotonic() - batch.sent_at
+    return 0.0 if abs(offset) < 1.0 else offset  # the same machine's clock (Linux: one clock)
 
 
 def _reason(error: BaseException) -> str:

@@ -11,10 +11,14 @@ by Ray's worker processes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dworkers import __version__
@@ -34,6 +38,17 @@ class Batch:
     events: list[Any] = field(default_factory=list)
     problems: list[Problem] | None = None  # the worker's engine refused to start (preflight)
     coordinator_lost: bool = False  # the worker stopped: the run's coordinator is gone
+    startup: dict[str, float] | None = None  # new start-up marks: see ``RowWorker``
+
+
+def process_started() -> float | None:
+    """When this process started, on this machine's monotonic clock (Linux; else None)."""
+    with contextlib.suppress(OSError, ValueError, IndexError, AttributeError):
+        # Field 22 of /proc/self/stat: the process's start, in clock ticks after boot.
+        fields = Path("/proc/self/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    return None
 
 
 # Events a worker does not send: the driver paints one RunStarted and one DatasetFinished for
@@ -42,19 +57,27 @@ _LOCAL_ONLY = (RunStarted, RunFinished, DatasetFinished, StepProgress)
 
 
 class RowWorker:
-    """Runs rows the driver feeds it through one ``run_many`` (Ray actor, asyncio)."""
+    """Runs rows the driver feeds it through one ``run_many`` (Ray actor, asyncio).
 
-    def __init__(self, engine: Any, coordinator: Any, *, unlimited_budget: bool,
-                 version: str) -> None:
+    It may be started before the run is known (a private cluster's workers start with Ray,
+    while the driver prepares the run): the engine and the coordinator come with ``run``.
+    ``warm_litellm``: import litellm and set it up (seconds of CPU) in the background at once,
+    rather than when the first row's first call needs it."""
+
+    def __init__(self, *, version: str, warm_litellm: bool) -> None:
         if version != __version__:
             raise RuntimeError(f"dworkers {__version__} is installed on this Ray node, "
                                f"{version} on the driver: install the same version everywhere")
-        self.engine = engine
-        engine.on_event = self._collect
-        engine.cache = None  # the cache is the driver's history database, on the user's disk
-        engine.rate_gate = SharedRateGate(coordinator, on_lost=self._coordinator_lost)
-        engine.budget = SharedBudget(coordinator, unlimited=unlimited_budget,
-                                     on_lost=self._coordinator_lost)
+        # This machine's monotonic times of the worker's start-up, sent to the driver with the
+        # batches that follow each new one (``Batch.startup``).
+        self.startup: dict[str, float] = {"constructed": time.monotonic()}
+        if (started := process_started()) is not None:
+            self.startup["process_started"] = started
+        self.startup_sent = 0
+        if warm_litellm and "litellm" not in sys.modules:
+            threading.Thread(target=self._warm_litellm, name="dworkers-warm-litellm",
+                             daemon=True).start()
+        self.engine: Any = None
         self.lost = False  # the coordinator is gone: no call may be paced or paid any more
         self.rows: asyncio.Queue[Row | None] = asyncio.Queue()
         self.received = 0  # rows fed so far
@@ -64,6 +87,30 @@ class RowWorker:
         self.events: list[Any] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+    def _warm_litellm(self) -> None:
+        from dworkers.llm import load_litellm, prefetch_litellm
+
+        load_litellm()
+        self.startup["litellm_ready"] = time.monotonic()
+        prefetch_litellm().join()  # and its first call's set-up, offline
+
+    def _attach(self, engine: Any, coordinator: Any, unlimited_budget: bool) -> None:
+        """Take the run's engine; its calls wait their turn and are paid at ``coordinator``."""
+        self.engine = engine
+        engine.on_event = self._collect
+        engine.cache = None  # the cache is the driver's history database, on the user's disk
+        engine.rate_gate = SharedRateGate(coordinator, on_lost=self._coordinator_lost)
+        engine.budget = SharedBudget(coordinator, unlimited=unlimited_budget,
+                                     on_lost=self._coordinator_lost)
+        self.startup["attached"] = time.monotonic()
+
+    def _new_startup(self) -> dict[str, float] | None:
+        """The start-up marks, when some were not sent yet."""
+        if len(self.startup) == self.startup_sent:
+            return None
+        self.startup_sent = len(self.startup)
+        return dict(self.startup)
 
     def _collect(self, event: Any) -> None:
         if not isinstance(event, _LOCAL_ONLY):
@@ -127,10 +174,14 @@ class RowWorker:
         async for _ in self.engine.run_many(self._source()):
             pass  # each row's result reaches the driver in its RowFinished event
 
-    async def run(self) -> AsyncIterator[Batch]:
-        """Stream batches of events until the rows are done (or cancelled)."""
+    async def run(self, engine: Any, coordinator: Any, *,
+                  unlimited_budget: bool) -> AsyncIterator[Batch]:
+        """Run the rows fed with ``engine`` (calls paced and paid at ``coordinator``; without
+        a budget none asks it for money); stream batches of events until the rows are done
+        (or cancelled)."""
         if self.cancelled:
             return
+        self._attach(engine, coordinator, unlimited_budget)
         task = self.task = asyncio.create_task(self._drive())
         while True:
             if not self.events and not task.done():
@@ -142,7 +193,7 @@ class RowWorker:
             self.wake.clear()
             batch, self.events = self.events, []
             if batch:
-                yield Batch(time.monotonic(), batch)
+                yield Batch(time.monotonic(), batch, startup=self._new_startup())
             if task.done() and not self.events:
                 break
         if self.lost:  # the driver must not take the rows it fed for finished, nor refeed them

@@ -89,6 +89,8 @@ class DatasetMode(RunMode):
         if row_files.may_name_files(checked):
             self.files_read += row_files.check(_rows(checked), engine)
             self.rows = lambda: row_files.rows(_rows(checked))
+        if request.executor != "local" and not request.dry_run:
+            self.start_executor()  # Ray starts before the preflight, which takes seconds
 
     @classmethod
     def check_request(cls, request: RunRequest, resumed: RunRecord | None,
@@ -130,10 +132,15 @@ class DatasetMode(RunMode):
                               as_json=self.request.json)
 
     def start(self, err: Console) -> None:
+        if self.executor is None:
+            self.start_executor()
+
+    def start_executor(self) -> None:
         from dworkers.executors import executor_for
 
-        self.executor = executor_for(self.request.executor,
-                                     ray_address=self.request.ray_address)  # Ray starts now
+        self.executor = executor_for(self.request.executor,  # Ray starts now
+                                     ray_address=self.request.ray_address,
+                                     offline=bool(self.request.mock))
 
     def recorder(self, history: History, options: dict[str, Any],
                  started: RunStarted) -> DatasetRecorder:
