@@ -181,7 +181,7 @@ def test_a_bom_is_accepted(tmp_path: Path) -> None:
         ("name: p\nsteps:\n  - step_id: a\n    color: red\n    name: A\n",
          ("unknown-key", 4, 5, "unknown key 'color' in step 'a' — allowed keys: step_id, name, "
           "description, worker_role, depends_on, prompt_template, retry_max, timeout_seconds, "
-          "tools, output_schema, when, output_retries, approve")),
+          "tools, max_tool_calls, output_schema, when, output_retries, approve")),
     ],
 )
 def test_unknown_keys_are_rejected_with_a_suggestion(
