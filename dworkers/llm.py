@@ -331,6 +331,19 @@ def _structured_mode(litellm: Any, model: str) -> str:
     return "json_mode" if supported and "response_format" in supported else "instructions"
 
 
+@functools.lru_cache(maxsize=256)
+def _price_of(litellm: Any, model: str) -> Price | None:
+    """``LiteLLMClient.price_of``, asked of litellm once per model: its price list does not
+    change while a process runs, and the lookup (an exception for a model it does not know)
+    cost a third of a millisecond before every call."""
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    except Exception:  # a local or custom model: litellm raises for any it does not know
+        return None
+    return Price(float(prompt_cost), float(completion_cost))
+
+
 class LiteLLMClient:
     """Calls any provider through ``litellm.acompletion`` with streaming and usage."""
 
@@ -387,12 +400,7 @@ class LiteLLMClient:
 
     def price_of(self, model: str) -> Price | None:
         """litellm's price list for ``model``, or ``None`` for a model it cannot price."""
-        try:
-            prompt_cost, completion_cost = self.litellm.cost_per_token(
-                model=model, prompt_tokens=1_000_000, completion_tokens=1_000_000)
-        except Exception:  # a local or custom model: litellm raises for any it does not know
-            return None
-        return Price(float(prompt_cost), float(completion_cost))
+        return _price_of(self.litellm, model)
 
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> Completion:
         litellm = self.litellm
