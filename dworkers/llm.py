@@ -541,7 +541,9 @@ class LiteLLMClient:
             return 0.0
         if request.price is not None:
             return request.price.cost(prompt_tokens, completion_tokens)
-        try:
+        if _price_of(self.litellm, request.model) is None:
+            return None  # litellm cannot price it (known once per model: asking raises)
+        try:  # litellm's own arithmetic: some models are priced by tiers of prompt length
             prompt_cost, completion_cost = self.litellm.cost_per_token(
                 model=request.model, prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens)
